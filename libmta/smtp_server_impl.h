@@ -1,0 +1,1 @@
+struct mta_smtpd { int stub; };

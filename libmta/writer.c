@@ -1,0 +1,1 @@
+typedef int mta_stub_writer;
