@@ -1,1 +1,194 @@
-typedef int mta_stub_tls;
+#include "tls.h"
+
+#include "err.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int mta_tls_creds_load(const char *cert, const char *key,
+		       struct mta_tls_creds **out, char *err, size_t errlen)
+{
+	struct mta_tls_creds *c = calloc(1, sizeof(*c));
+	int rc;
+
+	if (c == NULL)
+		return -ENOMEM;
+	rc = gnutls_certificate_allocate_credentials(&c->cred);
+	if (rc < 0)
+		goto fail_alloc;
+	rc = gnutls_certificate_set_x509_key_file(c->cred, cert, key,
+						  GNUTLS_X509_FMT_PEM);
+	if (rc < 0)
+		goto fail_load;
+	*out = c;
+	return 0;
+
+fail_load:
+	gnutls_certificate_free_credentials(c->cred);
+fail_alloc:
+	snprintf(err, errlen, "%s / %s: %s", cert, key, gnutls_strerror(rc));
+	free(c);
+	return MTA_ETLS;
+}
+
+void mta_tls_creds_free(struct mta_tls_creds *c)
+{
+	if (c == NULL)
+		return;
+	gnutls_certificate_free_credentials(c->cred);
+	free(c);
+}
+
+static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t n)
+{
+	struct mta_tls *t = ptr;
+	size_t avail = t->in.len - t->in_off;
+
+	if (avail == 0) {
+		gnutls_transport_set_errno(t->session, EAGAIN);
+		return -1;
+	}
+	if (n > avail)
+		n = avail;
+	memcpy(buf, t->in.data + t->in_off, n);
+	t->in_off += n;
+	if (t->in_off == t->in.len)
+		t->in.len = t->in_off = 0;
+	return (ssize_t)n;
+}
+
+static ssize_t tls_push(gnutls_transport_ptr_t ptr, const void *buf, size_t n)
+{
+	struct mta_tls *t = ptr;
+
+	if (mta_buf_append(&t->out, buf, n) != 0) {
+		gnutls_transport_set_errno(t->session, ENOMEM);
+		return -1;
+	}
+	return (ssize_t)n;
+}
+
+int mta_tls_server_init(struct mta_tls *t, const struct mta_tls_creds *c)
+{
+	int rc;
+
+	memset(t, 0, sizeof(*t));
+	rc = gnutls_init(&t->session, GNUTLS_SERVER | GNUTLS_NONBLOCK);
+	if (rc < 0)
+		goto fail;
+	rc = gnutls_set_default_priority(t->session);
+	if (rc < 0)
+		goto fail_session;
+	rc = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE,
+				    c->cred);
+	if (rc < 0)
+		goto fail_session;
+	gnutls_certificate_server_set_request(t->session, GNUTLS_CERT_IGNORE);
+	gnutls_transport_set_ptr(t->session, t);
+	gnutls_transport_set_pull_function(t->session, tls_pull);
+	gnutls_transport_set_push_function(t->session, tls_push);
+	return 0;
+
+fail_session:
+	gnutls_deinit(t->session);
+fail:
+	t->session = NULL;
+	t->error = gnutls_strerror(rc);
+	return MTA_ETLS;
+}
+
+void mta_tls_free(struct mta_tls *t)
+{
+	if (t->session != NULL)
+		gnutls_deinit(t->session);
+	t->session = NULL;
+	mta_buf_free(&t->in);
+	mta_buf_free(&t->out);
+}
+
+int mta_tls_feed(struct mta_tls *t, const void *p, size_t n)
+{
+	if (t->in_off > 0 && t->in_off == t->in.len)
+		t->in.len = t->in_off = 0;
+	return mta_buf_append(&t->in, p, n);
+}
+
+static int translate(struct mta_tls *t, int rc)
+{
+	if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
+		return MTA_EAGAIN;
+	t->error = gnutls_strerror(rc);
+	return MTA_ETLS;
+}
+
+int mta_tls_handshake(struct mta_tls *t)
+{
+	int rc;
+
+	if (t->handshake_done)
+		return 0;
+	rc = gnutls_handshake(t->session);
+	if (rc == GNUTLS_E_SUCCESS) {
+		t->handshake_done = true;
+		return 0;
+	}
+	if (rc < 0 && !gnutls_error_is_fatal(rc) && rc != GNUTLS_E_AGAIN &&
+	    rc != GNUTLS_E_INTERRUPTED)
+		return MTA_EAGAIN; /* warning alert: keep going */
+	return translate(t, rc);
+}
+
+int mta_tls_read(struct mta_tls *t, void *buf, size_t n, size_t *got)
+{
+	ssize_t r = gnutls_record_recv(t->session, buf, n);
+
+	*got = 0;
+	if (r > 0) {
+		*got = (size_t)r;
+		return 0;
+	}
+	if (r == 0)
+		return MTA_ECLOSED;
+	return translate(t, (int)r);
+}
+
+int mta_tls_write(struct mta_tls *t, const void *p, size_t n)
+{
+	const char *c = p;
+
+	while (n > 0) {
+		ssize_t w = gnutls_record_send(t->session, c, n);
+		if (w < 0) {
+			if (w == GNUTLS_E_AGAIN || w == GNUTLS_E_INTERRUPTED)
+				continue; /* push never blocks */
+			return translate(t, (int)w);
+		}
+		c += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+void mta_tls_bye(struct mta_tls *t)
+{
+	if (t->session != NULL && t->handshake_done)
+		(void)gnutls_bye(t->session, GNUTLS_SHUT_WR);
+}
+
+void mta_tls_take_output(struct mta_tls *t, struct mta_buf *dst)
+{
+	*dst = t->out;
+	memset(&t->out, 0, sizeof(t->out));
+}
+
+void mta_tls_describe(const struct mta_tls *t, char *buf, size_t n)
+{
+	const char *ver = gnutls_protocol_get_name(
+		gnutls_protocol_get_version(t->session));
+	const char *suite = gnutls_ciphersuite_get(t->session);
+
+	snprintf(buf, n, "%s %s", ver ? ver : "unknown",
+		 suite ? suite : "unknown");
+}

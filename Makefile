@@ -1,0 +1,56 @@
+# mtad - top-level entry points. Everything real lives in meson.build and
+# tests/run_all.sh; this file installs what is missing and wires them up.
+#
+#   make run     install missing Debian packages, build, start mtad in the
+#                foreground with etc/mtad.conf
+#   make test    the same set-up, then every test (unit, fuzz corpus replay,
+#                ASan+UBSan, TSan, integration against the real daemon)
+#   make build   just build (./build)
+#   make fuzz    run the libFuzzer targets for a while (clang)
+#   make clean
+
+SHELL := /bin/bash
+BUILD ?= build
+WERROR ?= true
+
+# Debian 12 packages the build, the tests and the lab need.
+DEB_PACKAGES := gcc clang libclang-rt-14-dev meson ninja-build pkg-config \
+	libuv1-dev libgetdns-dev liblmdb-dev lmdb-utils libinih-dev \
+	libgnutls28-dev gnutls-bin libcurl4-gnutls-dev libcmocka-dev openssl \
+	swaks python3-pytest python3-aiosmtpd python3-dnspython \
+	python3-cryptography
+
+.PHONY: all deps build run test certs fuzz clean
+
+all: build
+
+deps:
+	@bash tests/install_deps.sh $(DEB_PACKAGES)
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD) -Dwerror=$(WERROR)
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+certs: var/tls/cert.pem
+
+var/tls/cert.pem:
+	@mkdir -p var/tls
+	openssl req -x509 -newkey rsa:2048 -nodes -days 3650 \
+		-subj "/CN=$$(hostname -f 2>/dev/null || hostname)" \
+		-keyout var/tls/key.pem -out var/tls/cert.pem 2>/dev/null
+	@chmod 600 var/tls/key.pem
+
+run: build certs
+	@mkdir -p var/spool
+	exec $(BUILD)/mtad -c etc/mtad.conf
+
+test: deps
+	@bash tests/run_all.sh
+
+fuzz: deps
+	@bash tests/fuzz/run_fuzzers.sh $${FUZZ_SECONDS:-60}
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz

@@ -1,0 +1,76 @@
+/*
+ * tls.h - GnuTLS sessions over memory buffers, for the libuv drivers.
+ *
+ * DESCRIPTION
+ *	The drivers own the sockets; a struct mta_tls only transforms bytes.
+ *	Ciphertext read from the socket goes in with mta_tls_feed(); records
+ *	to send accumulate in t->out, which the driver writes and empties with
+ *	mta_tls_take_output().  mta_tls_handshake() advances the handshake as
+ *	far as the buffered input allows: 0 when complete, MTA_EAGAIN when it
+ *	needs more input (send t->out first), MTA_ETLS on failure (message in
+ *	t->error).  mta_tls_read() decrypts buffered records into buf (0 and
+ *	*got > 0; MTA_EAGAIN when no complete record is buffered; MTA_ECLOSED
+ *	on the peer's close_notify); mta_tls_write() encrypts into t->out.
+ *	mta_tls_bye() queues a close_notify.
+ *
+ *	mta_tls_creds_load() reads a PEM certificate chain and key for the
+ *	server side.  mta_tls_describe() writes "TLSv1.3
+ *	TLS_AES_256_GCM_SHA384" style text (protocol, then the IANA cipher
+ *	suite name) for logs and the Received header.
+ *
+ * THREADS
+ *	Loop thread.  Credentials are read-only after loading and may be
+ *	shared by all sessions.
+ *
+ * OWNERSHIP
+ *	struct mta_tls is caller-owned (embed it); mta_tls_free() releases the
+ *	GnuTLS session and buffers.  Credentials: mta_tls_creds_free() after
+ *	every session using them was freed.
+ *
+ * ERRORS
+ *	GnuTLS codes are translated here: fatal ones to MTA_ETLS with the
+ *	GnuTLS text in t->error, GNUTLS_E_AGAIN to MTA_EAGAIN.
+ *
+ * SECURITY
+ *	Peer bytes are untrusted; the input buffer is bounded by what the
+ *	driver feeds (it stops reading while plaintext is pending).
+ *	GnuTLS's default priority string (system policy) is used.
+ */
+#ifndef MTA_TLS_H
+#define MTA_TLS_H
+
+#include "envelope.h"
+
+#include <gnutls/gnutls.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct mta_tls_creds {
+	gnutls_certificate_credentials_t cred;
+};
+
+struct mta_tls {
+	gnutls_session_t session;
+	struct mta_buf in; /* received ciphertext */
+	size_t in_off;	   /* consumed prefix of in */
+	struct mta_buf out; /* ciphertext to send */
+	bool handshake_done;
+	const char *error; /* static GnuTLS text after MTA_ETLS */
+};
+
+int mta_tls_creds_load(const char *cert, const char *key,
+		       struct mta_tls_creds **out, char *err, size_t errlen);
+void mta_tls_creds_free(struct mta_tls_creds *c);
+
+int mta_tls_server_init(struct mta_tls *t, const struct mta_tls_creds *c);
+void mta_tls_free(struct mta_tls *t);
+int mta_tls_feed(struct mta_tls *t, const void *p, size_t n);
+int mta_tls_handshake(struct mta_tls *t);
+int mta_tls_read(struct mta_tls *t, void *buf, size_t n, size_t *got);
+int mta_tls_write(struct mta_tls *t, const void *p, size_t n);
+void mta_tls_bye(struct mta_tls *t);
+/* Moves the pending ciphertext into *dst (which must be empty). */
+void mta_tls_take_output(struct mta_tls *t, struct mta_buf *dst);
+void mta_tls_describe(const struct mta_tls *t, char *buf, size_t n);
+
+#endif
