@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every libFuzzer target (clang) for SECONDS each (default 60), starting
+# from its corpus in tests/fuzz/corpus/<target>. New inputs go to
+# build-fuzz/corpus-<target>; crashes to build-fuzz/crash-*. The committed
+# corpus is replayed by `make test` (tests/meson.build: fuzz_replay_*).
+set -euo pipefail
+secs=${1:-60}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+out=build-fuzz
+mkdir -p "$out"
+flags="-g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Ilibmta"
+common="libmta/envelope.c libmta/err.c"
+declare -A extra=(
+	[smtp_server]="libmta/smtp_server.c"
+	[smtp_client]="libmta/smtp_client.c"
+)
+status=0
+for f in tests/fuzz/fuzz_*.c; do
+	t=$(basename "$f" .c)
+	t=${t#fuzz_}
+	[ -n "${extra[$t]:-}" ] || { echo "skip $t (no source list)"; continue; }
+	# shellcheck disable=SC2086
+	clang $flags "$f" ${extra[$t]} $common -o "$out/fuzz_$t"
+	mkdir -p "$out/corpus-$t"
+	echo "== fuzz_$t for ${secs}s"
+	if ! "$out/fuzz_$t" -max_total_time="$secs" -artifact_prefix="$out/crash-$t-" \
+		"$out/corpus-$t" "tests/fuzz/corpus/$t"; then
+		status=1
+	fi
+done
+exit $status
