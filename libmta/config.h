@@ -4,31 +4,71 @@
  * DESCRIPTION
  *	mta_config_load() reads the INI file at path with libinih, applies the
  *	environment overrides found in envp (MTAD_SERVER_LISTEN=...; upper
- *	case section and key), validates every value and returns an immutable
- *	snapshot.  Every key has a documented default (docs/configuration.md);
- *	an unknown section or key is an error.  On failure it returns
- *	MTA_ECONFIG and writes one line into err naming the file, line, key and
- *	why ("etc/mtad.conf:12: server.max_message_size: not a size: '12q'"),
- *	or "environment MTAD_X_Y: ..." for an override.  path may be NULL
- *	(defaults + environment only).
+ *	case section and key; never getenv()), validates every value and
+ *	returns an immutable snapshot in *out.  Every key has a documented
+ *	default (docs/configuration.md; the key table in config.c is the
+ *	single source, tests/check_docs.sh keeps the two equal).  path may be
+ *	NULL (defaults + environment only).  Derived defaults are resolved at
+ *	load: server.hostname empty = gethostname(); control.socket empty =
+ *	"<spool.dir>/control.sock".
  *
  *	mta_config_print() writes the effective configuration as INI, every
- *	key, so `mtad --check-config` shows what will run.
+ *	section and key, values normalised (sizes in bytes, durations in
+ *	seconds with "s", listen addresses and networks in canonical form,
+ *	long lists wrapped onto indented continuation lines), so the output of
+ *	`mtad --check-config` can be loaded again and gives an equal snapshot.
  *
  *	mta_config_relay_allowed() says whether a client address lies in
- *	server.relay_networks.
+ *	server.relay_networks.  An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+ *	is matched against the IPv4 networks as a.b.c.d (and against the IPv6
+ *	networks as itself).  Other families (AF_UNIX) are never allowed.
  *
- *	Value syntax: sizes take an optional k/M/G suffix (powers of 1024);
- *	durations take s/m/h/d (default seconds); booleans yes/no/true/false;
- *	lists are comma-separated.  Listen addresses are "addr:port" or
- *	"[v6]:port".
+ *	Value syntax: sizes are decimal bytes with an optional k/M/G suffix
+ *	(powers of 1024, either case); durations are decimal with s/m/h/d
+ *	(no suffix = seconds); lists are separated by commas and/or blanks,
+ *	and only lists may continue on indented lines.  Listen addresses are
+ *	numeric "a.b.c.d:port" or "[v6]:port".  A CIDR is "addr/prefix" or a
+ *	bare address (/32, /128); host bits beyond the prefix are an error.
+ *	Values are never unquoted; a " ;" starts a comment.
  *
  * THREADS
- *	Any: a loaded config is never modified.
+ *	Any: a loaded config is never modified.  mta_config_load() keeps no
+ *	static state and may run concurrently (a reload builds a new
+ *	snapshot; the old one is freed when its last user is done).
  *
  * OWNERSHIP
  *	The snapshot and every string in it belong to the config; free with
- *	mta_config_free().
+ *	mta_config_free() (NULL is fine).  *out is set only on success.
+ *
+ * ERRORS
+ *	mta_config_load() returns 0, MTA_ECONFIG or -ENOMEM, and on failure
+ *	writes exactly one line (no newline) into err (errlen bytes, may be
+ *	truncated), the first error found:
+ *	  "<file>:<line>: <section>.<key>: <why> ('<value>')"
+ *	  "<file>:<line>: <section>.<key>: unknown key"
+ *	  "<file>:<line>: [<section>]: unknown section"
+ *	  "<file>:<line>: <section>.<key>: duplicate key (first on line N) ..."
+ *	  "<file>:<line>: syntax error"
+ *	  "<file>:<line>: line too long (max 197 bytes)"
+ *	  "<file>: <strerror>"
+ *	  "environment MTAD_X_Y: <section>.<key>: <why> ('<value>')"
+ *	  "environment MTAD_X_Y: unknown variable (names no key)"
+ *	A value error is attributed to where the value came from (the file
+ *	line or the variable that overrode it).  It never exits and never
+ *	logs: the caller prints err and exits 2.
+ *
+ * SECURITY
+ *	The file and the environment are trusted (the operator's), but parsed
+ *	strictly: every number is range-checked, every string is free of
+ *	control bytes and at most 160 bytes (lists excepted), so print output
+ *	stays one-value-per-line and loadable.  Error messages quote values
+ *	with control bytes replaced by '?'.
+ *
+ * CAVEATS
+ *	libinih (Debian build) reads lines of at most 197 bytes; longer lines
+ *	are an error, not silently split.  MTAD_CONFIG is not a key (the tools
+ *	read it as the file path) and is ignored here; other variables named
+ *	MTAD_[A-Z0-9_]+ must name a key.
  */
 #ifndef MTA_CONFIG_H
 #define MTA_CONFIG_H
@@ -50,40 +90,41 @@ struct mta_cidr {
 
 struct mta_config {
 	/* [server] */
-	char *server_hostname;
+	char *server_hostname; /* resolved: never NULL */
 	struct sockaddr_storage listen[MTA_CONFIG_MAX_LISTEN];
-	size_t nlisten;
-	char *server_listen; /* as written, for printing */
+	size_t nlisten;	     /* >= 1 */
+	char *server_listen; /* normalised, for printing */
 	struct mta_cidr relay_networks[MTA_CONFIG_MAX_NETWORKS];
 	size_t nrelay_networks;
-	char *server_relay_networks; /* as written */
-	uint64_t max_message_size;
+	char *server_relay_networks; /* normalised ("" = none) */
+	uint64_t max_message_size;   /* bytes */
 	unsigned max_recipients;      /* server.max_recipients, 1000 */
 	unsigned max_sessions;	      /* server.max_sessions, 1000 */
 	unsigned command_timeout;     /* server.command_timeout s, 300 */
 	unsigned data_timeout;	      /* server.data_timeout s, 600 */
 	char *tls_cert;		      /* server.tls_cert or NULL */
-	char *tls_key;		      /* server.tls_key or NULL */
+	char *tls_key;		      /* server.tls_key or NULL (both or none) */
 	/* [spool] */
 	char *spool_dir;
 	uint64_t spool_max_size; /* spool.max_size, LMDB map size, 8G */
 	/* [dns] */
-	char *dns_resolver;	/* NULL = /etc/resolv.conf */
+	char *dns_resolver;	/* NULL = /etc/resolv.conf; else as written */
 	char *dns_trust_anchor;
 	/* [delivery] */
 	unsigned delivery_port;
-	char *delivery_relayhost; /* NULL = MX delivery */
+	char *delivery_relayhost; /* NULL = MX delivery; else as written */
 	unsigned queue_lifetime;  /* seconds */
 	/* [tls] */
 	char *tls_ca_file;
 	char *tls_policy_file; /* NULL = none */
-	char *tls_default_level;
+	char *tls_default_level; /* none may encrypt dane dane-only verify */
 	/* [mta_sts] */
 	unsigned mta_sts_https_port;
 	/* [control] */
-	char *control_socket;
+	char *control_socket; /* resolved: never NULL */
 	/* [http] */
-	char *http_listen;
+	char *http_listen;		     /* normalised addr:port */
+	struct sockaddr_storage http_addr; /* http.listen, parsed */
 	/* [log] */
 	int log_level; /* enum mta_log_level */
 };
