@@ -1,4 +1,4 @@
-#include "sched.h"
+#include "queue.h"
 
 #include "err.h"
 
@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-uint64_t mta_sched_backoff(const struct mta_sched_policy *p,
+uint64_t mta_queue_backoff(const struct mta_queue_policy *p,
 			   uint32_t attempts, uint32_t rnd)
 {
 	uint64_t d = p->min_backoff_us;
@@ -27,7 +27,7 @@ uint64_t mta_sched_backoff(const struct mta_sched_policy *p,
 	return d;
 }
 
-int mta_sched_destination(const struct mta_rcpt *r, const char *relayhost,
+int mta_queue_destination(const struct mta_rcpt *r, const char *relayhost,
 			  char *out, size_t len)
 {
 	const char *src = "";
@@ -49,27 +49,27 @@ int mta_sched_destination(const struct mta_rcpt *r, const char *relayhost,
 	return 0;
 }
 
-bool mta_sched_pending(const struct mta_rcpt *r)
+bool mta_queue_pending(const struct mta_rcpt *r)
 {
 	return r->state == MTA_RCPT_QUEUED || r->state == MTA_RCPT_DEFERRED;
 }
 
-bool mta_sched_due(const struct mta_rcpt *r, int64_t now_us)
+bool mta_queue_due(const struct mta_rcpt *r, int64_t now_us)
 {
-	return mta_sched_pending(r) && r->next_attempt_us <= now_us;
+	return mta_queue_pending(r) && r->next_attempt_us <= now_us;
 }
 
-static void make_permanent(const char *status, char *out, size_t len)
+/* 4.x.y -> 5.x.y in place; anything unusable -> 5.4.7 */
+static void make_permanent(char *status, size_t len)
 {
-	if (status != NULL && (status[0] == '4' || status[0] == '5') &&
-	    status[1] == '.')
-		snprintf(out, len, "5%s", status + 1);
+	if ((status[0] == '4' || status[0] == '5') && status[1] == '.')
+		status[0] = '5';
 	else
-		snprintf(out, len, "5.4.7");
+		snprintf(status, len, "5.4.7");
 }
 
-int mta_sched_apply(const struct mta_sched_policy *p, struct mta_envelope *e,
-		    size_t r, const struct mta_sched_outcome *o,
+int mta_queue_apply(const struct mta_queue_policy *p, struct mta_envelope *e,
+		    size_t r, const struct mta_queue_outcome *o,
 		    int64_t now_us, uint32_t rnd, char *final_status,
 		    size_t status_len)
 {
@@ -91,7 +91,7 @@ int mta_sched_apply(const struct mta_sched_policy *p, struct mta_envelope *e,
 	} else if (now_us > e->arrival_us &&
 		   (uint64_t)(now_us - e->arrival_us) >= p->queue_lifetime_us) {
 		state = MTA_RCPT_BOUNCED;
-		make_permanent(status, status, sizeof(status));
+		make_permanent(status, sizeof(status));
 	} else {
 		state = MTA_RCPT_DEFERRED;
 	}
@@ -103,19 +103,19 @@ int mta_sched_apply(const struct mta_sched_policy *p, struct mta_envelope *e,
 	rc->state = state;
 	if (state == MTA_RCPT_DEFERRED)
 		rc->next_attempt_us =
-			now_us + (int64_t)mta_sched_backoff(p, rc->attempts, rnd);
+			now_us + (int64_t)mta_queue_backoff(p, rc->attempts, rnd);
 	if (final_status != NULL)
 		snprintf(final_status, status_len, "%s", status);
 	return state;
 }
 
-int64_t mta_sched_next_due(const struct mta_envelope *e)
+int64_t mta_queue_next_due(const struct mta_envelope *e)
 {
 	int64_t best = -1;
 
 	for (size_t i = 0; i < e->nrcpt; i++) {
 		const struct mta_rcpt *r = &e->rcpts[i];
-		if (!mta_sched_pending(r))
+		if (!mta_queue_pending(r))
 			continue;
 		if (best < 0 || r->next_attempt_us < best)
 			best = r->next_attempt_us;
