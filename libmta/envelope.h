@@ -20,9 +20,26 @@
  *	version and every length, and fails distinctly: MTA_ECORRUPT on bad
  *	magic or truncation, MTA_ESCHEMA on an unknown version.
  *
+ *	Record layout, integers big-endian: "MTAE", u16 version (1), u32
+ *	total length (header included; must equal n), then sender, envid,
+ *	ret_raw, u8 ret, u8 body, u8 smtputf8, u64 declared_size, helo,
+ *	client_addr, tls, i64 arrival_us, u64 size, u32 nrcpt, and per
+ *	recipient addr, orcpt, notify_raw, u32 notify, u8 state, u32
+ *	attempts, i64 next_attempt_us, last_response, relay.  A string is a
+ *	u32 length and its bytes; 0xffffffff encodes NULL.  encode appends
+ *	to out (on failure out is as before: -ENOMEM, MTA_ETOOBIG).  decode
+ *	also fails with MTA_ECORRUPT on trailing bytes, a NUL inside a
+ *	string, a NULL sender or recipient address, an out-of-range enum, or
+ *	a recipient count the record cannot hold; with -ENOMEM.  It sets
+ *	*out only on success, without freeing what out held.
+ *
  * THREADS
  *	Any; an envelope belongs to one thread at a time (the loop thread
  *	hands it to the writer thread for a commit and gets it back).
+ *
+ * SECURITY
+ *	decode treats the record as untrusted: every length is checked
+ *	against the bytes left before anything is allocated.
  *
  * OWNERSHIP
  *	Every char * in the structs below is owned by the envelope (malloc'd)

@@ -1,1 +1,752 @@
-typedef int mta_stub_spool;
+#include "spool.h"
+
+#include "err.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SPOOL_MAXDBS 8
+#define SCHEMA_KEY "schema"
+#define CHUNK_KEY_LEN (MTA_QID_LEN + 4)
+#define DUE_KEY_LEN (8 + MTA_QID_LEN)
+
+struct mta_spool {
+	MDB_env *env;
+	MDB_dbi meta, messages, bodies, due, dest, sts;
+	size_t chunk; /* body chunk size: page size - 16 */
+	bool readonly;
+	char *tmpdir;
+};
+
+struct mta_spool_txn {
+	struct mta_spool *sp;
+	MDB_txn *txn;
+	struct mta_buf rec; /* reused envelope encoding buffer */
+};
+
+/* The one place where LMDB codes become libmta codes. */
+static int mdb_err(int rc)
+{
+	switch (rc) {
+	case MDB_SUCCESS:
+		return 0;
+	case MDB_MAP_FULL:
+		return MTA_EMAPFULL;
+	case MDB_NOTFOUND:
+		return MTA_ENOTFOUND;
+	case MDB_CORRUPTED:
+	case MDB_PAGE_NOTFOUND:
+		return MTA_ECORRUPT;
+	case MDB_VERSION_MISMATCH:
+	case MDB_INVALID:
+		return MTA_ESCHEMA;
+	case MDB_BAD_VALSIZE:
+		return MTA_ETOOBIG;
+	case MDB_TXN_FULL:
+		return MTA_EAGAIN;
+	case MDB_KEYEXIST:
+		return -EEXIST;
+	default:
+		if (rc > 0 && rc < 4096)
+			return -rc;
+		return MTA_EDB;
+	}
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+	put_be32(p, (uint32_t)(v >> 32));
+	put_be32(p + 4, (uint32_t)v);
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
+}
+
+/* ---- queue ids ---------------------------------------------------- */
+
+static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+void mta_qid_make(char out[MTA_QID_LEN + 1], uint64_t usec, uint32_t seq)
+{
+	for (int i = 0; i < 11; i++)
+		out[i] = crockford[(usec >> (5 * (10 - i))) & 31];
+	for (int i = 0; i < 5; i++)
+		out[11 + i] = crockford[(seq >> (5 * (4 - i))) & 31];
+	out[MTA_QID_LEN] = '\0';
+}
+
+static bool qid_valid(const char *qid)
+{
+	for (int i = 0; i < MTA_QID_LEN; i++)
+		if (qid[i] == '\0' || strchr(crockford, qid[i]) == NULL)
+			return false;
+	return qid[MTA_QID_LEN] == '\0';
+}
+
+/* ---- bodies being received ---------------------------------------- */
+
+void mta_body_init(struct mta_body *b, const char *tmpdir,
+		   size_t spill_threshold)
+{
+	memset(b, 0, sizeof(*b));
+	b->fd = -1;
+	b->spill_threshold = spill_threshold;
+	b->tmpdir = tmpdir;
+}
+
+static int pwrite_all(int fd, const void *p, size_t n, uint64_t off)
+{
+	const uint8_t *c = p;
+	while (n > 0) {
+		ssize_t w = pwrite(fd, c, n, (off_t)off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		c += w;
+		n -= (size_t)w;
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
+static int open_tmpfile(const char *dir)
+{
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		return fd;
+	if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+		return -errno;
+	/* file system without O_TMPFILE: create and unlink at once */
+	char path[4096];
+	int n = snprintf(path, sizeof(path), "%s/body.XXXXXX", dir);
+	if (n < 0 || (size_t)n >= sizeof(path))
+		return -ENAMETOOLONG;
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (unlink(path) != 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+/* Moves the buffered bytes into a fresh temporary file. */
+static int body_spill(struct mta_body *b)
+{
+	const char *dir = b->tmpdir ? b->tmpdir : P_tmpdir;
+	int fd = open_tmpfile(dir);
+	if (fd < 0)
+		return fd;
+	int err = pwrite_all(fd, b->mem.data, b->mem.len, 0);
+	if (err != 0) {
+		close(fd);
+		return err;
+	}
+	b->fd = fd;
+	mta_buf_free(&b->mem);
+	return 0;
+}
+
+int mta_body_append(struct mta_body *b, const void *p, size_t n)
+{
+	int err;
+
+	if (n == 0)
+		return 0;
+	if (b->fd < 0 && b->mem.len + n > b->spill_threshold) {
+		err = body_spill(b);
+		if (err != 0)
+			return err;
+	}
+	if (b->fd < 0)
+		err = mta_buf_append(&b->mem, p, n);
+	else
+		err = pwrite_all(b->fd, p, n, b->len);
+	if (err != 0)
+		return err;
+	b->len += n;
+	return 0;
+}
+
+int mta_body_pread(const struct mta_body *b, uint64_t off, void *p, size_t n,
+		   size_t *got)
+{
+	if (off >= b->len || n == 0) {
+		*got = 0;
+		return 0;
+	}
+	if (n > b->len - off)
+		n = (size_t)(b->len - off);
+	if (b->fd < 0) {
+		memcpy(p, b->mem.data + off, n);
+		*got = n;
+		return 0;
+	}
+	size_t done = 0;
+	while (done < n) {
+		ssize_t r = pread(b->fd, (uint8_t *)p + done, n - done,
+				  (off_t)(off + done));
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -EIO; /* the file is shorter than len */
+		done += (size_t)r;
+	}
+	*got = done;
+	return 0;
+}
+
+void mta_body_free(struct mta_body *b)
+{
+	if (b->fd >= 0)
+		close(b->fd);
+	mta_buf_free(&b->mem);
+	b->fd = -1;
+	b->len = 0;
+}
+
+/* ---- open / close ------------------------------------------------- */
+
+static int mkdir_0700(const char *path)
+{
+	if (mkdir(path, 0700) == 0 || errno == EEXIST)
+		return 0;
+	return -errno;
+}
+
+/* Opens (or, writable, creates) the named databases and checks the
+ * schema.  A mismatch aborts the transaction: nothing is written. */
+static int open_dbs(struct mta_spool *sp)
+{
+	unsigned create = sp->readonly ? 0 : MDB_CREATE;
+	MDB_txn *txn;
+	MDB_val k = {sizeof(SCHEMA_KEY) - 1, (void *)SCHEMA_KEY}, v;
+	uint8_t ver[4];
+	int rc;
+
+	rc = mdb_txn_begin(sp->env, NULL, sp->readonly ? MDB_RDONLY : 0, &txn);
+	if (rc != 0)
+		return mdb_err(rc);
+	rc = mdb_dbi_open(txn, "meta", create, &sp->meta);
+	if (rc != 0)
+		goto fail;
+	rc = mdb_get(txn, sp->meta, &k, &v);
+	if (rc == 0) {
+		if (v.mv_size != 4) {
+			mdb_txn_abort(txn);
+			return MTA_ECORRUPT;
+		}
+		if (get_be32(v.mv_data) != MTA_SPOOL_SCHEMA) {
+			mdb_txn_abort(txn);
+			return MTA_ESCHEMA;
+		}
+	} else if (rc == MDB_NOTFOUND && !sp->readonly) {
+		put_be32(ver, MTA_SPOOL_SCHEMA);
+		v.mv_size = sizeof(ver);
+		v.mv_data = ver;
+		rc = mdb_put(txn, sp->meta, &k, &v, 0);
+		if (rc != 0)
+			goto fail;
+	} else {
+		goto fail;
+	}
+	if ((rc = mdb_dbi_open(txn, "messages", create, &sp->messages)) ||
+	    (rc = mdb_dbi_open(txn, "bodies", create, &sp->bodies)) ||
+	    (rc = mdb_dbi_open(txn, "due", create, &sp->due)) ||
+	    (rc = mdb_dbi_open(txn, "dest", create | MDB_DUPSORT, &sp->dest)) ||
+	    (rc = mdb_dbi_open(txn, "sts", create, &sp->sts)))
+		goto fail;
+	/* committing a read-only txn keeps its DBI handles open */
+	rc = mdb_txn_commit(txn);
+	return mdb_err(rc);
+fail:
+	mdb_txn_abort(txn);
+	return mdb_err(rc);
+}
+
+int mta_spool_open(const struct mta_spool_opts *o, struct mta_spool **out)
+{
+	struct mta_spool *sp;
+	MDB_stat st;
+	int dead, rc, err;
+
+	sp = calloc(1, sizeof(*sp));
+	if (sp == NULL)
+		return -ENOMEM;
+	sp->readonly = o->readonly;
+	size_t dl = strlen(o->dir);
+	sp->tmpdir = malloc(dl + sizeof("/tmp"));
+	if (sp->tmpdir == NULL) {
+		err = -ENOMEM;
+		goto fail_sp;
+	}
+	memcpy(sp->tmpdir, o->dir, dl);
+	memcpy(sp->tmpdir + dl, "/tmp", sizeof("/tmp"));
+	if (!o->readonly) {
+		if ((err = mkdir_0700(o->dir)) != 0 ||
+		    (err = mkdir_0700(sp->tmpdir)) != 0)
+			goto fail_tmpdir;
+	}
+	rc = mdb_env_create(&sp->env);
+	if (rc != 0) {
+		err = mdb_err(rc);
+		goto fail_tmpdir;
+	}
+	/* readonly: take the map size from the file (the writer's) */
+	if (!o->readonly && (rc = mdb_env_set_mapsize(sp->env, o->max_size)))
+		goto fail_env;
+	if ((rc = mdb_env_set_maxdbs(sp->env, SPOOL_MAXDBS)))
+		goto fail_env;
+	rc = mdb_env_open(sp->env, o->dir,
+			  MDB_NOTLS | (o->readonly ? MDB_RDONLY : 0), 0600);
+	if (rc != 0)
+		goto fail_env;
+	/* free reader slots left by killed processes (they pin pages) */
+	rc = mdb_reader_check(sp->env, &dead);
+	if (rc != 0)
+		goto fail_env;
+	rc = mdb_env_stat(sp->env, &st);
+	if (rc != 0)
+		goto fail_env;
+	sp->chunk = st.ms_psize - 16;
+	err = open_dbs(sp);
+	if (err != 0)
+		goto fail_env_err;
+	*out = sp;
+	return 0;
+
+fail_env:
+	err = mdb_err(rc);
+fail_env_err:
+	mdb_env_close(sp->env);
+fail_tmpdir:
+	free(sp->tmpdir);
+fail_sp:
+	free(sp);
+	return err;
+}
+
+void mta_spool_close(struct mta_spool *sp)
+{
+	if (sp == NULL)
+		return;
+	mdb_env_close(sp->env);
+	free(sp->tmpdir);
+	free(sp);
+}
+
+const char *mta_spool_tmpdir(const struct mta_spool *sp)
+{
+	return sp->tmpdir;
+}
+
+size_t mta_spool_chunk_size(const struct mta_spool *sp)
+{
+	return sp->chunk;
+}
+
+/* ---- writing ------------------------------------------------------ */
+
+int mta_spool_begin(struct mta_spool *sp, struct mta_spool_txn **out)
+{
+	struct mta_spool_txn *t;
+	int rc;
+
+	if (sp->readonly)
+		return -EROFS;
+	t = calloc(1, sizeof(*t));
+	if (t == NULL)
+		return -ENOMEM;
+	rc = mdb_txn_begin(sp->env, NULL, 0, &t->txn);
+	if (rc != 0) {
+		free(t);
+		return mdb_err(rc);
+	}
+	t->sp = sp;
+	*out = t;
+	return 0;
+}
+
+static void chunk_key(uint8_t k[CHUNK_KEY_LEN], const char *qid, uint32_t n)
+{
+	memcpy(k, qid, MTA_QID_LEN);
+	put_be32(k + MTA_QID_LEN, n);
+}
+
+static int put_body(struct mta_spool_txn *t, MDB_txn *txn, const char *qid,
+		    const struct mta_body *body)
+{
+	struct mta_spool *sp = t->sp;
+	uint8_t kb[CHUNK_KEY_LEN];
+	uint64_t off = 0;
+	uint32_t n = 0;
+
+	while (off < body->len) {
+		uint64_t left = body->len - off;
+		size_t want = left < sp->chunk ? (size_t)left : sp->chunk;
+		MDB_val k = {sizeof(kb), kb}, v = {want, NULL};
+		size_t got;
+		int rc, err;
+
+		if (n == UINT32_MAX)
+			return MTA_ETOOBIG;
+		chunk_key(kb, qid, n);
+		/* reserve the space and read the body straight into it */
+		rc = mdb_put(txn, sp->bodies, &k, &v, MDB_RESERVE);
+		if (rc != 0)
+			return mdb_err(rc);
+		err = mta_body_pread(body, off, v.mv_data, want, &got);
+		if (err != 0)
+			return err;
+		if (got != want)
+			return -EIO;
+		off += want;
+		n++;
+	}
+	return 0;
+}
+
+/* Lower-cased domain of addr (after the last '@') into out; false when
+ * there is none. */
+static bool rcpt_domain(const char *addr, char *out, size_t outlen)
+{
+	const char *at = strrchr(addr, '@');
+	if (at == NULL || at[1] == '\0')
+		return false;
+	size_t n = strlen(at + 1);
+	if (n >= outlen)
+		n = outlen - 1; /* longer than LMDB's key limit anyway */
+	for (size_t i = 0; i < n; i++) {
+		char c = at[1 + i];
+		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+	}
+	out[n] = '\0';
+	return true;
+}
+
+static int put_indexes(struct mta_spool_txn *t, MDB_txn *txn,
+		       const char *qid, const struct mta_envelope *env)
+{
+	struct mta_spool *sp = t->sp;
+	uint8_t dk[DUE_KEY_LEN];
+	MDB_val k = {sizeof(dk), dk}, v = {0, (void *)""};
+	char dom[512];
+	int rc;
+
+	put_be64(dk, (uint64_t)env->arrival_us);
+	memcpy(dk + 8, qid, MTA_QID_LEN);
+	rc = mdb_put(txn, sp->due, &k, &v, 0);
+	if (rc != 0)
+		return mdb_err(rc);
+
+	for (size_t i = 0; i < env->nrcpt; i++) {
+		if (env->rcpts[i].addr == NULL ||
+		    !rcpt_domain(env->rcpts[i].addr, dom, sizeof(dom)))
+			continue;
+		k.mv_size = strlen(dom);
+		k.mv_data = dom;
+		v.mv_size = MTA_QID_LEN;
+		v.mv_data = (void *)qid;
+		rc = mdb_put(txn, sp->dest, &k, &v, MDB_NODUPDATA);
+		if (rc == MDB_KEYEXIST)
+			continue; /* same domain twice in this message */
+		if (rc != 0)
+			return mdb_err(rc);
+	}
+	return 0;
+}
+
+int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
+			  const struct mta_envelope *env,
+			  const struct mta_body *body)
+{
+	static const struct mta_body empty = {.fd = -1};
+	struct mta_envelope rec = *env; /* shallow: only size differs */
+	MDB_txn *child;
+	MDB_val k, v;
+	int rc, err;
+
+	assert(qid_valid(qid));
+	if (body == NULL)
+		body = &empty;
+	rec.size = body->len;
+	t->rec.len = 0;
+	err = mta_envelope_encode(&rec, &t->rec);
+	if (err != 0)
+		return err;
+
+	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
+	if (rc != 0)
+		return mdb_err(rc);
+	k.mv_size = MTA_QID_LEN;
+	k.mv_data = (void *)qid;
+	v.mv_size = t->rec.len;
+	v.mv_data = t->rec.data;
+	rc = mdb_put(child, t->sp->messages, &k, &v, MDB_NOOVERWRITE);
+	if (rc != 0) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	if ((err = put_body(t, child, qid, body)) != 0 ||
+	    (err = put_indexes(t, child, qid, env)) != 0)
+		goto fail;
+	rc = mdb_txn_commit(child);
+	return mdb_err(rc); /* a failed child commit frees the child */
+fail:
+	mdb_txn_abort(child);
+	return err;
+}
+
+int mta_spool_commit(struct mta_spool_txn *t)
+{
+	/*
+	 * The durability point.  mdb_txn_commit() writes the dirty pages,
+	 * fdatasync()s the data file, then writes the new meta page (O_DSYNC
+	 * without MDB_NOSYNC/MDB_NOMETASYNC, which we never set).  Only when
+	 * it returns 0 do the writer's done() callbacks run and sessions send
+	 * their 250.  A crash before the meta page lands leaves the previous
+	 * meta page current: the spool holds none of this batch and no client
+	 * got a 250 for it (each retries).  A crash after it: the batch is
+	 * complete on disk; a client that lost its 250 may send again
+	 * (a duplicate, never a loss, RFC 5321 §6.1).
+	 */
+	int rc = mdb_txn_commit(t->txn);
+	mta_buf_free(&t->rec);
+	free(t);
+	return mdb_err(rc);
+}
+
+void mta_spool_abort(struct mta_spool_txn *t)
+{
+	if (t == NULL)
+		return;
+	mdb_txn_abort(t->txn);
+	mta_buf_free(&t->rec);
+	free(t);
+}
+
+/* ---- reading ------------------------------------------------------ */
+
+static int read_begin(struct mta_spool *sp, MDB_txn **txn)
+{
+	int rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, txn);
+	if (rc == MDB_MAP_RESIZED && sp->readonly) {
+		/* another process grew the map; adopt its size */
+		rc = mdb_env_set_mapsize(sp->env, 0);
+		if (rc == 0)
+			rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, txn);
+	}
+	return mdb_err(rc);
+}
+
+static int64_t env_due(const struct mta_envelope *e)
+{
+	int64_t due = INT64_MAX;
+	for (size_t i = 0; i < e->nrcpt; i++) {
+		const struct mta_rcpt *r = &e->rcpts[i];
+		if (r->state != MTA_RCPT_QUEUED && r->state != MTA_RCPT_DEFERRED)
+			continue;
+		int64_t t = r->next_attempt_us ? r->next_attempt_us
+					       : e->arrival_us;
+		if (t < due)
+			due = t;
+	}
+	return due;
+}
+
+int mta_spool_foreach(struct mta_spool *sp,
+		      int (*cb)(void *ud, const struct mta_spool_entry *e),
+		      void *ud)
+{
+	uint8_t last[512]; /* LMDB keys are at most 511 bytes */
+	size_t lastlen = 0;
+	bool first = true;
+	int bad = 0;
+
+	for (;;) {
+		char qid[MTA_QID_LEN + 1];
+		MDB_txn *txn;
+		MDB_cursor *cur;
+		MDB_val k = {lastlen, last}, v;
+		struct mta_envelope env;
+		int rc, err;
+
+		/* one short read txn per message: cb may be slow */
+		err = read_begin(sp, &txn);
+		if (err != 0)
+			return err;
+		rc = mdb_cursor_open(txn, sp->messages, &cur);
+		if (rc != 0) {
+			mdb_txn_abort(txn);
+			return mdb_err(rc);
+		}
+		if (first) {
+			rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+		} else {
+			rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+			if (rc == 0 && k.mv_size == lastlen &&
+			    memcmp(k.mv_data, last, lastlen) == 0)
+				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+		}
+		if (rc != 0) {
+			mdb_cursor_close(cur);
+			mdb_txn_abort(txn);
+			return rc == MDB_NOTFOUND ? bad : mdb_err(rc);
+		}
+		first = false;
+		if (k.mv_size > sizeof(last)) {
+			mdb_cursor_close(cur);
+			mdb_txn_abort(txn);
+			return MTA_ECORRUPT;
+		}
+		lastlen = k.mv_size;
+		memcpy(last, k.mv_data, lastlen);
+		if (k.mv_size == MTA_QID_LEN) {
+			memcpy(qid, k.mv_data, MTA_QID_LEN);
+			qid[MTA_QID_LEN] = '\0';
+			err = mta_envelope_decode(v.mv_data, v.mv_size, &env);
+		} else {
+			err = MTA_ECORRUPT;
+		}
+		mdb_cursor_close(cur);
+		mdb_txn_abort(txn);
+		if (err == -ENOMEM)
+			return err;
+		if (err != 0) {
+			/* skip a bad record, report the first at the end */
+			if (bad == 0)
+				bad = err;
+			continue;
+		}
+		struct mta_spool_entry e = {
+			.qid = qid, .env = &env, .due_us = env_due(&env)};
+		rc = cb(ud, &e);
+		mta_envelope_free(&env);
+		if (rc != 0)
+			return rc;
+	}
+}
+
+int mta_spool_get(struct mta_spool *sp, const char *qid,
+		  struct mta_envelope *out)
+{
+	MDB_txn *txn;
+	MDB_val k = {strlen(qid), (void *)qid}, v;
+	int rc, err;
+
+	if (k.mv_size != MTA_QID_LEN)
+		return MTA_ENOTFOUND;
+	err = read_begin(sp, &txn);
+	if (err != 0)
+		return err;
+	rc = mdb_get(txn, sp->messages, &k, &v);
+	err = rc == 0 ? mta_envelope_decode(v.mv_data, v.mv_size, out)
+		      : mdb_err(rc);
+	mdb_txn_abort(txn);
+	return err;
+}
+
+int mta_spool_read_body(struct mta_spool *sp, const char *qid, uint64_t off,
+			void *buf, size_t len, size_t *got)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur = NULL;
+	MDB_val k = {strlen(qid), (void *)qid}, v;
+	uint8_t kb[CHUNK_KEY_LEN];
+	uint64_t n = off / sp->chunk;
+	size_t skip = (size_t)(off % sp->chunk), done = 0;
+	int rc, err;
+
+	if (k.mv_size != MTA_QID_LEN)
+		return MTA_ENOTFOUND;
+	err = read_begin(sp, &txn);
+	if (err != 0)
+		return err;
+	rc = mdb_get(txn, sp->messages, &k, &v);
+	if (rc != 0)
+		goto out;
+	if (len == 0 || n >= UINT32_MAX)
+		goto out;
+	rc = mdb_cursor_open(txn, sp->bodies, &cur);
+	if (rc != 0)
+		goto out;
+	chunk_key(kb, qid, (uint32_t)n);
+	k.mv_size = sizeof(kb);
+	k.mv_data = kb;
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
+	while (rc == 0 && done < len) {
+		if (k.mv_size != CHUNK_KEY_LEN ||
+		    memcmp(k.mv_data, qid, MTA_QID_LEN) != 0)
+			break; /* past the last chunk */
+		if (get_be32((uint8_t *)k.mv_data + MTA_QID_LEN) != n ||
+		    v.mv_size > sp->chunk) {
+			err = MTA_ECORRUPT;
+			break;
+		}
+		if (v.mv_size <= skip)
+			break; /* offset at or past the end */
+		size_t take = v.mv_size - skip;
+		if (take > len - done)
+			take = len - done;
+		memcpy((uint8_t *)buf + done, (uint8_t *)v.mv_data + skip, take);
+		done += take;
+		skip = 0;
+		if (v.mv_size < sp->chunk)
+			break; /* a short chunk is the last one */
+		n++;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (rc == MDB_NOTFOUND)
+		rc = 0; /* offset at or past the end */
+out:
+	if (cur != NULL)
+		mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	if (err == 0)
+		err = mdb_err(rc);
+	if (err == 0)
+		*got = done;
+	return err;
+}
+
+int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages)
+{
+	MDB_txn *txn;
+	MDB_stat st;
+	int rc, err;
+
+	err = read_begin(sp, &txn);
+	if (err != 0)
+		return err;
+	rc = mdb_stat(txn, sp->messages, &st);
+	mdb_txn_abort(txn);
+	if (rc != 0)
+		return mdb_err(rc);
+	*nmessages = st.ms_entries;
+	return 0;
+}

@@ -3,44 +3,110 @@
  *
  * DESCRIPTION
  *	One LMDB environment in spool.dir with named databases:
- *	  meta      "schema" -> u32 version (checked at open)
- *	  messages  qid -> envelope record (envelope.h encoding)
- *	  bodies    qid(16) + be32 chunk number -> up to one page of body bytes
- *	  due       be64 due time (unix us) + qid -> "" (scheduler order)
- *	  dest      destination (lower-case domain, or relayhost) -> qid
- *	            (MDB_DUPSORT), so the scheduler finds all mail for one
- *	            destination
+ *	  meta      "schema" -> be32 version (checked at open)
+ *	  messages  qid -> envelope record (envelope.h encoding; its size
+ *	            field is the stored body length)
+ *	  bodies    qid(16) + be32 chunk number -> body bytes
+ *	  due       be64 due time (unix us) + qid -> "" (scheduler order);
+ *	            a new message is due at its arrival time
+ *	  dest      lower-cased recipient domain -> qid (MDB_DUPSORT), one
+ *	            entry per distinct domain of a message, so the scheduler
+ *	            finds all mail for one destination.  A recipient without
+ *	            '@domain' is not indexed.
  *	  sts       MTA-STS policy cache (issue #5; created empty now)
- *	Queue ids: MTA_QID_LEN printable characters, Crockford base32 of the
- *	arrival time in microseconds (11 chars) then 5 chars of a per-process
- *	sequence, so byte order is arrival order.
+ *	Queue ids: MTA_QID_LEN printable characters, Crockford base32
+ *	("0123456789ABCDEFGHJKMNPQRSTVWXYZ") of the arrival time in
+ *	microseconds (11 chars, big-endian) then 5 chars of a per-process
+ *	sequence (its low 25 bits), so byte order is arrival order.
+ *	mta_qid_make() only formats; the caller supplies time and sequence.
  *
- *	mta_spool_open() creates the directory (and its tmp/ subdirectory for
- *	body spill files) if needed, opens the environment with the map size
- *	max_size (MDB_MAP_FULL then means "spool full"), creates or checks the
- *	schema: a different version fails with MTA_ESCHEMA and touches
- *	nothing.  readonly opens never write (mtaq).
+ *	Body chunks: every chunk but the last holds exactly
+ *	mta_spool_chunk_size() bytes = page size - 16 (4080 with 4 KiB
+ *	pages).  A value that large always lives in exactly one overflow
+ *	page (LMDB's page header is 16 bytes), so a freed chunk frees one
+ *	page, and LMDB 0.9 - which reuses runs of contiguous free pages
+ *	poorly - can always reuse it: the file does not grow under churn.
+ *	The price is one B-tree entry per 4 KiB of body.
+ *
+ *	mta_spool_open() creates the directory and its tmp/ subdirectory
+ *	(mode 0700; tmp/ holds spilled bodies) if needed, opens the
+ *	environment (MDB_NOTLS) with the map size max_size (MDB_MAP_FULL
+ *	then means "spool full"), clears stale reader slots of killed
+ *	processes (mdb_reader_check), and creates or checks the schema: a
+ *	fresh environment gets meta "schema" = MTA_SPOOL_SCHEMA; a different
+ *	version fails with MTA_ESCHEMA and writes nothing.  readonly opens
+ *	(mtaq) never write or create anything but LMDB's lock file, ignore
+ *	max_size (the map size is taken from the file) and fail with -ENOENT
+ *	when the spool does not exist.
  *
  *	Writing happens only on the writer thread (writer.h) through a
  *	transaction: mta_spool_begin(), any number of mta_spool_put_message(),
- *	mta_spool_commit() or mta_spool_abort().  put_message runs in a nested
- *	transaction: when it fails (MTA_EMAPFULL, I/O error) nothing of that
- *	message remains and the outer transaction stays usable.  commit
- *	returns 0 only when the data is on stable storage (fdatasync).
+ *	mta_spool_commit() or mta_spool_abort() (both free the txn, whatever
+ *	the result).  put_message writes the envelope (with size set to the
+ *	body length; arrival_us as given), the body read from the mta_body
+ *	with mta_body_pread (body may be NULL: empty), the due and dest
+ *	entries, all in a nested transaction: when it fails (MTA_EMAPFULL,
+ *	-EEXIST for a qid already stored, I/O error) nothing of that message
+ *	remains and the outer transaction stays usable.  commit returns 0
+ *	only when the data is on stable storage (LMDB's default sync: data
+ *	fdatasync, then an O_DSYNC meta page write).
  *
  *	Readers (any thread, short read transactions, never held across a
- *	wait): mta_spool_foreach() calls cb for every message in qid order;
- *	mta_spool_get() loads one envelope; mta_spool_read_body() copies body
- *	bytes at an offset.  mta_spool_stat() counts messages.
+ *	callback): mta_spool_foreach() calls cb for every message in qid
+ *	order, one read transaction per message, so messages committed
+ *	meanwhile may or may not be seen.  A record that does not decode is
+ *	skipped; foreach then goes on and finally returns the first such
+ *	error (MTA_ECORRUPT / MTA_ESCHEMA) unless cb stopped it (its value
+ *	is returned) or a database error ended it.  due_us of an entry is
+ *	the earliest next attempt over its queued or deferred recipients
+ *	(next_attempt_us, or arrival_us when 0), INT64_MAX when none.
+ *	mta_spool_get() loads one envelope into out (overwritten on success,
+ *	not freed first; MTA_ENOTFOUND when absent).  mta_spool_read_body()
+ *	copies up to len body bytes at off, across chunks; *got = 0 at or
+ *	past the end.  mta_spool_stat() counts messages (mdb_stat, O(1)).
+ *	mta_spool_tmpdir() names the tmp/ directory for mta_body spills.
+ *
+ *	struct mta_body keeps a body being received in memory up to
+ *	spill_threshold bytes; the append that would pass it moves the
+ *	buffered bytes to an unlinked temporary file in tmpdir (O_TMPFILE,
+ *	or mkostemp + unlink where the file system lacks it) and appends
+ *	there.  mta_body_pread() copies at an offset without moving a file
+ *	offset, so the writer thread may read while nobody appends.
  *
  * THREADS
  *	An mta_spool may be used from the loop thread (readers) and the writer
- *	thread (the only writer) at once (MDB_NOTLS).
+ *	thread (the only writer) at once (MDB_NOTLS).  A txn belongs to the
+ *	thread that began it.  open/close: one thread, nothing else running.
+ *	An mta_body belongs to one thread at a time.
+ *
+ * OWNERSHIP
+ *	opts->dir is copied.  The spool owns its LMDB environment; close it
+ *	with mta_spool_close().  Strings in a foreach entry are valid during
+ *	the callback only.  An mta_body is caller-owned; mta_body_free()
+ *	closes its file and leaves it empty (init again to reuse).
  *
  * ERRORS
- *	LMDB codes are translated here: MDB_MAP_FULL -> MTA_EMAPFULL,
+ *	LMDB codes are translated here, once: MDB_MAP_FULL -> MTA_EMAPFULL,
  *	MDB_NOTFOUND -> MTA_ENOTFOUND, MDB_CORRUPTED/MDB_PAGE_NOTFOUND ->
- *	MTA_ECORRUPT, errno values -> -errno, anything else -> MTA_EDB.
+ *	MTA_ECORRUPT, MDB_INVALID/MDB_VERSION_MISMATCH -> MTA_ESCHEMA,
+ *	MDB_BAD_VALSIZE -> MTA_ETOOBIG, MDB_TXN_FULL -> MTA_EAGAIN (the
+ *	transaction holds too many dirty pages: retry the message in a
+ *	transaction of its own), MDB_KEYEXIST -> -EEXIST, errno values ->
+ *	-errno, anything else -> MTA_EDB.  Writing through a readonly spool:
+ *	-EROFS.
+ *
+ * SECURITY
+ *	Envelope strings come from SMTP clients; the record codec bounds
+ *	every length (envelope.h).  Recipient domains longer than 511 bytes
+ *	(LMDB's key limit) are cut; the SMTP server bounds them far lower.
+ *	Spill files are 0600 in a 0700 directory and unlinked at creation.
+ *
+ * CAVEATS
+ *	The map does not grow by itself: MTA_EMAPFULL is final for the
+ *	message; growing (mdb_env_set_mapsize with no txn active) is left to
+ *	a later change.  A readonly spool adopts a map grown by another
+ *	process when a read txn reports MDB_MAP_RESIZED.  Never open the
+ *	spool before fork() nor over NFS.
  */
 #ifndef MTA_SPOOL_H
 #define MTA_SPOOL_H
@@ -86,6 +152,8 @@ void mta_body_free(struct mta_body *b);
 int mta_spool_open(const struct mta_spool_opts *o, struct mta_spool **out);
 void mta_spool_close(struct mta_spool *sp);
 const char *mta_spool_tmpdir(const struct mta_spool *sp);
+/* Bytes per body chunk (page size - 16). */
+size_t mta_spool_chunk_size(const struct mta_spool *sp);
 
 int mta_spool_begin(struct mta_spool *sp, struct mta_spool_txn **out);
 int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,

@@ -1,1 +1,229 @@
-typedef int mta_stub_writer;
+#include "writer.h"
+
+#include "err.h"
+#include "log.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+struct mta_writer {
+	uv_loop_t *loop;
+	struct mta_spool *sp;
+	uv_async_t async;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	/* under mu: */
+	struct mta_commit *pending, *pending_tail;
+	struct mta_commit *done, *done_tail;
+	bool stopping;
+};
+
+static int64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Writer thread: one transaction for a whole batch. */
+static void commit_batch(struct mta_writer *w, struct mta_commit *batch)
+{
+	struct mta_spool_txn *txn;
+	struct mta_commit *c;
+	size_t n = 0, ok = 0;
+	uint64_t bytes = 0;
+	int64_t t0 = now_us();
+	int err;
+
+	for (c = batch; c != NULL; c = c->next)
+		n++;
+	err = mta_spool_begin(w->sp, &txn);
+	if (err != 0) {
+		for (c = batch; c != NULL; c = c->next)
+			c->result = err;
+		goto log;
+	}
+	for (c = batch; c != NULL; c = c->next) {
+		c->result = mta_spool_put_message(txn, c->qid, c->env, c->body);
+		if (c->result == 0) {
+			ok++;
+			bytes += c->body ? c->body->len : 0;
+		}
+	}
+	if (ok == 0) {
+		mta_spool_abort(txn);
+	} else {
+		/* see mta_spool_commit(): returns after the sync */
+		err = mta_spool_commit(txn);
+		if (err != 0)
+			for (c = batch; c != NULL; c = c->next)
+				c->result = err;
+	}
+log:;
+	struct mta_logline l;
+	mta_log_begin(&l, MTA_LOG_DEBUG, "commit");
+	mta_log_int(&l, "n", (long long)n);
+	mta_log_int(&l, "ok", (long long)(err == 0 ? ok : 0));
+	mta_log_int(&l, "bytes", (long long)bytes);
+	mta_log_int(&l, "usec", (long long)(now_us() - t0));
+	if (err != 0)
+		mta_log_str(&l, "error", mta_errname(err));
+	mta_log_end(&l);
+
+	/* finished requests go to the loop; MTA_EAGAIN (MDB_TXN_FULL: the
+	 * batch as a whole held too many dirty pages) in a batch of several
+	 * is retried at once in a transaction of its own, where it is final */
+	struct mta_commit *fin = NULL, *fin_tail = NULL;
+	struct mta_commit *retry = NULL, *retry_tail = NULL, *next;
+	for (c = batch; c != NULL; c = next) {
+		next = c->next;
+		c->next = NULL;
+		if (n > 1 && c->result == MTA_EAGAIN) {
+			if (retry_tail)
+				retry_tail->next = c;
+			else
+				retry = c;
+			retry_tail = c;
+		} else {
+			if (fin_tail)
+				fin_tail->next = c;
+			else
+				fin = c;
+			fin_tail = c;
+		}
+	}
+	if (fin != NULL) {
+		pthread_mutex_lock(&w->mu);
+		if (w->done_tail)
+			w->done_tail->next = fin;
+		else
+			w->done = fin;
+		w->done_tail = fin_tail;
+		pthread_mutex_unlock(&w->mu);
+		uv_async_send(&w->async);
+	}
+	for (c = retry; c != NULL; c = next) {
+		next = c->next;
+		c->next = NULL;
+		commit_batch(w, c);
+	}
+}
+
+static void *writer_main(void *arg)
+{
+	struct mta_writer *w = arg;
+
+	pthread_mutex_lock(&w->mu);
+	for (;;) {
+		while (w->pending == NULL && !w->stopping)
+			pthread_cond_wait(&w->cv, &w->mu);
+		if (w->pending == NULL)
+			break; /* stopping, nothing left */
+		struct mta_commit *batch = w->pending;
+		w->pending = w->pending_tail = NULL;
+		pthread_mutex_unlock(&w->mu);
+		commit_batch(w, batch);
+		pthread_mutex_lock(&w->mu);
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+/* Loop thread: run done() for every finished request. */
+static void run_done(struct mta_writer *w)
+{
+	struct mta_commit *c, *next;
+
+	pthread_mutex_lock(&w->mu);
+	c = w->done;
+	w->done = w->done_tail = NULL;
+	pthread_mutex_unlock(&w->mu);
+	for (; c != NULL; c = next) {
+		next = c->next;
+		c->next = NULL;
+		c->done(c);
+	}
+}
+
+static void on_async(uv_async_t *a)
+{
+	run_done(a->data);
+}
+
+static void on_close(uv_handle_t *h)
+{
+	struct mta_writer *w = h->data;
+
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	free(w);
+}
+
+int mta_writer_start(uv_loop_t *loop, struct mta_spool *sp,
+		     struct mta_writer **out)
+{
+	struct mta_writer *w;
+	int err;
+
+	w = calloc(1, sizeof(*w));
+	if (w == NULL)
+		return -ENOMEM;
+	w->loop = loop;
+	w->sp = sp;
+	if ((err = -pthread_mutex_init(&w->mu, NULL)) != 0)
+		goto fail_w;
+	if ((err = -pthread_cond_init(&w->cv, NULL)) != 0)
+		goto fail_mu;
+	/* uv errors are negated errno values on Unix */
+	if ((err = uv_async_init(loop, &w->async, on_async)) != 0)
+		goto fail_cv;
+	w->async.data = w;
+	if ((err = -pthread_create(&w->thread, NULL, writer_main, w)) != 0)
+		goto fail_async;
+	*out = w;
+	return 0;
+
+fail_async:
+	/* an initialised handle must be closed; on_close frees w when the
+	 * caller next runs the loop */
+	uv_close((uv_handle_t *)&w->async, on_close);
+	return err;
+fail_cv:
+	pthread_cond_destroy(&w->cv);
+fail_mu:
+	pthread_mutex_destroy(&w->mu);
+fail_w:
+	free(w);
+	return err;
+}
+
+void mta_writer_submit(struct mta_writer *w, struct mta_commit *c)
+{
+	assert(c->done != NULL);
+	c->next = NULL;
+	c->result = 0;
+	pthread_mutex_lock(&w->mu);
+	assert(!w->stopping);
+	if (w->pending_tail)
+		w->pending_tail->next = c;
+	else
+		w->pending = c;
+	w->pending_tail = c;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+void mta_writer_stop(struct mta_writer *w)
+{
+	pthread_mutex_lock(&w->mu);
+	w->stopping = true;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	pthread_join(w->thread, NULL);
+	run_done(w);
+	uv_close((uv_handle_t *)&w->async, on_close);
+}

@@ -4,28 +4,49 @@
  * DESCRIPTION
  *	mta_writer_start() starts the one thread that owns every LMDB write
  *	transaction.  The loop thread hands it commit requests with
- *	mta_writer_submit(); the writer takes every request waiting, puts them
- *	all in one transaction (each in its own nested transaction, so one
- *	failure does not sink the others), commits and syncs once, then posts
- *	the requests back to the loop (uv_async) where each req->done(req) is
- *	called with req->result set: 0 = durable, MTA_EMAPFULL / -ENOSPC /
- *	other = nothing of the message was written.  A session sends its 250
- *	from done(), so a 250 always follows a completed sync.
+ *	mta_writer_submit() (a mutex-protected FIFO and a condition
+ *	variable); the writer takes every request waiting, puts them all in
+ *	one transaction (each in its own nested transaction, so one failure
+ *	such as MTA_EMAPFULL does not sink the others), commits and syncs
+ *	once, then posts the requests back to the loop (uv_async) where each
+ *	req->done(req) is called, in submission order within a batch, with
+ *	req->result set: 0 = durable, MTA_EMAPFULL / -ENOSPC / other =
+ *	nothing of the message was written.  If the commit itself fails,
+ *	every request of the batch gets the commit error.  A message that
+ *	fails with MTA_EAGAIN (MDB_TXN_FULL: too many dirty pages in one
+ *	transaction) in a batch of several is retried at once in a
+ *	transaction of its own; that result is final.  A session sends its
+ *	250 from done(), so a 250 always follows a completed sync.
  *
- *	mta_writer_stop() (loop thread) finishes requests already submitted,
- *	calls their done() and joins the thread; then it frees the writer.
+ *	Each batch logs one debug line: event=commit n= ok= bytes= usec=
+ *	(and error= when the batch failed as a whole).
+ *
+ *	mta_writer_stop() (loop thread) lets the thread finish every request
+ *	already submitted, joins it, calls the remaining done() callbacks
+ *	itself (before it returns), and closes the uv_async handle.  The
+ *	writer memory is freed by the close callback, so the caller must run
+ *	the loop once more (uv_run) before uv_loop_close().  No submit after
+ *	stop, not even from a done() callback run by stop.
  *
  * THREADS
- *	submit/stop: loop thread.  done callbacks: loop thread.
+ *	start/submit/stop: loop thread.  done callbacks: loop thread.  The
+ *	spool's write transactions: the writer thread only.
  *
  * OWNERSHIP
  *	A struct mta_commit is caller-owned (embed it in the session); qid,
  *	env and body are borrowed until done() is called and must not be
- *	touched by the loop thread meanwhile.
+ *	touched by the loop thread meanwhile (the writer reads them; the
+ *	mutex hand-over orders the accesses).  The writer borrows loop and
+ *	spool until stop's close callback has run.
+ *
+ * ERRORS
+ *	start: -ENOMEM, -errno from pthread or libuv.  When start fails
+ *	after the async handle was initialised, it has been closed: run the
+ *	loop before closing it.
  *
  * ASYNC CONTRACT
  *	mta_writer_submit() never fails and calls done exactly once, later,
- *	on the loop thread.
+ *	on the loop thread (from the loop, or from mta_writer_stop()).
  */
 #ifndef MTA_WRITER_H
 #define MTA_WRITER_H
