@@ -481,13 +481,13 @@ static int put_indexes(struct mta_spool_txn *t, MDB_txn *txn,
 	return 0;
 }
 
-int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
-			  const struct mta_envelope *env,
+/* Everything of one new message, inside txn (the caller's child txn). */
+static int put_message_in(struct mta_spool_txn *t, MDB_txn *txn,
+			  const char *qid, const struct mta_envelope *env,
 			  const struct mta_body *body)
 {
 	static const struct mta_body empty = {.fd = -1};
 	struct mta_envelope rec = *env; /* shallow: only size differs */
-	MDB_txn *child;
 	MDB_val k, v;
 	int rc, err;
 
@@ -499,24 +499,153 @@ int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
 	err = mta_envelope_encode(&rec, &t->rec);
 	if (err != 0)
 		return err;
-
-	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
-	if (rc != 0)
-		return mdb_err(rc);
 	k.mv_size = MTA_QID_LEN;
 	k.mv_data = (void *)qid;
 	v.mv_size = t->rec.len;
 	v.mv_data = t->rec.data;
-	rc = mdb_put(child, t->sp->messages, &k, &v, MDB_NOOVERWRITE);
+	rc = mdb_put(txn, t->sp->messages, &k, &v, MDB_NOOVERWRITE);
+	if (rc != 0)
+		return mdb_err(rc);
+	if ((err = put_body(t, txn, qid, body)) != 0)
+		return err;
+	return put_indexes(t, txn, qid, env);
+}
+
+int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
+			  const struct mta_envelope *env,
+			  const struct mta_body *body)
+{
+	MDB_txn *child;
+	int rc, err;
+
+	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
+	if (rc != 0)
+		return mdb_err(rc);
+	err = put_message_in(t, child, qid, env, body);
+	if (err != 0) {
+		mdb_txn_abort(child);
+		return err;
+	}
+	rc = mdb_txn_commit(child);
+	return mdb_err(rc); /* a failed child commit frees the child */
+}
+
+static void due_key(uint8_t k[DUE_KEY_LEN], int64_t due_us, const char *qid)
+{
+	put_be64(k, (uint64_t)due_us);
+	memcpy(k + 8, qid, MTA_QID_LEN);
+}
+
+/* Removes the message record, its body chunks and its dest entries. */
+static int del_message_in(struct mta_spool_txn *t, MDB_txn *txn,
+			  const char *qid, const struct mta_envelope *env)
+{
+	struct mta_spool *sp = t->sp;
+	uint8_t kb[CHUNK_KEY_LEN];
+	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
+	MDB_cursor *cur;
+	char dom[512];
+	int rc;
+
+	rc = mdb_del(txn, sp->messages, &k, NULL);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return mdb_err(rc);
+	rc = mdb_cursor_open(txn, sp->bodies, &cur);
+	if (rc != 0)
+		return mdb_err(rc);
+	chunk_key(kb, qid, 0);
+	k.mv_size = sizeof(kb);
+	k.mv_data = kb;
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	while (rc == 0 && k.mv_size == CHUNK_KEY_LEN &&
+	       memcmp(k.mv_data, qid, MTA_QID_LEN) == 0) {
+		rc = mdb_cursor_del(cur, 0);
+		if (rc == 0)
+			rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+	}
+	mdb_cursor_close(cur);
+	if (rc != 0 && rc != MDB_NOTFOUND && rc != EINVAL)
+		return mdb_err(rc);
+	for (size_t i = 0; i < env->nrcpt; i++) {
+		if (env->rcpts[i].addr == NULL ||
+		    !rcpt_domain(env->rcpts[i].addr, dom, sizeof(dom)))
+			continue;
+		k.mv_size = strlen(dom);
+		k.mv_data = dom;
+		v.mv_size = MTA_QID_LEN;
+		v.mv_data = (void *)qid;
+		rc = mdb_del(txn, sp->dest, &k, &v);
+		if (rc != 0 && rc != MDB_NOTFOUND)
+			return mdb_err(rc);
+	}
+	return 0;
+}
+
+int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
+			     const struct mta_envelope *env,
+			     int64_t old_due_us, int64_t new_due_us,
+			     const char *new_qid,
+			     const struct mta_envelope *new_env,
+			     const struct mta_body *new_body)
+{
+	struct mta_spool *sp = t->sp;
+	uint8_t dk[DUE_KEY_LEN];
+	MDB_val k = {sizeof(dk), dk}, v = {0, (void *)""};
+	MDB_txn *child;
+	int rc, err = 0;
+
+	assert(qid_valid(qid));
+	rc = mdb_txn_begin(sp->env, t->txn, 0, &child);
+	if (rc != 0)
+		return mdb_err(rc);
+	/* a message another writer request already finished is gone */
+	MDB_val mk = {MTA_QID_LEN, (void *)qid}, mv;
+	rc = mdb_get(child, sp->messages, &mk, &mv);
 	if (rc != 0) {
 		err = mdb_err(rc);
 		goto fail;
 	}
-	if ((err = put_body(t, child, qid, body)) != 0 ||
-	    (err = put_indexes(t, child, qid, env)) != 0)
+	due_key(dk, old_due_us, qid);
+	rc = mdb_del(child, sp->due, &k, NULL);
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		err = mdb_err(rc);
+		goto fail;
+	}
+	if (new_due_us < 0) {
+		err = del_message_in(t, child, qid, env);
+	} else {
+		struct mta_envelope rec = *env;
+		rec.size = 0;
+		{
+			/* keep the stored size: the body is unchanged */
+			struct mta_envelope old;
+			if (mta_envelope_decode(mv.mv_data, mv.mv_size,
+						&old) == 0) {
+				rec.size = old.size;
+				mta_envelope_free(&old);
+			}
+		}
+		t->rec.len = 0;
+		err = mta_envelope_encode(&rec, &t->rec);
+		if (err == 0) {
+			MDB_val rv = {t->rec.len, t->rec.data};
+			rc = mdb_put(child, sp->messages, &mk, &rv, 0);
+			if (rc != 0)
+				err = mdb_err(rc);
+		}
+		if (err == 0) {
+			due_key(dk, new_due_us, qid);
+			rc = mdb_put(child, sp->due, &k, &v, 0);
+			if (rc != 0)
+				err = mdb_err(rc);
+		}
+	}
+	if (err == 0 && new_qid != NULL)
+		err = put_message_in(t, child, new_qid, new_env, new_body);
+	if (err != 0)
 		goto fail;
 	rc = mdb_txn_commit(child);
-	return mdb_err(rc); /* a failed child commit frees the child */
+	return mdb_err(rc);
 fail:
 	mdb_txn_abort(child);
 	return err;
@@ -749,4 +878,52 @@ int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages)
 		return mdb_err(rc);
 	*nmessages = st.ms_entries;
 	return 0;
+}
+
+int mta_spool_due(struct mta_spool *sp, int64_t now_us, size_t max,
+		  int (*cb)(void *ud, const char *qid, int64_t due_us),
+		  void *ud, int64_t *next_due_us)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t seen = 0;
+	int rc, err;
+
+	*next_due_us = -1;
+	err = read_begin(sp, &txn);
+	if (err != 0)
+		return err;
+	rc = mdb_cursor_open(txn, sp->due, &cur);
+	if (rc != 0) {
+		mdb_txn_abort(txn);
+		return mdb_err(rc);
+	}
+	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	while (rc == 0) {
+		char qid[MTA_QID_LEN + 1];
+		int64_t due;
+
+		if (k.mv_size != DUE_KEY_LEN) {
+			err = MTA_ECORRUPT;
+			break;
+		}
+		due = (int64_t)(((uint64_t)get_be32(k.mv_data) << 32) |
+				get_be32((uint8_t *)k.mv_data + 4));
+		if (due > now_us || seen >= max) {
+			*next_due_us = due;
+			break;
+		}
+		memcpy(qid, (uint8_t *)k.mv_data + 8, MTA_QID_LEN);
+		qid[MTA_QID_LEN] = '\0';
+		seen++;
+		if (cb(ud, qid, due) != 0)
+			break;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	if (err == 0 && rc != 0 && rc != MDB_NOTFOUND)
+		err = mdb_err(rc);
+	return err;
 }

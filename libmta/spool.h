@@ -159,6 +159,18 @@ int mta_spool_begin(struct mta_spool *sp, struct mta_spool_txn **out);
 int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
 			  const struct mta_envelope *env,
 			  const struct mta_body *body);
+/* Rewrites the envelope of qid (delivery state) and moves its due entry
+ * from old_due_us to new_due_us; new_due_us < 0 removes the message, its
+ * body and index entries (it is finished).  When new_qid is not NULL a new
+ * message (a DSN) is stored in the same nested transaction, so a bounce
+ * and the state that caused it are committed together or not at all.
+ * MTA_ENOTFOUND when qid is no longer in the spool. */
+int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
+			     const struct mta_envelope *env,
+			     int64_t old_due_us, int64_t new_due_us,
+			     const char *new_qid,
+			     const struct mta_envelope *new_env,
+			     const struct mta_body *new_body);
 int mta_spool_commit(struct mta_spool_txn *t);
 void mta_spool_abort(struct mta_spool_txn *t);
 
@@ -176,5 +188,13 @@ int mta_spool_get(struct mta_spool *sp, const char *qid,
 int mta_spool_read_body(struct mta_spool *sp, const char *qid, uint64_t off,
 			void *buf, size_t len, size_t *got);
 int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages);
+/* Walks the due index in time order and calls cb(ud, qid, due_us) for each
+ * entry due at now_us, at most max of them (cb returns non-zero to stop).
+ * *next_due_us is the due time of the first entry not visited (later than
+ * now, or beyond max), or -1 when the index ended.  One short read
+ * transaction: cb must only record what it sees. */
+int mta_spool_due(struct mta_spool *sp, int64_t now_us, size_t max,
+		  int (*cb)(void *ud, const char *qid, int64_t due_us),
+		  void *ud, int64_t *next_due_us);
 
 #endif

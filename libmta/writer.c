@@ -48,7 +48,14 @@ static void commit_batch(struct mta_writer *w, struct mta_commit *batch)
 		goto log;
 	}
 	for (c = batch; c != NULL; c = c->next) {
-		c->result = mta_spool_put_message(txn, c->qid, c->env, c->body);
+		if (c->kind == MTA_COMMIT_UPDATE)
+			c->result = mta_spool_update_message(
+				txn, c->qid, c->env, c->old_due_us,
+				c->new_due_us, c->new_qid, c->new_env,
+				c->new_body);
+		else
+			c->result = mta_spool_put_message(txn, c->qid, c->env,
+							  c->body);
 		if (c->result == 0) {
 			ok++;
 			bytes += c->body ? c->body->len : 0;

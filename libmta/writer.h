@@ -57,10 +57,21 @@
 
 struct mta_writer;
 
+enum mta_commit_kind {
+	MTA_COMMIT_NEW = 0,    /* store a new message (qid, env, body) */
+	MTA_COMMIT_UPDATE = 1, /* mta_spool_update_message() */
+};
+
 struct mta_commit {
 	char qid[MTA_QID_LEN + 1];
 	struct mta_envelope *env;
 	struct mta_body *body;
+	int kind; /* enum mta_commit_kind */
+	/* MTA_COMMIT_UPDATE only: */
+	int64_t old_due_us, new_due_us; /* new < 0: remove the message */
+	const char *new_qid;		/* optional DSN stored atomically */
+	struct mta_envelope *new_env;
+	struct mta_body *new_body;
 	int result;
 	void (*done)(struct mta_commit *c);
 	struct mta_commit *next; /* private */

@@ -709,10 +709,126 @@ static void test_body_spill(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* ---- delivery-side updates: due scan, state update, finish + DSN ---- */
+
+struct due_seen {
+	char qids[8][MTA_QID_LEN + 1];
+	int64_t due[8];
+	int n;
+};
+
+static int due_cb(void *ud, const char *qid, int64_t due_us)
+{
+	struct due_seen *d = ud;
+	assert_true(d->n < 8);
+	memcpy(d->qids[d->n], qid, MTA_QID_LEN + 1);
+	d->due[d->n++] = due_us;
+	return 0;
+}
+
+static void test_update_and_due(void **state)
+{
+	const char *dir = spool_dir(state);
+	struct mta_spool *sp = open_spool(dir, 8u << 20, false);
+	struct mta_spool_txn *t;
+	struct mta_envelope a, b, dsn, got;
+	struct mta_body body;
+	char qa[MTA_QID_LEN + 1], qb[MTA_QID_LEN + 1], qd[MTA_QID_LEN + 1];
+	struct due_seen seen = {0};
+	int64_t next;
+
+	make_env(&a, 1, 1000);
+	make_env(&b, 2, 2000);
+	mta_qid_make(qa, 1000, 1);
+	mta_qid_make(qb, 2000, 2);
+	mta_body_init(&body, mta_spool_tmpdir(sp), 1 << 20);
+	fill_body(&body, 10000, 3);
+	assert_int_equal(mta_spool_begin(sp, &t), 0);
+	assert_int_equal(mta_spool_put_message(t, qa, &a, &body), 0);
+	assert_int_equal(mta_spool_put_message(t, qb, &b, &body), 0);
+	assert_int_equal(mta_spool_commit(t), 0);
+
+	/* only a is due at 1500; b's time is reported as the next one */
+	assert_int_equal(mta_spool_due(sp, 1500, 100, due_cb, &seen, &next), 0);
+	assert_int_equal(seen.n, 1);
+	assert_string_equal(seen.qids[0], qa);
+	assert_int_equal(seen.due[0], 1000);
+	assert_int_equal(next, 2000);
+
+	/* a deferred to 5000: state stored, size kept, due entry moved */
+	a.rcpts[1].state = MTA_RCPT_DEFERRED;
+	a.rcpts[1].attempts = 1;
+	assert_int_equal(mta_spool_begin(sp, &t), 0);
+	assert_int_equal(mta_spool_update_message(t, qa, &a, 1000, 5000, NULL,
+						  NULL, NULL),
+			 0);
+	assert_int_equal(mta_spool_commit(t), 0);
+	seen.n = 0;
+	assert_int_equal(mta_spool_due(sp, 4000, 100, due_cb, &seen, &next), 0);
+	assert_int_equal(seen.n, 1);
+	assert_string_equal(seen.qids[0], qb);
+	assert_int_equal(next, 5000);
+	mta_envelope_init(&got);
+	assert_int_equal(mta_spool_get(sp, qa, &got), 0);
+	assert_int_equal(got.rcpts[1].state, MTA_RCPT_DEFERRED);
+	assert_int_equal(got.size, 10000);
+	mta_envelope_free(&got);
+
+	/* b finished, with a DSN stored in the same transaction */
+	mta_envelope_init(&dsn);
+	assert_int_equal(mta_envelope_set_str(&dsn.sender, ""), 0);
+	assert_non_null(mta_envelope_add_rcpt(&dsn, "sender2@example.org",
+					      NULL, NULL, 0));
+	dsn.arrival_us = 3000;
+	mta_qid_make(qd, 3000, 3);
+	assert_int_equal(mta_spool_begin(sp, &t), 0);
+	assert_int_equal(mta_spool_update_message(t, qb, &b, 2000, -1, qd,
+						  &dsn, &body),
+			 0);
+	assert_int_equal(mta_spool_commit(t), 0);
+	mta_envelope_init(&got);
+	assert_int_equal(mta_spool_get(sp, qb, &got), MTA_ENOTFOUND);
+	size_t n = 1;
+	char buf[16];
+	assert_int_equal(mta_spool_read_body(sp, qb, 0, buf, sizeof(buf), &n),
+			 MTA_ENOTFOUND);
+	assert_int_equal(mta_spool_get(sp, qd, &got), 0);
+	assert_string_equal(got.sender, "");
+	mta_envelope_free(&got);
+	check_body(sp, qd, 10000, 3, 4096);
+	seen.n = 0;
+	assert_int_equal(mta_spool_due(sp, 10000, 100, due_cb, &seen, &next),
+			 0);
+	assert_int_equal(seen.n, 2); /* the DSN at 3000, a at 5000 */
+	assert_string_equal(seen.qids[0], qd);
+	assert_string_equal(seen.qids[1], qa);
+	assert_int_equal(next, -1);
+	/* updating a message that is gone fails without side effects */
+	assert_int_equal(mta_spool_begin(sp, &t), 0);
+	assert_int_equal(mta_spool_update_message(t, qb, &b, 2000, 9000, NULL,
+						  NULL, NULL),
+			 MTA_ENOTFOUND);
+	mta_spool_abort(t);
+
+	uint64_t count = 0;
+	assert_int_equal(mta_spool_stat(sp, &count), 0);
+	assert_int_equal(count, 2);
+	mta_body_free(&body);
+	mta_envelope_free(&a);
+	mta_envelope_free(&b);
+	mta_envelope_free(&dsn);
+	mta_spool_close(sp);
+	MDB_env *env = raw_open(dir);
+	assert_int_equal(raw_count(env, "dest"), 3); /* a: 2 domains, dsn: 1 */
+	mdb_env_close(env);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_qid),
+		cmocka_unit_test_setup_teardown(test_update_and_due, setup_dir,
+						teardown_dir),
 		cmocka_unit_test_setup_teardown(test_roundtrip, setup_dir,
 						teardown_dir),
 		cmocka_unit_test_setup_teardown(test_schema, setup_dir,
