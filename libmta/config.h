@@ -110,10 +110,17 @@ struct mta_config {
 	/* [dns] */
 	char *dns_resolver;	/* NULL = /etc/resolv.conf; else as written */
 	char *dns_trust_anchor;
+	unsigned dns_timeout; /* dns.timeout, seconds */
 	/* [delivery] */
 	unsigned delivery_port;
 	char *delivery_relayhost; /* NULL = MX delivery; else as written */
 	unsigned queue_lifetime;  /* seconds */
+	unsigned min_backoff;	  /* delivery.min_backoff, seconds */
+	unsigned max_backoff;	  /* delivery.max_backoff, seconds */
+	unsigned max_connections; /* delivery.max_connections (outbound) */
+	unsigned max_per_destination; /* delivery.max_per_destination */
+	unsigned connect_timeout; /* delivery.connect_timeout, seconds */
+	char *relayhost_auth_file; /* NULL = no AUTH to the relayhost */
 	/* [tls] */
 	char *tls_ca_file;
 	char *tls_policy_file; /* NULL = none */
