@@ -1,1 +1,1435 @@
-typedef int mta_stub_smtp_server;
+/*
+ * smtp_server.c - sans-I/O SMTP server engine.  See smtp_server.h.
+ *
+ * Layout: output queue, replies and events; the body checker shared by
+ * DATA and BDAT; address and parameter parsers; one function per command;
+ * the three input modes (command lines, DATA, BDAT chunks) in
+ * mta_smtpd_feed(); the driver calls at the end.
+ */
+#include "smtp_server.h"
+
+#include "err.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#define OUT_RESERVE 2048      /* free output needed to take more input */
+#define REPLY_MAX 1024	      /* one reply line, without CRLF */
+#define ECHO_MAX 400	      /* longest client string echoed in a reply */
+#define HOST_MAX 255	      /* longest hostname put in a reply */
+#define BODY_LINE_MAX 65536u  /* message line, without CRLF */
+#define MAX_HOPS 100u	      /* Received headers accepted */
+#define MAX_ERRORS 100u	      /* client-caused 5xx before 421 */
+#define LOCAL_MAX 64	      /* RFC 5321 4.5.3.1.1 */
+#define DOMAIN_MAX 255	      /* RFC 5321 4.5.3.1.2 */
+#define LABEL_MAX 63
+#define PATH_MAX_LEN 512      /* "<...>" incl. source route */
+#define ENVID_MAX 100	      /* RFC 3461 4.4 */
+#define ORCPT_MAX 500	      /* RFC 3461 4.2 */
+#define DEFAULT_MAX_RCPT 100u /* when cfg->max_recipients is 0 */
+
+enum mode {
+	MODE_CMD = 0, /* reading command lines */
+	MODE_DATA,    /* after 354 */
+	MODE_BDAT,    /* reading a BDAT chunk */
+	MODE_WAIT,    /* MESSAGE emitted, waiting for message_done() */
+	MODE_TLS,     /* STARTTLS accepted, waiting for tls_started() */
+	MODE_CLOSED,
+};
+
+enum helo_state { HELO_NONE = 0, HELO_HELO, HELO_EHLO };
+
+/* DATA framing states (s->d_state) */
+enum { D_BOL = 0, D_MID, D_DOT, D_DOTCR };
+
+/* body violations (s->b_viol); the first one found is reported */
+enum { V_NONE = 0, V_BARE, V_LONG, V_BIG, V_HOPS };
+
+/* ---- output ---------------------------------------------------------- */
+
+static size_t out_free(const struct mta_smtpd *s)
+{
+	return sizeof(s->out) - s->out_len;
+}
+
+static void out_put(struct mta_smtpd *s, const char *p, size_t n)
+{
+	if (s->out_off > 0 && s->out_off + s->out_len + n > sizeof(s->out)) {
+		memmove(s->out, s->out + s->out_off, s->out_len);
+		s->out_off = 0;
+	}
+	/* OUT_RESERVE > any reply sequence of one step; never overflow */
+	assert(s->out_off + s->out_len + n <= sizeof(s->out));
+	if (s->out_off + s->out_len + n > sizeof(s->out))
+		return;
+	memcpy(s->out + s->out_off + s->out_len, p, n);
+	s->out_len += n;
+}
+
+static int vreply(struct mta_smtpd *s, const char *fmt, va_list ap)
+{
+	char line[REPLY_MAX + 2];
+	int n = vsnprintf(line, REPLY_MAX + 1, fmt, ap);
+
+	if (n < 0)
+		n = 0;
+	if (n > REPLY_MAX)
+		n = REPLY_MAX;
+	line[n] = '\r';
+	line[n + 1] = '\n';
+	out_put(s, line, (size_t)n + 2);
+	/* keep the line for the event text */
+	size_t t = (size_t)n < sizeof(s->evtext) - 1 ? (size_t)n
+						      : sizeof(s->evtext) - 1;
+	memcpy(s->evtext, line, t);
+	s->evtext[t] = '\0';
+	return (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+}
+
+__attribute__((format(printf, 2, 3))) static int reply(struct mta_smtpd *s,
+						       const char *fmt, ...)
+{
+	va_list ap;
+	int code;
+
+	va_start(ap, fmt);
+	code = vreply(s, fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+static const char *host(const struct mta_smtpd *s)
+{
+	return s->cfg->hostname != NULL ? s->cfg->hostname : "localhost";
+}
+
+static enum mta_smtpd_ev fill_ev(struct mta_smtpd *s,
+				 struct mta_smtpd_event *ev,
+				 enum mta_smtpd_ev type, int code,
+				 const char *verb)
+{
+	ev->code = code;
+	ev->text = s->evtext;
+	ev->verb = verb;
+	return type;
+}
+
+/* Queues a 4xx/5xx reply to a command and returns REJECT (or CLOSE when
+ * the client has used up its error budget). */
+__attribute__((format(printf, 4, 5))) static enum mta_smtpd_ev
+reject(struct mta_smtpd *s, struct mta_smtpd_event *ev, const char *verb,
+       const char *fmt, ...)
+{
+	va_list ap;
+	int code;
+
+	va_start(ap, fmt);
+	code = vreply(s, fmt, ap);
+	va_end(ap);
+	assert(code >= 400);
+	if (code >= 500 && ++s->errors >= MAX_ERRORS) {
+		reply(s, "421 4.7.0 %.*s Too many errors", HOST_MAX, host(s));
+		s->mode = MODE_CLOSED;
+		return fill_ev(s, ev, MTA_SMTPD_EV_CLOSE, 421, verb);
+	}
+	return fill_ev(s, ev, MTA_SMTPD_EV_REJECT, code, verb);
+}
+
+/* ---- transaction ----------------------------------------------------- */
+
+static void body_reset(struct mta_smtpd *s)
+{
+	s->b_size = 0;
+	s->b_linelen = 0;
+	s->b_rcvd = 0;
+	s->b_rmatch = 0;
+	s->b_cr = false;
+	s->b_hdr_done = false;
+	s->b_viol = V_NONE;
+	s->d_state = D_BOL;
+}
+
+static void tx_reset(struct mta_smtpd *s)
+{
+	mta_envelope_free(&s->env);
+	s->mail_ok = false;
+	s->bdat_open = false;
+	s->bdat_discard = false;
+	s->bdat_last = false;
+	s->bdat_left = 0;
+	s->bdat_size = 0;
+	s->hold = false;
+	body_reset(s);
+}
+
+/* ---- body checks (DATA and BDAT) ------------------------------------- */
+
+static void violate(struct mta_smtpd *s, uint8_t v)
+{
+	if (s->b_viol == V_NONE)
+		s->b_viol = v;
+}
+
+/* Feeds one content byte (after dot-unstuffing) to the checks; true when
+ * it was the LF of a CRLF. */
+static bool chk_byte(struct mta_smtpd *s, uint8_t c)
+{
+	static const char rcvd[] = "received:";
+
+	s->b_size++;
+	if (s->cfg->max_message_size != 0 &&
+	    s->b_size > s->cfg->max_message_size)
+		violate(s, V_BIG);
+	if (s->b_cr) {
+		s->b_cr = false;
+		if (c == '\n') {
+			if (s->b_linelen == 0)
+				s->b_hdr_done = true;
+			s->b_linelen = 0;
+			s->b_rmatch = 0;
+			return true;
+		}
+		violate(s, V_BARE); /* the CR was not followed by LF */
+		if (++s->b_linelen > BODY_LINE_MAX)
+			violate(s, V_LONG);
+		s->b_rmatch = -1;
+	}
+	if (c == '\r') {
+		s->b_cr = true;
+		return false;
+	}
+	if (c == '\n' || c == '\0')
+		violate(s, V_BARE);
+	if (++s->b_linelen > BODY_LINE_MAX)
+		violate(s, V_LONG);
+	if (s->b_rmatch >= 0 && !s->b_hdr_done) {
+		char l = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+		if (l != rcvd[s->b_rmatch]) {
+			s->b_rmatch = -1;
+		} else if (++s->b_rmatch == (int)sizeof(rcvd) - 1) {
+			s->b_rmatch = -1;
+			if (++s->b_rcvd > MAX_HOPS)
+				violate(s, V_HOPS);
+		}
+	}
+	return false;
+}
+
+/* The body is complete: MESSAGE, or ABORT with the violation's reply. */
+static enum mta_smtpd_ev body_end(struct mta_smtpd *s,
+				  struct mta_smtpd_event *ev, const char *verb)
+{
+	int code;
+
+	if (s->b_cr)
+		violate(s, V_BARE); /* BDAT body ending in a bare CR */
+	switch (s->b_viol) {
+	case V_NONE:
+		s->mode = MODE_WAIT;
+		return MTA_SMTPD_EV_MESSAGE;
+	case V_BARE:
+		code = reply(s, "550 5.6.0 Message contains bare CR or LF or "
+				"NUL; use CRLF line endings");
+		break;
+	case V_LONG:
+		code = reply(s, "550 5.6.0 Message line too long");
+		break;
+	case V_BIG:
+		code = reply(s, "552 5.3.4 Error: message too big");
+		break;
+	default:
+		code = reply(s, "554 5.4.6 Too many hops");
+		break;
+	}
+	tx_reset(s);
+	s->mode = MODE_CMD;
+	return fill_ev(s, ev, MTA_SMTPD_EV_ABORT, code, verb);
+}
+
+/* ---- syntax helpers -------------------------------------------------- */
+
+static bool is_alpha(uint8_t c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+static bool is_digit(uint8_t c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static bool is_atext(uint8_t c)
+{
+	return is_alpha(c) || is_digit(c) ||
+	       (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
+}
+
+static bool has_8bit(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((uint8_t)p[i] >= 0x80)
+			return true;
+	return false;
+}
+
+/* Well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+static bool utf8_ok(const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		uint8_t c = p[i];
+		size_t k;
+		uint32_t cp, min;
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		} else if (c >= 0xc2 && c <= 0xdf) {
+			k = 1, cp = c & 0x1f, min = 0x80;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			k = 2, cp = c & 0x0f, min = 0x800;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			k = 3, cp = c & 0x07, min = 0x10000;
+		} else {
+			return false;
+		}
+		if (n - i - 1 < k)
+			return false;
+		for (size_t j = 1; j <= k; j++) {
+			if ((p[i + j] & 0xc0) != 0x80)
+				return false;
+			cp = (cp << 6) | (p[i + j] & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return false;
+		i += k + 1;
+	}
+	return true;
+}
+
+/* Domain = sub-domain *("." sub-domain), LDH labels (U-labels if utf8). */
+static bool domain_ok(const char *d, size_t n, bool utf8)
+{
+	size_t lab = 0;
+
+	if (n == 0 || n > DOMAIN_MAX)
+		return false;
+	for (size_t i = 0; i <= n; i++) {
+		uint8_t c = i < n ? (uint8_t)d[i] : '.';
+		if (c == '.') {
+			if (lab == 0 || lab > LABEL_MAX || d[i - 1] == '-')
+				return false;
+			lab = 0;
+			continue;
+		}
+		if (c == '-' && lab == 0)
+			return false;
+		if (!is_alpha(c) && !is_digit(c) && c != '-' &&
+		    !(utf8 && c >= 0x80))
+			return false;
+		lab++;
+	}
+	return true;
+}
+
+/* address-literal: [IPv4] or [IPv6:...] */
+static bool literal_ok(const char *d, size_t n)
+{
+	char buf[64];
+	unsigned char addr[16];
+
+	if (n < 3 || d[0] != '[' || d[n - 1] != ']' || n - 2 >= sizeof(buf))
+		return false;
+	memcpy(buf, d + 1, n - 2);
+	buf[n - 2] = '\0';
+	if (strncasecmp(buf, "IPv6:", 5) == 0)
+		return inet_pton(AF_INET6, buf + 5, addr) == 1;
+	return inet_pton(AF_INET, buf, addr) == 1;
+}
+
+/* Local-part = Dot-string / Quoted-string */
+static bool local_ok(const char *l, size_t n, bool utf8)
+{
+	if (n == 0 || n > LOCAL_MAX)
+		return false;
+	if (l[0] == '"') {
+		if (n < 2 || l[n - 1] != '"')
+			return false;
+		for (size_t i = 1; i < n - 1; i++) {
+			uint8_t c = (uint8_t)l[i];
+			if (c == '\\') {
+				if (++i >= n - 1)
+					return false;
+				c = (uint8_t)l[i];
+				if ((c < 32 || c > 126) && !(utf8 && c >= 0x80))
+					return false;
+				continue;
+			}
+			if (c == '"')
+				return false;
+			if ((c < 32 || c > 126) && !(utf8 && c >= 0x80))
+				return false;
+		}
+		return true;
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint8_t c = (uint8_t)l[i];
+		if (c == '.') {
+			if (i == 0 || i == n - 1 || l[i - 1] == '.')
+				return false;
+			continue;
+		}
+		if (!is_atext(c) && !(utf8 && c >= 0x80))
+			return false;
+	}
+	return true;
+}
+
+/* Mailbox = Local-part "@" ( Domain / address-literal ); the '@' is the
+ * last one outside a quoted string. */
+static bool mailbox_ok(const char *m, size_t n, bool utf8)
+{
+	size_t at = n;
+	bool q = false;
+
+	for (size_t i = 0; i < n; i++) {
+		if (q && m[i] == '\\') {
+			i++;
+			continue;
+		}
+		if (m[i] == '"')
+			q = !q;
+		else if (!q && m[i] == '@')
+			at = i;
+	}
+	if (at == n)
+		return false;
+	if (!local_ok(m, at, utf8))
+		return false;
+	if (m[at + 1] == '[')
+		return literal_ok(m + at + 1, n - at - 1);
+	return domain_ok(m + at + 1, n - at - 1, utf8);
+}
+
+/*
+ * Splits "<...>" at the start of p: in/inlen get the text between the
+ * brackets, rest what follows '>'.  -1 when there is no such path or
+ * when the closing '>' is not followed by SP or the end.
+ */
+static int path_split(char *p, char **in, size_t *inlen, char **rest)
+{
+	bool q = false;
+	size_t i;
+
+	if (p[0] != '<')
+		return -1;
+	for (i = 1; p[i] != '\0'; i++) {
+		if (q && p[i] == '\\' && p[i + 1] != '\0') {
+			i++;
+			continue;
+		}
+		if (p[i] == '"')
+			q = !q;
+		else if (!q && p[i] == '>')
+			break;
+	}
+	if (p[i] != '>' || (p[i + 1] != '\0' && p[i + 1] != ' '))
+		return -1;
+	if (i + 1 > PATH_MAX_LEN)
+		return -1;
+	*in = p + 1;
+	*inlen = i - 1;
+	*rest = p + i + 1;
+	return 0;
+}
+
+/* Strips an A-d-l source route ("@a,@b:") after checking its domains. */
+static int strip_route(char **m, size_t *n)
+{
+	char *p = *m;
+	size_t len = *n, i = 0;
+
+	if (len == 0 || p[0] != '@')
+		return 0;
+	for (;;) {
+		size_t start;
+		if (i >= len || p[i] != '@')
+			return -1;
+		start = ++i;
+		while (i < len && p[i] != ',' && p[i] != ':')
+			i++;
+		if (i >= len || !domain_ok(p + start, i - start, false))
+			return -1;
+		if (p[i++] == ':')
+			break;
+	}
+	*m = p + i;
+	*n = len - i;
+	return 0;
+}
+
+/* xtext (RFC 3461 4): chars 33..126 except '+' and '=', or "+" 2HEXUP */
+static bool xtext_ok(const char *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint8_t c = (uint8_t)v[i];
+		if (c == '+') {
+			for (size_t k = i + 1; k <= i + 2; k++) {
+				uint8_t h = k < n ? (uint8_t)v[k] : 0;
+				if (!is_digit(h) && !(h >= 'A' && h <= 'F'))
+					return false;
+			}
+			i += 2;
+			continue;
+		}
+		if (c < 33 || c > 126 || c == '=')
+			return false;
+	}
+	return true;
+}
+
+/* Next parameter of "kw[=val] kw[=val]": 1 found, 0 end, -1 bad syntax. */
+static int next_param(char **pp, char **kw, char **val)
+{
+	char *p = *pp;
+
+	while (*p == ' ')
+		p++;
+	if (*p == '\0')
+		return 0;
+	*kw = p;
+	if (!is_alpha((uint8_t)*p) && !is_digit((uint8_t)*p))
+		return -1;
+	while (is_alpha((uint8_t)*p) || is_digit((uint8_t)*p) || *p == '-')
+		p++;
+	*val = NULL;
+	if (*p == '=') {
+		*p++ = '\0';
+		*val = p;
+		while (*p != ' ' && *p != '\0') {
+			uint8_t c = (uint8_t)*p;
+			if (c == '=' || (c < 33 && c != '\0') || c == 127)
+				return -1;
+			p++;
+		}
+		if (p == *val)
+			return -1;
+	}
+	if (*p == ' ')
+		*p++ = '\0';
+	else if (*p != '\0')
+		return -1;
+	*pp = p;
+	return 1;
+}
+
+/* ---- commands -------------------------------------------------------- */
+
+static bool arg_empty(const char *arg)
+{
+	return arg == NULL || arg[0] == '\0';
+}
+
+static enum mta_smtpd_ev ok_or_abort(struct mta_smtpd *s,
+				     struct mta_smtpd_event *ev, int code,
+				     const char *verb)
+{
+	/* a BDAT sink was open: tell the driver to drop it (CHK-05) */
+	if (s->bdat_open) {
+		tx_reset(s);
+		return fill_ev(s, ev, MTA_SMTPD_EV_ABORT, code, verb);
+	}
+	tx_reset(s);
+	return MTA_SMTPD_EV_NONE;
+}
+
+static enum mta_smtpd_ev cmd_helo(struct mta_smtpd *s, char *arg,
+				  struct mta_smtpd_event *ev, bool ehlo)
+{
+	const char *verb = ehlo ? "EHLO" : "HELO";
+	size_t n;
+	int code;
+
+	if (arg_empty(arg))
+		return reject(s, ev, verb, "501 5.5.4 Syntax: %s hostname",
+			      verb);
+	n = strlen(arg);
+	memcpy(s->helo, arg, n + 1);
+	s->helo_state = ehlo ? HELO_EHLO : HELO_HELO;
+	if (!ehlo) {
+		code = reply(s, "250 %.*s", HOST_MAX, host(s));
+		return ok_or_abort(s, ev, code, verb);
+	}
+	code = reply(s, "250-%.*s", HOST_MAX, host(s));
+	reply(s, "250-PIPELINING");
+	reply(s, "250-SIZE %" PRIu64, s->cfg->max_message_size);
+	reply(s, "250-8BITMIME");
+	reply(s, "250-SMTPUTF8");
+	reply(s, "250-ENHANCEDSTATUSCODES");
+	reply(s, "250-DSN");
+	if (s->cfg->starttls && !s->tls) {
+		reply(s, "250-CHUNKING");
+		reply(s, "250 STARTTLS");
+	} else {
+		reply(s, "250 CHUNKING");
+	}
+	/* event text: the first line */
+	snprintf(s->evtext, sizeof(s->evtext), "250-%.*s", HOST_MAX, host(s));
+	return ok_or_abort(s, ev, code, verb);
+}
+
+struct mail_params {
+	bool size, body, utf8, ret, envid, auth;
+	uint64_t size_val;
+	uint8_t body_val, ret_val;
+	const char *ret_raw, *envid_raw;
+};
+
+static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
+				  struct mta_smtpd_event *ev)
+{
+	const char *V = "MAIL";
+	struct mail_params mp;
+	char *p, *path, *kw, *val;
+	size_t plen;
+	int r;
+
+	if (s->helo_state == HELO_NONE)
+		return reject(s, ev, V, "503 5.5.1 Error: send HELO/EHLO first");
+	if (s->mail_ok)
+		return reject(s, ev, V, "503 5.5.1 Error: nested MAIL command");
+	if (arg == NULL || strncasecmp(arg, "FROM:", 5) != 0)
+		return reject(s, ev, V, "501 5.5.4 Syntax: MAIL FROM:<address>");
+	p = arg + 5;
+	while (*p == ' ') /* SRV-13: tolerated */
+		p++;
+	if (path_split(p, &path, &plen, &p) != 0)
+		return reject(s, ev, V, "501 5.5.4 Syntax: MAIL FROM:<address>");
+
+	memset(&mp, 0, sizeof(mp));
+	while ((r = next_param(&p, &kw, &val)) == 1) {
+		if (strcasecmp(kw, "SIZE") == 0) {
+			size_t n = val ? strlen(val) : 0;
+			if (mp.size || n == 0 || n > 20)
+				goto bad_param;
+			mp.size_val = 0;
+			for (size_t i = 0; i < n; i++) {
+				unsigned d;
+				if (!is_digit((uint8_t)val[i]))
+					goto bad_param;
+				d = (unsigned)(val[i] - '0');
+				if (mp.size_val > (UINT64_MAX - d) / 10)
+					mp.size_val = UINT64_MAX;
+				else
+					mp.size_val = mp.size_val * 10 + d;
+			}
+			mp.size = true;
+		} else if (strcasecmp(kw, "BODY") == 0) {
+			if (mp.body || val == NULL)
+				goto bad_param;
+			if (strcasecmp(val, "7BIT") == 0)
+				mp.body_val = MTA_BODY_7BIT;
+			else if (strcasecmp(val, "8BITMIME") == 0)
+				mp.body_val = MTA_BODY_8BITMIME;
+			else if (strcasecmp(val, "BINARYMIME") == 0)
+				return reject(s, ev, V, "555 5.5.4 Error: "
+					      "BODY=BINARYMIME not supported");
+			else
+				goto bad_param;
+			mp.body = true;
+		} else if (strcasecmp(kw, "SMTPUTF8") == 0) {
+			if (mp.utf8 || val != NULL)
+				goto bad_param;
+			mp.utf8 = true;
+		} else if (strcasecmp(kw, "RET") == 0) {
+			if (mp.ret || val == NULL)
+				goto bad_param;
+			if (strcasecmp(val, "FULL") == 0)
+				mp.ret_val = MTA_RET_FULL;
+			else if (strcasecmp(val, "HDRS") == 0)
+				mp.ret_val = MTA_RET_HDRS;
+			else
+				goto bad_param;
+			mp.ret = true;
+			mp.ret_raw = val;
+		} else if (strcasecmp(kw, "ENVID") == 0) {
+			if (mp.envid || val == NULL ||
+			    strlen(val) > ENVID_MAX ||
+			    !xtext_ok(val, strlen(val)))
+				goto bad_param;
+			mp.envid = true;
+			mp.envid_raw = val;
+		} else if (strcasecmp(kw, "AUTH") == 0) {
+			/* AUTH-09: accepted, ignored (we did not authenticate
+			 * the client, so it counts as AUTH=<>) */
+			if (mp.auth || val == NULL)
+				goto bad_param;
+			mp.auth = true;
+		} else {
+			return reject(s, ev, V, "555 5.5.4 Error: unsupported "
+				      "parameter %.*s", 64, kw);
+		}
+	}
+	if (r < 0)
+		goto bad_param;
+
+	if (plen > 0) {
+		if (strip_route(&path, &plen) != 0)
+			return reject(s, ev, V, "501 5.5.4 Error: bad sender "
+				      "address syntax");
+		if (has_8bit(path, plen) && !mp.utf8)
+			return reject(s, ev, V, "550 5.6.7 Error: non-ASCII "
+				      "address requires SMTPUTF8");
+		if ((mp.utf8 && !utf8_ok((const uint8_t *)path, plen)) ||
+		    !mailbox_ok(path, plen, mp.utf8))
+			return reject(s, ev, V, "501 5.5.4 Error: bad sender "
+				      "address syntax");
+	}
+	if (mp.size && s->cfg->max_message_size != 0 &&
+	    mp.size_val > s->cfg->max_message_size)
+		return reject(s, ev, V, "552 5.3.4 Error: message size exceeds "
+			      "fixed limit");
+
+	tx_reset(s);
+	path[plen] = '\0';
+	if (mta_envelope_set_str(&s->env.sender, path) != 0 ||
+	    mta_envelope_set_str(&s->env.envid, mp.envid_raw) != 0 ||
+	    mta_envelope_set_str(&s->env.ret_raw, mp.ret_raw) != 0) {
+		tx_reset(s);
+		return reject(s, ev, V, "452 4.3.1 Insufficient system storage");
+	}
+	s->env.ret = mp.ret_val;
+	s->env.body = mp.body_val;
+	s->env.smtputf8 = mp.utf8;
+	s->env.declared_size = mp.size ? mp.size_val : 0;
+	s->mail_ok = true;
+	reply(s, "250 2.1.0 Ok");
+	return MTA_SMTPD_EV_NONE;
+
+bad_param:
+	return reject(s, ev, V, "501 5.5.4 Error: bad parameter syntax");
+}
+
+static int notify_parse(const char *v, unsigned *out)
+{
+	unsigned bits = 0;
+
+	for (;;) {
+		size_t n = strcspn(v, ",");
+		unsigned b;
+		if (n == 5 && strncasecmp(v, "NEVER", 5) == 0)
+			b = MTA_NOTIFY_NEVER;
+		else if (n == 7 && strncasecmp(v, "SUCCESS", 7) == 0)
+			b = MTA_NOTIFY_SUCCESS;
+		else if (n == 7 && strncasecmp(v, "FAILURE", 7) == 0)
+			b = MTA_NOTIFY_FAILURE;
+		else if (n == 5 && strncasecmp(v, "DELAY", 5) == 0)
+			b = MTA_NOTIFY_DELAY;
+		else
+			return -1;
+		if (bits & b)
+			return -1;
+		bits |= b;
+		if (v[n] == '\0')
+			break;
+		v += n + 1;
+	}
+	if ((bits & MTA_NOTIFY_NEVER) && bits != MTA_NOTIFY_NEVER)
+		return -1;
+	*out = bits;
+	return 0;
+}
+
+static bool orcpt_ok(const char *v)
+{
+	const char *semi = strchr(v, ';');
+	size_t n;
+
+	if (semi == NULL || semi == v || strlen(semi + 1) == 0 ||
+	    strlen(semi + 1) > ORCPT_MAX)
+		return false;
+	for (const char *p = v; p < semi; p++)
+		if (!is_atext((uint8_t)*p))
+			return false;
+	n = strlen(semi + 1);
+	return xtext_ok(semi + 1, n);
+}
+
+static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
+				  struct mta_smtpd_event *ev)
+{
+	const char *V = "RCPT";
+	char *p, *path, *kw, *val, *notify_raw = NULL, *orcpt = NULL;
+	unsigned notify = 0, max;
+	size_t plen;
+	bool postmaster;
+	int r;
+
+	if (!s->mail_ok)
+		return reject(s, ev, V, "503 5.5.1 Error: need MAIL command");
+	if (arg == NULL || strncasecmp(arg, "TO:", 3) != 0)
+		return reject(s, ev, V, "501 5.1.3 Syntax: RCPT TO:<address>");
+	p = arg + 3;
+	while (*p == ' ')
+		p++;
+	if (path_split(p, &path, &plen, &p) != 0 || plen == 0)
+		return reject(s, ev, V, "501 5.1.3 Syntax: RCPT TO:<address>");
+	while ((r = next_param(&p, &kw, &val)) == 1) {
+		if (strcasecmp(kw, "NOTIFY") == 0) {
+			if (notify_raw != NULL || val == NULL ||
+			    notify_parse(val, &notify) != 0)
+				goto bad_param;
+			notify_raw = val;
+		} else if (strcasecmp(kw, "ORCPT") == 0) {
+			if (orcpt != NULL || val == NULL || !orcpt_ok(val))
+				goto bad_param;
+			orcpt = val;
+		} else {
+			return reject(s, ev, V, "555 5.5.4 Error: unsupported "
+				      "parameter %.*s", 64, kw);
+		}
+	}
+	if (r < 0)
+		goto bad_param;
+
+	postmaster = plen == 10 && strncasecmp(path, "Postmaster", 10) == 0;
+	if (!postmaster) {
+		if (strip_route(&path, &plen) != 0)
+			return reject(s, ev, V, "501 5.1.3 Error: bad recipient "
+				      "address syntax");
+		if (has_8bit(path, plen) && !s->env.smtputf8)
+			return reject(s, ev, V, "553 5.6.7 Error: non-ASCII "
+				      "address requires SMTPUTF8");
+		if ((s->env.smtputf8 &&
+		     !utf8_ok((const uint8_t *)path, plen)) ||
+		    !mailbox_ok(path, plen, s->env.smtputf8))
+			return reject(s, ev, V, "501 5.1.3 Error: bad recipient "
+				      "address syntax");
+	}
+	path[plen] = '\0';
+	if (!postmaster && !s->cfg->relay_allowed)
+		return reject(s, ev, V, "554 5.7.1 <%.*s>: Relay access denied",
+			      ECHO_MAX, path);
+	max = s->cfg->max_recipients ? s->cfg->max_recipients
+				     : DEFAULT_MAX_RCPT;
+	if (s->env.nrcpt >= max)
+		return reject(s, ev, V, "452 4.5.3 Error: too many recipients");
+	if (mta_envelope_add_rcpt(&s->env, postmaster ? "Postmaster" : path,
+				  orcpt, notify_raw, notify) == NULL)
+		return reject(s, ev, V, "452 4.3.1 Insufficient system storage");
+	reply(s, "250 2.1.5 Ok");
+	return MTA_SMTPD_EV_NONE;
+
+bad_param:
+	return reject(s, ev, V, "501 5.5.4 Error: bad parameter syntax");
+}
+
+static enum mta_smtpd_ev cmd_data(struct mta_smtpd *s, char *arg,
+				  struct mta_smtpd_event *ev)
+{
+	if (!arg_empty(arg))
+		return reject(s, ev, "DATA", "501 5.5.4 Syntax: DATA");
+	if (!s->mail_ok || s->env.nrcpt == 0)
+		return reject(s, ev, "DATA",
+			      "503 5.5.1 Error: need RCPT command");
+	if (s->bdat_open)
+		return reject(s, ev, "DATA", "503 5.5.1 Error: DATA after BDAT "
+			      "in the same transaction");
+	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+	body_reset(s);
+	s->mode = MODE_DATA;
+	return MTA_SMTPD_EV_DATA_START;
+}
+
+/* Called when a BDAT chunk has been read completely. */
+static enum mta_smtpd_ev bdat_chunk_done(struct mta_smtpd *s,
+					 struct mta_smtpd_event *ev)
+{
+	s->mode = MODE_CMD;
+	if (s->bdat_discard) {
+		s->bdat_discard = false;
+		return reject(s, ev, "BDAT",
+			      "503 5.5.1 Error: no valid transaction for BDAT");
+	}
+	if (s->bdat_last)
+		return body_end(s, ev, "BDAT");
+	reply(s, "250 2.0.0 %" PRIu64 " octets received", s->bdat_size);
+	return MTA_SMTPD_EV_NONE;
+}
+
+static enum mta_smtpd_ev cmd_bdat(struct mta_smtpd *s, char *arg,
+				  struct mta_smtpd_event *ev)
+{
+	uint64_t n = 0;
+	char *p = arg;
+	bool last = false, first;
+
+	if (arg_empty(arg) || !is_digit((uint8_t)*p))
+		return reject(s, ev, "BDAT",
+			      "501 5.5.4 Syntax: BDAT size [LAST]");
+	for (; is_digit((uint8_t)*p); p++) {
+		unsigned d = (unsigned)(*p - '0');
+		if (n > (UINT64_MAX - d) / 10)
+			return reject(s, ev, "BDAT",
+				      "501 5.5.4 Syntax: BDAT size [LAST]");
+		n = n * 10 + d;
+	}
+	if (*p == ' ') {
+		while (*p == ' ')
+			p++;
+		if (strcasecmp(p, "LAST") != 0)
+			return reject(s, ev, "BDAT",
+				      "501 5.5.4 Syntax: BDAT size [LAST]");
+		last = true;
+	} else if (*p != '\0') {
+		return reject(s, ev, "BDAT",
+			      "501 5.5.4 Syntax: BDAT size [LAST]");
+	}
+	first = !s->bdat_open;
+	s->bdat_size = n;
+	s->bdat_left = n;
+	s->bdat_last = last;
+	s->mode = MODE_BDAT;
+	/* CHK-04: the chunk is consumed even when it cannot be accepted */
+	s->bdat_discard = !s->mail_ok || s->env.nrcpt == 0;
+	if (s->bdat_discard) {
+		if (n == 0)
+			return bdat_chunk_done(s, ev);
+		return MTA_SMTPD_EV_NONE;
+	}
+	if (first) {
+		body_reset(s);
+		s->bdat_open = true;
+	}
+	if (n == 0) {
+		if (first && last) {
+			/* DATA_START now, MESSAGE at the next call: keep the
+			 * command's LF unconsumed so that call happens */
+			s->hold = true;
+			return MTA_SMTPD_EV_DATA_START;
+		}
+		enum mta_smtpd_ev e = bdat_chunk_done(s, ev);
+		if (first)
+			return MTA_SMTPD_EV_DATA_START; /* 250 queued */
+		return e;
+	}
+	return first ? MTA_SMTPD_EV_DATA_START : MTA_SMTPD_EV_NONE;
+}
+
+static enum mta_smtpd_ev cmd_starttls(struct mta_smtpd *s, char *arg,
+				      struct mta_smtpd_event *ev)
+{
+	const char *V = "STARTTLS";
+
+	if (!s->cfg->starttls)
+		return reject(s, ev, V,
+			      "502 5.5.1 Error: command not implemented");
+	if (!arg_empty(arg))
+		return reject(s, ev, V, "501 5.5.4 Syntax: STARTTLS");
+	if (s->tls)
+		return reject(s, ev, V, "503 5.5.1 Error: TLS already active");
+	if (s->mail_ok)
+		return reject(s, ev, V, "503 5.5.1 Error: MAIL transaction in "
+			      "progress");
+	reply(s, "220 2.0.0 Ready to start TLS");
+	s->mode = MODE_TLS;
+	return MTA_SMTPD_EV_STARTTLS;
+}
+
+/* Dispatches one complete command line (NUL-terminated, no CRLF). */
+static enum mta_smtpd_ev command(struct mta_smtpd *s, char *line,
+				 struct mta_smtpd_event *ev)
+{
+	size_t n = strlen(line);
+	char *arg = NULL, *sp;
+	int code;
+
+	while (n > 0 && (line[n - 1] == ' ' || line[n - 1] == '\t'))
+		line[--n] = '\0';
+	sp = strchr(line, ' ');
+	if (sp != NULL) {
+		*sp = '\0';
+		arg = sp + 1;
+	}
+	if (strcasecmp(line, "EHLO") == 0)
+		return cmd_helo(s, arg, ev, true);
+	if (strcasecmp(line, "HELO") == 0)
+		return cmd_helo(s, arg, ev, false);
+	if (strcasecmp(line, "MAIL") == 0)
+		return cmd_mail(s, arg, ev);
+	if (strcasecmp(line, "RCPT") == 0)
+		return cmd_rcpt(s, arg, ev);
+	if (strcasecmp(line, "DATA") == 0)
+		return cmd_data(s, arg, ev);
+	if (strcasecmp(line, "BDAT") == 0)
+		return cmd_bdat(s, arg, ev);
+	if (strcasecmp(line, "RSET") == 0) {
+		if (!arg_empty(arg))
+			return reject(s, ev, "RSET", "501 5.5.4 Syntax: RSET");
+		code = reply(s, "250 2.0.0 Ok");
+		return ok_or_abort(s, ev, code, "RSET");
+	}
+	if (strcasecmp(line, "NOOP") == 0) {
+		/* RFC 5321 4.1.1.9: a NOOP argument is ignored */
+		reply(s, "250 2.0.0 Ok");
+		return MTA_SMTPD_EV_NONE;
+	}
+	if (strcasecmp(line, "QUIT") == 0) {
+		if (!arg_empty(arg))
+			return reject(s, ev, "QUIT", "501 5.5.4 Syntax: QUIT");
+		code = reply(s, "221 2.0.0 Bye");
+		s->mode = MODE_CLOSED;
+		return fill_ev(s, ev, MTA_SMTPD_EV_CLOSE, code, "QUIT");
+	}
+	if (strcasecmp(line, "VRFY") == 0) {
+		if (arg_empty(arg))
+			return reject(s, ev, "VRFY", "501 5.5.4 Syntax: VRFY "
+				      "address");
+		reply(s, "252 2.5.2 Cannot VRFY user, but will accept message "
+			 "and attempt delivery");
+		return MTA_SMTPD_EV_NONE;
+	}
+	if (strcasecmp(line, "EXPN") == 0)
+		return reject(s, ev, "EXPN",
+			      "502 5.5.1 Error: command not implemented");
+	if (strcasecmp(line, "HELP") == 0) {
+		reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT "
+			 "RSET NOOP QUIT VRFY HELP%s",
+		      s->cfg->starttls && !s->tls ? " STARTTLS" : "");
+		return MTA_SMTPD_EV_NONE;
+	}
+	if (strcasecmp(line, "STARTTLS") == 0)
+		return cmd_starttls(s, arg, ev);
+	return reject(s, ev, "UNKNOWN",
+		      "500 5.5.2 Error: command not recognized");
+}
+
+/* ---- input modes ----------------------------------------------------- */
+
+static void line_add(struct mta_smtpd *s, uint8_t c)
+{
+	if (s->l_len < MTA_SMTPD_LINE_MAX - 2)
+		s->line[s->l_len++] = (char)c;
+	else
+		s->l_long = true;
+}
+
+static void line_reset(struct mta_smtpd *s)
+{
+	s->l_len = 0;
+	s->l_cr = false;
+	s->l_bad = false;
+	s->l_long = false;
+}
+
+/* A command line ended with CRLF. */
+static enum mta_smtpd_ev line_done(struct mta_smtpd *s,
+				   struct mta_smtpd_event *ev)
+{
+	bool bad = s->l_bad, toolong = s->l_long;
+
+	s->line[s->l_len] = '\0';
+	line_reset(s);
+	if (toolong)
+		return reject(s, ev, "UNKNOWN",
+			      "500 5.5.2 Error: line too long");
+	if (bad) /* SMUG-06: nothing of this line runs */
+		return reject(s, ev, "UNKNOWN", "500 5.5.2 Error: bare CR or "
+			      "LF or NUL in command line");
+	return command(s, s->line, ev);
+}
+
+static enum mta_smtpd_ev feed_cmd(struct mta_smtpd *s, const uint8_t *in,
+				  size_t len, size_t *i,
+				  struct mta_smtpd_event *ev)
+{
+	while (*i < len) {
+		uint8_t c = in[(*i)++];
+		enum mta_smtpd_ev e;
+
+		if (s->l_cr) {
+			s->l_cr = false;
+			if (c == '\n') {
+				e = line_done(s, ev);
+				if (s->hold)
+					(*i)--; /* see cmd_bdat() */
+				if (e != MTA_SMTPD_EV_NONE ||
+				    s->mode != MODE_CMD ||
+				    out_free(s) < OUT_RESERVE)
+					return e;
+				continue;
+			}
+			s->l_bad = true; /* bare CR */
+			line_add(s, '\r');
+		}
+		if (c == '\r') {
+			s->l_cr = true;
+			continue;
+		}
+		if (c == '\n' || c == '\0')
+			s->l_bad = true;
+		line_add(s, c);
+	}
+	return MTA_SMTPD_EV_NONE;
+}
+
+static enum mta_smtpd_ev feed_data(struct mta_smtpd *s, const uint8_t *in,
+				   size_t len, size_t *i,
+				   struct mta_smtpd_event *ev)
+{
+	size_t run = *i, runlen = 0;
+
+	while (*i < len) {
+		uint8_t c = in[(*i)++];
+		bool content = false;
+
+		switch (s->d_state) {
+		case D_BOL:
+			if (c == '.') {
+				s->d_state = D_DOT; /* never content (4.5.2) */
+				break;
+			}
+			content = true;
+			break;
+		case D_DOT:
+			if (c == '\r') {
+				s->d_state = D_DOTCR;
+				break;
+			}
+			content = true;
+			break;
+		case D_DOTCR:
+			if (c == '\n') {
+				s->mode = MODE_CMD;
+				return body_end(s, ev, "DATA");
+			}
+			/* ".<CR>x": the CR is content, and bare: a violation,
+			 * so nothing more is emitted */
+			(void)chk_byte(s, '\r');
+			content = true;
+			break;
+		default:
+			content = true;
+			break;
+		}
+		if (!content) {
+			if (runlen > 0 && s->b_viol == V_NONE)
+				goto emit;
+			runlen = 0;
+			continue;
+		}
+		s->d_state = chk_byte(s, c) ? D_BOL : D_MID;
+		if (runlen == 0)
+			run = *i - 1;
+		runlen++;
+	}
+	if (runlen == 0 || s->b_viol != V_NONE)
+		return MTA_SMTPD_EV_NONE;
+emit:
+	ev->data = in + run;
+	ev->len = runlen;
+	return MTA_SMTPD_EV_BODY;
+}
+
+static enum mta_smtpd_ev feed_bdat(struct mta_smtpd *s, const uint8_t *in,
+				   size_t len, size_t *i,
+				   struct mta_smtpd_event *ev)
+{
+	size_t n = len - *i;
+	size_t start = *i;
+
+	if (n > s->bdat_left)
+		n = (size_t)s->bdat_left;
+	s->bdat_left -= n;
+	*i += n;
+	if (s->bdat_discard) {
+		if (s->bdat_left == 0)
+			return bdat_chunk_done(s, ev);
+		return MTA_SMTPD_EV_NONE;
+	}
+	for (size_t k = 0; k < n; k++)
+		(void)chk_byte(s, in[start + k]);
+	if (n == 0 || s->b_viol != V_NONE) {
+		if (s->bdat_left > 0)
+			return MTA_SMTPD_EV_NONE;
+		return bdat_chunk_done(s, ev);
+	}
+	ev->data = in + start;
+	ev->len = n;
+	if (s->bdat_left > 0)
+		return MTA_SMTPD_EV_BODY;
+	if (s->bdat_last) {
+		/* BODY now, MESSAGE at the next call: the chunk's last byte
+		 * stays unconsumed so that the next call happens */
+		(*i)--;
+		s->hold = true;
+	} else {
+		(void)bdat_chunk_done(s, ev); /* queues the 250 */
+	}
+	return MTA_SMTPD_EV_BODY;
+}
+
+/* ---- public ---------------------------------------------------------- */
+
+void mta_smtpd_init(struct mta_smtpd *s, const struct mta_smtpd_config *cfg)
+{
+	memset(s, 0, sizeof(*s));
+	s->cfg = cfg;
+	mta_envelope_init(&s->env);
+	s->mode = MODE_CMD;
+	tx_reset(s);
+}
+
+void mta_smtpd_free(struct mta_smtpd *s)
+{
+	mta_envelope_free(&s->env);
+}
+
+void mta_smtpd_greet(struct mta_smtpd *s)
+{
+	reply(s, "220 %.*s ESMTP mtad", HOST_MAX, host(s));
+}
+
+enum mta_smtpd_ev mta_smtpd_feed(struct mta_smtpd *s, const uint8_t *in,
+				 size_t len, size_t *consumed,
+				 struct mta_smtpd_event *ev)
+{
+	enum mta_smtpd_ev e = MTA_SMTPD_EV_NONE;
+	size_t i = 0;
+
+	memset(ev, 0, sizeof(*ev));
+	*consumed = 0;
+	if (s->mode == MODE_CLOSED) {
+		*consumed = len;
+		return MTA_SMTPD_EV_CLOSE;
+	}
+	if (s->mode == MODE_TLS) {
+		/* the driver should be handshaking; plaintext is dropped */
+		*consumed = len;
+		return MTA_SMTPD_EV_NONE;
+	}
+	while (i < len && e == MTA_SMTPD_EV_NONE) {
+		if (out_free(s) < OUT_RESERVE || s->mode == MODE_WAIT)
+			break; /* blocked: drain output / message_done() */
+		if (s->hold) {
+			/* the byte kept back by cmd_bdat()/feed_bdat() */
+			s->hold = false;
+			i++;
+			s->mode = MODE_CMD;
+			e = bdat_chunk_done(s, ev);
+			break;
+		}
+		switch (s->mode) {
+		case MODE_CMD:
+			e = feed_cmd(s, in, len, &i, ev);
+			break;
+		case MODE_DATA:
+			e = feed_data(s, in, len, &i, ev);
+			break;
+		case MODE_BDAT:
+			e = feed_bdat(s, in, len, &i, ev);
+			break;
+		default:
+			break;
+		}
+		if (e == MTA_SMTPD_EV_STARTTLS) {
+			ev->len = len - i; /* TLS-04 */
+			i = len;
+		} else if (e == MTA_SMTPD_EV_CLOSE) {
+			i = len;
+		}
+	}
+	*consumed = i;
+	return e;
+}
+
+size_t mta_smtpd_output(const struct mta_smtpd *s, const uint8_t **p)
+{
+	*p = s->out + s->out_off;
+	return s->out_len;
+}
+
+void mta_smtpd_output_consume(struct mta_smtpd *s, size_t n)
+{
+	assert(n <= s->out_len);
+	if (n > s->out_len)
+		n = s->out_len;
+	s->out_off += n;
+	s->out_len -= n;
+	if (s->out_len == 0)
+		s->out_off = 0;
+}
+
+void mta_smtpd_take_envelope(struct mta_smtpd *s, struct mta_envelope *out)
+{
+	*out = s->env;
+	mta_envelope_init(&s->env);
+	out->size = s->b_size;
+	(void)mta_envelope_set_str(&out->helo, s->helo);
+	if (s->cfg->client_addr != NULL)
+		(void)mta_envelope_set_str(&out->client_addr,
+					   s->cfg->client_addr);
+	if (s->tls && s->tls_desc[0] != '\0')
+		(void)mta_envelope_set_str(&out->tls, s->tls_desc);
+}
+
+void mta_smtpd_message_done(struct mta_smtpd *s, int result, const char *qid)
+{
+	if (s->mode != MODE_WAIT)
+		return;
+	if (result == 0)
+		reply(s, "250 2.0.0 Ok: queued as %.*s", 64,
+		      qid != NULL ? qid : "");
+	else if (result == MTA_EMAPFULL || result == -ENOSPC ||
+		 result == -EDQUOT)
+		reply(s, "452 4.3.1 Insufficient system storage");
+	else
+		reply(s, "451 4.3.0 Local error in processing");
+	tx_reset(s);
+	s->mode = MODE_CMD;
+}
+
+void mta_smtpd_tls_started(struct mta_smtpd *s, const char *tls_desc)
+{
+	size_t n = 0;
+
+	tx_reset(s);
+	line_reset(s);
+	s->helo_state = HELO_NONE;
+	s->helo[0] = '\0';
+	s->tls = true;
+	if (tls_desc != NULL) {
+		for (; tls_desc[n] != '\0' && n < sizeof(s->tls_desc) - 1; n++) {
+			char c = tls_desc[n];
+			/* it goes into a Received comment */
+			s->tls_desc[n] = (c < 32 || c > 126 || c == '(' ||
+					  c == ')' || c == '\\')
+						 ? '?'
+						 : c;
+		}
+	}
+	s->tls_desc[n] = '\0';
+	if (s->mode != MODE_CLOSED)
+		s->mode = MODE_CMD;
+}
+
+void mta_smtpd_timeout(struct mta_smtpd *s)
+{
+	if (s->mode == MODE_CLOSED)
+		return;
+	reply(s, "421 4.4.2 %.*s Error: timeout exceeded", HOST_MAX, host(s));
+	s->mode = MODE_CLOSED;
+}
+
+void mta_smtpd_shutdown(struct mta_smtpd *s)
+{
+	if (s->mode == MODE_CLOSED)
+		return;
+	reply(s, "421 4.3.2 %.*s Service shutting down", HOST_MAX, host(s));
+	s->mode = MODE_CLOSED;
+}
+
+bool mta_smtpd_in_data(const struct mta_smtpd *s)
+{
+	return s->mode == MODE_DATA || s->mode == MODE_BDAT;
+}
+
+bool mta_smtpd_closed(const struct mta_smtpd *s)
+{
+	return s->mode == MODE_CLOSED;
+}
+
+/* ---- Received -------------------------------------------------------- */
+
+struct wbuf {
+	char *p;
+	size_t len, cap;
+	bool over;
+};
+
+static void wput(struct wbuf *w, const char *p, size_t n)
+{
+	if (w->over || n >= w->cap - w->len) {
+		w->over = true;
+		return;
+	}
+	memcpy(w->p + w->len, p, n);
+	w->len += n;
+	w->p[w->len] = '\0';
+}
+
+static void wputs(struct wbuf *w, const char *p)
+{
+	wput(w, p, strlen(p));
+}
+
+int mta_smtpd_received(const struct mta_smtpd *s, const char *qid, time_t now,
+		       char *buf, size_t len)
+{
+	static const char *const wd[] = {"Sun", "Mon", "Tue", "Wed",
+					 "Thu", "Fri", "Sat"};
+	static const char *const mo[] = {"Jan", "Feb", "Mar", "Apr",
+					 "May", "Jun", "Jul", "Aug",
+					 "Sep", "Oct", "Nov", "Dec"};
+	struct wbuf w = {buf, 0, len, len == 0};
+	char helo[HOST_MAX + 1], tmp[96];
+	const char *proto;
+	struct tm tm;
+	size_t n;
+
+	for (n = 0; s->helo[n] != '\0' && n < HOST_MAX; n++) {
+		char c = s->helo[n];
+		helo[n] = (is_alpha((uint8_t)c) || is_digit((uint8_t)c) ||
+			   (c != '\0' && strchr(".:_[]-", c) != NULL))
+				  ? c
+				  : '?';
+	}
+	helo[n] = '\0';
+	if (s->env.smtputf8)
+		proto = s->tls ? "UTF8SMTPS" : "UTF8SMTP";
+	else if (s->helo_state != HELO_EHLO)
+		proto = "SMTP";
+	else
+		proto = s->tls ? "ESMTPS" : "ESMTP";
+	if (gmtime_r(&now, &tm) == NULL)
+		return MTA_ETOOBIG;
+
+	wputs(&w, "Received: from ");
+	wputs(&w, n > 0 ? helo : "unknown");
+	wputs(&w, " ([");
+	wputs(&w, s->cfg->client_addr != NULL ? s->cfg->client_addr
+					      : "unknown");
+	wputs(&w, "])\r\n\tby ");
+	wput(&w, host(s), strnlen(host(s), HOST_MAX));
+	wputs(&w, " (mtad) with ");
+	wputs(&w, proto);
+	if (s->tls) {
+		wputs(&w, " (");
+		wputs(&w, s->tls_desc);
+		wputs(&w, ")");
+	}
+	if (qid != NULL) {
+		wputs(&w, "\r\n\tid ");
+		wput(&w, qid, strnlen(qid, 64));
+	}
+	if (s->env.nrcpt == 1) {
+		wputs(&w, "\r\n\tfor <");
+		wputs(&w, s->env.rcpts[0].addr);
+		wputs(&w, ">");
+	}
+	snprintf(tmp, sizeof(tmp),
+		 ";\r\n\t%s, %02d %s %04d %02d:%02d:%02d +0000\r\n",
+		 wd[tm.tm_wday % 7], tm.tm_mday, mo[tm.tm_mon % 12],
+		 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	wputs(&w, tmp);
+	if (w.over)
+		return MTA_ETOOBIG;
+	return (int)w.len;
+}

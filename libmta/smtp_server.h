@@ -37,33 +37,59 @@
  *	            (mta_smtpd_received()).
  *	  BODY      event.data/event.len are message bytes, already
  *	            dot-unstuffed, to append to the sink in order; they point
- *	            into `in` or into the engine and are valid until the next
- *	            call.
+ *	            into `in` and are valid until the next call.  After the
+ *	            first content violation no more BODY events come for that
+ *	            message (it will end in ABORT).
+ *
+ *	An event may come with *consumed short of the bytes it covers (even
+ *	0): when one input byte ends in two events (the last byte of a
+ *	"BDAT n LAST" chunk gives BODY then MESSAGE; "BDAT 0 LAST" as the
+ *	first chunk gives DATA_START then MESSAGE) the engine leaves that
+ *	byte unconsumed so the driver calls again, and skips it then.  A
+ *	driver that feeds the unconsumed rest again, as above, needs no
+ *	special case.
  *	  MESSAGE   the message is complete and passed every check.  The
  *	            driver takes the envelope (mta_smtpd_take_envelope()),
  *	            commits it, then calls mta_smtpd_message_done(); until then
  *	            feed() consumes nothing.
  *	  ABORT     the body in progress is dropped (too big, bare CR/LF, NUL,
- *	            too many Received headers, RSET between BDAT chunks...); the
- *	            engine has queued the error reply; the driver discards its
- *	            sink.  Also emitted as REJECT-like: event.code/text/verb set.
+ *	            line too long, too many Received headers; or RSET, EHLO or
+ *	            HELO between BDAT chunks, whose code is then 250); the
+ *	            engine has queued the reply; the driver discards its sink.
+ *	            event.code/text/verb are set as for REJECT.
  *	  STARTTLS  "220 2.0.0 Ready to start TLS" was queued.  All input after
  *	            the STARTTLS line in this buffer was discarded (TLS-04):
  *	            *consumed == len and event.len says how many bytes were
  *	            dropped.  The driver flushes the output, discards anything
  *	            else it has buffered, runs the handshake, then calls
  *	            mta_smtpd_tls_started().
- *	  CLOSE     the session is over (221 after QUIT, 421 on a fatal
- *	            condition); flush the output, then close.
+ *	  CLOSE     the session is over (221 after QUIT, 421 after 100
+ *	            client-caused 5xx replies); flush the output, then close.
+ *	            *consumed == len; later feeds return CLOSE and drop input.
  *
  *	mta_smtpd_output() returns the queued reply bytes (pointer valid until
  *	the next engine call); mta_smtpd_output_consume(s, n) drops n written
- *	bytes.
+ *	bytes.  The buffer holds MTA_SMTPD_OUT_SIZE bytes; feed() takes no
+ *	more input while less than 2 KiB of it is free (returns NONE with
+ *	*consumed < len), so a client that pipelines without reading cannot
+ *	grow memory.  Draining always unblocks it.
+ *
+ *	mta_smtpd_take_envelope() (after MESSAGE) moves the envelope out and
+ *	fills helo, client_addr (cfg), tls (tls_desc) and size (body octets
+ *	emitted, without the Received header).  Allocation failures there
+ *	leave those fields NULL.
  *
  *	mta_smtpd_message_done(s, result, qid) answers the final dot / BDAT
  *	LAST: result 0 -> "250 2.0.0 Ok: queued as <qid>"; MTA_EMAPFULL,
  *	-ENOSPC, -EDQUOT -> "452 4.3.1 Insufficient system storage"; anything
  *	else -> "451 4.3.0 Local error in processing".  The session continues.
+ *
+ *	mta_smtpd_tls_started(s, tls_desc) is called after the handshake:
+ *	the session goes back to its initial state (HELO/EHLO required,
+ *	TLS-05), later EHLO replies omit STARTTLS, and tls_desc (e.g.
+ *	"version=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384", copied, at most 127
+ *	bytes, characters other than printable ASCII and '(' ')' '\' become
+ *	'?') goes into the Received header's WITH comment.
  *
  *	mta_smtpd_timeout() queues "421 4.4.2 <hostname> Error: timeout
  *	exceeded" and enters CLOSED; mta_smtpd_shutdown() queues "421 4.3.2
@@ -75,7 +101,11 @@
  *	<hostname> with SMTP/ESMTP/ESMTPS plus "(version=... cipher=...)" when
  *	TLS, id <qid>, for <rcpt> only when there is exactly one recipient,
  *	and the RFC 5322 date of `now` in UTC.  Lines folded, CRLF-terminated.
- *	Returns the length, or MTA_ETOOBIG if buf is too small.
+ *	Returns the length (buf is also NUL-terminated), or MTA_ETOOBIG if
+ *	buf is too small.  The protocol word is SMTP after HELO, ESMTP or
+ *	ESMTPS (TLS) after EHLO, UTF8SMTP/UTF8SMTPS when MAIL had SMTPUTF8.
+ *	The HELO argument is client-controlled: at most 255 characters, any
+ *	outside [A-Za-z0-9.:_[]-] replaced by '?'.
  *
  * THREADS
  *	Loop thread (one session, one thread).
@@ -86,16 +116,22 @@
  *	envelope to the caller, who frees it with mta_envelope_free().
  *
  * SECURITY
- *	Every input byte is hostile.  Limits: command line MTA_SMTPD_LINE_MAX
+ *	Every input byte is hostile.  No allocation depends on input except
+ *	the envelope (one string per parameter, <= max_recipients
+ *	recipients).  Limits: command line MTA_SMTPD_LINE_MAX
  *	octets including CRLF (over: 500 5.5.2, line discarded, session kept);
  *	recipients cfg->max_recipients (excess: 452 4.5.3); message size
  *	cfg->max_message_size (declared over: 552 5.3.4 at MAIL; actual over:
  *	body discarded to the real end, then 552 5.3.4); 100 Received headers
- *	(554 5.4.6).  Only <CRLF>.<CRLF> ends DATA.  A bare CR or LF or a NUL
+ *	(554 5.4.6); message line 65536 octets (550 5.6.0); local-part 64,
+ *	domain 255, path 512 octets (501); 100 client-caused 5xx replies
+ *	(421 4.7.0, close).  Only <CRLF>.<CRLF> ends DATA.  A bare CR or LF or a NUL
  *	anywhere in the content is rejected after the real end of data with
  *	550 5.6.0 (mtad stores only CRLF-clean messages and so can never relay
  *	a smuggling sequence); in a command line it gives 500 5.5.2 for the
- *	whole line.  Plaintext pipelined after STARTTLS is discarded.
+ *	whole line.  Plaintext pipelined after STARTTLS is discarded.  Reply
+ *	texts echo at most 400 octets of client data (a validated address);
+ *	replies never contain client CR or LF.
  *
  * STANDARDS
  *	RFC 5321 (§3.3, §4.1, §4.2, §4.4, §4.5.2, §4.5.3), RFC 3207 STARTTLS,
@@ -103,6 +139,14 @@
  *	SMTPUTF8, RFC 2034/3463 enhanced codes, RFC 3461 DSN parameters,
  *	RFC 3030 CHUNKING.  Conformance ids: SMUG-*, SRV-*, LIM-*, TLS-01..07,
  *	PIPE-*, SIZE-01..04, 8BIT-01, ESC-*, DSN-01..02, UTF8-01..02, CHK-*.
+ *	Behaviour choices are in docs/smtp-server.md.
+ *
+ * CAVEATS
+ *	max_message_size 0 means no limit (SIZE 0 is advertised);
+ *	max_recipients 0 means 100.  MAIL parameters are accepted after HELO
+ *	too.  No AUTH (the AUTH= MAIL parameter is accepted and ignored), no
+ *	BINARYMIME, no REQUIRETLS.  The engine does not log; the driver logs
+ *	from the events.
  */
 #ifndef MTA_SMTP_SERVER_H
 #define MTA_SMTP_SERVER_H
@@ -144,10 +188,48 @@ struct mta_smtpd_event {
 	const char *verb;    /* REJECT/ABORT: command verb */
 };
 
+#define MTA_SMTPD_OUT_SIZE 16384 /* reply buffer inside the struct */
+
 /* The engine state is visible so the caller can embed it; fields are
  * private to smtp_server.c. */
-struct mta_smtpd;
-#include "smtp_server_impl.h"
+struct mta_smtpd {
+	const struct mta_smtpd_config *cfg;
+	uint8_t mode;	    /* input mode (smtp_server.c enum mode) */
+	uint8_t helo_state; /* none, HELO, EHLO */
+	bool tls;	    /* tls_started() was called */
+	bool hold;	    /* next input byte already processed */
+	unsigned errors;    /* client-caused 5xx replies */
+
+	/* transaction */
+	struct mta_envelope env;
+	bool mail_ok;	   /* MAIL accepted */
+	bool bdat_open;	   /* first BDAT chunk accepted (sink open) */
+	bool bdat_discard; /* current chunk is read and dropped */
+	bool bdat_last;	   /* current chunk is LAST */
+	uint64_t bdat_size, bdat_left;
+
+	/* body checks, shared by DATA and BDAT */
+	uint64_t b_size;    /* content octets (dot-unstuffed) */
+	uint32_t b_linelen; /* octets in the current line, sans CRLF */
+	uint32_t b_rcvd;    /* Received: headers seen */
+	int8_t b_rmatch;    /* chars of "received:" matched, -1 none */
+	bool b_cr;	    /* last content byte was CR */
+	bool b_hdr_done;    /* empty line seen */
+	uint8_t b_viol;	    /* first violation found */
+	uint8_t d_state;    /* DATA framing: BOL, MID, DOT, DOTCR */
+
+	/* command line */
+	char line[MTA_SMTPD_LINE_MAX];
+	size_t l_len;
+	bool l_cr, l_bad, l_long;
+
+	char helo[MTA_SMTPD_LINE_MAX]; /* HELO/EHLO argument, raw */
+	char tls_desc[128];
+	char evtext[320]; /* event.text */
+
+	uint8_t out[MTA_SMTPD_OUT_SIZE];
+	size_t out_off, out_len;
+};
 
 void mta_smtpd_init(struct mta_smtpd *s, const struct mta_smtpd_config *cfg);
 void mta_smtpd_free(struct mta_smtpd *s);
