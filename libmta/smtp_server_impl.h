@@ -1,1 +1,0 @@
-struct mta_smtpd { int stub; };
