@@ -282,12 +282,13 @@ static void print_row(struct ctx *c, const char *qid,
 	char ts[32];
 
 	fmt_time(ts, e->arrival_us);
-	fprintf(f, "%-16s  %-20s  %10" PRIu64 "  ", qid, ts, e->size);
+	fprintf(f, "%-16s  %-20s  %10" PRIu64 "  %5zu  %-8s  ", qid, ts,
+		e->size, e->nrcpt, msg_state(e));
 	if (e->sender[0] == '\0')
 		fputs("<>", f);
 	else
 		put_plain(f, e->sender);
-	fprintf(f, "  %zu  %s\n", e->nrcpt, msg_state(e));
+	fputc('\n', f);
 	for (size_t i = 0; i < e->nrcpt; i++) {
 		const struct mta_rcpt *r = &e->rcpts[i];
 		fputs("    ", f);
@@ -390,8 +391,8 @@ int main(int argc, char **argv)
 				return 1;
 			}
 		} else {
-			printf("%-16s  %-20s  %10s  %s  %s  %s\n", "QUEUE ID",
-			       "ARRIVAL", "SIZE", "SENDER", "RCPTS", "STATE");
+			printf("%-16s  %-20s  %10s  %5s  %-8s  %s\n", "QUEUE ID",
+			       "ARRIVAL", "SIZE", "RCPTS", "STATE", "SENDER");
 		}
 		rc = mta_spool_foreach(sp, on_message, &c);
 		if (c.json) {
