@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 int mta_tls_creds_load(const char *cert, const char *key,
@@ -191,4 +192,99 @@ void mta_tls_describe(const struct mta_tls *t, char *buf, size_t n)
 
 	snprintf(buf, n, "%s %s", ver ? ver : "unknown",
 		 suite ? suite : "unknown");
+}
+
+int mta_tls_creds_client(const char *ca_file, struct mta_tls_creds **out,
+			 char *err, size_t errlen)
+{
+	struct mta_tls_creds *c = calloc(1, sizeof(*c));
+	int rc;
+
+	if (c == NULL)
+		return -ENOMEM;
+	rc = gnutls_certificate_allocate_credentials(&c->cred);
+	if (rc < 0) {
+		free(c);
+		snprintf(err, errlen, "%s", gnutls_strerror(rc));
+		return MTA_ETLS;
+	}
+	if (ca_file != NULL) {
+		rc = gnutls_certificate_set_x509_trust_file(c->cred, ca_file,
+							    GNUTLS_X509_FMT_PEM);
+		if (rc <= 0) {
+			snprintf(err, errlen, "%s: %s", ca_file,
+				 rc == 0 ? "no certificates"
+					 : gnutls_strerror(rc));
+			*out = c; /* usable for opportunistic TLS */
+			return MTA_ETLS;
+		}
+	}
+	*out = c;
+	return 0;
+}
+
+int mta_tls_client_init(struct mta_tls *t, const struct mta_tls_creds *c,
+			const char *sni)
+{
+	int rc;
+
+	memset(t, 0, sizeof(*t));
+	rc = gnutls_init(&t->session, GNUTLS_CLIENT | GNUTLS_NONBLOCK);
+	if (rc < 0)
+		goto fail;
+	rc = gnutls_set_default_priority(t->session);
+	if (rc < 0)
+		goto fail_session;
+	rc = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE,
+				    c->cred);
+	if (rc < 0)
+		goto fail_session;
+	if (sni != NULL && sni[0] != '\0') {
+		rc = gnutls_server_name_set(t->session, GNUTLS_NAME_DNS, sni,
+					    strlen(sni));
+		if (rc < 0)
+			goto fail_session;
+	}
+	gnutls_transport_set_ptr(t->session, t);
+	gnutls_transport_set_pull_function(t->session, tls_pull);
+	gnutls_transport_set_push_function(t->session, tls_push);
+	return 0;
+
+fail_session:
+	gnutls_deinit(t->session);
+fail:
+	t->session = NULL;
+	t->error = gnutls_strerror(rc);
+	return MTA_ETLS;
+}
+
+int mta_tls_verify_webpki(struct mta_tls *t, const char *host, char *why,
+			  size_t len)
+{
+	gnutls_typed_vdata_st data = {
+		.type = GNUTLS_DT_DNS_HOSTNAME,
+		.data = (unsigned char *)(uintptr_t)host,
+		.size = 0,
+	};
+	gnutls_datum_t out = {NULL, 0};
+	unsigned status = 0;
+	int rc;
+
+	rc = gnutls_certificate_verify_peers(t->session, &data, 1, &status);
+	if (rc < 0) {
+		snprintf(why, len, "certificate verification failed: %s",
+			 gnutls_strerror(rc));
+		return MTA_ETLS;
+	}
+	if (status == 0)
+		return 0;
+	if (gnutls_certificate_verification_status_print(
+		    status, GNUTLS_CRT_X509, &out, 0) == 0) {
+		snprintf(why, len, "%s", (const char *)out.data);
+		gnutls_free(out.data);
+	} else {
+		snprintf(why, len, "certificate not valid (status 0x%x)",
+			 status);
+	}
+	return MTA_ETLS;
 }

@@ -63,6 +63,22 @@ int mta_tls_creds_load(const char *cert, const char *key,
 void mta_tls_creds_free(struct mta_tls_creds *c);
 
 int mta_tls_server_init(struct mta_tls *t, const struct mta_tls_creds *c);
+
+/* Client side.  mta_tls_creds_client() loads ca_file (PEM bundle) as the
+ * WebPKI trust used by mta_tls_verify_webpki(); a missing or empty file
+ * is an error (the caller decides whether that is fatal).
+ * mta_tls_client_init() starts a client session sending sni (NULL: no
+ * SNI).  No certificate check happens in the handshake itself: the driver
+ * applies the destination's policy after it, with mta_tls_verify_webpki()
+ * (chain to ca_file + RFC 6125 host name match) or the DANE matcher. */
+int mta_tls_creds_client(const char *ca_file, struct mta_tls_creds **out,
+			 char *err, size_t errlen);
+int mta_tls_client_init(struct mta_tls *t, const struct mta_tls_creds *c,
+			const char *sni);
+/* 0 when the peer's chain verifies to the trust of c and names host;
+ * MTA_ETLS otherwise, with the reason in why. */
+int mta_tls_verify_webpki(struct mta_tls *t, const char *host, char *why,
+			  size_t len);
 void mta_tls_free(struct mta_tls *t);
 int mta_tls_feed(struct mta_tls *t, const void *p, size_t n);
 int mta_tls_handshake(struct mta_tls *t);
