@@ -84,9 +84,12 @@ int mta_queue_apply(const struct mta_queue_policy *p, struct mta_envelope *e,
 				      : o->code >= 200 && o->code < 300
 					      ? "2.0.0"
 					      : "4.0.0"));
-	if (o->code >= 200 && o->code < 300) {
+	/* the reply code decides; without one (DNS, connection, policy),
+	 * the class of the status does */
+	int cls = o->code > 0 ? o->code / 100 : status[0] - '0';
+	if (cls == 2) {
 		state = MTA_RCPT_SENT;
-	} else if (o->code >= 500) {
+	} else if (cls == 5) {
 		state = MTA_RCPT_BOUNCED;
 	} else if (now_us > e->arrival_us &&
 		   (uint64_t)(now_us - e->arrival_us) >= p->queue_lifetime_us) {

@@ -22,8 +22,9 @@
  *	at now.
  *
  *	mta_queue_apply() records the outcome of one attempt for recipient r:
- *	a 2xx reply makes it sent; a 5xx bounced; a 4xx (or no reply: code 0)
- *	deferred with next_attempt = now + backoff, unless the message is
+ *	a 2xx reply makes it sent; a 5xx bounced; a 4xx deferred (without a
+ *	reply, code 0, the class of status decides the same way; no status
+ *	either means 4.0.0) with next_attempt = now + backoff, unless the message is
  *	older than queue_lifetime, in which case it is bounced with the
  *	temporary status turned permanent (4.x.y -> 5.x.y; 5.4.7 when there
  *	was none).  The reason text and relay are copied into the recipient.

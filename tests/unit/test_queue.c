@@ -135,6 +135,22 @@ static void lifetime_turns_temporary_into_bounce(void **st)
 	mta_envelope_free(&e);
 }
 
+/* DNS and policy outcomes carry no reply code: the status class decides */
+static void status_class_without_code(void **st)
+{
+	struct mta_envelope e = make_env(0);
+	struct mta_queue_outcome nx = {0, "5.1.2", "domain not found", NULL};
+	struct mta_queue_outcome dns = {0, "4.4.3", "servfail", NULL};
+	char fs[16];
+	(void)st;
+	assert_int_equal(mta_queue_apply(&pol, &e, 0, &nx, 10, 0, fs, sizeof(fs)),
+			 MTA_RCPT_BOUNCED);
+	assert_string_equal(fs, "5.1.2");
+	assert_int_equal(mta_queue_apply(&pol, &e, 1, &dns, 10, 0, fs, sizeof(fs)),
+			 MTA_RCPT_DEFERRED);
+	mta_envelope_free(&e);
+}
+
 static void next_due_none_when_finished(void **st)
 {
 	struct mta_envelope e = make_env(0);
@@ -156,6 +172,7 @@ int main(void)
 		cmocka_unit_test(destination_domain_or_relayhost),
 		cmocka_unit_test(apply_outcomes),
 		cmocka_unit_test(lifetime_turns_temporary_into_bounce),
+		cmocka_unit_test(status_class_without_code),
 		cmocka_unit_test(next_due_none_when_finished),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
