@@ -880,10 +880,12 @@ int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages)
 	return 0;
 }
 
-int mta_spool_due(struct mta_spool *sp, int64_t now_us, size_t max,
+int mta_spool_due(struct mta_spool *sp, int64_t from_us, const char *from_qid,
+		  int64_t now_us, size_t max,
 		  int (*cb)(void *ud, const char *qid, int64_t due_us),
 		  void *ud, int64_t *next_due_us)
 {
+	uint8_t fk[DUE_KEY_LEN];
 	MDB_txn *txn;
 	MDB_cursor *cur;
 	MDB_val k, v;
@@ -899,7 +901,17 @@ int mta_spool_due(struct mta_spool *sp, int64_t now_us, size_t max,
 		mdb_txn_abort(txn);
 		return mdb_err(rc);
 	}
-	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	if (from_qid != NULL && strlen(from_qid) == MTA_QID_LEN) {
+		due_key(fk, from_us, from_qid);
+		k.mv_size = sizeof(fk);
+		k.mv_data = fk;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+		if (rc == 0 && k.mv_size == sizeof(fk) &&
+		    memcmp(k.mv_data, fk, sizeof(fk)) == 0)
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	} else {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
 	while (rc == 0) {
 		char qid[MTA_QID_LEN + 1];
 		int64_t due;

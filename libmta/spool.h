@@ -188,12 +188,15 @@ int mta_spool_get(struct mta_spool *sp, const char *qid,
 int mta_spool_read_body(struct mta_spool *sp, const char *qid, uint64_t off,
 			void *buf, size_t len, size_t *got);
 int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages);
-/* Walks the due index in time order and calls cb(ud, qid, due_us) for each
- * entry due at now_us, at most max of them (cb returns non-zero to stop).
+/* Walks the due index in time order, after the entry (from_us, from_qid)
+ * or from the start when from_qid is NULL, and calls cb(ud, qid, due_us)
+ * for each entry due at now_us, at most max of them (cb returns non-zero
+ * to stop).
  * *next_due_us is the due time of the first entry not visited (later than
  * now, or beyond max), or -1 when the index ended.  One short read
  * transaction: cb must only record what it sees. */
-int mta_spool_due(struct mta_spool *sp, int64_t now_us, size_t max,
+int mta_spool_due(struct mta_spool *sp, int64_t from_us, const char *from_qid,
+		  int64_t now_us, size_t max,
 		  int (*cb)(void *ud, const char *qid, int64_t due_us),
 		  void *ud, int64_t *next_due_us);
 

@@ -51,6 +51,8 @@ struct mtad_listener {
 	struct mta_spool *spool;
 	struct mta_writer *writer;
 	const struct mta_tls_creds *tls;
+	void (*on_queued)(void *arg);
+	void *on_queued_arg;
 	uv_tcp_t servers[MTA_CONFIG_MAX_LISTEN];
 	size_t nservers_open;
 	struct session *sessions;
@@ -290,6 +292,8 @@ static void on_commit_done(struct mta_commit *c)
 		mta_log_str(&ll, "client", s->client);
 		mta_log_str(&ll, "tls", s->env.tls ? s->env.tls : "none");
 		mta_log_end(&ll);
+		if (s->l->on_queued != NULL)
+			s->l->on_queued(s->l->on_queued_arg);
 	} else {
 		mta_log_begin(&ll, MTA_LOG_WARN, "commit_failed");
 		mta_log_int(&ll, "sid", (long long)s->sid);
@@ -726,6 +730,8 @@ int mtad_listener_start(const struct mtad_listener_params *p,
 	l->spool = p->spool;
 	l->writer = p->writer;
 	l->tls = p->tls;
+	l->on_queued = p->on_queued;
+	l->on_queued_arg = p->on_queued_arg;
 	for (size_t i = 0; i < p->cfg->nlisten; i++) {
 		uv_tcp_t *t = &l->servers[i];
 		const struct sockaddr *sa =

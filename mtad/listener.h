@@ -45,6 +45,8 @@ struct mtad_listener_params {
 	struct mta_spool *spool;
 	struct mta_writer *writer;
 	const struct mta_tls_creds *tls; /* NULL: no STARTTLS */
+	void (*on_queued)(void *arg);	 /* after each committed message */
+	void *on_queued_arg;
 };
 
 int mtad_listener_start(const struct mtad_listener_params *p,

@@ -7,6 +7,8 @@
  * operational failure (spool, listen, TLS files), 2 on bad usage or config.
  */
 #include "config.h"
+#include "delivery.h"
+#include "dns.h"
 #include "err.h"
 #include "listener.h"
 #include "log.h"
@@ -14,7 +16,9 @@
 #include "tls.h"
 #include "writer.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +36,12 @@ struct daemon {
 	struct mta_writer *writer;
 	struct mta_tls_creds *tls;
 	struct mtad_listener *listener;
+	struct mta_dns *dns;
+	struct mta_tls_creds *client_tls;
+	struct mta_delivery *delivery;
+	char auth_user[256], auth_pass[256];
+	bool have_auth;
+	unsigned parts_running; /* listener, delivery */
 	uv_signal_t sigterm, sigint, sighup;
 	int exit_code;
 };
@@ -55,6 +65,10 @@ static void stop_everything(struct daemon *d)
 		mta_writer_stop(d->writer);
 		d->writer = NULL;
 	}
+	if (d->dns != NULL) {
+		mta_dns_free(d->dns);
+		d->dns = NULL;
+	}
 	uv_close((uv_handle_t *)&d->sigterm, NULL);
 	uv_close((uv_handle_t *)&d->sigint, NULL);
 	uv_close((uv_handle_t *)&d->sighup, NULL);
@@ -62,11 +76,58 @@ static void stop_everything(struct daemon *d)
 	mta_log_end(&ll);
 }
 
-/* Every session and listening socket is closed: stop the writer (which
- * completes what was submitted) and let the loop end. */
-static void listener_done(void *arg)
+/* Called once by the listener (every session and listening socket
+ * closed) and once by delivery (every connection closed, its updates
+ * committed); after both, stop the writer (which completes what was
+ * submitted) and let the loop end. */
+static void part_done(void *arg)
 {
-	stop_everything(arg);
+	struct daemon *d = arg;
+
+	if (--d->parts_running == 0)
+		stop_everything(d);
+}
+
+static void begin_shutdown(struct daemon *d)
+{
+	if (d->listener != NULL)
+		mtad_listener_shutdown(d->listener, part_done, d);
+	if (d->delivery != NULL)
+		mta_delivery_stop(d->delivery, part_done, d);
+}
+
+static void on_queued(void *arg)
+{
+	struct daemon *d = arg;
+
+	if (d->delivery != NULL)
+		mta_delivery_kick(d->delivery);
+}
+
+/* "username password" on the first line; never logged. */
+static int read_auth_file(struct daemon *d, const char *path)
+{
+	char line[600];
+	FILE *f = fopen(path, "r");
+
+	if (f == NULL) {
+		fprintf(stderr, "mtad: delivery.relayhost_auth_file: %s: %s\n",
+			path, strerror(errno));
+		return 2;
+	}
+	if (fgets(line, sizeof(line), f) == NULL ||
+	    sscanf(line, "%255s %255s", d->auth_user, d->auth_pass) != 2) {
+		fprintf(stderr,
+			"mtad: delivery.relayhost_auth_file: %s: expected "
+			"\"username password\" on the first line\n",
+			path);
+		fclose(f);
+		return 2;
+	}
+	fclose(f);
+	explicit_bzero(line, sizeof(line));
+	d->have_auth = true;
+	return 0;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -84,8 +145,7 @@ static void on_signal(uv_signal_t *h, int signum)
 	mta_log_begin(&ll, MTA_LOG_INFO, "shutdown");
 	mta_log_str(&ll, "signal", signum == SIGTERM ? "TERM" : "INT");
 	mta_log_end(&ll);
-	if (d->listener != NULL)
-		mtad_listener_shutdown(d->listener, listener_done, d);
+	begin_shutdown(d);
 }
 
 int main(int argc, char **argv)
@@ -158,6 +218,11 @@ int main(int argc, char **argv)
 			goto out_config;
 		}
 	}
+	if (d.cfg->relayhost_auth_file != NULL &&
+	    read_auth_file(&d, d.cfg->relayhost_auth_file) != 0) {
+		d.exit_code = 2;
+		goto out_tls;
+	}
 	struct mta_spool_opts so = {
 		.dir = d.cfg->spool_dir,
 		.max_size = d.cfg->spool_max_size,
@@ -188,21 +253,74 @@ int main(int argc, char **argv)
 	uv_signal_start(&d.sigint, on_signal, SIGINT);
 	uv_signal_start(&d.sighup, on_signal, SIGHUP);
 
+	char appdata[4096];
+	snprintf(appdata, sizeof(appdata), "%s/getdns", d.cfg->spool_dir);
+	(void)mkdir(appdata, 0700);
+	struct mta_dns_opts dopts = {
+		.resolver = d.cfg->dns_resolver,
+		.trust_anchor = d.cfg->dns_trust_anchor,
+		.appdata_dir = appdata,
+		.timeout_ms = d.cfg->dns_timeout * 1000u,
+	};
+	rc = mta_dns_init(&d.loop, &dopts, &d.dns);
+	if (rc != 0) {
+		mta_log_begin(&ll, MTA_LOG_ERR, "dns_init_failed");
+		mta_log_str(&ll, "error", mta_errname(rc));
+		mta_log_str(&ll, "resolver",
+			    d.cfg->dns_resolver ? d.cfg->dns_resolver : "");
+		mta_log_end(&ll);
+		d.dns = NULL;
+	}
+	bool webpki = true;
+	rc = mta_tls_creds_client(d.cfg->tls_ca_file, &d.client_tls, err,
+				  sizeof(err));
+	if (rc != 0) {
+		webpki = false;
+		mta_log_begin(&ll, MTA_LOG_WARN, "tls_ca_file");
+		mta_log_str(&ll, "error", err);
+		mta_log_str(&ll, "effect",
+			    "level verify cannot be met; opportunistic TLS "
+			    "still works");
+		mta_log_end(&ll);
+	}
 	struct mtad_listener_params lp = {
 		.loop = &d.loop,
 		.cfg = d.cfg,
 		.spool = d.spool,
 		.writer = d.writer,
 		.tls = d.tls,
+		.on_queued = on_queued,
+		.on_queued_arg = &d,
 	};
+	d.parts_running = 1;
 	rc = mtad_listener_start(&lp, &d.listener);
+	if (rc == 0 && d.dns != NULL && d.client_tls != NULL) {
+		struct mta_delivery_params dp = {
+			.loop = &d.loop,
+			.cfg = d.cfg,
+			.spool = d.spool,
+			.writer = d.writer,
+			.dns = d.dns,
+			.tls = d.client_tls,
+			.webpki = webpki,
+			.auth_user = d.have_auth ? d.auth_user : NULL,
+			.auth_pass = d.have_auth ? d.auth_pass : NULL,
+		};
+		rc = mta_delivery_start(&dp, &d.delivery);
+		if (rc == 0)
+			d.parts_running++;
+		else
+			d.delivery = NULL;
+	} else if (rc == 0) {
+		rc = MTA_EDNS;
+	}
 	if (rc == 0) {
 		mta_log_begin(&ll, MTA_LOG_INFO, "ready");
 		mta_log_int(&ll, "pid", (long long)getpid());
 		mta_log_end(&ll);
 		d.exit_code = 0;
 	} else {
-		mtad_listener_shutdown(d.listener, listener_done, &d);
+		begin_shutdown(&d);
 	}
 	/* Runs until every handle is closed after a signal. */
 	uv_run(&d.loop, UV_RUN_DEFAULT);
@@ -219,6 +337,8 @@ out_loop:
 	mta_spool_close(d.spool);
 out_tls:
 	mta_tls_creds_free(d.tls);
+	mta_tls_creds_free(d.client_tls);
+	explicit_bzero(d.auth_pass, sizeof(d.auth_pass));
 out_config:
 	mta_config_free(d.cfg);
 	return d.exit_code;

@@ -749,7 +749,7 @@ static void test_update_and_due(void **state)
 	assert_int_equal(mta_spool_commit(t), 0);
 
 	/* only a is due at 1500; b's time is reported as the next one */
-	assert_int_equal(mta_spool_due(sp, 1500, 100, due_cb, &seen, &next), 0);
+	assert_int_equal(mta_spool_due(sp, -1, NULL, 1500, 100, due_cb, &seen, &next), 0);
 	assert_int_equal(seen.n, 1);
 	assert_string_equal(seen.qids[0], qa);
 	assert_int_equal(seen.due[0], 1000);
@@ -764,7 +764,7 @@ static void test_update_and_due(void **state)
 			 0);
 	assert_int_equal(mta_spool_commit(t), 0);
 	seen.n = 0;
-	assert_int_equal(mta_spool_due(sp, 4000, 100, due_cb, &seen, &next), 0);
+	assert_int_equal(mta_spool_due(sp, -1, NULL, 4000, 100, due_cb, &seen, &next), 0);
 	assert_int_equal(seen.n, 1);
 	assert_string_equal(seen.qids[0], qb);
 	assert_int_equal(next, 5000);
@@ -797,12 +797,19 @@ static void test_update_and_due(void **state)
 	mta_envelope_free(&got);
 	check_body(sp, qd, 10000, 3, 4096);
 	seen.n = 0;
-	assert_int_equal(mta_spool_due(sp, 10000, 100, due_cb, &seen, &next),
+	assert_int_equal(mta_spool_due(sp, -1, NULL, 10000, 100, due_cb, &seen, &next),
 			 0);
 	assert_int_equal(seen.n, 2); /* the DSN at 3000, a at 5000 */
 	assert_string_equal(seen.qids[0], qd);
 	assert_string_equal(seen.qids[1], qa);
 	assert_int_equal(next, -1);
+	/* resuming after the DSN's entry sees only a */
+	seen.n = 0;
+	assert_int_equal(mta_spool_due(sp, 3000, qd, 10000, 100, due_cb, &seen,
+				       &next),
+			 0);
+	assert_int_equal(seen.n, 1);
+	assert_string_equal(seen.qids[0], qa);
 	/* updating a message that is gone fails without side effects */
 	assert_int_equal(mta_spool_begin(sp, &t), 0);
 	assert_int_equal(mta_spool_update_message(t, qb, &b, 2000, 9000, NULL,

@@ -1,0 +1,101 @@
+/*
+ * delivery.h - the scheduler and outbound SMTP: from the due index to the
+ * destination's mail servers, with retries and bounces.
+ *
+ * DESCRIPTION
+ *	mta_delivery_start() starts delivering on the loop: it scans the
+ *	spool's due index now, then whenever the next entry falls due or
+ *	mta_delivery_kick() says new mail was committed.  Every due message
+ *	is loaded (one short read transaction), its pending recipients are
+ *	grouped by destination (the lower-cased recipient domain, or the
+ *	relayhost) and each group becomes a job on that destination's queue.
+ *
+ *	A destination opens connections as its queue demands: one at first,
+ *	one more for every ten jobs waiting, at most
+ *	delivery.max_per_destination, and delivery.max_connections in all.
+ *	A connection resolves the route (MX in preference order, the
+ *	domain itself when there is no MX, the relayhost's address records
+ *	in relayhost mode), walks the hosts and their addresses (IPv4 and
+ *	IPv6) until one carries the SMTP session, and then delivers job
+ *	after job from the queue over that session (RSET/MAIL reuse) before
+ *	it says QUIT.
+ *
+ *	Outcomes per recipient (DESIGN.md, conformance §5.12): 2xx sent; 5xx
+ *	bounced; a 4xx reply deferred; a host that fails before or during a
+ *	transaction (connection refused, 421, timeout, a TLS level it cannot
+ *	meet) sends the undecided recipients to the next address, then the
+ *	next MX host, and only when none is left are they deferred with the
+ *	last reason.  DNS: NXDOMAIN bounces 5.1.2, a null MX bounces 5.1.10,
+ *	SERVFAIL/timeout/bogus defers 4.4.3 and never falls back to the
+ *	domain's address records.  When every host of a destination failed
+ *	at connection level, every job waiting for it gets the same outcome
+ *	(the destination is dead for this round).
+ *
+ *	When all jobs of a message are finished its new state goes to the
+ *	writer in one update: per-recipient state, the next due time (backoff
+ *	from queue.h) or removal when nothing is pending, and at most one DSN
+ *	(dsn.h) for the recipients that failed or, with NOTIFY=SUCCESS, were
+ *	relayed to a peer without DSN, stored in the same transaction.
+ *
+ *	TLS: the level comes from tls.default_level (issue #4 adds the
+ *	policy table, DANE and MTA-STS at the seam host_level() in
+ *	delivery.c): none never starts TLS; may uses STARTTLS when offered;
+ *	encrypt requires it; verify requires it and a certificate valid in
+ *	the WebPKI (tls.ca_file) for the MX host name; a relayhost with
+ *	credentials requires TLS before AUTH PLAIN.  SNI is the host name.
+ *
+ *	mta_delivery_stop() closes every connection without recording the
+ *	outcome of unfinished jobs (their messages keep their due entries
+ *	and are tried again after a restart: at least once, never lost),
+ *	waits for updates already handed to the writer, then calls done.
+ *
+ * LOG
+ *	One line per recipient attempt: event=delivery qid to relay delay
+ *	dsn status (sent, deferred, bounced) tls auth response; event=dsn
+ *	when a bounce is queued; event=connect_failed per address.
+ *
+ * THREADS
+ *	Loop thread; spool reads on the loop (short transactions, bodies in
+ *	16 KiB pieces), every write through the writer thread.
+ *
+ * OWNERSHIP
+ *	The params' pointers are borrowed and must outlive the delivery.
+ *
+ * STANDARDS
+ *	RFC 5321 §4.5.4 (retries), §5.1 (MX), RFC 7505 (null MX), RFC 3461
+ *	and 3464 (DSN), RFC 3207 (STARTTLS), RFC 4954 (AUTH PLAIN to the
+ *	relayhost).
+ */
+#ifndef MTA_DELIVERY_H
+#define MTA_DELIVERY_H
+
+#include "config.h"
+#include "dns.h"
+#include "spool.h"
+#include "tls.h"
+#include "writer.h"
+
+#include <stdbool.h>
+#include <uv.h>
+
+struct mta_delivery;
+
+struct mta_delivery_params {
+	uv_loop_t *loop;
+	const struct mta_config *cfg;
+	struct mta_spool *spool;
+	struct mta_writer *writer;
+	struct mta_dns *dns;
+	const struct mta_tls_creds *tls; /* client credentials */
+	bool webpki;			 /* tls has tls.ca_file's trust */
+	const char *auth_user;		 /* relayhost AUTH, or NULL */
+	const char *auth_pass;
+};
+
+int mta_delivery_start(const struct mta_delivery_params *p,
+		       struct mta_delivery **out);
+void mta_delivery_kick(struct mta_delivery *d);
+void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
+		       void *arg);
+
+#endif
