@@ -1,10 +1,12 @@
 #include "delivery.h"
 
+#include "dane.h"
 #include "dsn.h"
 #include "err.h"
 #include "log.h"
 #include "queue.h"
 #include "smtp_client.h"
+#include "tlspolicy.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -15,6 +17,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/time.h>
+#include <time.h>
 
 #define container_of(ptr, type, member) \
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
@@ -111,6 +114,18 @@ struct conn {
 	uint64_t body_off;
 	size_t write_pending;
 	bool in_drive;
+	/* policy: per destination, then per host (DESIGN.md "Outbound
+	 * policy") */
+	bool mx_secure;	 /* the MX RRset (or its absence) validated */
+	int table_level; /* tls.policy_file entry, or -1 */
+	int level;	 /* effective level for the current host */
+	int dane;	 /* 0 none, 1 usable TLSA, 2 only unusable TLSA */
+	char tlsa_base[MTA_DNS_NAME_MAX];
+	char tlsa_alt[MTA_DNS_NAME_MAX]; /* second candidate base, or "" */
+	struct mta_dns_tlsa tlsa[MTA_DANE_TLSA_MAX];
+	uint8_t *tlsa_data; /* owns every tlsa[i].data */
+	size_t ntlsa;
+	char auth[200]; /* log: "dane 3 1 1", "verify", "none" */
 	/* last host failure, for the final deferral */
 	int lcode;
 	char lstatus[16];
@@ -148,17 +163,18 @@ struct mta_delivery {
 	bool stopping;
 	void (*done)(void *arg);
 	void *done_arg;
-	int level; /* default level, see host_level() */
+	int level; /* tls.default_level (enum mta_tls_level) */
+	const struct mta_tlspolicy *policy;
 	char relay_host[MTA_DNS_NAME_MAX];
 	unsigned relay_port;
 };
 
-enum level { L_NONE, L_MAY, L_ENCRYPT, L_VERIFY, L_DANE, L_DANE_ONLY };
 
 static void conn_drive(struct conn *c);
 static void conn_next_addr(struct conn *c);
 static void conn_next_host(struct conn *c);
 static void conn_close(struct conn *c, void (*after)(struct conn *c));
+static void host_ready(struct conn *c);
 static void dest_pump(struct mta_delivery *d, struct dest *ds);
 static void msg_job_done(struct msg *m);
 static void maybe_stopped(struct mta_delivery *d);
@@ -222,7 +238,8 @@ static const char *state_word(int st)
 
 /* Records the outcome of one attempt for env recipient r and logs it. */
 static void record(struct msg *m, size_t r, int code, const char *status,
-		   const char *text, const char *relay, const char *tls)
+		   const char *text, const char *relay, const char *tls,
+		   const char *auth)
 {
 	struct mta_delivery *d = m->d;
 	struct mta_queue_outcome o = {code, status, text, relay};
@@ -244,7 +261,7 @@ static void record(struct msg *m, size_t r, int code, const char *status,
 	mta_log_str(&ll, "dsn", fs);
 	mta_log_str(&ll, "status", st < 0 ? "error" : state_word(st));
 	mta_log_str(&ll, "tls", tls && tls[0] ? tls : "none");
-	mta_log_str(&ll, "auth", "none");
+	mta_log_str(&ll, "auth", auth && auth[0] ? auth : "none");
 	mta_log_str(&ll, "response", text);
 	mta_log_end(&ll);
 }
@@ -287,7 +304,8 @@ static struct job *job_new(struct msg *m, struct dest *ds, size_t cap)
 
 /* Every undecided recipient of j gets this outcome; then j ends. */
 static void job_finish(struct job *j, int code, const char *status,
-		       const char *text, const char *relay, const char *tls)
+		       const char *text, const char *relay, const char *tls,
+		       const char *auth)
 {
 	struct msg *m = j->m;
 
@@ -296,10 +314,10 @@ static void job_finish(struct job *j, int code, const char *status,
 			continue;
 		if (j->rstate[i] == R_TENTATIVE)
 			record(m, j->rcpts[i], j->tcode[i], j->tstatus[i],
-			       j->ttext[i], relay, tls);
+			       j->ttext[i], relay, tls, auth);
 		else
 			record(m, j->rcpts[i], code, status, text, relay,
-			       tls);
+			       tls, auth);
 		j->rstate[i] = R_FINAL;
 	}
 	job_free(j);
@@ -377,7 +395,7 @@ static void dest_fail_all(struct dest *ds, int code, const char *status,
 {
 	struct job *j;
 	while ((j = dest_take(ds)) != NULL)
-		job_finish(j, code, status, text, relay, NULL);
+		job_finish(j, code, status, text, relay, NULL, NULL);
 }
 
 /* ---- connections: plumbing ------------------------------------------ */
@@ -395,6 +413,7 @@ static void conn_free(struct conn *c)
 		c->next->prev = c->prev;
 	d->nconn--;
 	ds->nconn--;
+	free(c->tlsa_data);
 	free(c);
 	if (!d->stopping)
 		dest_pump(d, ds);
@@ -423,7 +442,7 @@ static void conn_end(struct conn *c)
 		/* undecided recipients wait for the next round */
 		job_finish(j, c->lcode, c->lstatus[0] ? c->lstatus : "4.4.1",
 			   c->ltext[0] ? c->ltext : "delivery interrupted",
-			   c->relay[0] ? c->relay : NULL, NULL);
+			   c->relay[0] ? c->relay : NULL, NULL, NULL);
 	}
 	if (c->q != NULL) {
 		mta_dns_cancel(c->q);
@@ -574,14 +593,17 @@ static void on_conn_timer(uv_timer_t *t);
 
 /* ---- connections: SMTP session -------------------------------------- */
 
-static int host_level(const struct conn *c)
+static int smtpc_tls_for(int level)
 {
-	const struct mta_delivery *d = c->d;
-
-	/* the seam for the policy table, DANE and MTA-STS (issue #4, #5) */
-	if (c->dest->relay && d->auth_user != NULL)
-		return L_ENCRYPT;
-	return d->level;
+	switch (level) {
+	case MTA_TLS_NONE:
+		return MTA_SMTPC_TLS_NONE;
+	case MTA_TLS_MAY:
+	case MTA_TLS_DANE: /* no usable TLSA: opportunistic */
+		return MTA_SMTPC_TLS_MAY;
+	default:
+		return MTA_SMTPC_TLS_REQUIRE;
+	}
 }
 
 static void start_job(struct conn *c)
@@ -600,7 +622,7 @@ static void start_job(struct conn *c)
 	if (n == 0) { /* nothing left (cannot happen): finish */
 		free(idx);
 		c->job = NULL;
-		job_finish(j, 0, "4.0.0", "", NULL, NULL);
+		job_finish(j, 0, "4.0.0", "", NULL, NULL, NULL);
 		return;
 	}
 	/* the txn borrows idx until TXN_DONE (freed there) */
@@ -660,12 +682,43 @@ static void pump_body(struct conn *c)
 	}
 }
 
+/* After the handshake: does this channel meet the host's level? */
 static bool verify_tls(struct conn *c, const char *host)
 {
 	char why[512];
 
-	switch (host_level(c)) {
-	case L_VERIFY:
+	if (c->dane == 1) {
+		const char *nexthop[1] = {c->dest->name};
+		struct mta_dane_query q = {0};
+		struct mta_dane_result r;
+		size_t n = 0;
+
+		q.chain = mta_tls_peer_chain(&c->tls, &n);
+		q.nchain = n;
+		q.tlsa = c->tlsa;
+		q.ntlsa = c->ntlsa;
+		q.base = c->tlsa_base;
+		q.nexthop = c->dest->relay ? NULL : nexthop;
+		q.nnexthop = c->dest->relay ? 0 : 1;
+		q.now = time(NULL);
+		memset(&r, 0, sizeof(r));
+		(void)mta_dane_verify(&q, &r);
+		if (r.outcome == MTA_DANE_MATCH) {
+			snprintf(c->auth, sizeof(c->auth), "dane %u %u %u",
+				 r.usage, r.selector, r.mtype);
+			return true;
+		}
+		set_error(c, 0, "4.7.5", "%s",
+			  r.reason[0] ? r.reason : "DANE authentication failed");
+		snprintf(c->auth, sizeof(c->auth), "dane-failed");
+		return false;
+	}
+	if (c->dane == 2) {
+		snprintf(c->auth, sizeof(c->auth),
+			 "none (TLSA unusable: TLS required)");
+		return true;
+	}
+	if (c->level == MTA_TLS_VERIFY) {
 		if (!c->d->webpki) {
 			set_error(c, 0, "4.7.5",
 				  "TLS verification of %s impossible: no "
@@ -679,14 +732,10 @@ static bool verify_tls(struct conn *c, const char *host)
 				  "certificate of %s not valid: %s", host, why);
 			return false;
 		}
-		return true;
-	case L_DANE_ONLY:
-		set_error(c, 0, "4.7.5",
-			  "DANE required for %s but not available", host);
-		return false;
-	default:
+		snprintf(c->auth, sizeof(c->auth), "verify");
 		return true;
 	}
+	return true;
 }
 
 static void on_event(struct conn *c, enum mta_smtpc_ev ev,
@@ -700,7 +749,8 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		break;
 	case MTA_SMTPC_EV_STARTTLS:
 		flush_engine(c);
-		if (mta_tls_client_init(&c->tls, c->d->tls, host) != 0) {
+		if (mta_tls_client_init(&c->tls, c->d->tls,
+					c->dane ? c->tlsa_base : host) != 0) {
 			mta_smtpc_abort(&c->smtpc, "4.7.5",
 					"TLS initialisation failed");
 			break;
@@ -743,7 +793,7 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 			    (j->m->env.rcpts[r].notify & MTA_NOTIFY_SUCCESS))
 				j->m->relayed[r] = true;
 			record(j->m, r, e->code, e->status, e->text, c->relay,
-			       c->tls_on ? c->tls_desc : NULL);
+			       c->tls_on ? c->tls_desc : NULL, c->auth);
 			j->rstate[pos] = R_FINAL;
 		}
 		break;
@@ -787,7 +837,7 @@ static void conn_drive(struct conn *c)
 			c->job = NULL;
 			c->txn_done = false;
 			job_finish(j, 0, "4.0.0", "", c->relay,
-				   c->tls_on ? c->tls_desc : NULL);
+				   c->tls_on ? c->tls_desc : NULL, c->auth);
 		}
 		on_event(c, ev, &e);
 		if (ev == MTA_SMTPC_EV_CLOSED || ev == MTA_SMTPC_EV_FAIL)
@@ -849,7 +899,7 @@ static void conn_input(struct conn *c, const uint8_t *p, size_t len)
 			c->job = NULL;
 			c->txn_done = false;
 			job_finish(j, 0, "4.0.0", "", c->relay,
-				   c->tls_on ? c->tls_desc : NULL);
+				   c->tls_on ? c->tls_desc : NULL, c->auth);
 		}
 		on_event(c, ev, &e);
 		if (ev == MTA_SMTPC_EV_STARTTLS)
@@ -1030,6 +1080,147 @@ static void conn_next_addr(struct conn *c)
 	arm_timer(c, (uint64_t)d->cfg->connect_timeout * 1000u);
 }
 
+/* The level this host gets once its TLSA records (if any) are known. */
+static void host_ready(struct conn *c)
+{
+	int tl = c->table_level;
+	bool dane_ok = tl < 0 || tl == MTA_TLS_DANE || tl == MTA_TLS_DANE_ONLY;
+	const char *host = c->hosts[c->hi].name;
+
+	if (c->dane != 0 && dane_ok) {
+		/* RFC 7672 §2.2: usable TLSA make authentication mandatory;
+		 * only unusable ones still make TLS mandatory */
+		c->level = c->dane == 1 ? MTA_TLS_DANE_ONLY : MTA_TLS_ENCRYPT;
+	} else {
+		c->dane = 0;
+		c->level = tl >= 0 ? tl : c->d->level;
+		if (c->level == MTA_TLS_DANE_ONLY) {
+			set_error(c, 0, "4.7.5",
+				  "DANE required for %s but it has no usable "
+				  "DNSSEC-signed TLSA records",
+				  host);
+			c->hi++;
+			conn_next_host(c);
+			return;
+		}
+	}
+	c->scfg.tls = smtpc_tls_for(c->level);
+	if (c->dest->relay && c->d->auth_user != NULL)
+		c->scfg.tls = MTA_SMTPC_TLS_REQUIRE;
+	snprintf(c->auth, sizeof(c->auth), "none");
+	conn_next_addr(c);
+}
+
+static void tlsa_lookup(struct conn *c);
+
+static void on_tlsa(const struct mta_dns_result *res, void *ud)
+{
+	struct conn *c = ud;
+	size_t total = 0, off = 0;
+
+	c->q = NULL;
+	if (res->status == MTA_DNS_OK && res->dnssec == MTA_DNSSEC_SECURE) {
+		size_t n = res->count < MTA_DANE_TLSA_MAX ? res->count
+							  : MTA_DANE_TLSA_MAX;
+		for (size_t i = 0; i < n; i++)
+			total += res->tlsa[i].len;
+		free(c->tlsa_data);
+		c->tlsa_data = malloc(total + 1);
+		if (c->tlsa_data == NULL) {
+			set_error(c, 0, "4.3.0", "out of memory");
+			c->hi++;
+			conn_next_host(c);
+			return;
+		}
+		for (size_t i = 0; i < n; i++) {
+			c->tlsa[i] = res->tlsa[i];
+			memcpy(c->tlsa_data + off, res->tlsa[i].data,
+			       res->tlsa[i].len);
+			c->tlsa[i].data = c->tlsa_data + off;
+			off += res->tlsa[i].len;
+		}
+		c->ntlsa = n;
+		c->dane = mta_dane_count_usable(c->tlsa, n) > 0 ? 1 : 2;
+		host_ready(c);
+		return;
+	}
+	if (res->status == MTA_DNS_TEMPFAIL || res->status == MTA_DNS_BOGUS ||
+	    (res->status == MTA_DNS_OK &&
+	     res->dnssec != MTA_DNSSEC_INSECURE)) {
+		/* RFC 7672 §2.1.1: no connection to this host */
+		set_error(c, 0, "4.4.3",
+			  "TLSA lookup for _%u._tcp.%s failed (%s): host "
+			  "not used",
+			  c->hosts[c->hi].port, c->tlsa_base,
+			  res->why ? res->why : mta_dnssec_name(res->dnssec));
+		c->hi++;
+		conn_next_host(c);
+		return;
+	}
+	/* no TLSA here (or an insecure answer): the other candidate, else
+	 * no DANE for this host */
+	if (c->tlsa_alt[0] != '\0') {
+		memcpy(c->tlsa_base, c->tlsa_alt, sizeof(c->tlsa_base));
+		c->tlsa_alt[0] = '\0';
+		tlsa_lookup(c);
+		return;
+	}
+	c->dane = 0;
+	host_ready(c);
+}
+
+static void tlsa_lookup(struct conn *c)
+{
+	char owner[MTA_DNS_NAME_MAX + 32];
+	int rc;
+
+	snprintf(owner, sizeof(owner), "_%u._tcp.%s", c->hosts[c->hi].port,
+		 c->tlsa_base);
+	rc = mta_dns_tlsa(c->d->dns, owner, on_tlsa, c, &c->q);
+	if (rc != 0) {
+		set_error(c, 0, "4.4.3", "TLSA lookup for %s failed: %s",
+			  owner, mta_strerror(rc));
+		c->hi++;
+		conn_next_host(c);
+	}
+}
+
+/* Addresses known: decide whether DANE applies to this host (DESIGN.md
+ * "Outbound policy" step 2, RFC 7672 §2.2.1-2.2.2). */
+static void host_policy_start(struct conn *c, const struct mta_dns_result *res)
+{
+	int tl = c->table_level;
+	const char *host = c->hosts[c->hi].name;
+	bool want = tl < 0 || tl == MTA_TLS_DANE || tl == MTA_TLS_DANE_ONLY;
+
+	c->dane = 0;
+	c->ntlsa = 0;
+	c->tlsa_base[0] = c->tlsa_alt[0] = '\0';
+	if (!want || !c->mx_secure) {
+		host_ready(c);
+		return;
+	}
+	if (res->cname && res->canonical != NULL) {
+		if (res->dnssec == MTA_DNSSEC_SECURE) {
+			/* expanded name first, then the original */
+			snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
+				 res->canonical);
+			snprintf(c->tlsa_alt, sizeof(c->tlsa_alt), "%s", host);
+		} else if (res->initial_dnssec == MTA_DNSSEC_SECURE) {
+			/* secure CNAME, insecure target: the original name */
+			snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
+				 host);
+		}
+	} else if (res->dnssec == MTA_DNSSEC_SECURE) {
+		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s", host);
+	}
+	if (c->tlsa_base[0] == '\0') {
+		host_ready(c); /* insecure address records: no DANE */
+		return;
+	}
+	tlsa_lookup(c);
+}
+
 static void on_addr(const struct mta_dns_result *res, void *ud)
 {
 	struct conn *c = ud;
@@ -1055,7 +1246,7 @@ static void on_addr(const struct mta_dns_result *res, void *ud)
 		conn_next_host(c);
 		return;
 	}
-	conn_next_addr(c);
+	host_policy_start(c, res);
 }
 
 static bool parse_literal(const char *host, struct sockaddr_storage *ss)
@@ -1101,7 +1292,7 @@ static void conn_next_host(struct conn *c)
 			set_error(c, 0, "4.4.1", "no usable mail server");
 		if (j != NULL)
 			job_finish(j, c->lcode, c->lstatus, c->ltext,
-				   c->relay[0] ? c->relay : NULL, NULL);
+				   c->relay[0] ? c->relay : NULL, NULL, NULL);
 		if (!c->any_session)
 			dest_fail_all(c->dest, c->lcode, c->lstatus, c->ltext,
 				      c->relay[0] ? c->relay : NULL);
@@ -1112,7 +1303,8 @@ static void conn_next_host(struct conn *c)
 	if (parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
 		c->naddrs = 1;
 		c->ai = 0;
-		conn_next_addr(c);
+		c->dane = 0;
+		host_ready(c); /* no DNS name: no DANE */
 		return;
 	}
 	rc = mta_dns_addr(d->dns, c->hosts[c->hi].name, on_addr, c, &c->q);
@@ -1132,6 +1324,7 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 	struct job *j;
 
 	c->q = NULL;
+	c->mx_secure = res->dnssec == MTA_DNSSEC_SECURE;
 	switch (res->status) {
 	case MTA_DNS_OK:
 		if (res->null_mx) {
@@ -1174,7 +1367,7 @@ fail_all:
 	j = c->job;
 	c->job = NULL;
 	if (j != NULL)
-		job_finish(j, 0, c->lstatus, c->ltext, NULL, NULL);
+		job_finish(j, 0, c->lstatus, c->ltext, NULL, NULL, NULL);
 	dest_fail_all(ds, 0, c->lstatus, c->ltext, NULL);
 	conn_end(c);
 }
@@ -1198,17 +1391,12 @@ static void conn_start(struct mta_delivery *d, struct dest *ds)
 	d->nconn++;
 	ds->nconn++;
 	c->scfg.helo_name = d->cfg->server_hostname;
-	switch (host_level(c)) {
-	case L_NONE:
-		c->scfg.tls = MTA_SMTPC_TLS_NONE;
-		break;
-	case L_MAY:
-	case L_DANE:
-		c->scfg.tls = MTA_SMTPC_TLS_MAY;
-		break;
-	default:
-		c->scfg.tls = MTA_SMTPC_TLS_REQUIRE;
-		break;
+	c->table_level = -1;
+	if (d->policy != NULL) {
+		int lv = mta_tlspolicy_lookup(
+			d->policy, ds->relay ? d->relay_host : ds->name, NULL);
+		if (lv >= 0)
+			c->table_level = lv;
 	}
 	if (ds->relay) {
 		c->scfg.auth_user = d->auth_user;
@@ -1218,6 +1406,9 @@ static void conn_start(struct mta_delivery *d, struct dest *ds)
 		c->hosts[0].port = d->relay_port;
 		c->nhosts = 1;
 		c->hi = 0;
+		/* a relayhost is a non-MX destination: DANE applies when its
+		 * own address records are secure (RFC 7672 §2.2.2) */
+		c->mx_secure = true;
 		conn_next_host(c);
 		return;
 	}
@@ -1528,7 +1719,8 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 			/* no domain and no relayhost: nowhere to go */
 			m->jobs_open++;
 			record(m, i, 0, "5.1.3",
-			       "recipient address has no domain", NULL, NULL);
+			       "recipient address has no domain", NULL, NULL,
+			       NULL);
 			m->jobs_open--;
 			continue;
 		}
@@ -1699,18 +1891,10 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	d->cur_due = -1;
 	d->seq = rnd() & 0xffff;
 	lv = p->cfg->tls_default_level ? p->cfg->tls_default_level : "may";
-	if (strcmp(lv, "none") == 0)
-		d->level = L_NONE;
-	else if (strcmp(lv, "encrypt") == 0)
-		d->level = L_ENCRYPT;
-	else if (strcmp(lv, "verify") == 0)
-		d->level = L_VERIFY;
-	else if (strcmp(lv, "dane") == 0)
-		d->level = L_DANE;
-	else if (strcmp(lv, "dane-only") == 0)
-		d->level = L_DANE_ONLY;
-	else
-		d->level = L_MAY;
+	d->level = mta_tls_level_parse(lv);
+	if (d->level < 0)
+		d->level = MTA_TLS_MAY;
+	d->policy = p->policy;
 	if (p->cfg->delivery_relayhost != NULL &&
 	    parse_relayhost(p->cfg->delivery_relayhost, p->cfg->delivery_port,
 			    d->relay_host, sizeof(d->relay_host),

@@ -71,6 +71,7 @@
 
 #include "config.h"
 #include "dns.h"
+#include "tlspolicy.h"
 #include "spool.h"
 #include "tls.h"
 #include "writer.h"
@@ -88,6 +89,7 @@ struct mta_delivery_params {
 	struct mta_dns *dns;
 	const struct mta_tls_creds *tls; /* client credentials */
 	bool webpki;			 /* tls has tls.ca_file's trust */
+	const struct mta_tlspolicy *policy; /* tls.policy_file, or NULL */
 	const char *auth_user;		 /* relayhost AUTH, or NULL */
 	const char *auth_pass;
 };

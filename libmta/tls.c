@@ -288,3 +288,12 @@ int mta_tls_verify_webpki(struct mta_tls *t, const char *host, char *why,
 	}
 	return MTA_ETLS;
 }
+
+const gnutls_datum_t *mta_tls_peer_chain(const struct mta_tls *t, size_t *n)
+{
+	unsigned int count = 0;
+	const gnutls_datum_t *c = gnutls_certificate_get_peers(t->session,
+							       &count);
+	*n = c != NULL ? count : 0;
+	return c;
+}

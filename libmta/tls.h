@@ -79,6 +79,9 @@ int mta_tls_client_init(struct mta_tls *t, const struct mta_tls_creds *c,
  * MTA_ETLS otherwise, with the reason in why. */
 int mta_tls_verify_webpki(struct mta_tls *t, const char *host, char *why,
 			  size_t len);
+/* The certificate chain the peer sent (DER, leaf first), valid until the
+ * session is freed; NULL and *n = 0 when there is none. */
+const gnutls_datum_t *mta_tls_peer_chain(const struct mta_tls *t, size_t *n);
 void mta_tls_free(struct mta_tls *t);
 int mta_tls_feed(struct mta_tls *t, const void *p, size_t n);
 int mta_tls_handshake(struct mta_tls *t);

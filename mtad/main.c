@@ -14,6 +14,7 @@
 #include "log.h"
 #include "spool.h"
 #include "tls.h"
+#include "tlspolicy.h"
 #include "writer.h"
 
 #include <errno.h>
@@ -39,6 +40,7 @@ struct daemon {
 	struct mta_dns *dns;
 	struct mta_tls_creds *client_tls;
 	struct mta_delivery *delivery;
+	struct mta_tlspolicy *policy;
 	char auth_user[256], auth_pass[256];
 	bool have_auth;
 	unsigned parts_running; /* listener, delivery */
@@ -218,6 +220,13 @@ int main(int argc, char **argv)
 			goto out_config;
 		}
 	}
+	if (d.cfg->tls_policy_file != NULL &&
+	    mta_tlspolicy_load(d.cfg->tls_policy_file, &d.policy, err,
+			       sizeof(err)) != 0) {
+		fprintf(stderr, "mtad: tls.policy_file: %s\n", err);
+		d.exit_code = 2;
+		goto out_tls;
+	}
 	if (d.cfg->relayhost_auth_file != NULL &&
 	    read_auth_file(&d, d.cfg->relayhost_auth_file) != 0) {
 		d.exit_code = 2;
@@ -303,6 +312,7 @@ int main(int argc, char **argv)
 			.dns = d.dns,
 			.tls = d.client_tls,
 			.webpki = webpki,
+			.policy = d.policy,
 			.auth_user = d.have_auth ? d.auth_user : NULL,
 			.auth_pass = d.have_auth ? d.auth_pass : NULL,
 		};
@@ -338,6 +348,7 @@ out_loop:
 out_tls:
 	mta_tls_creds_free(d.tls);
 	mta_tls_creds_free(d.client_tls);
+	mta_tlspolicy_free(d.policy);
 	explicit_bzero(d.auth_pass, sizeof(d.auth_pass));
 out_config:
 	mta_config_free(d.cfg);

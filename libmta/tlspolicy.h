@@ -1,0 +1,102 @@
+/*
+ * tlspolicy.h - TLS levels and the local TLS policy table
+ * (tls.policy_file).
+ *
+ * DESCRIPTION
+ *	enum mta_tls_level is the one list of TLS levels, shared by the
+ *	configuration (tls.default_level) and delivery.
+ *	mta_tls_level_parse() maps a lower-case name ("dane-only") to its
+ *	level (>= 0) or returns -EINVAL; mta_tls_level_name() is the inverse.
+ *
+ *	mta_tlspolicy_parse() parses a policy table from a buffer (sans-I/O);
+ *	fname is used only in error messages.  The format, one entry a line:
+ *	    <domain> <level>
+ *	separated by spaces or tabs; '#' starts a comment that runs to the end
+ *	of the line; blank lines are ignored; LF or CRLF line ends; the last
+ *	line needs no newline.  <domain> is either an exact domain
+ *	("example.com") or, with a leading dot, every subdomain of a domain
+ *	(".example.org" matches "a.example.org" and "a.b.example.org" but not
+ *	"example.org").  Domains are ASCII (A-labels), compared without
+ *	regard to case, and a trailing dot is ignored.  Wildcards ("*.") are
+ *	refused with a hint to use the leading-dot form.  A second entry for
+ *	the same domain (after case folding and the trailing dot) is an
+ *	error.  On error, err receives one line "<fname>:<line>: <why>", e.g.
+ *	"etc/tls-policy:3: unknown level 'secure'", with the offending text
+ *	quoted, control bytes shown as '?'.  Syntax errors are reported for
+ *	the first bad line; duplicates are checked after the whole text
+ *	parsed and reported at the first line that repeats an entry.
+ *
+ *	mta_tlspolicy_load() reads the file at path (at most
+ *	MTA_TLSPOLICY_FILE_MAX bytes) and parses it; a file that cannot be
+ *	read gives "<path>: <strerror>".
+ *
+ *	mta_tlspolicy_lookup() returns the level for domain: the exact entry
+ *	if any, else the closest parent entry with a leading dot, else
+ *	MTA_ENOTFOUND ("no entry": the caller goes on with DANE, MTA-STS and
+ *	the default level).  A NULL table has no entries.  When matched is
+ *	not NULL it receives the entry that matched, as normalised (lower
+ *	case, no trailing dot, leading dot kept), valid until the table is
+ *	freed.  The domain may have a trailing dot and any case.
+ *
+ * THREADS
+ *	Any.  A parsed table is immutable: lookups from any number of threads
+ *	may run concurrently; reload by parsing a new table and swapping.
+ *
+ * OWNERSHIP
+ *	*out is set only on success and belongs to the caller:
+ *	mta_tlspolicy_free() (NULL is fine).  text is not retained.
+ *
+ * ERRORS
+ *	MTA_ECONFIG with the message in err (syntax, limits, duplicates);
+ *	-ENOMEM; mta_tlspolicy_load(): -errno when the file cannot be read,
+ *	MTA_ETOOBIG when it is larger than MTA_TLSPOLICY_FILE_MAX.
+ *
+ * SECURITY
+ *	The file is administrator input but is parsed defensively: lines are
+ *	at most MTA_TLSPOLICY_LINE_MAX bytes, at most MTA_TLSPOLICY_ENTRIES
+ *	entries, no NUL bytes; names are checked as host names (labels of
+ *	1-63 letters, digits, '-' or '_', 253 bytes in all).  Lookup cost is
+ *	O(labels * log entries).
+ *
+ * STANDARDS
+ *	RFC 7672 §6 and §9.1 (local policy overrides DANE), RFC 8461 §2.
+ *
+ * CAVEATS
+ *	No IDN U-labels (write the A-label).  No per-entry options (such as
+ *	a match list of names): the level only.
+ */
+#ifndef MTA_TLSPOLICY_H
+#define MTA_TLSPOLICY_H
+
+#include <stddef.h>
+
+#define MTA_TLSPOLICY_LINE_MAX 1024
+#define MTA_TLSPOLICY_ENTRIES 100000
+#define MTA_TLSPOLICY_FILE_MAX (16u << 20)
+
+enum mta_tls_level {
+	MTA_TLS_NONE = 0,   /* plaintext, STARTTLS not tried */
+	MTA_TLS_MAY,	    /* opportunistic STARTTLS */
+	MTA_TLS_ENCRYPT,    /* TLS mandatory, certificate not checked */
+	MTA_TLS_DANE,	    /* DANE where usable TLSA exist, else may */
+	MTA_TLS_DANE_ONLY,  /* DANE mandatory */
+	MTA_TLS_VERIFY,	    /* TLS with a WebPKI-valid certificate */
+};
+#define MTA_TLS_LEVEL_COUNT 6
+
+int mta_tls_level_parse(const char *name);
+const char *mta_tls_level_name(enum mta_tls_level level);
+
+struct mta_tlspolicy;
+
+int mta_tlspolicy_parse(const char *text, size_t len, const char *fname,
+			struct mta_tlspolicy **out, char *err, size_t errlen);
+int mta_tlspolicy_load(const char *path, struct mta_tlspolicy **out,
+		       char *err, size_t errlen);
+void mta_tlspolicy_free(struct mta_tlspolicy *p);
+
+size_t mta_tlspolicy_count(const struct mta_tlspolicy *p);
+int mta_tlspolicy_lookup(const struct mta_tlspolicy *p, const char *domain,
+			 const char **matched);
+
+#endif
