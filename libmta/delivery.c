@@ -165,6 +165,10 @@ struct mta_delivery {
 	void *done_arg;
 	int level; /* tls.default_level (enum mta_tls_level) */
 	const struct mta_tlspolicy *policy;
+	uv_timer_t selftest_timer;
+	struct mta_dns_query *selftest_q;
+	bool dnssec_ok;	      /* last DNSSEC self-test passed */
+	bool selftest_done;   /* at least one result */
 	char relay_host[MTA_DNS_NAME_MAX];
 	unsigned relay_port;
 };
@@ -1325,6 +1329,17 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 
 	c->q = NULL;
 	c->mx_secure = res->dnssec == MTA_DNSSEC_SECURE;
+	if (!c->d->dnssec_ok && !c->mx_secure &&
+	    (res->status == MTA_DNS_OK || res->status == MTA_DNS_NODATA ||
+	     res->status == MTA_DNS_NXDOMAIN)) {
+		/* fail closed: without working validation an "insecure"
+		 * answer may be a stripped secure one */
+		set_error(c, 0, "4.4.3",
+			  "DNSSEC validation is not working (self-test "
+			  "failed): %s not resolved securely",
+			  ds->name);
+		goto fail_all;
+	}
 	switch (res->status) {
 	case MTA_DNS_OK:
 		if (res->null_mx) {
@@ -1817,13 +1832,62 @@ static void schedule_scan(struct mta_delivery *d, int64_t at_us)
 	int64_t now = now_us();
 	uint64_t ms;
 
-	if (d->stopping)
+	if (d->stopping || !d->selftest_done)
 		return;
 	if (d->scan_at >= 0 && d->scan_at <= at_us)
 		return;
 	d->scan_at = at_us;
 	ms = at_us > now ? (uint64_t)(at_us - now + 999) / 1000 : 0;
 	uv_timer_start(&d->scan_timer, on_scan_timer, ms, 0);
+}
+
+/* DNSSEC self-test: the root must validate as secure (it is signed
+ * under every trust anchor we accept: the real root's or the lab's). */
+static void on_selftest(const struct mta_dns_result *res, void *ud)
+{
+	struct mta_delivery *d = ud;
+	struct mta_logline ll;
+	bool ok = res->dnssec == MTA_DNSSEC_SECURE &&
+		  (res->status == MTA_DNS_OK || res->status == MTA_DNS_NODATA);
+
+	d->selftest_q = NULL;
+	if (!ok || !d->selftest_done || !d->dnssec_ok) {
+		mta_log_begin(&ll, ok ? MTA_LOG_INFO : MTA_LOG_ERR,
+			      "dnssec_selftest");
+		mta_log_str(&ll, "status", ok ? "ok" : "failed");
+		mta_log_str(&ll, "dns_status", mta_dns_status_name(res->status));
+		mta_log_str(&ll, "dnssec", mta_dnssec_name(res->dnssec));
+		if (!ok)
+			mta_log_str(&ll, "effect",
+				    "DNSSEC validation is broken: mail to "
+				    "domains that do not resolve securely is "
+				    "deferred; check dns.resolver and "
+				    "dns.trust_anchor");
+		mta_log_end(&ll);
+	}
+	d->dnssec_ok = ok;
+	if (!d->selftest_done) {
+		/* the first scan waits for the first verdict, so no mail
+		 * goes out before we know whether validation works */
+		d->selftest_done = true;
+		schedule_scan(d, 0);
+	}
+}
+
+static void on_selftest_timer(uv_timer_t *t)
+{
+	struct mta_delivery *d = t->data;
+
+	if (d->stopping || d->selftest_q != NULL)
+		return;
+	if (mta_dns_txt(d->dns, ".", on_selftest, d, &d->selftest_q) != 0) {
+		struct mta_dns_result res;
+		memset(&res, 0, sizeof(res));
+		res.status = MTA_DNS_TEMPFAIL;
+		res.dnssec = MTA_DNSSEC_INDETERMINATE;
+		d->selftest_q = NULL;
+		on_selftest(&res, d);
+	}
 }
 
 void mta_delivery_kick(struct mta_delivery *d)
@@ -1904,8 +1968,12 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	}
 	uv_timer_init(d->loop, &d->scan_timer);
 	d->scan_timer.data = d;
+	d->dnssec_ok = true; /* until the first self-test says otherwise */
+	uv_timer_init(d->loop, &d->selftest_timer);
+	d->selftest_timer.data = d;
+	uv_timer_start(&d->selftest_timer, on_selftest_timer, 0,
+		       3600 * 1000);
 	*out = d;
-	schedule_scan(d, 0);
 	return 0;
 }
 
@@ -1943,6 +2011,7 @@ static void maybe_stopped(struct mta_delivery *d)
 		while ((j = dest_take(ds)) != NULL)
 			job_free(j);
 	}
+	uv_close((uv_handle_t *)&d->selftest_timer, NULL);
 	uv_close((uv_handle_t *)&d->scan_timer, on_scan_timer_closed);
 }
 
@@ -1953,6 +2022,11 @@ void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 	d->done = done;
 	d->done_arg = arg;
 	uv_timer_stop(&d->scan_timer);
+	uv_timer_stop(&d->selftest_timer);
+	if (d->selftest_q != NULL) {
+		mta_dns_cancel(d->selftest_q);
+		d->selftest_q = NULL;
+	}
 	for (struct conn *c = d->conns; c; c = c->next) {
 		if (c->phase == C_CLOSING)
 			continue;
