@@ -381,7 +381,7 @@ static bool ta_verify(struct dane_ctx *c, size_t ri, const gnutls_datum_t *ancho
 	int rc;
 
 	if (from_dns)
-		snprintf(where, sizeof(where), "the certificate in DNS");
+		snprintf(where, sizeof(where), "its own certificate (not sent)");
 	else
 		snprintf(where, sizeof(where), "the certificate at depth %zu",
 			 depth);
@@ -424,13 +424,17 @@ static bool ta_verify(struct dane_ctx *c, size_t ri, const gnutls_datum_t *ancho
 		GNUTLS_VERIFY_DISABLE_CRL_CHECKS, &status, NULL);
 	if (rc < 0 || status != 0) {
 		gnutls_datum_t o = {NULL, 0};
-		const char *why = "?";
+		char why[160] = "?";
+		size_t wl;
 
 		if (rc < 0)
-			why = gnutls_strerror(rc);
+			snprintf(why, sizeof(why), "%s", gnutls_strerror(rc));
 		else if (gnutls_certificate_verification_status_print(status,
 				GNUTLS_CRT_X509, &o, 0) == 0 && o.data != NULL)
-			why = (const char *)o.data;
+			snprintf(why, sizeof(why), "%s", (const char *)o.data);
+		wl = strlen(why);
+		while (wl > 0 && why[wl - 1] == ' ')
+			why[--wl] = '\0';
 		failure(c, MTA_DANE_FAIL_CHAIN,
 			"DANE-TA %u %u %u matched %s but the chain does not verify to it: %s",
 			r->usage, r->selector, r->mtype, where, why);

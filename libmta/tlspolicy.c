@@ -243,6 +243,8 @@ static int check_duplicates(struct parser *ps, struct mta_tlspolicy *p)
 	const struct entry *dup = NULL, *first = NULL;
 	char q[QUOTE_MAX + 1];
 
+	if (p->n < 2)
+		return 0;
 	qsort(p->e, p->n, sizeof(*p->e), cmp_entry);
 	for (size_t i = 1; i < p->n; i++) {
 		if (strcmp(p->e[i - 1].name, p->e[i].name) != 0)

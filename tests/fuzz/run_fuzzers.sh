@@ -14,6 +14,8 @@ common="libmta/envelope.c libmta/err.c"
 declare -A extra=(
 	[smtp_server]="libmta/smtp_server.c"
 	[smtp_client]="libmta/smtp_client.c"
+	[dane]="libmta/dane.c $(pkg-config --libs gnutls)"
+	[tlspolicy]="libmta/tlspolicy.c"
 )
 status=0
 for f in tests/fuzz/fuzz_*.c; do
