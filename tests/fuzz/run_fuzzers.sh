@@ -16,6 +16,7 @@ declare -A extra=(
 	[smtp_client]="libmta/smtp_client.c"
 	[dane]="libmta/dane.c $(pkg-config --libs gnutls)"
 	[tlspolicy]="libmta/tlspolicy.c"
+	[sts]="libmta/sts.c"
 )
 status=0
 for f in tests/fuzz/fuzz_*.c; do
