@@ -939,3 +939,87 @@ int mta_spool_due(struct mta_spool *sp, int64_t from_us, const char *from_qid,
 		err = mdb_err(rc);
 	return err;
 }
+
+/* ---- MTA-STS policy cache ----------------------------------------- */
+
+int mta_spool_sts_put(struct mta_spool_txn *t, const char *domain,
+		      const void *rec, size_t len)
+{
+	MDB_val k = {strlen(domain), (void *)domain};
+	MDB_val v = {len, (void *)rec};
+	MDB_txn *child;
+	int rc;
+
+	if (k.mv_size == 0 || k.mv_size > 255)
+		return -EINVAL;
+	/* nested, like every write: a failure leaves the batch usable */
+	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
+	if (rc != 0)
+		return mdb_err(rc);
+	if (rec == NULL) {
+		rc = mdb_del(child, t->sp->sts, &k, NULL);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	} else {
+		rc = mdb_put(child, t->sp->sts, &k, &v, 0);
+	}
+	if (rc != 0) {
+		mdb_txn_abort(child);
+		return mdb_err(rc);
+	}
+	return mdb_err(mdb_txn_commit(child));
+}
+
+int mta_spool_sts_get(struct mta_spool *sp, const char *domain,
+		      struct mta_buf *out)
+{
+	MDB_txn *txn;
+	MDB_val k = {strlen(domain), (void *)domain}, v;
+	int rc, err;
+
+	if (k.mv_size == 0 || k.mv_size > 255)
+		return MTA_ENOTFOUND;
+	err = read_begin(sp, &txn);
+	if (err != 0)
+		return err;
+	rc = mdb_get(txn, sp->sts, &k, &v);
+	out->len = 0;
+	err = rc == 0 ? mta_buf_append(out, v.mv_data, v.mv_size)
+		      : mdb_err(rc);
+	mdb_txn_abort(txn);
+	return err;
+}
+
+int mta_spool_sts_foreach(struct mta_spool *sp,
+			  int (*cb)(void *ud, const char *domain,
+				    const uint8_t *rec, size_t len),
+			  void *ud)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc, err;
+
+	err = read_begin(sp, &txn);
+	if (err != 0)
+		return err;
+	rc = mdb_cursor_open(txn, sp->sts, &cur);
+	if (rc != 0) {
+		mdb_txn_abort(txn);
+		return mdb_err(rc);
+	}
+	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	while (rc == 0) {
+		char dom[256];
+		if (k.mv_size < sizeof(dom)) {
+			memcpy(dom, k.mv_data, k.mv_size);
+			dom[k.mv_size] = '\0';
+			if (cb(ud, dom, v.mv_data, v.mv_size) != 0)
+				break;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	return rc == 0 || rc == MDB_NOTFOUND ? 0 : mdb_err(rc);
+}

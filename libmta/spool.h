@@ -171,6 +171,18 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 			     const char *new_qid,
 			     const struct mta_envelope *new_env,
 			     const struct mta_body *new_body);
+/* MTA-STS policy cache, keyed by policy domain (lower case).  put with
+ * rec == NULL deletes.  get copies the record into out; MTA_ENOTFOUND
+ * when there is none.  foreach: one short read transaction, cb gets the
+ * record bytes valid during the call only (must copy what it keeps). */
+int mta_spool_sts_put(struct mta_spool_txn *t, const char *domain,
+		      const void *rec, size_t len);
+int mta_spool_sts_get(struct mta_spool *sp, const char *domain,
+		      struct mta_buf *out);
+int mta_spool_sts_foreach(struct mta_spool *sp,
+			  int (*cb)(void *ud, const char *domain,
+				    const uint8_t *rec, size_t len),
+			  void *ud);
 int mta_spool_commit(struct mta_spool_txn *t);
 void mta_spool_abort(struct mta_spool_txn *t);
 

@@ -48,7 +48,10 @@ static void commit_batch(struct mta_writer *w, struct mta_commit *batch)
 		goto log;
 	}
 	for (c = batch; c != NULL; c = c->next) {
-		if (c->kind == MTA_COMMIT_UPDATE)
+		if (c->kind == MTA_COMMIT_STS)
+			c->result = mta_spool_sts_put(txn, c->key, c->val,
+						      c->vlen);
+		else if (c->kind == MTA_COMMIT_UPDATE)
 			c->result = mta_spool_update_message(
 				txn, c->qid, c->env, c->old_due_us,
 				c->new_due_us, c->new_qid, c->new_env,

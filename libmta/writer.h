@@ -60,6 +60,7 @@ struct mta_writer;
 enum mta_commit_kind {
 	MTA_COMMIT_NEW = 0,    /* store a new message (qid, env, body) */
 	MTA_COMMIT_UPDATE = 1, /* mta_spool_update_message() */
+	MTA_COMMIT_STS = 2,    /* mta_spool_sts_put(key, val, vlen) */
 };
 
 struct mta_commit {
@@ -72,6 +73,10 @@ struct mta_commit {
 	const char *new_qid;		/* optional DSN stored atomically */
 	struct mta_envelope *new_env;
 	struct mta_body *new_body;
+	/* MTA_COMMIT_STS only (val NULL deletes): */
+	const char *key;
+	const void *val;
+	size_t vlen;
 	int result;
 	void (*done)(struct mta_commit *c);
 	struct mta_commit *next; /* private */
