@@ -7,6 +7,7 @@
 #                ASan+UBSan, TSan, integration against the real daemon)
 #   make build   just build (./build)
 #   make fuzz    run the libFuzzer targets for a while (clang)
+#   make bench   benchmarks against Postfix (tests/bench/README.md)
 #   make clean
 
 SHELL := /bin/bash
@@ -20,7 +21,7 @@ DEB_PACKAGES := gcc clang libclang-rt-14-dev meson ninja-build pkg-config \
 	swaks python3-pytest python3-aiosmtpd python3-dnspython \
 	python3-cryptography postfix knot ldnsutils unbound
 
-.PHONY: all deps build run test certs fuzz clean
+.PHONY: all deps build run test certs fuzz bench clean
 
 all: build
 
@@ -52,5 +53,12 @@ test: deps
 fuzz: deps
 	@bash tests/fuzz/run_fuzzers.sh $${FUZZ_SECONDS:-60}
 
+# Benchmarks against Postfix (tests/bench/README.md); never part of `make test`.
+bench: deps
+	@bash tests/install_deps.sh valgrind
+	@[ -f build-bench/build.ninja ] || meson setup build-bench --buildtype=release -Dwerror=$(WERROR)
+	ninja -C build-bench
+	/usr/bin/python3 tests/bench/run.py --build build-bench $(BENCH_ARGS)
+
 clean:
-	rm -rf build build-asan build-tsan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz build-bench
