@@ -96,6 +96,7 @@ static const struct key keys[] = {
 	KEY("tls", "policy_file", "", T_OPTPATH, tls_policy_file, 0, 0),
 	KEY("tls", "default_level", "may", T_TLSLEVEL, tls_default_level, 0, 0),
 	KEY("mta_sts", "https_port", "443", T_PORT, mta_sts_https_port, 1, 65535),
+	KEY("mta_sts", "refresh_interval", "600s", T_DURATION, mta_sts_refresh_interval, 1, 86400),
 	KEY("control", "socket", "", T_SOCKET, control_socket, 0, 0),
 	KEY("http", "listen", "127.0.0.1:9025", T_ADDRPORT, http_listen, 0, 0),
 	KEY("log", "level", "info", T_LOGLEVEL, log_level, 0, 0),

@@ -127,6 +127,7 @@ struct mta_config {
 	char *tls_default_level; /* none may encrypt dane dane-only verify */
 	/* [mta_sts] */
 	unsigned mta_sts_https_port;
+	unsigned mta_sts_refresh_interval; /* seconds between cache sweeps */
 	/* [control] */
 	char *control_socket; /* resolved: never NULL */
 	/* [http] */

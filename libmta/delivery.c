@@ -2,6 +2,7 @@
 
 #include "dane.h"
 #include "dsn.h"
+#include "mtasts.h"
 #include "err.h"
 #include "log.h"
 #include "queue.h"
@@ -63,6 +64,7 @@ struct msg {
 	struct mta_envelope dsn_env;
 	struct mta_body dsn_body;
 	char dsn_qid_buf[MTA_QID_LEN + 1];
+	uint32_t jitter; /* drawn once per attempt, in [0, 2000) */
 };
 
 struct dest {
@@ -126,6 +128,11 @@ struct conn {
 	uint8_t *tlsa_data; /* owns every tlsa[i].data */
 	size_t ntlsa;
 	char auth[200]; /* log: "dane 3 1 1", "verify", "none" */
+	/* MTA-STS policy of the destination (mode testing or enforce) */
+	struct mta_mtasts_query *sq;
+	struct mta_sts_policy *sts;
+	char sts_id[MTA_STS_ID_MAX + 1];
+	bool sts_host; /* the policy applies to the current host */
 	/* last host failure, for the final deferral */
 	int lcode;
 	char lstatus[16];
@@ -165,6 +172,7 @@ struct mta_delivery {
 	void *done_arg;
 	int level; /* tls.default_level (enum mta_tls_level) */
 	const struct mta_tlspolicy *policy;
+	struct mta_mtasts *mtasts;
 	uv_timer_t selftest_timer;
 	struct mta_dns_query *selftest_q;
 	bool dnssec_ok;	      /* last DNSSEC self-test passed */
@@ -179,6 +187,9 @@ static void conn_next_addr(struct conn *c);
 static void conn_next_host(struct conn *c);
 static void conn_close(struct conn *c, void (*after)(struct conn *c));
 static void host_ready(struct conn *c);
+static void on_mx(const struct mta_dns_result *res, void *ud);
+static void sts_testing_failure(struct conn *c, const char *what,
+				const char *why);
 static void dest_pump(struct mta_delivery *d, struct dest *ds);
 static void msg_job_done(struct msg *m);
 static void maybe_stopped(struct mta_delivery *d);
@@ -252,7 +263,9 @@ static void record(struct msg *m, size_t r, int code, const char *status,
 	int64_t now = now_us();
 	int st;
 
-	st = mta_queue_apply(&d->pol, &m->env, r, &o, now, rnd() % 2000, fs,
+	/* one jitter per message attempt: recipients deferred together
+	 * are retried together (CLI-12) */
+	st = mta_queue_apply(&d->pol, &m->env, r, &o, now, m->jitter, fs,
 			     sizeof(fs));
 	memcpy(m->fstatus[r], fs, sizeof(fs));
 	mta_log_begin(&ll, st == MTA_RCPT_SENT ? MTA_LOG_INFO : MTA_LOG_WARN,
@@ -418,6 +431,7 @@ static void conn_free(struct conn *c)
 	d->nconn--;
 	ds->nconn--;
 	free(c->tlsa_data);
+	free(c->sts);
 	free(c);
 	if (!d->stopping)
 		dest_pump(d, ds);
@@ -451,6 +465,10 @@ static void conn_end(struct conn *c)
 	if (c->q != NULL) {
 		mta_dns_cancel(c->q);
 		c->q = NULL;
+	}
+	if (c->sq != NULL) {
+		mta_mtasts_cancel(c->sq);
+		c->sq = NULL;
 	}
 	c->phase = C_CLOSING;
 	uv_timer_stop(&c->timer);
@@ -721,6 +739,28 @@ static bool verify_tls(struct conn *c, const char *host)
 		snprintf(c->auth, sizeof(c->auth),
 			 "none (TLSA unusable: TLS required)");
 		return true;
+	}
+	if (c->sts_host) {
+		bool enforce = c->sts->mode == MTA_STS_MODE_ENFORCE;
+		int rc = MTA_ETLS;
+		if (c->d->webpki)
+			rc = mta_tls_verify_webpki(&c->tls, host, why,
+						   sizeof(why));
+		else
+			snprintf(why, sizeof(why), "no usable tls.ca_file");
+		if (rc == 0) {
+			snprintf(c->auth, sizeof(c->auth), "mta-sts%s id=%s",
+				 enforce ? "" : "-testing", c->sts_id);
+			return true;
+		}
+		if (!enforce) {
+			sts_testing_failure(c, "certificate-not-trusted", why);
+			return true;
+		}
+		set_error(c, 0, "4.7.5",
+			  "MTA-STS (id %s): certificate of %s not valid: %s",
+			  c->sts_id, host, why);
+		return false;
 	}
 	if (c->level == MTA_TLS_VERIFY) {
 		if (!c->d->webpki) {
@@ -1108,6 +1148,10 @@ static void host_ready(struct conn *c)
 			return;
 		}
 	}
+	/* MTA-STS where DANE does not apply (DANE wins: DESIGN.md) */
+	c->sts_host = c->dane == 0 && c->sts != NULL && c->table_level < 0;
+	if (c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE)
+		c->level = MTA_TLS_VERIFY;
 	c->scfg.tls = smtpc_tls_for(c->level);
 	if (c->dest->relay && c->d->auth_user != NULL)
 		c->scfg.tls = MTA_SMTPC_TLS_REQUIRE;
@@ -1304,6 +1348,22 @@ static void conn_next_host(struct conn *c)
 		return;
 	}
 	c->phase = C_HOSTS;
+	if (c->sts != NULL &&
+	    !mta_sts_mx_match(c->sts, c->hosts[c->hi].name)) {
+		if (c->sts->mode == MTA_STS_MODE_ENFORCE) {
+			/* RFC 8461 §5.1: a per-host temporary failure */
+			set_error(c, 0, "4.7.5",
+				  "mta-sts mx mismatch: %s is not allowed by "
+				  "the MTA-STS policy of %s (id %s)",
+				  c->hosts[c->hi].name, c->dest->name,
+				  c->sts_id);
+			c->hi++;
+			conn_next_host(c);
+			return;
+		}
+		sts_testing_failure(c, "validation-failure",
+				    "MX host not in the policy");
+	}
 	if (parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
 		c->naddrs = 1;
 		c->ai = 0;
@@ -1387,10 +1447,54 @@ fail_all:
 	conn_end(c);
 }
 
+static void conn_resolve_mx(struct conn *c)
+{
+	int rc = mta_dns_mx(c->d->dns, c->dest->name, on_mx, c, &c->q);
+
+	if (rc != 0) {
+		struct mta_dns_result res;
+		memset(&res, 0, sizeof(res));
+		res.status = rc == MTA_EDNS ? MTA_DNS_NXDOMAIN
+					    : MTA_DNS_TEMPFAIL;
+		res.why = mta_strerror(rc);
+		on_mx(&res, c);
+	}
+}
+
+/* The destination's MTA-STS policy is known (DESIGN.md step 3). */
+static void on_sts(const struct mta_mtasts_result *r, void *ud)
+{
+	struct conn *c = ud;
+
+	c->sq = NULL;
+	if (r->have && r->policy->mode != MTA_STS_MODE_NONE) {
+		c->sts = malloc(sizeof(*c->sts));
+		if (c->sts != NULL) {
+			*c->sts = *r->policy;
+			snprintf(c->sts_id, sizeof(c->sts_id), "%s",
+				 r->id ? r->id : "");
+		}
+	}
+	conn_resolve_mx(c);
+}
+
+static void sts_testing_failure(struct conn *c, const char *what,
+				const char *why)
+{
+	struct mta_logline ll;
+
+	mta_log_begin(&ll, MTA_LOG_WARN, "sts_testing_failure");
+	mta_log_str(&ll, "domain", c->dest->name);
+	mta_log_str(&ll, "id", c->sts_id);
+	mta_log_str(&ll, "host", c->hosts[c->hi].name);
+	mta_log_str(&ll, "result", what);
+	mta_log_str(&ll, "why", why);
+	mta_log_end(&ll);
+}
+
 static void conn_start(struct mta_delivery *d, struct dest *ds)
 {
 	struct conn *c = calloc(1, sizeof(*c));
-	int rc;
 
 	if (c == NULL)
 		return;
@@ -1428,15 +1532,10 @@ static void conn_start(struct mta_delivery *d, struct dest *ds)
 		return;
 	}
 	c->phase = C_RESOLVE;
-	rc = mta_dns_mx(d->dns, ds->name, on_mx, c, &c->q);
-	if (rc != 0) {
-		struct mta_dns_result res;
-		memset(&res, 0, sizeof(res));
-		res.status = rc == MTA_EDNS ? MTA_DNS_NXDOMAIN
-					    : MTA_DNS_TEMPFAIL;
-		res.why = mta_strerror(rc);
-		on_mx(&res, c);
-	}
+	if (d->mtasts != NULL && c->table_level < 0 &&
+	    mta_mtasts_lookup(d->mtasts, ds->name, on_sts, c, &c->sq) == 0)
+		return;
+	conn_resolve_mx(c);
 }
 
 static void dest_pump(struct mta_delivery *d, struct dest *ds)
@@ -1687,6 +1786,7 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 	if (m == NULL)
 		return;
 	m->d = d;
+	m->jitter = rnd() % 2000;
 	memcpy(m->qid, qid, MTA_QID_LEN + 1);
 	m->due_key = due;
 	mta_envelope_init(&m->env);
@@ -1959,6 +2059,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	if (d->level < 0)
 		d->level = MTA_TLS_MAY;
 	d->policy = p->policy;
+	d->mtasts = p->mtasts;
 	if (p->cfg->delivery_relayhost != NULL &&
 	    parse_relayhost(p->cfg->delivery_relayhost, p->cfg->delivery_port,
 			    d->relay_host, sizeof(d->relay_host),
@@ -2042,6 +2143,10 @@ void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		if (c->q != NULL) {
 			mta_dns_cancel(c->q);
 			c->q = NULL;
+		}
+		if (c->sq != NULL) {
+			mta_mtasts_cancel(c->sq);
+			c->sq = NULL;
 		}
 		c->phase = C_CLOSING;
 		conn_close(c, after_close_end);

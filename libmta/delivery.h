@@ -71,6 +71,7 @@
 
 #include "config.h"
 #include "dns.h"
+#include "mtasts.h"
 #include "tlspolicy.h"
 #include "spool.h"
 #include "tls.h"
@@ -90,6 +91,7 @@ struct mta_delivery_params {
 	const struct mta_tls_creds *tls; /* client credentials */
 	bool webpki;			 /* tls has tls.ca_file's trust */
 	const struct mta_tlspolicy *policy; /* tls.policy_file, or NULL */
+	struct mta_mtasts *mtasts;	    /* MTA-STS resolver, or NULL */
 	const char *auth_user;		 /* relayhost AUTH, or NULL */
 	const char *auth_pass;
 };

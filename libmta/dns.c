@@ -14,6 +14,12 @@
 #define DNS_DEFAULT_TA "/usr/share/dns/root.key"
 #define DNS_DEFAULT_RESOLV "/etc/resolv.conf"
 #define DNS_DEFAULT_TIMEOUT 5000
+/* getdns's own timeout, far beyond ours: getdns 1.6.0 can double-free when
+ * a DNSSEC chain query (e.g. the DS of an insecure delegation) times out
+ * while lookups wait on it, so its timeout must never fire.  Each lookup
+ * has its own deadline timer instead (q_on_deadline), which cancels the
+ * getdns request and reports TEMPFAIL "timeout". */
+#define DNS_GETDNS_TIMEOUT_EXTRA (24ull * 3600 * 1000)
 #define DNS_QNAME_MAX 254 /* 253 octets + NUL */
 
 /* ------------------------------------------------------------------ */
@@ -164,6 +170,7 @@ struct mta_dns {
 	struct mta_dns_query *queries; /* every live query */
 	uint32_t (*rnd)(void *arg, uint32_t bound);
 	void *rnd_arg;
+	unsigned timeout_ms;	     /* per getdns request, our deadline */
 	int in_cb;
 	int freeing;
 };
@@ -174,6 +181,7 @@ enum qphase {
 };
 
 struct mta_dns_query {
+	uv_timer_t deadline;	/* data = the query; its close frees it */
 	struct mta_dns *dns;
 	struct mta_dns_query *prev, *next;
 	enum mta_dns_qtype qtype;
@@ -231,6 +239,10 @@ static int name_check(const char *in, char *out)
 {
 	size_t n = strlen(in), label = 0;
 
+	if (strcmp(in, ".") == 0) { /* the root (DNSSEC self-test) */
+		strcpy(out, ".");
+		return 0;
+	}
 	if (n > 0 && in[n - 1] == '.')
 		n--;
 	if (n == 0 || n > 253)
@@ -458,6 +470,7 @@ int mta_dns_init(uv_loop_t *loop, const struct mta_dns_opts *o,
 	dns->loop = loop;
 	dns->rnd = o->random ? o->random : default_random;
 	dns->rnd_arg = o->random_arg;
+	dns->timeout_ms = o->timeout_ms ? o->timeout_ms : DNS_DEFAULT_TIMEOUT;
 
 	rc = -ENOMEM;
 	ups = getdns_list_create();
@@ -493,9 +506,10 @@ int mta_dns_init(uv_loop_t *loop, const struct mta_dns_opts *o,
 	if (getdns_context_set_resolution_type(dns->ctx,
 					       GETDNS_RESOLUTION_STUB) ||
 	    getdns_context_set_upstream_recursive_servers(dns->ctx, ups) ||
+	    /* never reached: our deadline cancels first (see above) */
 	    getdns_context_set_timeout(dns->ctx,
-				       o->timeout_ms ? o->timeout_ms
-						     : DNS_DEFAULT_TIMEOUT) ||
+				       DNS_GETDNS_TIMEOUT_EXTRA +
+					       2 * (uint64_t)dns->timeout_ms) ||
 	    getdns_context_set_dnssec_trust_anchors(dns->ctx, tas) ||
 	    (o->appdata_dir != NULL &&
 	     getdns_context_set_appdata_dir(dns->ctx, o->appdata_dir)) ||
@@ -960,6 +974,12 @@ static void q_unlink(struct mta_dns_query *q)
 		q->next->prev = q->prev;
 }
 
+static void q_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+/* The query leaves the list at once; its memory goes with its timer. */
 static void q_free(struct mta_dns_query *q)
 {
 	q_unlink(q);
@@ -967,12 +987,32 @@ static void q_free(struct mta_dns_query *q)
 		getdns_dict_destroy(q->dresp);
 	if (q->main)
 		getdns_dict_destroy(q->main);
-	free(q);
+	q->dresp = NULL;
+	q->main = NULL;
+	uv_timer_stop(&q->deadline);
+	uv_close((uv_handle_t *)&q->deadline, q_closed);
 }
 
 static void on_getdns(getdns_context *ctx, getdns_callback_type_t type,
 		      getdns_dict *resp, void *userarg,
 		      getdns_transaction_t tid);
+
+static void q_complete(struct mta_dns_query *q, getdns_callback_type_t type,
+		       getdns_dict *resp);
+
+/* Our per-request deadline: cancel the getdns request (its callback then
+ * sees GETDNS_CALLBACK_CANCEL and does nothing) and complete the lookup as
+ * a getdns timeout would have.  Runs on the loop, never inside getdns. */
+static void q_on_deadline(uv_timer_t *t)
+{
+	struct mta_dns_query *q = t->data;
+
+	if (!q->active)
+		return; /* answered or already being delivered */
+	q->active = 0;
+	getdns_cancel_callback(q->dns->ctx, q->tid);
+	q_complete(q, GETDNS_CALLBACK_TIMEOUT, NULL);
+}
 
 static int q_submit(struct mta_dns_query *q)
 {
@@ -992,8 +1032,11 @@ static int q_submit(struct mta_dns_query *q)
 	q->submitting = 0;
 	if (r != GETDNS_RETURN_GOOD)
 		return r == GETDNS_RETURN_MEMORY_ERROR ? -ENOMEM : MTA_EDNS;
-	if (!q->deferred)
+	if (!q->deferred) {
 		q->active = 1;
+		uv_timer_start(&q->deadline, q_on_deadline, q->dns->timeout_ms,
+			       0);
+	}
 	return 0;
 }
 
@@ -1103,6 +1146,7 @@ static void on_getdns(getdns_context *ctx, getdns_callback_type_t type,
 		return;
 	}
 	q->active = 0;
+	uv_timer_stop(&q->deadline);
 	if (q->submitting) {
 		/* never call back from inside the caller's call */
 		defer(q, type, resp);
@@ -1129,6 +1173,8 @@ static int q_start(struct mta_dns *dns, enum mta_dns_qtype qt,
 		free(q);
 		return rc;
 	}
+	uv_timer_init(dns->loop, &q->deadline);
+	q->deadline.data = q;
 	q->dns = dns;
 	q->qtype = qt;
 	q->cb = cb;

@@ -16,7 +16,10 @@
  *	the "nameserver" lines of /etc/resolv.conf, or of opts->resolv_conf),
  *	the trust anchor file (DS or DNSKEY lines in zone-file syntax; default
  *	/usr/share/dns/root.key), getdns's appdata directory (so getdns never
- *	touches ~/.getdns) and the per-query timeout.  Automatic trust-anchor
+ *	touches ~/.getdns) and the per-query timeout (timeout_ms: each getdns
+ *	request, i.e. the lookup and, for mta_dns_addr(), the extra CNAME
+ *	question, gets its own deadline; enforced by this module, see
+ *	CAVEATS).  Automatic trust-anchor
  *	fetching (RFC 7958) is disabled.  getdns's own loop extension is not
  *	used (it crashes over TCP in 1.6.0); a bridge inside dns.c drives
  *	getdns through getdns_context_set_eventloop(), one uv_poll_t per
@@ -129,7 +132,16 @@
  *	getdns 1.6.0 itself (also its own getdns_query with its default poll
  *	loop, so not this bridge) can double-free when a DNSSEC chain query
  *	(e.g. the DS of an insecure delegation) times out while several
- *	lookups wait on it: see docs/dns.md "Known problems".
+ *	lookups wait on it.  So getdns's own timeout is set a day beyond
+ *	timeout_ms and never fires: a uv_timer_t per lookup cancels the getdns
+ *	request (getdns_cancel_callback) at timeout_ms and reports TEMPFAIL
+ *	"timeout".  A consequence: a DS query that the upstream never answers
+ *	makes the lookup TEMPFAIL even below a proven-insecure delegation
+ *	(getdns would have called it INSECURE after its own timeout, when it
+ *	did not crash); and with several upstreams, getdns most likely no
+ *	longer moves on from one that silently drops queries (it does so from
+ *	its own timeout callback; not tested).  See docs/dns.md "Known
+ *	problems".
  */
 #ifndef MTA_DNS_H
 #define MTA_DNS_H

@@ -143,8 +143,16 @@ int mta_tls_handshake(struct mta_tls *t)
 
 int mta_tls_read(struct mta_tls *t, void *buf, size_t n, size_t *got)
 {
-	ssize_t r = gnutls_record_recv(t->session, buf, n);
+	ssize_t r;
 
+	/* A post-handshake message (a TLS 1.3 session ticket, a key update)
+	 * makes gnutls_record_recv() return AGAIN although more records may
+	 * be buffered: only a truly empty input means "wait for the peer". */
+	do {
+		r = gnutls_record_recv(t->session, buf, n);
+	} while ((r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED) &&
+		 (t->in.len > t->in_off ||
+		  gnutls_record_check_pending(t->session) > 0));
 	*got = 0;
 	if (r > 0) {
 		*got = (size_t)r;

@@ -12,6 +12,7 @@
 #include "err.h"
 #include "listener.h"
 #include "log.h"
+#include "mtasts.h"
 #include "spool.h"
 #include "tls.h"
 #include "tlspolicy.h"
@@ -41,6 +42,7 @@ struct daemon {
 	struct mta_tls_creds *client_tls;
 	struct mta_delivery *delivery;
 	struct mta_tlspolicy *policy;
+	struct mta_mtasts *mtasts;
 	char auth_user[256], auth_pass[256];
 	bool have_auth;
 	unsigned parts_running; /* listener, delivery */
@@ -90,12 +92,29 @@ static void part_done(void *arg)
 		stop_everything(d);
 }
 
+/* Delivery is stopped before MTA-STS: its connections hold lookups. */
+static void delivery_done(void *arg)
+{
+	struct daemon *d = arg;
+
+	d->delivery = NULL;
+	if (d->mtasts != NULL) {
+		struct mta_mtasts *m = d->mtasts;
+		d->mtasts = NULL;
+		mta_mtasts_stop(m, part_done, d);
+		return;
+	}
+	part_done(d);
+}
+
 static void begin_shutdown(struct daemon *d)
 {
 	if (d->listener != NULL)
 		mtad_listener_shutdown(d->listener, part_done, d);
 	if (d->delivery != NULL)
-		mta_delivery_stop(d->delivery, part_done, d);
+		mta_delivery_stop(d->delivery, delivery_done, d);
+	else if (d->mtasts != NULL)
+		delivery_done(d);
 }
 
 static void on_queued(void *arg)
@@ -303,6 +322,19 @@ int main(int argc, char **argv)
 	};
 	d.parts_running = 1;
 	rc = mtad_listener_start(&lp, &d.listener);
+	if (rc == 0 && d.dns != NULL) {
+		struct mta_mtasts_params mp = {
+			.loop = &d.loop,
+			.dns = d.dns,
+			.spool = d.spool,
+			.writer = d.writer,
+			.ca_file = d.cfg->tls_ca_file,
+			.https_port = d.cfg->mta_sts_https_port,
+			.refresh_interval = d.cfg->mta_sts_refresh_interval,
+		};
+		if (mta_mtasts_start(&mp, &d.mtasts) != 0)
+			d.mtasts = NULL;
+	}
 	if (rc == 0 && d.dns != NULL && d.client_tls != NULL) {
 		struct mta_delivery_params dp = {
 			.loop = &d.loop,
@@ -313,6 +345,7 @@ int main(int argc, char **argv)
 			.tls = d.client_tls,
 			.webpki = webpki,
 			.policy = d.policy,
+			.mtasts = d.mtasts,
 			.auth_user = d.have_auth ? d.auth_user : NULL,
 			.auth_pass = d.have_auth ? d.auth_pass : NULL,
 		};
@@ -324,6 +357,8 @@ int main(int argc, char **argv)
 	} else if (rc == 0) {
 		rc = MTA_EDNS;
 	}
+	if (d.delivery == NULL && d.mtasts != NULL)
+		d.parts_running++; /* stopped through delivery_done() */
 	if (rc == 0) {
 		mta_log_begin(&ll, MTA_LOG_INFO, "ready");
 		mta_log_int(&ll, "pid", (long long)getpid());

@@ -203,6 +203,36 @@ def test_dane05_dropped_queries_tempfail_after_timeout(lab):
     assert 1.2 <= took < 10, took
 
 
+def test_dane05_blackholed_ds_tempfail_no_crash(lab):
+    # An upstream that never answers the DS query below an insecure
+    # delegation (f.s.test. has no DS; getdns still asks DS mx.f.s.test
+    # to validate the A/AAAA answers).  getdns 1.6.0 double-frees when
+    # its own timeout fires on such a chain query while lookups wait on it
+    # (about 1 run in 10 with the old code); dns.c now never lets getdns
+    # time out and cancels at its own deadline.  Repeat, bounded in time,
+    # with unbound's caches flushed so that every run asks the DS afresh.
+    lab.responder_rule("*.f.s.test.", "DS", "drop")
+    pairs = (("addr", "mx.f.s.test"), ("mx", "mx.f.s.test"),
+             ("tlsa", "_25._tcp.mx.f.s.test"), ("addr", "ok.f.s.test"))
+    t_end = time.time() + 15
+    runs = 0
+    while runs < 3 or (runs < 12 and time.time() < t_end):
+        lab.flush()
+        t0 = time.time()
+        res = probe(lab, *pairs, timeout_ms=800, repeat=5)
+        took = time.time() - t0
+        runs += 1
+        assert len(res) == 20, res
+        for r in res:
+            if r["qtype"] == "ADDR":
+                assert (r["status"], r["dnssec"], r["why"]) == (
+                    "TEMPFAIL", "INDETERMINATE", "timeout"), r
+            else:
+                assert r["status"] in ("NODATA", "NXDOMAIN"), r
+        # our deadline, not getdns's (which is a day away), ends the run
+        assert 0.7 <= took < 5, took
+
+
 def test_dane09_tlsa_servfail_only_tlsa(lab):
     lab.responder_rule("_25._tcp.mx.f.s.test.", "TLSA", "servfail")
     res = probe(lab, ("addr", "mx.f.s.test"),
