@@ -14,6 +14,7 @@
 
 #define SPOOL_MAXDBS 8
 #define SCHEMA_KEY "schema"
+#define TOTALS_KEY "totals" /* be64 messages, recipients, body bytes */
 #define CHUNK_KEY_LEN (MTA_QID_LEN + 4)
 #define DUE_KEY_LEN (8 + MTA_QID_LEN)
 
@@ -83,6 +84,35 @@ static uint32_t get_be32(const uint8_t *p)
 /* ---- queue ids ---------------------------------------------------- */
 
 static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+static uint64_t get_be64(const uint8_t *p)
+{
+	return ((uint64_t)get_be32(p) << 32) | get_be32(p + 4);
+}
+
+/* Adds to the running totals in meta, in the caller's transaction, so
+ * `mtaq --summary` costs one read however large the queue is. */
+static int totals_add(MDB_txn *txn, MDB_dbi meta, int64_t dm, int64_t dr,
+		      int64_t db)
+{
+	MDB_val k = {sizeof(TOTALS_KEY) - 1, (void *)TOTALS_KEY}, v;
+	uint8_t buf[24] = {0};
+	int64_t d[3] = {dm, dr, db};
+	int rc;
+
+	rc = mdb_get(txn, meta, &k, &v);
+	if (rc == 0 && v.mv_size == sizeof(buf))
+		memcpy(buf, v.mv_data, sizeof(buf));
+	else if (rc != 0 && rc != MDB_NOTFOUND)
+		return rc;
+	for (int i = 0; i < 3; i++) {
+		uint64_t x = get_be64(buf + 8 * i) + (uint64_t)d[i];
+		put_be64(buf + 8 * i, x);
+	}
+	v.mv_size = sizeof(buf);
+	v.mv_data = buf;
+	return mdb_put(txn, meta, &k, &v, 0);
+}
 
 void mta_qid_make(char out[MTA_QID_LEN + 1], uint64_t usec, uint32_t seq)
 {
@@ -281,6 +311,31 @@ static int open_dbs(struct mta_spool *sp)
 	    (rc = mdb_dbi_open(txn, "dest", create | MDB_DUPSORT, &sp->dest)) ||
 	    (rc = mdb_dbi_open(txn, "sts", create, &sp->sts)))
 		goto fail;
+	k.mv_size = sizeof(TOTALS_KEY) - 1;
+	k.mv_data = (void *)TOTALS_KEY;
+	if (!sp->readonly && mdb_get(txn, sp->meta, &k, &v) == MDB_NOTFOUND) {
+		/* a spool from before the totals: count once */
+		MDB_cursor *cur;
+		MDB_val mk, mv;
+		rc = totals_add(txn, sp->meta, 0, 0, 0);
+		if (rc == 0)
+			rc = mdb_cursor_open(txn, sp->messages, &cur);
+		if (rc != 0)
+			goto fail;
+		while (mdb_cursor_get(cur, &mk, &mv, MDB_NEXT) == 0) {
+			struct mta_envelope e;
+			if (mta_envelope_decode(mv.mv_data, mv.mv_size, &e) != 0)
+				continue;
+			rc = totals_add(txn, sp->meta, 1, (int64_t)e.nrcpt,
+					(int64_t)e.size);
+			mta_envelope_free(&e);
+			if (rc != 0)
+				break;
+		}
+		mdb_cursor_close(cur);
+		if (rc != 0)
+			goto fail;
+	}
 	/* committing a read-only txn keeps its DBI handles open */
 	rc = mdb_txn_commit(txn);
 	return mdb_err(rc);
@@ -508,7 +563,10 @@ static int put_message_in(struct mta_spool_txn *t, MDB_txn *txn,
 		return mdb_err(rc);
 	if ((err = put_body(t, txn, qid, body)) != 0)
 		return err;
-	return put_indexes(t, txn, qid, env);
+	if ((err = put_indexes(t, txn, qid, env)) != 0)
+		return err;
+	return mdb_err(totals_add(txn, t->sp->meta, 1, (int64_t)env->nrcpt,
+				  (int64_t)body->len));
 }
 
 int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
@@ -612,7 +670,17 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 		goto fail;
 	}
 	if (new_due_us < 0) {
+		struct mta_envelope old;
+		uint64_t osize = 0;
+		if (mta_envelope_decode(mv.mv_data, mv.mv_size, &old) == 0) {
+			osize = old.size;
+			mta_envelope_free(&old);
+		}
 		err = del_message_in(t, child, qid, env);
+		if (err == 0)
+			err = mdb_err(totals_add(child, sp->meta, -1,
+						 -(int64_t)env->nrcpt,
+						 -(int64_t)osize));
 	} else {
 		struct mta_envelope rec = *env;
 		rec.size = 0;
@@ -1022,4 +1090,26 @@ int mta_spool_sts_foreach(struct mta_spool *sp,
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
 	return rc == 0 || rc == MDB_NOTFOUND ? 0 : mdb_err(rc);
+}
+
+int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
+		     uint64_t *rcpts, uint64_t *bytes)
+{
+	MDB_txn *txn;
+	MDB_val k = {sizeof(TOTALS_KEY) - 1, (void *)TOTALS_KEY}, v;
+	int rc, err;
+
+	err = read_begin(sp, &txn);
+	if (err != 0)
+		return err;
+	rc = mdb_get(txn, sp->meta, &k, &v);
+	if (rc == 0 && v.mv_size == 24) {
+		*messages = get_be64(v.mv_data);
+		*rcpts = get_be64((uint8_t *)v.mv_data + 8);
+		*bytes = get_be64((uint8_t *)v.mv_data + 16);
+	} else if (rc == 0) {
+		rc = MDB_CORRUPTED;
+	}
+	mdb_txn_abort(txn);
+	return mdb_err(rc);
 }

@@ -200,6 +200,10 @@ int mta_spool_get(struct mta_spool *sp, const char *qid,
 int mta_spool_read_body(struct mta_spool *sp, const char *qid, uint64_t off,
 			void *buf, size_t len, size_t *got);
 int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages);
+/* Running totals kept in meta by every put and removal (O(1));
+ * MTA_ENOTFOUND on a spool never opened for writing by this version. */
+int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
+		     uint64_t *rcpts, uint64_t *bytes);
 /* Walks the due index in time order, after the entry (from_us, from_qid)
  * or from the start when from_qid is NULL, and calls cb(ud, qid, due_us)
  * for each entry due at now_us, at most max of them (cb returns non-zero

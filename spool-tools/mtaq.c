@@ -373,11 +373,17 @@ int main(int argc, char **argv)
 		/* the message count from the B-tree header, no decoding;
 		 * recipients and bytes need the envelopes */
 		uint64_t n = 0;
-		rc = mta_spool_stat(sp, &n);
-		if (rc == 0)
-			rc = mta_spool_foreach(sp, on_message, &c);
-		if (rc == 0 || rc == MTA_ECORRUPT || rc == MTA_ESCHEMA)
-			c.t.messages = n;
+		rc = mta_spool_totals(sp, &c.t.messages, &c.t.rcpts,
+				      &c.t.bytes);
+		if (rc == MTA_ENOTFOUND) {
+			/* older spool, opened read-only: count by walking */
+			rc = mta_spool_stat(sp, &n);
+			if (rc == 0)
+				rc = mta_spool_foreach(sp, on_message, &c);
+			if (rc == 0 || rc == MTA_ECORRUPT ||
+			    rc == MTA_ESCHEMA)
+				c.t.messages = n;
+		}
 	} else {
 		char *jbuf = NULL;
 		size_t jlen = 0;

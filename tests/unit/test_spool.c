@@ -820,6 +820,13 @@ static void test_update_and_due(void **state)
 	uint64_t count = 0;
 	assert_int_equal(mta_spool_stat(sp, &count), 0);
 	assert_int_equal(count, 2);
+	/* running totals: a (3 recipients) and the DSN (1), 10000 B each;
+	 * b's removal was subtracted */
+	uint64_t tm = 0, tr = 0, tb = 0;
+	assert_int_equal(mta_spool_totals(sp, &tm, &tr, &tb), 0);
+	assert_int_equal(tm, 2);
+	assert_int_equal(tr, 4);
+	assert_int_equal(tb, 20000);
 	mta_body_free(&body);
 	mta_envelope_free(&a);
 	mta_envelope_free(&b);
