@@ -137,6 +137,8 @@ struct conn {
 	int lcode;
 	char lstatus[16];
 	char ltext[512];
+	char ltls[128];	 /* channel of the failed attempt, for the log */
+	char lauth[200]; /* and its authentication outcome */
 	bool any_session; /* some host answered SMTP */
 };
 
@@ -460,7 +462,7 @@ static void conn_end(struct conn *c)
 		/* undecided recipients wait for the next round */
 		job_finish(j, c->lcode, c->lstatus[0] ? c->lstatus : "4.4.1",
 			   c->ltext[0] ? c->ltext : "delivery interrupted",
-			   c->relay[0] ? c->relay : NULL, NULL, NULL);
+			   c->relay[0] ? c->relay : NULL, c->ltls, c->lauth);
 	}
 	if (c->q != NULL) {
 		mta_dns_cancel(c->q);
@@ -482,6 +484,9 @@ static void set_error(struct conn *c, int code, const char *status,
 {
 	va_list ap;
 	c->lcode = code;
+	snprintf(c->ltls, sizeof(c->ltls), "%s",
+		 c->tls_on && c->tls.handshake_done ? c->tls_desc : "");
+	snprintf(c->lauth, sizeof(c->lauth), "%s", c->auth);
 	snprintf(c->lstatus, sizeof(c->lstatus), "%s", status);
 	va_start(ap, fmt);
 	vsnprintf(c->ltext, sizeof(c->ltext), fmt, ap);
@@ -730,14 +735,13 @@ static bool verify_tls(struct conn *c, const char *host)
 				 r.usage, r.selector, r.mtype);
 			return true;
 		}
+		snprintf(c->auth, sizeof(c->auth), "dane-failed");
 		set_error(c, 0, "4.7.5", "%s",
 			  r.reason[0] ? r.reason : "DANE authentication failed");
-		snprintf(c->auth, sizeof(c->auth), "dane-failed");
 		return false;
 	}
 	if (c->dane == 2) {
-		snprintf(c->auth, sizeof(c->auth),
-			 "none (TLSA unusable: TLS required)");
+		snprintf(c->auth, sizeof(c->auth), "encrypt (TLSA unusable)");
 		return true;
 	}
 	if (c->sts_host) {
@@ -757,6 +761,8 @@ static bool verify_tls(struct conn *c, const char *host)
 			sts_testing_failure(c, "certificate-not-trusted", why);
 			return true;
 		}
+		snprintf(c->auth, sizeof(c->auth), "mta-sts-failed id=%s",
+			 c->sts_id);
 		set_error(c, 0, "4.7.5",
 			  "MTA-STS (id %s): certificate of %s not valid: %s",
 			  c->sts_id, host, why);
@@ -772,6 +778,7 @@ static bool verify_tls(struct conn *c, const char *host)
 		}
 		if (mta_tls_verify_webpki(&c->tls, host, why, sizeof(why)) !=
 		    0) {
+			snprintf(c->auth, sizeof(c->auth), "verify-failed");
 			set_error(c, 0, "4.7.5",
 				  "certificate of %s not valid: %s", host, why);
 			return false;
@@ -1340,7 +1347,8 @@ static void conn_next_host(struct conn *c)
 			set_error(c, 0, "4.4.1", "no usable mail server");
 		if (j != NULL)
 			job_finish(j, c->lcode, c->lstatus, c->ltext,
-				   c->relay[0] ? c->relay : NULL, NULL, NULL);
+				   c->relay[0] ? c->relay : NULL, c->ltls,
+				   c->lauth);
 		if (!c->any_session)
 			dest_fail_all(c->dest, c->lcode, c->lstatus, c->ltext,
 				      c->relay[0] ? c->relay : NULL);

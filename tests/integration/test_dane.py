@@ -532,7 +532,7 @@ def test_dane51_52_53_unusable_tlsa_tls_required(env):
     """DANE-51: only PKIX-TA/PKIX-EE records; DANE-52/53: unknown
     parameters and malformed digests only: TLS mandatory, not
     authenticated: sent over TLS to a self-signed cert for unrelated.test
-    (auth is not dane).  The PKIX-only set at a sink without STARTTLS:
+    (auth "encrypt (TLSA unusable)").  The PKIX-only set at a sink without STARTTLS:
     deferred 4.7.4, never cleartext."""
     s1 = env.sink("mx.pkix.s.test")
     s2 = env.sink("mx.unk.s.test")
@@ -541,8 +541,8 @@ def test_dane51_52_53_unusable_tlsa_tls_required(env):
     q1, _ = send(mtad, "pkix.s.test")
     q2, _ = send(mtad, "unk.s.test")
     q3, r3 = send(mtad, "pkixnotls.s.test")
-    expect_sent(mtad, q1, s1, "none*", sni="mx.pkix.s.test")
-    expect_sent(mtad, q2, s2, "none*", sni="mx.unk.s.test")
+    expect_sent(mtad, q1, s1, "encrypt*", sni="mx.pkix.s.test")
+    expect_sent(mtad, q2, s2, "encrypt*", sni="mx.unk.s.test")
     expect_deferred(mtad, q3, r3, r"4\.7\.4")
     assert s3.connections() >= 1
     no_message(s3)
