@@ -270,6 +270,14 @@ static void record(struct msg *m, size_t r, int code, const char *status,
 	st = mta_queue_apply(&d->pol, &m->env, r, &o, now, m->jitter, fs,
 			     sizeof(fs));
 	memcpy(m->fstatus[r], fs, sizeof(fs));
+	{
+		/* the decision and its evidence stay with the recipient */
+		char ev[400];
+		snprintf(ev, sizeof(ev), "tls=%s auth=%s",
+			 tls && tls[0] ? tls : "none",
+			 auth && auth[0] ? auth : "none");
+		(void)mta_envelope_set_str(&m->env.rcpts[r].evidence, ev);
+	}
 	mta_log_begin(&ll, st == MTA_RCPT_SENT ? MTA_LOG_INFO : MTA_LOG_WARN,
 		      "delivery");
 	mta_log_str(&ll, "qid", m->qid);
@@ -1155,8 +1163,24 @@ static void host_ready(struct conn *c)
 			return;
 		}
 	}
-	/* MTA-STS where DANE does not apply (DANE wins: DESIGN.md) */
+	/* MTA-STS where DANE does not apply (DANE wins: DESIGN.md, also
+	 * over the policy's mx patterns) */
 	c->sts_host = c->dane == 0 && c->sts != NULL && c->table_level < 0;
+	if (c->sts_host && !mta_sts_mx_match(c->sts, host)) {
+		if (c->sts->mode == MTA_STS_MODE_ENFORCE) {
+			/* RFC 8461 §5.1: a per-host temporary failure; no
+			 * connection is made */
+			set_error(c, 0, "4.7.5",
+				  "mta-sts mx mismatch: %s is not allowed by "
+				  "the MTA-STS policy of %s (id %s)",
+				  host, c->dest->name, c->sts_id);
+			c->hi++;
+			conn_next_host(c);
+			return;
+		}
+		sts_testing_failure(c, "validation-failure",
+				    "MX host not in the policy");
+	}
 	if (c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE)
 		c->level = MTA_TLS_VERIFY;
 	c->scfg.tls = smtpc_tls_for(c->level);
@@ -1356,22 +1380,7 @@ static void conn_next_host(struct conn *c)
 		return;
 	}
 	c->phase = C_HOSTS;
-	if (c->sts != NULL &&
-	    !mta_sts_mx_match(c->sts, c->hosts[c->hi].name)) {
-		if (c->sts->mode == MTA_STS_MODE_ENFORCE) {
-			/* RFC 8461 §5.1: a per-host temporary failure */
-			set_error(c, 0, "4.7.5",
-				  "mta-sts mx mismatch: %s is not allowed by "
-				  "the MTA-STS policy of %s (id %s)",
-				  c->hosts[c->hi].name, c->dest->name,
-				  c->sts_id);
-			c->hi++;
-			conn_next_host(c);
-			return;
-		}
-		sts_testing_failure(c, "validation-failure",
-				    "MX host not in the policy");
-	}
+	snprintf(c->auth, sizeof(c->auth), "none");
 	if (parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
 		c->naddrs = 1;
 		c->ai = 0;

@@ -18,6 +18,7 @@ static void rcpt_free(struct mta_rcpt *r)
 	free(r->notify_raw);
 	free(r->last_response);
 	free(r->relay);
+	free(r->evidence);
 }
 
 void mta_envelope_free(struct mta_envelope *e)
@@ -107,14 +108,15 @@ void mta_buf_free(struct mta_buf *b)
  *	u64 declared_size, str helo, str client_addr, str tls,
  *	i64 arrival_us, u64 size, u32 nrcpt, then nrcpt times:
  *	  str addr, str orcpt, str notify_raw, u32 notify, u8 state,
- *	  u32 attempts, i64 next_attempt_us, str last_response, str relay
+ *	  u32 attempts, i64 next_attempt_us, str last_response, str relay,
+ *	  str evidence (version 2 only)
  *
  * str = u32 length then the bytes (no NUL); length 0xffffffff = NULL.
  * A string holding a NUL byte is corrupt (we keep C strings).  The record
  * must end exactly at the total length.
  */
 #define ENV_MAGIC "MTAE"
-#define ENV_VERSION 1
+#define ENV_VERSION 2 /* 2 added str evidence per recipient; 1 is read */
 #define ENV_HDR 10
 #define ENV_NULLSTR 0xffffffffu
 /* smallest encoded recipient: 5 NULL/empty strings + fixed fields */
@@ -207,6 +209,7 @@ int mta_envelope_encode(const struct mta_envelope *e, struct mta_buf *out)
 		w_u64(&w, (uint64_t)r->next_attempt_us);
 		w_str(&w, r->last_response);
 		w_str(&w, r->relay);
+		w_str(&w, r->evidence);
 	}
 	if (w.err == 0 && out->len - start > UINT32_MAX)
 		w.err = MTA_ETOOBIG;
@@ -301,7 +304,8 @@ int mta_envelope_decode(const uint8_t *p, size_t n, struct mta_envelope *out)
 	if (n < ENV_HDR || memcmp(p, ENV_MAGIC, 4) != 0)
 		return MTA_ECORRUPT;
 	r_take(&r, 4);
-	if (r_u16(&r) != ENV_VERSION)
+	uint16_t ver = r_u16(&r);
+	if (ver != 1 && ver != ENV_VERSION)
 		return MTA_ESCHEMA;
 	if (r_u32(&r) != n)
 		return MTA_ECORRUPT;
@@ -346,6 +350,8 @@ int mta_envelope_decode(const uint8_t *p, size_t n, struct mta_envelope *out)
 		rc->next_attempt_us = (int64_t)r_u64(&r);
 		r_str(&r, &rc->last_response);
 		r_str(&r, &rc->relay);
+		if (ver >= 2)
+			r_str(&r, &rc->evidence);
 		if (r.err == 0 &&
 		    (rc->addr == NULL || rc->state > MTA_RCPT_BOUNCED))
 			r.err = MTA_ECORRUPT;

@@ -84,6 +84,7 @@ struct mta_rcpt {
 	int64_t next_attempt_us; /* unix microseconds; 0 = now */
 	char *last_response;	 /* last reply or reason, or NULL */
 	char *relay;		 /* host[ip]:port of last attempt, or NULL */
+	char *evidence; /* last attempt's policy decision: "tls=... auth=..." */
 };
 
 struct mta_envelope {

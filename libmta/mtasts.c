@@ -52,6 +52,13 @@ struct mta_mtasts {
 	struct mta_mtasts_query *queries;
 	unsigned nrefresh;
 	unsigned writes_pending;
+	/* recent fetch failures (domain, id, when): STS-54 */
+	struct {
+		char domain[MTA_STS_DOMAIN_MAX + 1];
+		char id[MTA_STS_ID_MAX + 1];
+		int64_t at;
+	} failed[64];
+	unsigned failed_next;
 	bool stopping;
 	void (*done)(void *arg);
 	void *done_arg;
@@ -71,6 +78,33 @@ static uint32_t rnd(void)
 }
 
 static void maybe_stopped(struct mta_mtasts *m);
+
+#define REFETCH_WAIT 300 /* seconds after a failed fetch of the same id */
+
+static void note_failure(struct mta_mtasts *m,
+			 const struct mta_mtasts_query *q)
+{
+	unsigned i = m->failed_next++ % 64;
+
+	snprintf(m->failed[i].domain, sizeof(m->failed[i].domain), "%s",
+		 q->domain);
+	snprintf(m->failed[i].id, sizeof(m->failed[i].id), "%s", q->txt.id);
+	m->failed[i].at = now_s();
+}
+
+static bool recently_failed(const struct mta_mtasts *m,
+			    const struct mta_mtasts_query *q)
+{
+	int64_t now = now_s();
+
+	for (unsigned i = 0; i < 64; i++)
+		if (m->failed[i].at != 0 &&
+		    now - m->failed[i].at < REFETCH_WAIT &&
+		    strcmp(m->failed[i].domain, q->domain) == 0 &&
+		    strcmp(m->failed[i].id, q->txt.id) == 0)
+			return true;
+	return false;
+}
 
 static void query_free(struct mta_mtasts_query *q)
 {
@@ -175,7 +209,10 @@ static void fetch_failed(struct mta_mtasts_query *q, const char *status,
 			    ? "cached policy"
 			    : "none");
 	mta_log_end(&ll);
+	if (strcmp(status, "skipped") != 0)
+		note_failure(q->m, q);
 	if (q->decision == MTA_STS_FETCH_KEEP_OLD_ON_FAIL && q->have_cached) {
+		log_policy(q, &q->cached.policy, q->cached.id, "cache");
 		finish(q, &q->cached.policy, q->cached.id, NULL);
 		return;
 	}
@@ -293,8 +330,16 @@ static void on_txt(const struct mta_dns_result *res, void *ud)
 			snprintf(q->txt.id, sizeof(q->txt.id), "%s",
 				 q->cached.id);
 	}
+	if (q->decision != MTA_STS_USE_CACHED &&
+	    q->decision != MTA_STS_NO_POLICY && recently_failed(m, q)) {
+		/* STS-54: the same id failed to fetch moments ago; do not
+		 * hammer the policy host on every delivery retry */
+		fetch_failed(q, "skipped", "fetch failed less than 5 min ago");
+		return;
+	}
 	switch (q->decision) {
 	case MTA_STS_USE_CACHED:
+		log_policy(q, &q->cached.policy, q->cached.id, "cache");
 		finish(q, &q->cached.policy, q->cached.id, NULL);
 		return;
 	case MTA_STS_NO_POLICY:

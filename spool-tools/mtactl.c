@@ -95,6 +95,8 @@ static int cmd_show(struct mta_spool *sp, const char *qid)
 			printf(" orcpt=%s", r->orcpt);
 		if (r->relay)
 			printf(" relay=%s", r->relay);
+		if (r->evidence)
+			printf(" evidence=\"%s\"", r->evidence);
 		if (r->last_response)
 			printf(" last=\"%s\"", r->last_response);
 		printf("\n");

@@ -266,6 +266,8 @@ static void print_json(struct ctx *c, const char *qid,
 		json_str(f, r->last_response);
 		fputs(",\"relay\":", f);
 		json_str(f, r->relay);
+		fputs(",\"evidence\":", f);
+		json_str(f, r->evidence);
 		fputs(",\"notify\":", f);
 		json_notify(f, r);
 		fputs(",\"orcpt\":", f);

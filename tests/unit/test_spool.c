@@ -105,6 +105,9 @@ static void make_env(struct mta_envelope *e, unsigned i, int64_t arrival)
 	assert_int_equal(mta_envelope_set_str(&r->relay,
 					      "mx.example.com[192.0.2.1]:25"),
 			 0);
+	assert_int_equal(mta_envelope_set_str(&r->evidence,
+					      "tls=TLS1.3 auth=dane 3 1 1"),
+			 0);
 	r = mta_envelope_add_rcpt(e, "carol@other.org", NULL, NULL, 0);
 	assert_non_null(r);
 	r = mta_envelope_add_rcpt(e, "dave@example.com", NULL, "NEVER",
@@ -150,6 +153,7 @@ static void assert_env_equal(const struct mta_envelope *a,
 		assert_int_equal(x->next_attempt_us, y->next_attempt_us);
 		assert_str_eq_null(x->last_response, y->last_response);
 		assert_str_eq_null(x->relay, y->relay);
+		assert_str_eq_null(x->evidence, y->evidence);
 	}
 }
 
@@ -591,7 +595,7 @@ static void test_decode_bad(void **state)
 	assert_int_equal(mta_envelope_decode(c, b.len, &got), MTA_ECORRUPT);
 	/* other versions */
 	memcpy(c, b.data, b.len);
-	c[5] = 2;
+	c[5] = 3;
 	assert_int_equal(mta_envelope_decode(c, b.len, &got), MTA_ESCHEMA);
 	c[4] = 1;
 	c[5] = 1;
