@@ -717,6 +717,54 @@ static void pump_body(struct conn *c)
 	}
 }
 
+/* ---- TLS report counters (RFC 8460 result types) ------------------- */
+
+struct count_req {
+	struct mta_commit commit;
+	struct mta_delivery *d;
+	char key[400];
+};
+
+static void on_count_done(struct mta_commit *cm)
+{
+	struct count_req *r = container_of(cm, struct count_req, commit);
+	struct mta_delivery *d = r->d;
+
+	free(r);
+	d->commits_pending--;
+	maybe_stopped(d);
+}
+
+/* Counts one session result for the destination's TLS report: ptype is
+ * "tlsa" or "sts", result an RFC 8460 result type or
+ * "successful-session". */
+static void tlsrpt_count(struct conn *c, const char *ptype,
+			 const char *result)
+{
+	struct mta_delivery *d = c->d;
+	struct count_req *r;
+	char day[16];
+	time_t now = time(NULL);
+	struct tm tm;
+
+	if (d->stopping || result == NULL)
+		return;
+	r = calloc(1, sizeof(*r));
+	if (r == NULL)
+		return;
+	gmtime_r(&now, &tm);
+	strftime(day, sizeof(day), "%Y-%m-%d", &tm);
+	snprintf(r->key, sizeof(r->key), "%s %s %s %s", day, c->dest->name,
+		 ptype, result);
+	r->d = d;
+	r->commit.kind = MTA_COMMIT_COUNT;
+	r->commit.key = r->key;
+	r->commit.vlen = 1;
+	r->commit.done = on_count_done;
+	d->commits_pending++;
+	mta_writer_submit(d->writer, &r->commit);
+}
+
 /* After the handshake: does this channel meet the host's level? */
 static bool verify_tls(struct conn *c, const char *host)
 {
@@ -741,8 +789,13 @@ static bool verify_tls(struct conn *c, const char *host)
 		if (r.outcome == MTA_DANE_MATCH) {
 			snprintf(c->auth, sizeof(c->auth), "dane %u %u %u",
 				 r.usage, r.selector, r.mtype);
+			tlsrpt_count(c, "tlsa", "successful-session");
 			return true;
 		}
+		tlsrpt_count(c, "tlsa",
+			     r.fail != MTA_DANE_FAIL_NONE
+				     ? mta_dane_fail_rpt(r.fail)
+				     : "tlsa-invalid");
 		snprintf(c->auth, sizeof(c->auth), "dane-failed");
 		set_error(c, 0, "4.7.5", "%s",
 			  r.reason[0] ? r.reason : "DANE authentication failed");
@@ -763,8 +816,10 @@ static bool verify_tls(struct conn *c, const char *host)
 		if (rc == 0) {
 			snprintf(c->auth, sizeof(c->auth), "mta-sts%s id=%s",
 				 enforce ? "" : "-testing", c->sts_id);
+			tlsrpt_count(c, "sts", "successful-session");
 			return true;
 		}
+		tlsrpt_count(c, "sts", "certificate-not-trusted");
 		if (!enforce) {
 			sts_testing_failure(c, "certificate-not-trusted", why);
 			return true;
@@ -864,6 +919,10 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		c->txn_done = true;
 		break;
 	case MTA_SMTPC_EV_FAIL:
+		if (e->status != NULL && strcmp(e->status, "4.7.4") == 0 &&
+		    (c->dane != 0 || c->sts_host))
+			tlsrpt_count(c, c->dane ? "tlsa" : "sts",
+				     "starttls-not-supported");
 		set_error(c, e->code, e->status ? e->status : "4.4.2", "%s",
 			  e->text ? e->text : "connection failed");
 		if (j != NULL)
@@ -1170,6 +1229,7 @@ static void host_ready(struct conn *c)
 		if (c->sts->mode == MTA_STS_MODE_ENFORCE) {
 			/* RFC 8461 §5.1: a per-host temporary failure; no
 			 * connection is made */
+			tlsrpt_count(c, "sts", "validation-failure");
 			set_error(c, 0, "4.7.5",
 				  "mta-sts mx mismatch: %s is not allowed by "
 				  "the MTA-STS policy of %s (id %s)",
@@ -1178,6 +1238,7 @@ static void host_ready(struct conn *c)
 			conn_next_host(c);
 			return;
 		}
+		tlsrpt_count(c, "sts", "validation-failure");
 		sts_testing_failure(c, "validation-failure",
 				    "MX host not in the policy");
 	}

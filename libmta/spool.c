@@ -20,7 +20,8 @@
 
 struct mta_spool {
 	MDB_env *env;
-	MDB_dbi meta, messages, bodies, due, dest, sts;
+	MDB_dbi meta, messages, bodies, due, dest, sts, tlsrpt;
+	bool have_tlsrpt; /* absent in a read-only spool made before it */
 	size_t chunk; /* body chunk size: page size - 16 */
 	bool readonly;
 	char *tmpdir;
@@ -311,6 +312,10 @@ static int open_dbs(struct mta_spool *sp)
 	    (rc = mdb_dbi_open(txn, "dest", create | MDB_DUPSORT, &sp->dest)) ||
 	    (rc = mdb_dbi_open(txn, "sts", create, &sp->sts)))
 		goto fail;
+	rc = mdb_dbi_open(txn, "tlsrpt", create, &sp->tlsrpt);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		goto fail;
+	sp->have_tlsrpt = rc == 0;
 	k.mv_size = sizeof(TOTALS_KEY) - 1;
 	k.mv_data = (void *)TOTALS_KEY;
 	if (!sp->readonly && mdb_get(txn, sp->meta, &k, &v) == MDB_NOTFOUND) {
@@ -1112,4 +1117,71 @@ int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
 	}
 	mdb_txn_abort(txn);
 	return mdb_err(rc);
+}
+
+/* ---- TLS report counters ------------------------------------------ */
+
+int mta_spool_counter_add(struct mta_spool_txn *t, const char *key,
+			  int64_t delta)
+{
+	MDB_val k = {strlen(key), (void *)key}, v;
+	uint8_t buf[8] = {0};
+	MDB_txn *child;
+	int rc;
+
+	if (!t->sp->have_tlsrpt)
+		return -EROFS;
+	if (k.mv_size == 0 || k.mv_size > 500)
+		return -EINVAL;
+	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
+	if (rc != 0)
+		return mdb_err(rc);
+	rc = mdb_get(child, t->sp->tlsrpt, &k, &v);
+	if (rc == 0 && v.mv_size == 8)
+		memcpy(buf, v.mv_data, 8);
+	put_be64(buf, get_be64(buf) + (uint64_t)delta);
+	v.mv_size = sizeof(buf);
+	v.mv_data = buf;
+	rc = mdb_put(child, t->sp->tlsrpt, &k, &v, 0);
+	if (rc != 0) {
+		mdb_txn_abort(child);
+		return mdb_err(rc);
+	}
+	return mdb_err(mdb_txn_commit(child));
+}
+
+int mta_spool_counter_foreach(struct mta_spool *sp,
+			      int (*cb)(void *ud, const char *key,
+					uint64_t value),
+			      void *ud)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc, err;
+
+	if (!sp->have_tlsrpt)
+		return 0;
+	err = read_begin(sp, &txn);
+	if (err != 0)
+		return err;
+	rc = mdb_cursor_open(txn, sp->tlsrpt, &cur);
+	if (rc != 0) {
+		mdb_txn_abort(txn);
+		return mdb_err(rc);
+	}
+	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	while (rc == 0) {
+		char key[512];
+		if (k.mv_size < sizeof(key) && v.mv_size == 8) {
+			memcpy(key, k.mv_data, k.mv_size);
+			key[k.mv_size] = '\0';
+			if (cb(ud, key, get_be64(v.mv_data)) != 0)
+				break;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	return rc == 0 || rc == MDB_NOTFOUND ? 0 : mdb_err(rc);
 }

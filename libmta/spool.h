@@ -13,7 +13,8 @@
  *	            entry per distinct domain of a message, so the scheduler
  *	            finds all mail for one destination.  A recipient without
  *	            '@domain' is not indexed.
- *	  sts       MTA-STS policy cache (issue #5; created empty now)
+ *	  sts       MTA-STS policy cache: policy domain -> sts.h cache record
+ *	  tlsrpt    TLS report counters: "<date> <domain> <type> <result>" -> u64
  *	Queue ids: MTA_QID_LEN printable characters, Crockford base32
  *	("0123456789ABCDEFGHJKMNPQRSTVWXYZ") of the arrival time in
  *	microseconds (11 chars, big-endian) then 5 chars of a per-process
@@ -183,6 +184,15 @@ int mta_spool_sts_foreach(struct mta_spool *sp,
 			  int (*cb)(void *ud, const char *domain,
 				    const uint8_t *rec, size_t len),
 			  void *ud);
+/* TLS report counters (RFC 8460 material), key "<UTC date> <policy
+ * domain> <policy type> <result type>", value a count.  add runs in a
+ * nested transaction; foreach: one short read transaction. */
+int mta_spool_counter_add(struct mta_spool_txn *t, const char *key,
+			  int64_t delta);
+int mta_spool_counter_foreach(struct mta_spool *sp,
+			      int (*cb)(void *ud, const char *key,
+					uint64_t value),
+			      void *ud);
 int mta_spool_commit(struct mta_spool_txn *t);
 void mta_spool_abort(struct mta_spool_txn *t);
 

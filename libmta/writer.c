@@ -48,7 +48,10 @@ static void commit_batch(struct mta_writer *w, struct mta_commit *batch)
 		goto log;
 	}
 	for (c = batch; c != NULL; c = c->next) {
-		if (c->kind == MTA_COMMIT_STS)
+		if (c->kind == MTA_COMMIT_COUNT)
+			c->result = mta_spool_counter_add(txn, c->key,
+							  (int64_t)c->vlen);
+		else if (c->kind == MTA_COMMIT_STS)
 			c->result = mta_spool_sts_put(txn, c->key, c->val,
 						      c->vlen);
 		else if (c->kind == MTA_COMMIT_UPDATE)

@@ -61,6 +61,7 @@ enum mta_commit_kind {
 	MTA_COMMIT_NEW = 0,    /* store a new message (qid, env, body) */
 	MTA_COMMIT_UPDATE = 1, /* mta_spool_update_message() */
 	MTA_COMMIT_STS = 2,    /* mta_spool_sts_put(key, val, vlen) */
+	MTA_COMMIT_COUNT = 3,  /* mta_spool_counter_add(key, vlen) */
 };
 
 struct mta_commit {

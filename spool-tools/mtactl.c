@@ -3,6 +3,7 @@
  *
  * Usage: mtactl [-c FILE] cat QID     the stored message, byte for byte
  *        mtactl [-c FILE] show QID    envelope and per-recipient state
+ *        mtactl [-c FILE] tlsrpt      TLS report counters (RFC 8460)
  * Exit: 0 ok, 1 operational failure (no such message, spool error),
  * 2 bad usage or config.
  */
@@ -18,7 +19,8 @@
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: mtactl [-c FILE] cat QID\n"
-		   "       mtactl [-c FILE] show QID\n");
+		   "       mtactl [-c FILE] show QID\n"
+		   "       mtactl [-c FILE] tlsrpt\n");
 }
 
 static int cmd_cat(struct mta_spool *sp, const char *qid)
@@ -58,6 +60,23 @@ static const char *state_name(uint8_t st)
 	default:
 		return "unknown";
 	}
+}
+
+static int print_counter(void *ud, const char *key, uint64_t value)
+{
+	(void)ud;
+	printf("%s %llu\n", key, (unsigned long long)value);
+	return 0;
+}
+
+static int cmd_tlsrpt(struct mta_spool *sp)
+{
+	int rc = mta_spool_counter_foreach(sp, print_counter, NULL);
+	if (rc != 0) {
+		fprintf(stderr, "mtactl: tlsrpt: %s\n", mta_strerror(rc));
+		return 1;
+	}
+	return 0;
 }
 
 static int cmd_show(struct mta_spool *sp, const char *qid)
@@ -125,9 +144,10 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (argc - optind != 2 ||
-	    (strcmp(argv[optind], "cat") != 0 &&
-	     strcmp(argv[optind], "show") != 0)) {
+	bool tlsrpt = argc - optind == 1 && strcmp(argv[optind], "tlsrpt") == 0;
+	if (!tlsrpt &&
+	    (argc - optind != 2 || (strcmp(argv[optind], "cat") != 0 &&
+				    strcmp(argv[optind], "show") != 0))) {
 		usage(stderr);
 		return 2;
 	}
@@ -136,7 +156,9 @@ int main(int argc, char **argv)
 		return rc;
 	rc = tool_open_spool("mtactl", cfg, true, &sp);
 	if (rc == 0) {
-		if (strcmp(argv[optind], "cat") == 0)
+		if (tlsrpt)
+			rc = cmd_tlsrpt(sp);
+		else if (strcmp(argv[optind], "cat") == 0)
 			rc = cmd_cat(sp, argv[optind + 1]);
 		else
 			rc = cmd_show(sp, argv[optind + 1]);

@@ -375,6 +375,8 @@ def test_dane50_70_71_100_ee_match_sent_sni(env):
     q2, _ = send(mtad, "ee301.s.test")
     expect_sent(mtad, q1, s1, "dane 3 1 1", sni="mx.ee.s.test")
     expect_sent(mtad, q2, s2, "dane 3 0 1", sni="mx.ee301.s.test")
+    # recorded for TLS reporting (RFC 8460: policy type tlsa)
+    _wait_count(mtad, ("ee.s.test", "tlsa", "successful-session"))
 
 
 def test_dane55_112_ee_mismatch_deferred_475(env):
@@ -387,6 +389,19 @@ def test_dane55_112_ee_mismatch_deferred_475(env):
     expect_deferred(mtad, qid, rcpt, r"4\.7\.5", reason=r"mx\.eebad\.s\.test")
     assert s.connections() >= 1
     no_message(s)
+    _wait_count(mtad, ("eebad.s.test", "tlsa", "tlsa-invalid"))
+
+
+def _wait_count(mtad, key, deadline_s=10):
+    """Waits until mtactl tlsrpt counts key (domain, type, result)."""
+    import time as _t
+    end = _t.time() + deadline_s
+    while True:
+        c = mtad.tlsrpt()
+        if c.get(key, 0) >= 1:
+            return c
+        assert _t.time() < end, (key, c)
+        _t.sleep(0.1)
 
 
 def test_dane70_74_75_ee_ignores_dates_and_names(env):

@@ -449,6 +449,15 @@ def test_sts112_sts83_testing_mode_delivers_and_logs(env):
     assert f2["host"] == "bad.testmx.u.test", f2["_line"]
     wait_sts(mtad, "sts_testing_failure", "testmx.u.test",
              result="certificate-not-trusted", host="bad.testmx.u.test")
+    # the failures are recorded for TLS reporting (RFC 8460 result types)
+    deadline = time.time() + 10
+    while True:
+        c = mtad.tlsrpt()
+        if (c.get(("testing.u.test", "sts", "certificate-not-trusted"), 0) >= 1
+                and c.get(("testmx.u.test", "sts", "validation-failure"), 0) >= 1):
+            break
+        assert time.time() < deadline, c
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------

@@ -282,6 +282,15 @@ class Mtad:
     def cat(self, qid):
         return self.run_tool([MTACTL, "-c", self.conf, "cat", qid]).stdout
 
+    def tlsrpt(self):
+        """{(domain, policy type, result type): count} from mtactl tlsrpt."""
+        out = self.run_tool([MTACTL, "-c", self.conf, "tlsrpt"]).stdout
+        counts = {}
+        for line in out.decode().splitlines():
+            day, dom, ptype, result, n = line.split()
+            counts[(dom, ptype, result)] = counts.get((dom, ptype, result), 0) + int(n)
+        return counts
+
     def check_config(self, extra_env=None):
         env = dict(self.env)
         env.update(extra_env or {})
