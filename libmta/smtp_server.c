@@ -19,6 +19,10 @@
 #include <string.h>
 #include <strings.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #define OUT_RESERVE 2048      /* free output needed to take more input */
 #define REPLY_MAX 1024	      /* one reply line, without CRLF */
 #define ECHO_MAX 400	      /* longest client string echoed in a reply */
@@ -176,12 +180,26 @@ static void violate(struct mta_smtpd *s, uint8_t v)
 		s->b_viol = v;
 }
 
+/* One step of the "Received:" matcher (header section, s->b_rmatch >= 0):
+ * counts a hop when the line starts with that field name. */
+static void rcvd_step(struct mta_smtpd *s, uint8_t c)
+{
+	static const char rcvd[] = "received:";
+	char l = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+
+	if (l != rcvd[s->b_rmatch]) {
+		s->b_rmatch = -1;
+	} else if (++s->b_rmatch == (int)sizeof(rcvd) - 1) {
+		s->b_rmatch = -1;
+		if (++s->b_rcvd > MAX_HOPS)
+			violate(s, V_HOPS);
+	}
+}
+
 /* Feeds one content byte (after dot-unstuffing) to the checks; true when
  * it was the LF of a CRLF. */
 static bool chk_byte(struct mta_smtpd *s, uint8_t c)
 {
-	static const char rcvd[] = "received:";
-
 	s->b_size++;
 	if (s->cfg->max_message_size != 0 &&
 	    s->b_size > s->cfg->max_message_size)
@@ -208,17 +226,121 @@ static bool chk_byte(struct mta_smtpd *s, uint8_t c)
 		violate(s, V_BARE);
 	if (++s->b_linelen > BODY_LINE_MAX)
 		violate(s, V_LONG);
-	if (s->b_rmatch >= 0 && !s->b_hdr_done) {
-		char l = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-		if (l != rcvd[s->b_rmatch]) {
-			s->b_rmatch = -1;
-		} else if (++s->b_rmatch == (int)sizeof(rcvd) - 1) {
-			s->b_rmatch = -1;
-			if (++s->b_rcvd > MAX_HOPS)
-				violate(s, V_HOPS);
-		}
-	}
+	if (s->b_rmatch >= 0 && !s->b_hdr_done)
+		rcvd_step(s, c);
 	return false;
+}
+
+/* Length of the leading run of p[0..n) without CR, LF or NUL (the only
+ * bytes chk_byte() treats specially). */
+static size_t plain_len(const uint8_t *p, size_t n)
+{
+	size_t k = 0;
+
+#if defined(__SSE2__)
+	const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+	const __m128i nul = _mm_setzero_si128();
+
+	for (; k + 16 <= n; k += 16) {
+		__m128i v = _mm_loadu_si128((const void *)(p + k));
+		__m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, cr),
+						      _mm_cmpeq_epi8(v, lf)),
+					 _mm_cmpeq_epi8(v, nul));
+		unsigned bits = (unsigned)_mm_movemask_epi8(m);
+
+		if (bits != 0)
+			return k + (size_t)__builtin_ctz(bits);
+	}
+#else
+	/* SWAR: a word with a zero byte after XOR has a special byte; the
+	 * byte loop below finds which */
+	const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+
+	for (; k + 8 <= n; k += 8) {
+		uint64_t w, a, b;
+
+		memcpy(&w, p + k, 8);
+		a = w ^ (ones * '\r');
+		b = w ^ (ones * '\n');
+		if ((((w - ones) & ~w) | ((a - ones) & ~a) |
+		     ((b - ones) & ~b)) & high)
+			break;
+	}
+#endif
+	for (; k < n; k++)
+		if (p[k] == '\r' || p[k] == '\n' || p[k] == '\0')
+			break;
+	return k;
+}
+
+/* chk_byte() for each of p[0..n), which plain_len() passed, with no CR
+ * pending: the counters move once per run and the Received matcher runs
+ * only at the start of a header line. */
+static void chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n)
+{
+	uint64_t max = s->cfg->max_message_size;
+
+	if (s->b_viol == V_NONE &&
+	    ((max != 0 && (s->b_size > max || n > max - s->b_size)) ||
+	     s->b_linelen > BODY_LINE_MAX ||
+	     n > BODY_LINE_MAX - s->b_linelen)) {
+		/* a limit is crossed here: byte by byte, so that the first
+		 * violation in input order is the one reported */
+		for (size_t k = 0; k < n; k++)
+			(void)chk_byte(s, p[k]);
+		return;
+	}
+	/* any violation below comes after the one already recorded, except
+	 * a hop from the matcher (the only check left that can fire) */
+	s->b_size += n;
+	if (max != 0 && s->b_size > max)
+		violate(s, V_BIG);
+	s->b_linelen += (uint32_t)n; /* wraps like n increments would */
+	if (s->b_linelen > BODY_LINE_MAX)
+		violate(s, V_LONG);
+	if (!s->b_hdr_done)
+		for (size_t k = 0; k < n && s->b_rmatch >= 0; k++)
+			rcvd_step(s, p[k]);
+}
+
+/* chk_byte() of CR then LF with no CR pending: only the size check can
+ * fire, and the LF ends the line. */
+static void chk_crlf(struct mta_smtpd *s)
+{
+	uint64_t max = s->cfg->max_message_size;
+
+	s->b_size += 2;
+	if (max != 0 && s->b_size > max)
+		violate(s, V_BIG);
+	if (s->b_linelen == 0)
+		s->b_hdr_done = true;
+	s->b_linelen = 0;
+	s->b_rmatch = 0;
+}
+
+/* chk_byte() for each of p[0..n) (BDAT content). */
+static void chk_bytes(struct mta_smtpd *s, const uint8_t *p, size_t n)
+{
+	size_t k = 0;
+
+	while (k < n) {
+		if (!s->b_cr) {
+			size_t m = plain_len(p + k, n - k);
+
+			if (m > 0) {
+				chk_run(s, p + k, m);
+				k += m;
+				if (k == n)
+					break;
+			}
+			if (n - k >= 2 && p[k] == '\r' && p[k + 1] == '\n') {
+				chk_crlf(s);
+				k += 2;
+				continue;
+			}
+		}
+		(void)chk_byte(s, p[k++]);
+	}
 }
 
 /* The body is complete: MESSAGE, or ABORT with the violation's reply. */
@@ -1087,6 +1209,33 @@ static enum mta_smtpd_ev feed_data(struct mta_smtpd *s, const uint8_t *in,
 	size_t run = *i, runlen = 0;
 
 	while (*i < len) {
+		/* fast path: mid-line (or a line not starting with a dot),
+		 * up to the next CR, LF or NUL */
+		if ((s->d_state == D_MID && !s->b_cr) ||
+		    (s->d_state == D_BOL && in[*i] != '.')) {
+			size_t n = plain_len(in + *i, len - *i);
+
+			if (runlen == 0)
+				run = *i;
+			if (n > 0) {
+				/* D_BOL has no CR pending either */
+				s->d_state = D_MID;
+				chk_run(s, in + *i, n);
+				runlen += n;
+				*i += n;
+				if (*i == len)
+					break;
+			}
+			if (len - *i >= 2 && in[*i] == '\r' &&
+			    in[*i + 1] == '\n') {
+				chk_crlf(s);
+				s->d_state = D_BOL;
+				runlen += 2;
+				*i += 2;
+				continue;
+			}
+		}
+
 		uint8_t c = in[(*i)++];
 		bool content = false;
 
@@ -1154,8 +1303,7 @@ static enum mta_smtpd_ev feed_bdat(struct mta_smtpd *s, const uint8_t *in,
 			return bdat_chunk_done(s, ev);
 		return MTA_SMTPD_EV_NONE;
 	}
-	for (size_t k = 0; k < n; k++)
-		(void)chk_byte(s, in[start + k]);
+	chk_bytes(s, in + start, n);
 	if (n == 0 || s->b_viol != V_NONE) {
 		if (s->bdat_left > 0)
 			return MTA_SMTPD_EV_NONE;

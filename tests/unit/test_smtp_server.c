@@ -1357,10 +1357,288 @@ static void test_received_small(void **state)
 	mta_smtpd_free(&s);
 }
 
+/* ---- chunking differential -------------------------------------------- */
+
+/* Random sessions (DATA and BDAT bodies with CR, LF, NUL, dots, long
+ * lines, Received headers, size limits near the body size) fed in one
+ * chunk, byte by byte and in random windows must give the same replies,
+ * events, bodies and envelope sizes.  MTA_TEST_SEED=n repeats a run. */
+
+static uint64_t dseed;
+
+static uint32_t drnd(void)
+{
+	dseed = dseed * 6364136223846793005u + 1442695040888963407u;
+	return (uint32_t)(dseed >> 33);
+}
+
+struct dtrace {
+	struct mta_buf out; /* every reply byte */
+	struct mta_buf ev;  /* events; MESSAGE with its body and size */
+	struct mta_buf cur; /* body of the message in progress */
+};
+
+static void dtrace_free(struct dtrace *t)
+{
+	mta_buf_free(&t->out);
+	mta_buf_free(&t->ev);
+	mta_buf_free(&t->cur);
+}
+
+static void dput(struct mta_buf *b, const char *fmt, ...)
+{
+	char tmp[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	assert_true(n > 0 && (size_t)n < sizeof(tmp));
+	assert_int_equal(mta_buf_append(b, tmp, (size_t)n), 0);
+}
+
+/* window: 0 all at once, 1 byte by byte, else random 1..window */
+static void dfeed(const uint8_t *in, size_t len, uint64_t max, size_t window,
+		  struct dtrace *t)
+{
+	struct mta_smtpd_config cfg = base_cfg;
+	static struct mta_smtpd s;
+	size_t off = 0;
+	int stall = 0;
+
+	cfg.max_message_size = max;
+	memset(t, 0, sizeof(*t));
+	mta_smtpd_init(&s, &cfg);
+	mta_smtpd_greet(&s);
+	while (off < len) {
+		size_t w = len - off, n;
+		struct mta_smtpd_event e;
+		const uint8_t *p;
+
+		if (window == 1) {
+			w = 1;
+		} else if (window > 1) {
+			size_t r = 1 + drnd() % window;
+			if (w > r)
+				w = r;
+		}
+		enum mta_smtpd_ev ev = mta_smtpd_feed(&s, in + off, w, &n, &e);
+		assert_true(n <= w);
+		off += n;
+		size_t o = mta_smtpd_output(&s, &p);
+		assert_int_equal(mta_buf_append(&t->out, p, o), 0);
+		mta_smtpd_output_consume(&s, o);
+		if (ev == MTA_SMTPD_EV_NONE) {
+			if (n == 0)
+				assert_true(++stall < 3);
+			continue;
+		}
+		stall = 0;
+		switch (ev) {
+		case MTA_SMTPD_EV_BODY:
+			assert_true(e.len > 0);
+			assert_int_equal(mta_buf_append(&t->cur, e.data, e.len),
+					 0);
+			break;
+		case MTA_SMTPD_EV_MESSAGE: {
+			struct mta_envelope env;
+
+			mta_smtpd_take_envelope(&s, &env);
+			assert_int_equal(env.size, t->cur.len);
+			dput(&t->ev, "M%zu:", t->cur.len);
+			if (t->cur.len > 0)
+				assert_int_equal(mta_buf_append(&t->ev,
+								t->cur.data,
+								t->cur.len),
+						 0);
+			t->cur.len = 0;
+			mta_envelope_free(&env);
+			mta_smtpd_message_done(&s, 0, "Q1");
+			break;
+		}
+		case MTA_SMTPD_EV_ABORT:
+		case MTA_SMTPD_EV_REJECT:
+			dput(&t->ev, "%c%d %s\n",
+			     ev == MTA_SMTPD_EV_ABORT ? 'A' : 'R', e.code,
+			     e.text);
+			if (ev == MTA_SMTPD_EV_ABORT)
+				t->cur.len = 0;
+			break;
+		default:
+			dput(&t->ev, "E%d\n", (int)ev);
+			if (ev == MTA_SMTPD_EV_DATA_START)
+				t->cur.len = 0;
+			break;
+		}
+		if (ev == MTA_SMTPD_EV_CLOSE)
+			break;
+	}
+	const uint8_t *p;
+	size_t o = mta_smtpd_output(&s, &p);
+	assert_int_equal(mta_buf_append(&t->out, p, o), 0);
+	mta_smtpd_output_consume(&s, o);
+	mta_smtpd_free(&s);
+}
+
+/* One random message body (not dot-stuffed) into b. */
+static void dbody(struct mta_buf *b)
+{
+	int specials = drnd() % 3 == 0; /* bare CR/LF, NUL */
+	int hops = drnd() % 4 == 0 ? 95 + (int)(drnd() % 10)
+				   : (int)(drnd() % 4);
+	int nlines = 1 + (int)(drnd() % 60);
+	int longp = drnd() % 5 == 0;
+
+	int split = drnd() % 2 ? 50 : -1; /* empty line: body from there */
+
+	for (int h = 0; h < hops; h++)
+		dput(b, "%s%s: from h%d\r\n", h == split ? "\r\n" : "",
+		     drnd() % 2 ? "Received" : "rECEIVED", h);
+	for (int l = 0; l < nlines; l++) {
+		if (drnd() % 20 == 0)
+			dput(b, "Received:");
+		size_t ll = longp && drnd() % 8 == 0 ? 65530 + drnd() % 12
+						     : drnd() % 120;
+		for (size_t k = 0; k < ll; k++) {
+			uint32_t r = drnd() % 1000;
+			char c = (char)('a' + r % 26);
+			if (r < 15 || (k == 0 && drnd() % 4 == 0))
+				c = '.';
+			else if (specials && r < 18)
+				c = "\r\n"[r % 2]; /* bare LF; CR mostly */
+			else if (specials && r < 20)
+				c = '\0';
+			else if (r < 40)
+				c = (char)(0x80 | r);
+			assert_int_equal(mta_buf_append(b, &c, 1), 0);
+		}
+		uint32_t e = drnd() % 30;
+		if (specials && e == 0)
+			dput(b, "\n");
+		else if (specials && e == 1)
+			dput(b, "\r");
+		else if (e == 2)
+			dput(b, "\r\n\r\n");
+		else
+			dput(b, "\r\n");
+	}
+	if (drnd() % 6 == 0 && b->len > 0)
+		b->len--; /* body not ending in CRLF */
+}
+
+static void dsession(struct mta_buf *in)
+{
+	int ntx = 1 + (int)(drnd() % 3);
+
+	dput(in, EH);
+	for (int t = 0; t < ntx; t++) {
+		struct mta_buf body = {0};
+
+		dput(in, MF RT);
+		dbody(&body);
+		if (drnd() % 2 == 0) {
+			int stuff = drnd() % 5 != 0;
+			dput(in, "DATA\r\n");
+			for (size_t i = 0; i < body.len; i++) {
+				int bol = i == 0 || (body.data[i - 1] == '\n' &&
+						     i >= 2 &&
+						     body.data[i - 2] == '\r');
+				if (stuff && bol && body.data[i] == '.')
+					dput(in, ".");
+				assert_int_equal(
+					mta_buf_append(in, body.data + i, 1),
+					0);
+			}
+			dput(in, "%s.\r\n", drnd() % 3 == 0 ? "" : "\r\n");
+		} else {
+			size_t o = 0;
+			do {
+				size_t c = drnd() % 4 == 0 ? drnd() % 4
+							   : drnd() % 3000;
+				if (c > body.len - o)
+					c = body.len - o;
+				int last = o + c == body.len;
+				dput(in, "BDAT %zu%s\r\n", c,
+				     last ? " LAST" : "");
+				if (c > 0)
+					assert_int_equal(mta_buf_append(
+							 in, body.data + o, c),
+							 0);
+				o += c;
+				if (last)
+					break;
+			} while (1);
+		}
+		mta_buf_free(&body);
+	}
+	dput(in, "QUIT\r\n");
+}
+
+static void test_chunking_differential(void **state)
+{
+	const char *env = getenv("MTA_TEST_SEED");
+	uint64_t seed = env != NULL ? strtoull(env, NULL, 0) : 20240607u;
+	unsigned seen[4] = {0}; /* MESSAGE, 550 5.6.0, 552, 554 */
+	(void)state;
+
+	print_message("chunking differential: seed %llu "
+		      "(MTA_TEST_SEED to repeat)\n",
+		      (unsigned long long)seed);
+	dseed = seed;
+	for (int it = 0; it < 150; it++) {
+		struct mta_buf in = {0};
+		struct dtrace ref, t;
+		static const size_t windows[] = {1, 3, 64, 1500, 20000};
+		uint64_t max;
+
+		dsession(&in);
+		switch (drnd() % 4) {
+		case 0:
+			max = 0;
+			break;
+		case 1:
+			max = 10000000;
+			break;
+		default: /* near the size of the body */
+			max = 1 + drnd() % (in.len + 16);
+			break;
+		}
+		dfeed(in.data, in.len, max, 0, &ref);
+		for (size_t wi = 0; wi < sizeof(windows) / sizeof(windows[0]);
+		     wi++) {
+			if (windows[wi] == 1 && in.len > 200000)
+				continue;
+			dfeed(in.data, in.len, max, windows[wi], &t);
+			if (t.out.len != ref.out.len ||
+			    memcmp(t.out.data, ref.out.data, t.out.len) != 0 ||
+			    t.ev.len != ref.ev.len ||
+			    memcmp(t.ev.data, ref.ev.data, t.ev.len) != 0)
+				fail_msg("seed %llu session %d: window %zu "
+					 "differs from one chunk",
+					 (unsigned long long)seed, it,
+					 windows[wi]);
+			dtrace_free(&t);
+		}
+		for (size_t i = 0; i + 12 <= ref.out.len; i++) {
+			const char *l = (const char *)ref.out.data + i;
+			seen[0] += memcmp(l, "250 2.0.0 Ok", 12) == 0;
+			seen[1] += memcmp(l, "550 5.6.0", 9) == 0;
+			seen[2] += memcmp(l, "552 5.3.4", 9) == 0;
+			seen[3] += memcmp(l, "554 5.4.6", 9) == 0;
+		}
+		dtrace_free(&ref);
+		mta_buf_free(&in);
+	}
+	print_message("  outcomes: queued %u, 5.6.0 %u, 5.3.4 %u, 5.4.6 %u\n",
+		      seen[0], seen[1], seen[2], seen[3]);
+	for (int k = 0; k < 4; k++)
+		assert_true(seen[k] > 0);
+}
+
 int main(void)
 {
 	enum { N = sizeof(cases) / sizeof(cases[0]) };
-	struct CMUnitTest t[N + 3];
+	struct CMUnitTest t[N + 4];
 
 	for (size_t i = 0; i < N; i++) {
 		t[i].name = cases[i].name;
@@ -1372,5 +1650,7 @@ int main(void)
 	t[N] = (struct CMUnitTest)cmocka_unit_test(test_timeout_shutdown);
 	t[N + 1] = (struct CMUnitTest)cmocka_unit_test(test_highwater);
 	t[N + 2] = (struct CMUnitTest)cmocka_unit_test(test_received_small);
-	return _cmocka_run_group_tests("smtp_server", t, N + 3, NULL, NULL);
+	t[N + 3] = (struct CMUnitTest)cmocka_unit_test(
+		test_chunking_differential);
+	return _cmocka_run_group_tests("smtp_server", t, N + 4, NULL, NULL);
 }
