@@ -945,3 +945,54 @@ def test_dsn_two_recipients_fail_together_one_dsn(env):
     st = {re.sub(r"^rfc822;\s*", "", b["final-recipient"]): b["status"] for b in per_rcpt}
     assert st == {"b@bounce.s.test": "5.1.1", "c@bounce.s.test": "5.7.1"}, st
     assert "no b" in text and "no c" in text, text
+
+
+# ---------------------------------------------------------------------------
+# relayhost with AUTH PLAIN (issue #3 item 4)
+
+def test_relayhost_auth_plain_over_tls_never_logged(env, tmp_path):
+    """delivery.relayhost_auth_file: mtad starts TLS with the relayhost, then
+    authenticates with AUTH PLAIN using the file's credentials (RFC 4954),
+    and delivers; the password appears nowhere in mtad's log.  (That a
+    peer without STARTTLS never gets the credentials is pinned in the client
+    engine's unit tests.)"""
+    import ssl
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    cert, key = sinks.self_signed(["relay.auth.test"]).write(str(tmp_path), "auth")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    seen = {"auth": [], "msgs": []}
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        seen["auth"].append((mechanism, auth_data.login, auth_data.password,
+                             session.ssl is not None))
+        ok = auth_data.login == b"relayuser" and auth_data.password == b"s3cr3t-pw"
+        return AuthResult(success=ok)
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            seen["msgs"].append((envelope.mail_from, list(envelope.rcpt_tos),
+                                 session.authenticated))
+            return "250 2.0.0 OK"
+
+    addr = "127.1.251.%d" % (10 + os.getpid() % 200)
+    ctl = Controller(Handler(), hostname=addr, port=env.port,
+                     authenticator=authenticator, auth_require_tls=True,
+                     tls_context=ctx, require_starttls=True)
+    ctl.start()
+    try:
+        auth_file = tmp_path / "relay-auth"
+        auth_file.write_text("relayuser s3cr3t-pw\n")
+        mtad = env.start(delivery__relayhost="[%s]:%d" % (addr, env.port),
+                         delivery__relayhost_auth_file=str(auth_file))
+        qid = submit(mtad, SENDER, ["x@far.example.invalid"], msg("auth"))
+        (ev,) = wait_delivery(mtad, qid, status="sent")
+        assert ev["tls"].startswith("TLS"), ev
+        assert seen["auth"] and seen["auth"][0][0] == "PLAIN", seen
+        assert seen["auth"][0][3] is True, "credentials sent before TLS"
+        assert seen["msgs"] == [(SENDER, ["x@far.example.invalid"], True)], seen
+        assert "s3cr3t-pw" not in mtad.log_text(), "password in the log"
+    finally:
+        ctl.stop()
