@@ -1063,10 +1063,12 @@ int mta_spool_sts_get(struct mta_spool *sp, const char *domain,
 	return err;
 }
 
-int mta_spool_sts_foreach(struct mta_spool *sp,
-			  int (*cb)(void *ud, const char *domain,
-				    const uint8_t *rec, size_t len),
-			  void *ud)
+/* Walks one key -> value database in key order under one short read
+ * transaction; keys are strings (shorter than 512 bytes). */
+static int kv_foreach(struct mta_spool *sp, MDB_dbi dbi,
+		      int (*cb)(void *ud, const char *key,
+				const uint8_t *val, size_t len),
+		      void *ud)
 {
 	MDB_txn *txn;
 	MDB_cursor *cur;
@@ -1076,18 +1078,18 @@ int mta_spool_sts_foreach(struct mta_spool *sp,
 	err = read_begin(sp, &txn);
 	if (err != 0)
 		return err;
-	rc = mdb_cursor_open(txn, sp->sts, &cur);
+	rc = mdb_cursor_open(txn, dbi, &cur);
 	if (rc != 0) {
 		mdb_txn_abort(txn);
 		return mdb_err(rc);
 	}
 	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
 	while (rc == 0) {
-		char dom[256];
-		if (k.mv_size < sizeof(dom)) {
-			memcpy(dom, k.mv_data, k.mv_size);
-			dom[k.mv_size] = '\0';
-			if (cb(ud, dom, v.mv_data, v.mv_size) != 0)
+		char key[512];
+		if (k.mv_size < sizeof(key)) {
+			memcpy(key, k.mv_data, k.mv_size);
+			key[k.mv_size] = '\0';
+			if (cb(ud, key, v.mv_data, v.mv_size) != 0)
 				break;
 		}
 		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
@@ -1095,6 +1097,14 @@ int mta_spool_sts_foreach(struct mta_spool *sp,
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
 	return rc == 0 || rc == MDB_NOTFOUND ? 0 : mdb_err(rc);
+}
+
+int mta_spool_sts_foreach(struct mta_spool *sp,
+			  int (*cb)(void *ud, const char *domain,
+				    const uint8_t *rec, size_t len),
+			  void *ud)
+{
+	return kv_foreach(sp, sp->sts, cb, ud);
 }
 
 int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
@@ -1150,38 +1160,26 @@ int mta_spool_counter_add(struct mta_spool_txn *t, const char *key,
 	return mdb_err(mdb_txn_commit(child));
 }
 
+struct counter_walk {
+	int (*cb)(void *ud, const char *key, uint64_t value);
+	void *ud;
+};
+
+static int counter_entry(void *ud, const char *key, const uint8_t *val,
+			 size_t len)
+{
+	struct counter_walk *w = ud;
+	return len == 8 ? w->cb(w->ud, key, get_be64(val)) : 0;
+}
+
 int mta_spool_counter_foreach(struct mta_spool *sp,
 			      int (*cb)(void *ud, const char *key,
 					uint64_t value),
 			      void *ud)
 {
-	MDB_txn *txn;
-	MDB_cursor *cur;
-	MDB_val k, v;
-	int rc, err;
+	struct counter_walk w = {cb, ud};
 
 	if (!sp->have_tlsrpt)
 		return 0;
-	err = read_begin(sp, &txn);
-	if (err != 0)
-		return err;
-	rc = mdb_cursor_open(txn, sp->tlsrpt, &cur);
-	if (rc != 0) {
-		mdb_txn_abort(txn);
-		return mdb_err(rc);
-	}
-	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-	while (rc == 0) {
-		char key[512];
-		if (k.mv_size < sizeof(key) && v.mv_size == 8) {
-			memcpy(key, k.mv_data, k.mv_size);
-			key[k.mv_size] = '\0';
-			if (cb(ud, key, get_be64(v.mv_data)) != 0)
-				break;
-		}
-		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-	}
-	mdb_cursor_close(cur);
-	mdb_txn_abort(txn);
-	return rc == 0 || rc == MDB_NOTFOUND ? 0 : mdb_err(rc);
+	return kv_foreach(sp, sp->tlsrpt, counter_entry, &w);
 }

@@ -71,12 +71,14 @@ static ssize_t tls_push(gnutls_transport_ptr_t ptr, const void *buf, size_t n)
 	return (ssize_t)n;
 }
 
-int mta_tls_server_init(struct mta_tls *t, const struct mta_tls_creds *c)
+/* One session over our memory transport; sni only for clients. */
+static int session_init(struct mta_tls *t, unsigned flags,
+			const struct mta_tls_creds *c, const char *sni)
 {
 	int rc;
 
 	memset(t, 0, sizeof(*t));
-	rc = gnutls_init(&t->session, GNUTLS_SERVER | GNUTLS_NONBLOCK);
+	rc = gnutls_init(&t->session, flags | GNUTLS_NONBLOCK);
 	if (rc < 0)
 		goto fail;
 	rc = gnutls_set_default_priority(t->session);
@@ -86,7 +88,15 @@ int mta_tls_server_init(struct mta_tls *t, const struct mta_tls_creds *c)
 				    c->cred);
 	if (rc < 0)
 		goto fail_session;
-	gnutls_certificate_server_set_request(t->session, GNUTLS_CERT_IGNORE);
+	if (flags & GNUTLS_SERVER)
+		gnutls_certificate_server_set_request(t->session,
+						      GNUTLS_CERT_IGNORE);
+	if (sni != NULL && sni[0] != '\0') {
+		rc = gnutls_server_name_set(t->session, GNUTLS_NAME_DNS, sni,
+					    strlen(sni));
+		if (rc < 0)
+			goto fail_session;
+	}
 	gnutls_transport_set_ptr(t->session, t);
 	gnutls_transport_set_pull_function(t->session, tls_pull);
 	gnutls_transport_set_push_function(t->session, tls_push);
@@ -98,6 +108,11 @@ fail:
 	t->session = NULL;
 	t->error = gnutls_strerror(rc);
 	return MTA_ETLS;
+}
+
+int mta_tls_server_init(struct mta_tls *t, const struct mta_tls_creds *c)
+{
+	return session_init(t, GNUTLS_SERVER, c, NULL);
 }
 
 void mta_tls_free(struct mta_tls *t)
@@ -234,36 +249,7 @@ int mta_tls_creds_client(const char *ca_file, struct mta_tls_creds **out,
 int mta_tls_client_init(struct mta_tls *t, const struct mta_tls_creds *c,
 			const char *sni)
 {
-	int rc;
-
-	memset(t, 0, sizeof(*t));
-	rc = gnutls_init(&t->session, GNUTLS_CLIENT | GNUTLS_NONBLOCK);
-	if (rc < 0)
-		goto fail;
-	rc = gnutls_set_default_priority(t->session);
-	if (rc < 0)
-		goto fail_session;
-	rc = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE,
-				    c->cred);
-	if (rc < 0)
-		goto fail_session;
-	if (sni != NULL && sni[0] != '\0') {
-		rc = gnutls_server_name_set(t->session, GNUTLS_NAME_DNS, sni,
-					    strlen(sni));
-		if (rc < 0)
-			goto fail_session;
-	}
-	gnutls_transport_set_ptr(t->session, t);
-	gnutls_transport_set_pull_function(t->session, tls_pull);
-	gnutls_transport_set_push_function(t->session, tls_push);
-	return 0;
-
-fail_session:
-	gnutls_deinit(t->session);
-fail:
-	t->session = NULL;
-	t->error = gnutls_strerror(rc);
-	return MTA_ETLS;
+	return session_init(t, GNUTLS_CLIENT, c, sni);
 }
 
 int mta_tls_verify_webpki(struct mta_tls *t, const char *host, char *why,
