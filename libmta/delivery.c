@@ -119,6 +119,7 @@ struct conn {
 	/* policy: per destination, then per host (DESIGN.md "Outbound
 	 * policy") */
 	bool mx_secure;	 /* the MX RRset (or its absence) validated */
+	char nexthop_cname[MTA_DNS_NAME_MAX]; /* CNAME-expanded domain */
 	int table_level; /* tls.policy_file entry, or -1 */
 	int level;	 /* effective level for the current host */
 	int dane;	 /* 0 none, 1 usable TLSA, 2 only unusable TLSA */
@@ -771,7 +772,7 @@ static bool verify_tls(struct conn *c, const char *host)
 	char why[512];
 
 	if (c->dane == 1) {
-		const char *nexthop[1] = {c->dest->name};
+		const char *nexthop[2] = {c->dest->name, c->nexthop_cname};
 		struct mta_dane_query q = {0};
 		struct mta_dane_result r;
 		size_t n = 0;
@@ -782,7 +783,9 @@ static bool verify_tls(struct conn *c, const char *host)
 		q.ntlsa = c->ntlsa;
 		q.base = c->tlsa_base;
 		q.nexthop = c->dest->relay ? NULL : nexthop;
-		q.nnexthop = c->dest->relay ? 0 : 1;
+		q.nnexthop = c->dest->relay		 ? 0
+			     : c->nexthop_cname[0] != '\0' ? 2
+							   : 1;
 		q.now = time(NULL);
 		memset(&r, 0, sizeof(r));
 		(void)mta_dane_verify(&q, &r);
@@ -1467,6 +1470,11 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 
 	c->q = NULL;
 	c->mx_secure = res->dnssec == MTA_DNSSEC_SECURE;
+	if (res->cname && res->canonical != NULL &&
+	    res->dnssec == MTA_DNSSEC_SECURE)
+		/* DANE-86: the expanded next-hop name is a reference name */
+		snprintf(c->nexthop_cname, sizeof(c->nexthop_cname), "%s",
+			 res->canonical);
 	if (!c->d->dnssec_ok && !c->mx_secure &&
 	    (res->status == MTA_DNS_OK || res->status == MTA_DNS_NODATA ||
 	     res->status == MTA_DNS_NXDOMAIN)) {
