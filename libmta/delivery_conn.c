@@ -1,0 +1,1212 @@
+/*
+ * delivery_conn.c - one outbound connection of the delivery module: route
+ * (MX, addresses), per-host TLS policy (policy table, DANE, MTA-STS),
+ * TCP, STARTTLS and the SMTP client engine.  See delivery.h.
+ */
+#include "delivery_int.h"
+
+static void conn_drive(struct conn *c);
+static void conn_next_addr(struct conn *c);
+static void conn_next_host(struct conn *c);
+static void host_ready(struct conn *c);
+static void on_mx(const struct mta_dns_result *res, void *ud);
+static void sts_testing_failure(struct conn *c, const char *what,
+				const char *why);
+
+/* ---- connections: plumbing ------------------------------------------ */
+
+static void conn_free(struct conn *c)
+{
+	struct mta_delivery *d = c->d;
+	struct dest *ds = c->dest;
+
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		d->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	d->nconn--;
+	ds->nconn--;
+	free(c->tlsa_data);
+	free(c->sts);
+	free(c);
+	if (!d->stopping)
+		dlv_dest_pump(d, ds);
+	dlv_dest_maybe_free(d, ds);
+	/* a freed slot may let another destination start */
+	if (!d->stopping)
+		for (struct dest *o = d->dests; o; o = o->next)
+			if (o->nq > 0)
+				dlv_dest_pump(d, o);
+	dlv_maybe_stopped(d);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+	struct conn *c = h->data;
+	conn_free(c);
+}
+
+/* The connection is finished for good (after its socket closed). */
+static void conn_end(struct conn *c)
+{
+	struct job *j = c->job;
+
+	c->job = NULL;
+	if (j != NULL) {
+		/* undecided recipients wait for the next round */
+		dlv_job_finish(j, c->lcode, c->lstatus[0] ? c->lstatus : "4.4.1",
+			   c->ltext[0] ? c->ltext : "delivery interrupted",
+			   c->relay[0] ? c->relay : NULL, c->ltls, c->lauth);
+	}
+	if (c->q != NULL) {
+		mta_dns_cancel(c->q);
+		c->q = NULL;
+	}
+	if (c->sq != NULL) {
+		mta_mtasts_cancel(c->sq);
+		c->sq = NULL;
+	}
+	c->phase = C_CLOSING;
+	uv_timer_stop(&c->timer);
+	uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+}
+
+static void set_error(struct conn *c, int code, const char *status,
+		      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void set_error(struct conn *c, int code, const char *status,
+		      const char *fmt, ...)
+{
+	va_list ap;
+	c->lcode = code;
+	snprintf(c->ltls, sizeof(c->ltls), "%s",
+		 c->tls_on && c->tls.handshake_done ? c->tls_desc : "");
+	snprintf(c->lauth, sizeof(c->lauth), "%s", c->auth);
+	snprintf(c->lstatus, sizeof(c->lstatus), "%s", status);
+	va_start(ap, fmt);
+	vsnprintf(c->ltext, sizeof(c->ltext), fmt, ap);
+	va_end(ap);
+}
+
+static void on_tcp_closed(uv_handle_t *h)
+{
+	struct conn *c = h->data;
+	void (*after)(struct conn *) = c->after_close;
+
+	c->tcp_open = false;
+	c->after_close = NULL;
+	if (c->smtpc_live) {
+		mta_smtpc_free(&c->smtpc);
+		c->smtpc_live = false;
+	}
+	if (c->tls_on) {
+		mta_tls_free(&c->tls);
+		c->tls_on = false;
+	}
+	c->write_pending = 0;
+	if (after)
+		after(c);
+}
+
+void dlv_conn_close(struct conn *c, void (*after)(struct conn *c))
+{
+	uv_timer_stop(&c->timer);
+	if (!c->tcp_open) {
+		after(c);
+		return;
+	}
+	c->after_close = after;
+	if (!uv_is_closing((uv_handle_t *)&c->tcp))
+		uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+}
+
+static void after_close_next_addr(struct conn *c)
+{
+	if (c->d->stopping) {
+		conn_end(c);
+		return;
+	}
+	c->ai++;
+	conn_next_addr(c);
+}
+
+void dlv_after_close_end(struct conn *c)
+{
+	conn_end(c);
+}
+
+/* The current host failed: try the next address or host. */
+static void conn_host_failed(struct conn *c)
+{
+	c->phase = C_HOSTS; /* late connect/read callbacks are ignored */
+	if (c->job)
+		dlv_job_reopen(c->job);
+	dlv_conn_close(c, after_close_next_addr);
+}
+
+struct wreq {
+	uv_write_t req;
+	struct conn *c;
+	size_t len;
+	uint8_t data[];
+};
+
+static void on_write(uv_write_t *req, int status)
+{
+	struct wreq *w = container_of(req, struct wreq, req);
+	struct conn *c = w->c;
+
+	c->write_pending -= w->len;
+	free(w);
+	if (status < 0 || c->phase != C_SMTP)
+		return;
+	if (c->smtpc_live && c->write_pending < WRITE_HIGH / 2)
+		conn_drive(c);
+}
+
+static void conn_write(struct conn *c, const void *p, size_t n)
+{
+	struct wreq *w;
+	uv_buf_t b;
+
+	if (n == 0 || !c->tcp_open || uv_is_closing((uv_handle_t *)&c->tcp))
+		return;
+	w = malloc(sizeof(*w) + n);
+	if (w == NULL)
+		return;
+	w->c = c;
+	w->len = n;
+	memcpy(w->data, p, n);
+	b = uv_buf_init((char *)w->data, (unsigned)n);
+	c->write_pending += n;
+	if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
+		c->write_pending -= n;
+		free(w);
+	}
+}
+
+static void flush_tls(struct conn *c)
+{
+	struct mta_buf out;
+	mta_tls_take_output(&c->tls, &out);
+	conn_write(c, out.data, out.len);
+	mta_buf_free(&out);
+}
+
+/* Engine output to the socket (through TLS once it is up). */
+static void flush_engine(struct conn *c)
+{
+	const uint8_t *p;
+	size_t n = mta_smtpc_output(&c->smtpc, &p);
+
+	if (n == 0)
+		return;
+	if (c->tls_on && c->tls.handshake_done) {
+		if (mta_tls_write(&c->tls, p, n) == 0)
+			flush_tls(c);
+	} else {
+		conn_write(c, p, n);
+	}
+	mta_smtpc_output_consume(&c->smtpc, n);
+}
+
+static void arm_timer(struct conn *c, uint64_t ms);
+static void on_conn_timer(uv_timer_t *t);
+
+/* ---- connections: SMTP session -------------------------------------- */
+
+static int smtpc_tls_for(int level)
+{
+	switch (level) {
+	case MTA_TLS_NONE:
+		return MTA_SMTPC_TLS_NONE;
+	case MTA_TLS_MAY:
+	case MTA_TLS_DANE: /* no usable TLSA: opportunistic */
+		return MTA_SMTPC_TLS_MAY;
+	default:
+		return MTA_SMTPC_TLS_REQUIRE;
+	}
+}
+
+static void start_job(struct conn *c)
+{
+	struct job *j = c->job;
+	size_t *idx = malloc(j->nrcpt * sizeof(*idx));
+	size_t n;
+	uint64_t size = j->m->env.size;
+	int rc;
+
+	if (idx == NULL) {
+		conn_host_failed(c);
+		return;
+	}
+	n = dlv_job_undecided(j, idx);
+	if (n == 0) { /* nothing left (cannot happen): finish */
+		free(idx);
+		c->job = NULL;
+		dlv_job_finish(j, 0, "4.0.0", "", NULL, NULL, NULL);
+		return;
+	}
+	/* the txn borrows idx until TXN_DONE (freed there) */
+	c->txn.env = &j->m->env;
+	c->txn.rcpts = idx;
+	c->txn.nrcpt = n;
+	c->txn.size = size;
+	c->txn_started = true;
+	c->txn_done = false;
+	c->body_off = 0;
+	rc = mta_smtpc_start_txn(&c->smtpc, &c->txn);
+	if (rc != 0) {
+		free(idx);
+		c->txn.rcpts = NULL;
+		c->txn_started = false;
+		set_error(c, 0, "4.3.0", "cannot start transaction: %s",
+			  mta_strerror(rc));
+		conn_host_failed(c);
+	}
+}
+
+/* Maps a txn position back to the job's entry. */
+static size_t job_pos(const struct job *j, size_t env_index)
+{
+	for (size_t i = 0; i < j->nrcpt; i++)
+		if (j->rcpts[i] == env_index)
+			return i;
+	return j->nrcpt;
+}
+
+static void pump_body(struct conn *c)
+{
+	static uint8_t buf[BODY_PIECE];
+	struct job *j = c->job;
+
+	while (j != NULL && mta_smtpc_wants_body(&c->smtpc) &&
+	       c->write_pending < WRITE_HIGH) {
+		size_t got = 0;
+		uint64_t size = j->m->env.size;
+		int rc = mta_spool_read_body(c->d->spool, j->m->qid,
+					     c->body_off, buf, sizeof(buf),
+					     &got);
+		if (rc != 0) {
+			set_error(c, 0, "4.3.0", "spool read failed: %s",
+				  mta_strerror(rc));
+			mta_smtpc_abort(&c->smtpc, "4.3.0", c->ltext);
+			return;
+		}
+		bool last = c->body_off + got >= size;
+		size_t took = mta_smtpc_body(&c->smtpc, buf, got, last);
+		c->body_off += took;
+		flush_engine(c);
+		if (last && took == got)
+			break;
+		if (took == 0 && got > 0)
+			break;
+	}
+}
+
+/* ---- TLS report counters (RFC 8460 result types) ------------------- */
+
+struct count_req {
+	struct mta_commit commit;
+	struct mta_delivery *d;
+	char key[400];
+};
+
+static void on_count_done(struct mta_commit *cm)
+{
+	struct count_req *r = container_of(cm, struct count_req, commit);
+	struct mta_delivery *d = r->d;
+
+	free(r);
+	d->commits_pending--;
+	dlv_maybe_stopped(d);
+}
+
+/* Counts one session result for the destination's TLS report: ptype is
+ * "tlsa" or "sts", result an RFC 8460 result type or
+ * "successful-session". */
+static void tlsrpt_count(struct conn *c, const char *ptype,
+			 const char *result)
+{
+	struct mta_delivery *d = c->d;
+	struct count_req *r;
+	char day[16];
+	time_t now = time(NULL);
+	struct tm tm;
+
+	if (d->stopping || result == NULL)
+		return;
+	r = calloc(1, sizeof(*r));
+	if (r == NULL)
+		return;
+	gmtime_r(&now, &tm);
+	strftime(day, sizeof(day), "%Y-%m-%d", &tm);
+	snprintf(r->key, sizeof(r->key), "%s %s %s %s", day, c->dest->name,
+		 ptype, result);
+	r->d = d;
+	r->commit.kind = MTA_COMMIT_COUNT;
+	r->commit.key = r->key;
+	r->commit.vlen = 1;
+	r->commit.done = on_count_done;
+	d->commits_pending++;
+	mta_writer_submit(d->writer, &r->commit);
+}
+
+/* After the handshake: does this channel meet the host's level? */
+static bool verify_tls(struct conn *c, const char *host)
+{
+	char why[512];
+
+	if (c->dane == 1) {
+		const char *nexthop[2] = {c->dest->name, c->nexthop_cname};
+		struct mta_dane_query q = {0};
+		struct mta_dane_result r;
+		size_t n = 0;
+
+		q.chain = mta_tls_peer_chain(&c->tls, &n);
+		q.nchain = n;
+		q.tlsa = c->tlsa;
+		q.ntlsa = c->ntlsa;
+		q.base = c->tlsa_base;
+		q.nexthop = c->dest->relay ? NULL : nexthop;
+		q.nnexthop = c->dest->relay		 ? 0
+			     : c->nexthop_cname[0] != '\0' ? 2
+							   : 1;
+		q.now = time(NULL);
+		memset(&r, 0, sizeof(r));
+		(void)mta_dane_verify(&q, &r);
+		if (r.outcome == MTA_DANE_MATCH) {
+			snprintf(c->auth, sizeof(c->auth), "dane %u %u %u",
+				 r.usage, r.selector, r.mtype);
+			tlsrpt_count(c, "tlsa", "successful-session");
+			return true;
+		}
+		tlsrpt_count(c, "tlsa",
+			     r.fail != MTA_DANE_FAIL_NONE
+				     ? mta_dane_fail_rpt(r.fail)
+				     : "tlsa-invalid");
+		snprintf(c->auth, sizeof(c->auth), "dane-failed");
+		set_error(c, 0, "4.7.5", "%s",
+			  r.reason[0] ? r.reason : "DANE authentication failed");
+		return false;
+	}
+	if (c->dane == 2) {
+		snprintf(c->auth, sizeof(c->auth), "encrypt (TLSA unusable)");
+		return true;
+	}
+	if (c->sts_host) {
+		bool enforce = c->sts->mode == MTA_STS_MODE_ENFORCE;
+		int rc = MTA_ETLS;
+		if (c->d->webpki)
+			rc = mta_tls_verify_webpki(&c->tls, host, why,
+						   sizeof(why));
+		else
+			snprintf(why, sizeof(why), "no usable tls.ca_file");
+		if (rc == 0) {
+			snprintf(c->auth, sizeof(c->auth), "mta-sts%s id=%s",
+				 enforce ? "" : "-testing", c->sts_id);
+			tlsrpt_count(c, "sts", "successful-session");
+			return true;
+		}
+		tlsrpt_count(c, "sts", "certificate-not-trusted");
+		if (!enforce) {
+			sts_testing_failure(c, "certificate-not-trusted", why);
+			return true;
+		}
+		snprintf(c->auth, sizeof(c->auth), "mta-sts-failed id=%s",
+			 c->sts_id);
+		set_error(c, 0, "4.7.5",
+			  "MTA-STS (id %s): certificate of %s not valid: %s",
+			  c->sts_id, host, why);
+		return false;
+	}
+	if (c->level == MTA_TLS_VERIFY) {
+		if (!c->d->webpki) {
+			set_error(c, 0, "4.7.5",
+				  "TLS verification of %s impossible: no "
+				  "usable tls.ca_file",
+				  host);
+			return false;
+		}
+		if (mta_tls_verify_webpki(&c->tls, host, why, sizeof(why)) !=
+		    0) {
+			snprintf(c->auth, sizeof(c->auth), "verify-failed");
+			set_error(c, 0, "4.7.5",
+				  "certificate of %s not valid: %s", host, why);
+			return false;
+		}
+		snprintf(c->auth, sizeof(c->auth), "verify");
+		return true;
+	}
+	return true;
+}
+
+static void on_event(struct conn *c, enum mta_smtpc_ev ev,
+		     const struct mta_smtpc_event *e)
+{
+	struct job *j = c->job;
+	const char *host = c->hosts[c->hi].name;
+
+	switch (ev) {
+	case MTA_SMTPC_EV_NONE:
+		break;
+	case MTA_SMTPC_EV_STARTTLS:
+		flush_engine(c);
+		if (mta_tls_client_init(&c->tls, c->d->tls,
+					c->dane ? c->tlsa_base : host) != 0) {
+			mta_smtpc_abort(&c->smtpc, "4.7.5",
+					"TLS initialisation failed");
+			break;
+		}
+		c->tls_on = true;
+		if (mta_tls_handshake(&c->tls) == MTA_ETLS)
+			mta_smtpc_abort(&c->smtpc, "4.7.5", c->tls.error);
+		flush_tls(c);
+		break;
+	case MTA_SMTPC_EV_READY:
+		c->any_session = true;
+		if (c->job == NULL && !c->d->stopping)
+			c->job = dlv_dest_take(c->dest);
+		if (c->job != NULL) {
+			start_job(c);
+		} else {
+			mta_smtpc_quit(&c->smtpc);
+		}
+		break;
+	case MTA_SMTPC_EV_NEED_BODY:
+		pump_body(c);
+		break;
+	case MTA_SMTPC_EV_RCPT_RESULT: {
+		if (j == NULL || e->index >= c->txn.nrcpt)
+			break;
+		size_t r = c->txn.rcpts[e->index];
+		size_t pos = job_pos(j, r);
+		int cls = e->status ? e->status[0] - '0' : e->code / 100;
+		if (pos >= j->nrcpt)
+			break;
+		if (cls == 4) {
+			j->rstate[pos] = R_TENTATIVE;
+			j->tcode[pos] = e->code;
+			snprintf(j->tstatus[pos], sizeof(j->tstatus[pos]), "%s",
+				 e->status ? e->status : "4.0.0");
+			free(j->ttext[pos]);
+			j->ttext[pos] = strdup(e->text ? e->text : "");
+		} else {
+			if (cls == 2 && !mta_smtpc_caps(&c->smtpc)->dsn &&
+			    (j->m->env.rcpts[r].notify & MTA_NOTIFY_SUCCESS))
+				j->m->relayed[r] = true;
+			dlv_record(j->m, r, e->code, e->status, e->text, c->relay,
+			       c->tls_on ? c->tls_desc : NULL, c->auth);
+			j->rstate[pos] = R_FINAL;
+		}
+		break;
+	}
+	case MTA_SMTPC_EV_TXN_DONE:
+		free((void *)c->txn.rcpts);
+		c->txn.rcpts = NULL;
+		c->txn_started = false;
+		c->txn_done = true;
+		break;
+	case MTA_SMTPC_EV_FAIL:
+		if (e->status != NULL && strcmp(e->status, "4.7.4") == 0 &&
+		    (c->dane != 0 || c->sts_host))
+			tlsrpt_count(c, c->dane ? "tlsa" : "sts",
+				     "starttls-not-supported");
+		set_error(c, e->code, e->status ? e->status : "4.4.2", "%s",
+			  e->text ? e->text : "connection failed");
+		if (j != NULL)
+			dlv_job_reopen(j);
+		c->txn_done = false;
+		break;
+	case MTA_SMTPC_EV_CLOSED:
+		break;
+	}
+}
+
+/* Runs engine events until it has nothing more to say. */
+static void conn_drive(struct conn *c)
+{
+	struct mta_smtpc_event e;
+	enum mta_smtpc_ev ev;
+	size_t n;
+
+	if (c->in_drive || !c->smtpc_live)
+		return;
+	c->in_drive = true;
+	for (;;) {
+		memset(&e, 0, sizeof(e));
+		ev = mta_smtpc_feed(&c->smtpc, NULL, 0, &n, &e);
+		if (ev == MTA_SMTPC_EV_NONE)
+			break;
+		if (ev == MTA_SMTPC_EV_READY && c->txn_done && c->job) {
+			/* previous transaction over without a host failure */
+			struct job *j = c->job;
+			c->job = NULL;
+			c->txn_done = false;
+			dlv_job_finish(j, 0, "4.0.0", "", c->relay,
+				   c->tls_on ? c->tls_desc : NULL, c->auth);
+		}
+		on_event(c, ev, &e);
+		if (ev == MTA_SMTPC_EV_CLOSED || ev == MTA_SMTPC_EV_FAIL)
+			break;
+	}
+	flush_engine(c);
+	if (mta_smtpc_in_tls(&c->smtpc) == false && c->tls_on &&
+	    !c->tls.handshake_done) {
+		/* handshake in progress: nothing more to drive */
+	} else if (ev == MTA_SMTPC_EV_NEED_BODY ||
+		   mta_smtpc_wants_body(&c->smtpc)) {
+		pump_body(c);
+	}
+	c->in_drive = false;
+	if (ev == MTA_SMTPC_EV_FAIL || ev == MTA_SMTPC_EV_CLOSED ||
+	    mta_smtpc_closed(&c->smtpc)) {
+		/* drain the last engine events (CLOSED after FAIL) */
+		while (mta_smtpc_feed(&c->smtpc, NULL, 0, &n, &e) !=
+		       MTA_SMTPC_EV_NONE)
+			;
+		flush_engine(c);
+		if (c->job != NULL && c->txn_done) {
+			/* tentative results of a finished transaction on a
+			 * host that then failed: try them elsewhere */
+			dlv_job_reopen(c->job);
+		}
+		c->txn_done = false;
+		if (c->job != NULL) {
+			conn_host_failed(c);
+		} else {
+			c->phase = C_CLOSING;
+			dlv_conn_close(c, dlv_after_close_end);
+		}
+		return;
+	}
+	arm_timer(c, mta_smtpc_timeout_ms(&c->smtpc));
+}
+
+static void conn_input(struct conn *c, const uint8_t *p, size_t len)
+{
+	struct mta_smtpc_event e;
+	size_t off = 0;
+
+	while (off < len && c->smtpc_live && !mta_smtpc_closed(&c->smtpc)) {
+		size_t n = 0;
+		enum mta_smtpc_ev ev;
+
+		memset(&e, 0, sizeof(e));
+		ev = mta_smtpc_feed(&c->smtpc, p + off, len - off, &n, &e);
+		off += n;
+		if (ev == MTA_SMTPC_EV_NONE) {
+			flush_engine(c);
+			if (n == 0)
+				continue;
+			continue;
+		}
+		if (ev == MTA_SMTPC_EV_READY && c->txn_done && c->job) {
+			struct job *j = c->job;
+			c->job = NULL;
+			c->txn_done = false;
+			dlv_job_finish(j, 0, "4.0.0", "", c->relay,
+				   c->tls_on ? c->tls_desc : NULL, c->auth);
+		}
+		on_event(c, ev, &e);
+		if (ev == MTA_SMTPC_EV_STARTTLS)
+			return; /* the rest was plaintext after 220: dropped */
+		if (ev == MTA_SMTPC_EV_FAIL || ev == MTA_SMTPC_EV_CLOSED)
+			break;
+	}
+	conn_drive(c);
+}
+
+static void tls_input(struct conn *c, const uint8_t *p, size_t len)
+{
+	uint8_t plain[16384];
+	int rc;
+
+	if (mta_tls_feed(&c->tls, p, len) != 0) {
+		mta_smtpc_abort(&c->smtpc, "4.3.0", "out of memory");
+		conn_drive(c);
+		return;
+	}
+	if (!c->tls.handshake_done) {
+		rc = mta_tls_handshake(&c->tls);
+		flush_tls(c);
+		if (rc == MTA_EAGAIN)
+			return;
+		if (rc != 0) {
+			char why[300];
+			snprintf(why, sizeof(why), "TLS handshake with %s failed: %s",
+				 c->hosts[c->hi].name, c->tls.error);
+			set_error(c, 0, "4.7.5", "%s", why);
+			mta_smtpc_abort(&c->smtpc, "4.7.5", why);
+			conn_drive(c);
+			return;
+		}
+		mta_tls_describe(&c->tls, c->tls_desc, sizeof(c->tls_desc));
+		if (!verify_tls(c, c->hosts[c->hi].name)) {
+			mta_smtpc_abort(&c->smtpc, c->lstatus, c->ltext);
+			conn_drive(c);
+			return;
+		}
+		mta_smtpc_tls_started(&c->smtpc);
+		conn_drive(c);
+	}
+	for (;;) {
+		size_t got = 0;
+		rc = mta_tls_read(&c->tls, plain, sizeof(plain), &got);
+		if (rc == MTA_EAGAIN)
+			break;
+		if (rc != 0) {
+			mta_smtpc_eof(&c->smtpc);
+			conn_drive(c);
+			return;
+		}
+		conn_input(c, plain, got);
+		if (!c->smtpc_live || c->phase != C_SMTP)
+			return;
+	}
+	flush_tls(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	static char rbuf[65536];
+	(void)h;
+	(void)hint;
+	*buf = uv_buf_init(rbuf, sizeof(rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct conn *c = s->data;
+
+	if (nread == 0 || c->phase != C_SMTP)
+		return;
+	if (nread < 0) {
+		uv_read_stop(s);
+		mta_smtpc_eof(&c->smtpc);
+		conn_drive(c);
+		return;
+	}
+	if (c->tls_on)
+		tls_input(c, (const uint8_t *)buf->base, (size_t)nread);
+	else
+		conn_input(c, (const uint8_t *)buf->base, (size_t)nread);
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+	struct conn *c = t->data;
+
+	if (c->phase == C_CONNECTING) {
+		set_error(c, 0, "4.4.1", "connect to %s: timed out", c->relay);
+		uv_cancel((uv_req_t *)&c->creq); /* no-op for connects */
+		conn_host_failed(c);
+		return;
+	}
+	if (c->phase == C_SMTP && c->smtpc_live) {
+		mta_smtpc_timeout(&c->smtpc);
+		conn_drive(c);
+	}
+}
+
+static void arm_timer(struct conn *c, uint64_t ms)
+{
+	if (ms == 0)
+		ms = 300000;
+	uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+	struct conn *c = req->data;
+	struct mta_logline ll;
+
+	if (c->phase != C_CONNECTING)
+		return; /* timed out; the handle is closing */
+	if (status < 0) {
+		set_error(c, 0, "4.4.1", "connect to %s: %s", c->relay,
+			  uv_strerror(status));
+		mta_log_begin(&ll, MTA_LOG_INFO, "connect_failed");
+		mta_log_str(&ll, "relay", c->relay);
+		mta_log_str(&ll, "error", uv_strerror(status));
+		mta_log_end(&ll);
+		conn_host_failed(c);
+		return;
+	}
+	c->phase = C_SMTP;
+	if (mta_smtpc_init(&c->smtpc, &c->scfg) != 0) {
+		set_error(c, 0, "4.3.0", "client engine init failed");
+		conn_host_failed(c);
+		return;
+	}
+	c->smtpc_live = true;
+	uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+	arm_timer(c, mta_smtpc_timeout_ms(&c->smtpc));
+}
+
+static void conn_next_addr(struct conn *c)
+{
+	struct mta_delivery *d = c->d;
+	char ip[INET6_ADDRSTRLEN];
+	struct sockaddr_storage *sa;
+	unsigned port = c->hosts[c->hi].port;
+
+	if (d->stopping) {
+		conn_end(c);
+		return;
+	}
+	if (c->ai >= c->naddrs) {
+		c->hi++;
+		conn_next_host(c);
+		return;
+	}
+	sa = &c->addrs[c->ai];
+	if (sa->ss_family == AF_INET6) {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)sa;
+		a6->sin6_port = htons((uint16_t)port);
+		uv_ip6_name(a6, ip, sizeof(ip));
+	} else {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)sa;
+		a4->sin_port = htons((uint16_t)port);
+		uv_ip4_name(a4, ip, sizeof(ip));
+	}
+	snprintf(c->relay, sizeof(c->relay), "%s[%s]:%u",
+		 c->hosts[c->hi].name, ip, port);
+	c->tls_desc[0] = '\0';
+	uv_tcp_init(d->loop, &c->tcp);
+	c->tcp.data = c;
+	c->tcp_open = true;
+	c->phase = C_CONNECTING;
+	c->creq.data = c;
+	if (uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)sa,
+			   on_connect) != 0) {
+		set_error(c, 0, "4.4.1", "connect to %s failed", c->relay);
+		conn_host_failed(c);
+		return;
+	}
+	arm_timer(c, (uint64_t)d->cfg->connect_timeout * 1000u);
+}
+
+/* The level this host gets once its TLSA records (if any) are known. */
+static void host_ready(struct conn *c)
+{
+	int tl = c->table_level;
+	bool dane_ok = tl < 0 || tl == MTA_TLS_DANE || tl == MTA_TLS_DANE_ONLY;
+	const char *host = c->hosts[c->hi].name;
+
+	if (c->dane != 0 && dane_ok) {
+		/* RFC 7672 §2.2: usable TLSA make authentication mandatory;
+		 * only unusable ones still make TLS mandatory */
+		c->level = c->dane == 1 ? MTA_TLS_DANE_ONLY : MTA_TLS_ENCRYPT;
+	} else {
+		c->dane = 0;
+		c->level = tl >= 0 ? tl : c->d->level;
+		if (c->level == MTA_TLS_DANE_ONLY) {
+			set_error(c, 0, "4.7.5",
+				  "DANE required for %s but it has no usable "
+				  "DNSSEC-signed TLSA records",
+				  host);
+			c->hi++;
+			conn_next_host(c);
+			return;
+		}
+	}
+	/* MTA-STS where DANE does not apply (DANE wins: DESIGN.md, also
+	 * over the policy's mx patterns) */
+	c->sts_host = c->dane == 0 && c->sts != NULL && c->table_level < 0;
+	if (c->sts_host && !mta_sts_mx_match(c->sts, host)) {
+		if (c->sts->mode == MTA_STS_MODE_ENFORCE) {
+			/* RFC 8461 §5.1: a per-host temporary failure; no
+			 * connection is made */
+			tlsrpt_count(c, "sts", "validation-failure");
+			set_error(c, 0, "4.7.5",
+				  "mta-sts mx mismatch: %s is not allowed by "
+				  "the MTA-STS policy of %s (id %s)",
+				  host, c->dest->name, c->sts_id);
+			c->hi++;
+			conn_next_host(c);
+			return;
+		}
+		tlsrpt_count(c, "sts", "validation-failure");
+		sts_testing_failure(c, "validation-failure",
+				    "MX host not in the policy");
+	}
+	if (c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE)
+		c->level = MTA_TLS_VERIFY;
+	c->scfg.tls = smtpc_tls_for(c->level);
+	if (c->dest->relay && c->d->auth_user != NULL)
+		c->scfg.tls = MTA_SMTPC_TLS_REQUIRE;
+	snprintf(c->auth, sizeof(c->auth), "none");
+	conn_next_addr(c);
+}
+
+static void tlsa_lookup(struct conn *c);
+
+static void on_tlsa(const struct mta_dns_result *res, void *ud)
+{
+	struct conn *c = ud;
+	size_t total = 0, off = 0;
+
+	c->q = NULL;
+	if (res->status == MTA_DNS_OK && res->dnssec == MTA_DNSSEC_SECURE) {
+		size_t n = res->count < MTA_DANE_TLSA_MAX ? res->count
+							  : MTA_DANE_TLSA_MAX;
+		for (size_t i = 0; i < n; i++)
+			total += res->tlsa[i].len;
+		free(c->tlsa_data);
+		c->tlsa_data = malloc(total + 1);
+		if (c->tlsa_data == NULL) {
+			set_error(c, 0, "4.3.0", "out of memory");
+			c->hi++;
+			conn_next_host(c);
+			return;
+		}
+		for (size_t i = 0; i < n; i++) {
+			c->tlsa[i] = res->tlsa[i];
+			memcpy(c->tlsa_data + off, res->tlsa[i].data,
+			       res->tlsa[i].len);
+			c->tlsa[i].data = c->tlsa_data + off;
+			off += res->tlsa[i].len;
+		}
+		c->ntlsa = n;
+		c->dane = mta_dane_count_usable(c->tlsa, n) > 0 ? 1 : 2;
+		host_ready(c);
+		return;
+	}
+	if (res->status == MTA_DNS_TEMPFAIL || res->status == MTA_DNS_BOGUS ||
+	    (res->status == MTA_DNS_OK &&
+	     res->dnssec != MTA_DNSSEC_INSECURE)) {
+		/* RFC 7672 §2.1.1: no connection to this host */
+		set_error(c, 0, "4.4.3",
+			  "TLSA lookup for _%u._tcp.%s failed (%s): host "
+			  "not used",
+			  c->hosts[c->hi].port, c->tlsa_base,
+			  res->why ? res->why : mta_dnssec_name(res->dnssec));
+		c->hi++;
+		conn_next_host(c);
+		return;
+	}
+	/* no TLSA here (or an insecure answer): the other candidate, else
+	 * no DANE for this host */
+	if (c->tlsa_alt[0] != '\0') {
+		memcpy(c->tlsa_base, c->tlsa_alt, sizeof(c->tlsa_base));
+		c->tlsa_alt[0] = '\0';
+		tlsa_lookup(c);
+		return;
+	}
+	c->dane = 0;
+	host_ready(c);
+}
+
+static void tlsa_lookup(struct conn *c)
+{
+	char owner[MTA_DNS_NAME_MAX + 32];
+	int rc;
+
+	snprintf(owner, sizeof(owner), "_%u._tcp.%s", c->hosts[c->hi].port,
+		 c->tlsa_base);
+	rc = mta_dns_tlsa(c->d->dns, owner, on_tlsa, c, &c->q);
+	if (rc != 0) {
+		set_error(c, 0, "4.4.3", "TLSA lookup for %s failed: %s",
+			  owner, mta_strerror(rc));
+		c->hi++;
+		conn_next_host(c);
+	}
+}
+
+/* Addresses known: decide whether DANE applies to this host (DESIGN.md
+ * "Outbound policy" step 2, RFC 7672 §2.2.1-2.2.2). */
+static void host_policy_start(struct conn *c, const struct mta_dns_result *res)
+{
+	int tl = c->table_level;
+	const char *host = c->hosts[c->hi].name;
+	bool want = tl < 0 || tl == MTA_TLS_DANE || tl == MTA_TLS_DANE_ONLY;
+
+	c->dane = 0;
+	c->ntlsa = 0;
+	c->tlsa_base[0] = c->tlsa_alt[0] = '\0';
+	if (!want || !c->mx_secure) {
+		host_ready(c);
+		return;
+	}
+	if (res->cname && res->canonical != NULL) {
+		if (res->dnssec == MTA_DNSSEC_SECURE) {
+			/* expanded name first, then the original */
+			snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
+				 res->canonical);
+			snprintf(c->tlsa_alt, sizeof(c->tlsa_alt), "%s", host);
+		} else if (res->initial_dnssec == MTA_DNSSEC_SECURE) {
+			/* secure CNAME, insecure target: the original name */
+			snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
+				 host);
+		}
+	} else if (res->dnssec == MTA_DNSSEC_SECURE) {
+		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s", host);
+	}
+	if (c->tlsa_base[0] == '\0') {
+		host_ready(c); /* insecure address records: no DANE */
+		return;
+	}
+	tlsa_lookup(c);
+}
+
+static void on_addr(const struct mta_dns_result *res, void *ud)
+{
+	struct conn *c = ud;
+	const char *host = c->hosts[c->hi].name;
+
+	c->q = NULL;
+	c->naddrs = c->ai = 0;
+	if (res->status == MTA_DNS_OK) {
+		for (size_t i = 0; i < res->count && c->naddrs < MAX_ADDRS;
+		     i++)
+			c->addrs[c->naddrs++] = res->addr[i];
+	}
+	if (c->naddrs == 0) {
+		if (res->status == MTA_DNS_TEMPFAIL ||
+		    res->status == MTA_DNS_BOGUS)
+			set_error(c, 0, "4.4.3",
+				  "address lookup for %s failed: %s", host,
+				  res->why ? res->why : "error");
+		else
+			set_error(c, 0, "4.4.4",
+				  "no address records for %s", host);
+		c->hi++;
+		conn_next_host(c);
+		return;
+	}
+	host_policy_start(c, res);
+}
+
+static bool parse_literal(const char *host, struct sockaddr_storage *ss)
+{
+	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+	char buf[64];
+	size_t n = strlen(host);
+
+	memset(ss, 0, sizeof(*ss));
+	if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n < sizeof(buf)) {
+		memcpy(buf, host + 1, n - 2);
+		buf[n - 2] = '\0';
+		host = buf;
+		if (strncasecmp(host, "IPv6:", 5) == 0)
+			host += 5;
+	}
+	if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		return true;
+	}
+	if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		return true;
+	}
+	return false;
+}
+
+static void conn_next_host(struct conn *c)
+{
+	struct mta_delivery *d = c->d;
+	int rc;
+
+	if (d->stopping) {
+		conn_end(c);
+		return;
+	}
+	if (c->hi >= c->nhosts) {
+		/* every host failed */
+		struct job *j = c->job;
+		c->job = NULL;
+		if (c->lstatus[0] == '\0')
+			set_error(c, 0, "4.4.1", "no usable mail server");
+		if (j != NULL)
+			dlv_job_finish(j, c->lcode, c->lstatus, c->ltext,
+				   c->relay[0] ? c->relay : NULL, c->ltls,
+				   c->lauth);
+		if (!c->any_session)
+			dlv_dest_fail_all(c->dest, c->lcode, c->lstatus, c->ltext,
+				      c->relay[0] ? c->relay : NULL);
+		conn_end(c);
+		return;
+	}
+	c->phase = C_HOSTS;
+	snprintf(c->auth, sizeof(c->auth), "none");
+	if (parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
+		c->naddrs = 1;
+		c->ai = 0;
+		c->dane = 0;
+		host_ready(c); /* no DNS name: no DANE */
+		return;
+	}
+	rc = mta_dns_addr(d->dns, c->hosts[c->hi].name, on_addr, c, &c->q);
+	if (rc != 0) {
+		set_error(c, 0, "4.4.3", "address lookup for %s failed: %s",
+			  c->hosts[c->hi].name, mta_strerror(rc));
+		c->hi++;
+		conn_next_host(c);
+	}
+}
+
+static void on_mx(const struct mta_dns_result *res, void *ud)
+{
+	struct conn *c = ud;
+	struct dest *ds = c->dest;
+	unsigned port = c->d->cfg->delivery_port;
+	struct job *j;
+
+	c->q = NULL;
+	c->mx_secure = res->dnssec == MTA_DNSSEC_SECURE;
+	if (res->cname && res->canonical != NULL &&
+	    res->dnssec == MTA_DNSSEC_SECURE)
+		/* DANE-86: the expanded next-hop name is a reference name */
+		snprintf(c->nexthop_cname, sizeof(c->nexthop_cname), "%s",
+			 res->canonical);
+	if (!c->d->dnssec_ok && !c->mx_secure &&
+	    (res->status == MTA_DNS_OK || res->status == MTA_DNS_NODATA ||
+	     res->status == MTA_DNS_NXDOMAIN)) {
+		/* fail closed: without working validation an "insecure"
+		 * answer may be a stripped secure one */
+		set_error(c, 0, "4.4.3",
+			  "DNSSEC validation is not working (self-test "
+			  "failed): %s not resolved securely",
+			  ds->name);
+		goto fail_all;
+	}
+	switch (res->status) {
+	case MTA_DNS_OK:
+		if (res->null_mx) {
+			set_error(c, 0, "5.1.10",
+				  "domain %s does not accept mail (null MX)",
+				  ds->name);
+			goto fail_all;
+		}
+		for (size_t i = 0; i < res->count && c->nhosts < MAX_HOSTS;
+		     i++) {
+			snprintf(c->hosts[c->nhosts].name,
+				 sizeof(c->hosts[0].name), "%s",
+				 res->mx[i].host);
+			c->hosts[c->nhosts++].port = port;
+		}
+		break;
+	case MTA_DNS_NODATA: /* no MX: the domain itself (RFC 5321 §5.1) */
+		snprintf(c->hosts[0].name, sizeof(c->hosts[0].name), "%s",
+			 ds->name);
+		c->hosts[0].port = port;
+		c->nhosts = 1;
+		break;
+	case MTA_DNS_NXDOMAIN:
+		set_error(c, 0, "5.1.2", "domain %s not found", ds->name);
+		goto fail_all;
+	default:
+		set_error(c, 0, "4.4.3", "MX lookup for %s failed: %s",
+			  ds->name, res->why ? res->why : "error");
+		goto fail_all;
+	}
+	if (c->nhosts == 0) {
+		set_error(c, 0, "4.4.4", "no mail servers for %s", ds->name);
+		goto fail_all;
+	}
+	c->hi = 0;
+	conn_next_host(c);
+	return;
+
+fail_all:
+	j = c->job;
+	c->job = NULL;
+	if (j != NULL)
+		dlv_job_finish(j, 0, c->lstatus, c->ltext, NULL, NULL, NULL);
+	dlv_dest_fail_all(ds, 0, c->lstatus, c->ltext, NULL);
+	conn_end(c);
+}
+
+static void conn_resolve_mx(struct conn *c)
+{
+	int rc = mta_dns_mx(c->d->dns, c->dest->name, on_mx, c, &c->q);
+
+	if (rc != 0) {
+		struct mta_dns_result res;
+		memset(&res, 0, sizeof(res));
+		res.status = rc == MTA_EDNS ? MTA_DNS_NXDOMAIN
+					    : MTA_DNS_TEMPFAIL;
+		res.why = mta_strerror(rc);
+		on_mx(&res, c);
+	}
+}
+
+/* The destination's MTA-STS policy is known (DESIGN.md step 3). */
+static void on_sts(const struct mta_mtasts_result *r, void *ud)
+{
+	struct conn *c = ud;
+
+	c->sq = NULL;
+	if (r->have && r->policy->mode != MTA_STS_MODE_NONE) {
+		c->sts = malloc(sizeof(*c->sts));
+		if (c->sts != NULL) {
+			*c->sts = *r->policy;
+			snprintf(c->sts_id, sizeof(c->sts_id), "%s",
+				 r->id ? r->id : "");
+		}
+	}
+	conn_resolve_mx(c);
+}
+
+static void sts_testing_failure(struct conn *c, const char *what,
+				const char *why)
+{
+	struct mta_logline ll;
+
+	mta_log_begin(&ll, MTA_LOG_WARN, "sts_testing_failure");
+	mta_log_str(&ll, "domain", c->dest->name);
+	mta_log_str(&ll, "id", c->sts_id);
+	mta_log_str(&ll, "host", c->hosts[c->hi].name);
+	mta_log_str(&ll, "result", what);
+	mta_log_str(&ll, "why", why);
+	mta_log_end(&ll);
+}
+
+void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return;
+	c->d = d;
+	c->dest = ds;
+	c->job = dlv_dest_take(ds);
+	uv_timer_init(d->loop, &c->timer);
+	c->timer.data = c;
+	c->next = d->conns;
+	if (d->conns)
+		d->conns->prev = c;
+	d->conns = c;
+	d->nconn++;
+	ds->nconn++;
+	c->scfg.helo_name = d->cfg->server_hostname;
+	c->table_level = -1;
+	if (d->policy != NULL) {
+		int lv = mta_tlspolicy_lookup(
+			d->policy, ds->relay ? d->relay_host : ds->name, NULL);
+		if (lv >= 0)
+			c->table_level = lv;
+	}
+	if (ds->relay) {
+		c->scfg.auth_user = d->auth_user;
+		c->scfg.auth_pass = d->auth_pass;
+		snprintf(c->hosts[0].name, sizeof(c->hosts[0].name), "%s",
+			 d->relay_host);
+		c->hosts[0].port = d->relay_port;
+		c->nhosts = 1;
+		c->hi = 0;
+		/* a relayhost is a non-MX destination: DANE applies when its
+		 * own address records are secure (RFC 7672 §2.2.2) */
+		c->mx_secure = true;
+		conn_next_host(c);
+		return;
+	}
+	c->phase = C_RESOLVE;
+	if (d->mtasts != NULL && c->table_level < 0 &&
+	    mta_mtasts_lookup(d->mtasts, ds->name, on_sts, c, &c->sq) == 0)
+		return;
+	conn_resolve_mx(c);
+}
