@@ -234,33 +234,22 @@ static int mul_u64(uint64_t *v, uint64_t m)
 	return 0;
 }
 
-static int parse_size(const char *s, uint64_t *out)
+/* A number with an optional one-letter unit suffix from units (the
+ * letters) and mults (their multipliers); no suffix means 1. */
+static int parse_scaled(const char *s, const char *units,
+			const uint64_t *mults, uint64_t *out)
 {
-	const char *e;
+	const char *e, *u;
 	uint64_t v, m = 1;
 
 	if (parse_u64(s, &v, &e) < 0)
 		return -1;
-	switch (*e) {
-	case '\0':
-		break;
-	case 'k':
-	case 'K':
-		m = 1ULL << 10;
+	if (*e != '\0') {
+		u = strchr(units, *e);
+		if (u == NULL)
+			return -1;
+		m = mults[u - units];
 		e++;
-		break;
-	case 'm':
-	case 'M':
-		m = 1ULL << 20;
-		e++;
-		break;
-	case 'g':
-	case 'G':
-		m = 1ULL << 30;
-		e++;
-		break;
-	default:
-		return -1;
 	}
 	if (*e != '\0' || mul_u64(&v, m) < 0)
 		return -1;
@@ -268,38 +257,17 @@ static int parse_size(const char *s, uint64_t *out)
 	return 0;
 }
 
+static int parse_size(const char *s, uint64_t *out)
+{
+	static const uint64_t m[] = {1ULL << 10, 1ULL << 10, 1ULL << 20,
+				     1ULL << 20, 1ULL << 30, 1ULL << 30};
+	return parse_scaled(s, "kKmMgG", m, out);
+}
+
 static int parse_duration(const char *s, uint64_t *out)
 {
-	const char *e;
-	uint64_t v, m = 1;
-
-	if (parse_u64(s, &v, &e) < 0)
-		return -1;
-	switch (*e) {
-	case '\0':
-		break;
-	case 's':
-		e++;
-		break;
-	case 'm':
-		m = 60;
-		e++;
-		break;
-	case 'h':
-		m = 3600;
-		e++;
-		break;
-	case 'd':
-		m = 86400;
-		e++;
-		break;
-	default:
-		return -1;
-	}
-	if (*e != '\0' || mul_u64(&v, m) < 0)
-		return -1;
-	*out = v;
-	return 0;
+	static const uint64_t m[] = {1, 60, 3600, 86400};
+	return parse_scaled(s, "smhd", m, out);
 }
 
 static int parse_port(const char *s, unsigned *out)
