@@ -48,6 +48,7 @@ enum key_type {
 	T_SOCKET,    /* path; empty = <spool.dir>/control.sock -> char * */
 	T_ADDRPORT,  /* one addr:port -> char * (+ http_addr) */
 	T_LOGLEVEL,  /* debug info warn error -> int */
+	T_MAILBOX,   /* local@domain or empty -> char * or NULL */
 };
 
 struct key {
@@ -74,8 +75,11 @@ static const struct key keys[] = {
 	KEY("server", "max_message_size", "36700160", T_SIZE, max_message_size, 1024, 4ULL << 30),
 	KEY("server", "max_recipients", "1000", T_COUNT, max_recipients, 1, 100000),
 	KEY("server", "max_sessions", "1000", T_COUNT, max_sessions, 1, 1000000),
+	KEY("server", "max_sessions_per_client", "50", T_COUNT, max_sessions_per_client, 1, 1000000),
 	KEY("server", "command_timeout", "300s", T_DURATION, command_timeout, 1, 86400),
 	KEY("server", "data_timeout", "600s", T_DURATION, data_timeout, 1, 86400),
+	KEY("server", "message_timeout", "1800s", T_DURATION, message_timeout, 1, 7 * 86400),
+	KEY("server", "postmaster", "", T_MAILBOX, server_postmaster, 0, 0),
 	KEY("server", "tls_cert", "", T_OPTPATH, tls_cert, 0, 0),
 	KEY("server", "tls_key", "", T_OPTPATH, tls_key, 0, 0),
 	KEY("spool", "dir", "/var/spool/mtad", T_PATH, spool_dir, 0, 0),
@@ -313,6 +317,21 @@ static int valid_hostname(const char *s)
 	return 1;
 }
 
+/* "local@domain": a dot-atom local part of printable ASCII without
+ * specials or blanks, and a host name. */
+static int valid_mailbox(const char *s)
+{
+	const char *at = strrchr(s, '@');
+	static const char specials[] = "()<>[]:;@\\,\" ";
+
+	if (at == NULL || at == s || at - s > 64 || !valid_hostname(at + 1))
+		return 0;
+	for (const char *p = s; p < at; p++)
+		if (*p <= ' ' || *p >= 0x7f || strchr(specials, *p) != NULL)
+			return 0;
+	return s[0] != '.' && at[-1] != '.' && strstr(s, "..") == NULL;
+}
+
 /*
  * "a.b.c.d:port" or "[v6]:port" -> sockaddr.  Only numeric addresses: a
  * listener binds to an address, not to whatever a name resolves to today.
@@ -546,6 +565,7 @@ static int is_string_type(enum key_type t)
 	case T_TLSLEVEL:
 	case T_SOCKET:
 	case T_ADDRPORT:
+	case T_MAILBOX:
 		return 1;
 	default:
 		return 0;
@@ -791,6 +811,14 @@ static int check_key(struct loader *ld, struct mta_config *c, size_t i,
 			  "not one of none, may, encrypt, dane, dane-only, "
 			  "verify");
 		return -1;
+	case T_MAILBOX:
+		if (*v == '\0')
+			return 0;
+		if (!valid_mailbox(v)) {
+			value_err(ld, i, v, "not an address local@domain");
+			return -1;
+		}
+		return set_str(ld, c, i, v);
 	case T_ADDRPORT:
 		if (parse_addrport(v, &ss) < 0) {
 			value_err(ld, i, v, "not addr:port or [v6]:port");
@@ -835,6 +863,21 @@ static int finish(struct loader *ld, struct mta_config *c)
 	struct sockaddr_un sun;
 	char why[MAX_VALUE + 128];
 
+	size_t imin = find_key("delivery", "min_backoff");
+	size_t imax = find_key("delivery", "max_backoff");
+
+	if (c->min_backoff > c->max_backoff) {
+		/* blame the one the operator set; both set: the larger */
+		size_t bad = ld->raw[imin].origin != O_DEFAULT ? imin : imax;
+		snprintf(why, sizeof(why), "greater than delivery.max_backoff "
+			 "(%us > %us)", c->min_backoff, c->max_backoff);
+		if (bad == imax)
+			snprintf(why, sizeof(why), "less than delivery."
+				 "min_backoff (%us < %us)", c->max_backoff,
+				 c->min_backoff);
+		value_err(ld, bad, raw_value(ld, bad), why);
+		return -1;
+	}
 	if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
 		size_t set = c->tls_cert ? icert : ikey;
 		size_t unset = c->tls_cert ? ikey : icert;
@@ -1107,10 +1150,29 @@ static int read_env(struct loader *ld, char *const *envp)
 
 /* ------------------------------------------------------------------------ */
 
+void mta_config_where(const struct mta_config *c, const char *section,
+		      const char *key, char *buf, size_t len)
+{
+	size_t i = find_key(section, key);
+	char env[64];
+
+	if (i >= NKEYS || c->origin_kind[i] == O_DEFAULT) {
+		snprintf(buf, len, "default");
+	} else if (c->origin_kind[i] == O_FILE) {
+		snprintf(buf, len, "%s:%d",
+			 c->origin_path ? c->origin_path : "?",
+			 c->origin_line[i]);
+	} else {
+		env_name(&keys[i], env, sizeof(env));
+		snprintf(buf, len, "environment %s", env);
+	}
+}
+
 void mta_config_free(struct mta_config *c)
 {
 	if (c == NULL)
 		return;
+	free(c->origin_path);
 	for (size_t i = 0; i < NKEYS; i++)
 		if (is_string_type(keys[i].type))
 			free(*FIELD(c, &keys[i], char *));
@@ -1148,6 +1210,16 @@ int mta_config_load(const char *path, char *const *envp,
 			goto out;
 	if (finish(ld, c) < 0)
 		goto out;
+	_Static_assert(NKEYS <= MTA_CONFIG_MAX_KEYS, "origin table too small");
+	for (size_t i = 0; i < NKEYS; i++) {
+		c->origin_kind[i] = (unsigned char)ld->raw[i].origin;
+		c->origin_line[i] = ld->raw[i].line;
+	}
+	if (path != NULL && (c->origin_path = strdup(path)) == NULL) {
+		seterr(ld, "out of memory");
+		rc = -ENOMEM;
+		goto out;
+	}
 	*out = c;
 	c = NULL;
 	rc = 0;

@@ -18,6 +18,16 @@
  *	long lists wrapped onto indented continuation lines), so the output of
  *	`mtad --check-config` can be loaded again and gives an equal snapshot.
  *
+ *	mta_config_where() writes where the value of section.key came from,
+ *	in the prefix form of the errors below: "<file>:<line>",
+ *	"environment MTAD_X_Y" or "default" (unknown keys: "default").  It
+ *	lets a later check of a value (a TLS key that does not load, a
+ *	credentials file that cannot be read) name the file and line.
+ *
+ *	Cross-key checks at load: server.tls_cert and server.tls_key both or
+ *	neither; delivery.min_backoff <= delivery.max_backoff; the control
+ *	socket path fits a Unix socket address.
+ *
  *	mta_config_relay_allowed() says whether a client address lies in
  *	server.relay_networks.  An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
  *	is matched against the IPv4 networks as a.b.c.d (and against the IPv6
@@ -81,6 +91,7 @@
 
 #define MTA_CONFIG_MAX_LISTEN 16
 #define MTA_CONFIG_MAX_NETWORKS 64
+#define MTA_CONFIG_MAX_KEYS 96 /* room in the origin table below */
 
 struct mta_cidr {
 	int family; /* AF_INET or AF_INET6 */
@@ -100,8 +111,11 @@ struct mta_config {
 	uint64_t max_message_size;   /* bytes */
 	unsigned max_recipients;      /* server.max_recipients, 1000 */
 	unsigned max_sessions;	      /* server.max_sessions, 1000 */
+	unsigned max_sessions_per_client; /* per client address, 50 */
 	unsigned command_timeout;     /* server.command_timeout s, 300 */
 	unsigned data_timeout;	      /* server.data_timeout s, 600 */
+	unsigned message_timeout;     /* server.message_timeout s, 1800 */
+	char *server_postmaster;      /* server.postmaster or NULL */
 	char *tls_cert;		      /* server.tls_cert or NULL */
 	char *tls_key;		      /* server.tls_key or NULL (both or none) */
 	/* [spool] */
@@ -135,6 +149,10 @@ struct mta_config {
 	struct sockaddr_storage http_addr; /* http.listen, parsed */
 	/* [log] */
 	int log_level; /* enum mta_log_level */
+	/* where each value came from (mta_config_where) */
+	char *origin_path; /* the file loaded, or NULL */
+	unsigned char origin_kind[MTA_CONFIG_MAX_KEYS];
+	int origin_line[MTA_CONFIG_MAX_KEYS];
 };
 
 int mta_config_load(const char *path, char *const *envp,
@@ -143,5 +161,7 @@ void mta_config_free(struct mta_config *c);
 void mta_config_print(const struct mta_config *c, FILE *f);
 bool mta_config_relay_allowed(const struct mta_config *c,
 			      const struct sockaddr *sa);
+void mta_config_where(const struct mta_config *c, const char *section,
+		      const char *key, char *buf, size_t len);
 
 #endif

@@ -27,9 +27,10 @@
 #define REPLY_MAX 1024	      /* one reply line, without CRLF */
 #define ECHO_MAX 400	      /* longest client string echoed in a reply */
 #define HOST_MAX 255	      /* longest hostname put in a reply */
-#define BODY_LINE_MAX 65536u  /* message line, without CRLF */
+#define BODY_LINE_MAX 998u    /* message line, without CRLF (RFC 5322 2.1.1) */
 #define MAX_HOPS 100u	      /* Received headers accepted */
 #define MAX_ERRORS 100u	      /* client-caused 5xx before 421 */
+#define REFUSED_MAX_ERRORS 3u /* the same for a refused session */
 #define LOCAL_MAX 64	      /* RFC 5321 4.5.3.1.1 */
 #define DOMAIN_MAX 255	      /* RFC 5321 4.5.3.1.2 */
 #define LABEL_MAX 63
@@ -137,7 +138,8 @@ reject(struct mta_smtpd *s, struct mta_smtpd_event *ev, const char *verb,
 	code = vreply(s, fmt, ap);
 	va_end(ap);
 	assert(code >= 400);
-	if (code >= 500 && ++s->errors >= MAX_ERRORS) {
+	if (code >= 500 && ++s->errors >= (s->cfg->refused ? REFUSED_MAX_ERRORS
+							  : MAX_ERRORS)) {
 		reply(s, "421 4.7.0 %.*s Too many errors", HOST_MAX, host(s));
 		s->mode = MODE_CLOSED;
 		return fill_ev(s, ev, MTA_SMTPD_EV_CLOSE, 421, verb);
@@ -360,7 +362,9 @@ static enum mta_smtpd_ev body_end(struct mta_smtpd *s,
 				"NUL; use CRLF line endings");
 		break;
 	case V_LONG:
-		code = reply(s, "550 5.6.0 Message line too long");
+		code = reply(s, "550 5.6.0 Message has a line longer than 998 "
+				"octets (RFC 5322 2.1.1); encode the body with "
+				"quoted-printable or base64");
 		break;
 	case V_BIG:
 		code = reply(s, "552 5.3.4 Error: message too big");
@@ -943,8 +947,17 @@ static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
 				     : DEFAULT_MAX_RCPT;
 	if (s->env.nrcpt >= max)
 		return reject(s, ev, V, "452 4.5.3 Error: too many recipients");
-	if (mta_envelope_add_rcpt(&s->env, postmaster ? "Postmaster" : path,
-				  orcpt, notify_raw, notify) == NULL)
+	if (postmaster && s->cfg->postmaster != NULL)
+		path = (char *)s->cfg->postmaster; /* SRV-18: routed there */
+	else if (postmaster)
+		path = (char *)"Postmaster";
+	if (!s->cfg->relay_allowed) {
+		/* no DSN may ever go to a sender a non-relay client claims */
+		orcpt = notify_raw = NULL;
+		notify = 0;
+	}
+	if (mta_envelope_add_rcpt(&s->env, path, orcpt, notify_raw, notify) ==
+	    NULL)
 		return reject(s, ev, V, "452 4.3.1 Insufficient system storage");
 	reply(s, "250 2.1.5 Ok");
 	return MTA_SMTPD_EV_NONE;
@@ -1080,6 +1093,10 @@ static enum mta_smtpd_ev command(struct mta_smtpd *s, char *line,
 		*sp = '\0';
 		arg = sp + 1;
 	}
+	/* RFC 5321 3.1: after a 554 greeting, 503 to all but QUIT */
+	if (s->cfg->refused && strcasecmp(line, "QUIT") != 0)
+		return reject(s, ev, "REFUSED", "503 5.7.1 Error: this server "
+			      "does not serve your address; send QUIT");
 	if (strcasecmp(line, "EHLO") == 0)
 		return cmd_helo(s, arg, ev, true);
 	if (strcasecmp(line, "HELO") == 0)
@@ -1157,6 +1174,7 @@ static enum mta_smtpd_ev line_done(struct mta_smtpd *s,
 {
 	bool bad = s->l_bad, toolong = s->l_long;
 
+	s->progress++;
 	s->line[s->l_len] = '\0';
 	line_reset(s);
 	if (toolong)
@@ -1342,7 +1360,13 @@ void mta_smtpd_free(struct mta_smtpd *s)
 
 void mta_smtpd_greet(struct mta_smtpd *s)
 {
-	reply(s, "220 %.*s ESMTP mtad", HOST_MAX, host(s));
+	if (s->cfg->refused)
+		reply(s, "554 5.7.1 %.*s Relay access denied for [%.*s]: this "
+			 "server relays only for its own networks", HOST_MAX,
+		      host(s), 64,
+		      s->cfg->client_addr != NULL ? s->cfg->client_addr : "");
+	else
+		reply(s, "220 %.*s ESMTP mtad", HOST_MAX, host(s));
 }
 
 enum mta_smtpd_ev mta_smtpd_feed(struct mta_smtpd *s, const uint8_t *in,
@@ -1419,6 +1443,17 @@ void mta_smtpd_take_envelope(struct mta_smtpd *s, struct mta_envelope *out)
 {
 	*out = s->env;
 	mta_envelope_init(&s->env);
+	if (!s->cfg->relay_allowed) {
+		/* mail from outside relay_networks (only to Postmaster) is
+		 * relayed with the null reverse-path: no DSN, no bounce from
+		 * further on, ever reaches the sender it claims
+		 * (docs/security.md, backscatter) */
+		(void)mta_envelope_set_str(&out->sender, "");
+		free(out->envid);
+		free(out->ret_raw);
+		out->envid = out->ret_raw = NULL;
+		out->ret = MTA_RET_NONE;
+	}
 	out->size = s->b_size;
 	(void)mta_envelope_set_str(&out->helo, s->helo);
 	if (s->cfg->client_addr != NULL)
@@ -1432,6 +1467,7 @@ void mta_smtpd_message_done(struct mta_smtpd *s, int result, const char *qid)
 {
 	if (s->mode != MODE_WAIT)
 		return;
+	s->progress++;
 	if (result == 0)
 		reply(s, "250 2.0.0 Ok: queued as %.*s", 64,
 		      qid != NULL ? qid : "");
@@ -1487,6 +1523,22 @@ void mta_smtpd_shutdown(struct mta_smtpd *s)
 bool mta_smtpd_in_data(const struct mta_smtpd *s)
 {
 	return s->mode == MODE_DATA || s->mode == MODE_BDAT;
+}
+
+bool mta_smtpd_in_message(const struct mta_smtpd *s)
+{
+	return s->mode == MODE_DATA || s->mode == MODE_BDAT ||
+	       (s->mode == MODE_CMD && s->bdat_open);
+}
+
+uint32_t mta_smtpd_progress(const struct mta_smtpd *s)
+{
+	return s->progress;
+}
+
+const char *mta_smtpd_sender(const struct mta_smtpd *s)
+{
+	return s->env.sender;
 }
 
 bool mta_smtpd_closed(const struct mta_smtpd *s)

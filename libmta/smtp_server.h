@@ -95,6 +95,24 @@
  *	exceeded" and enters CLOSED; mta_smtpd_shutdown() queues "421 4.3.2
  *	<hostname> Service shutting down" and enters CLOSED.
  *	mta_smtpd_in_data() tells the driver which timeout applies.
+ *	mta_smtpd_in_message() is true from DATA's 354 (or the first BDAT
+ *	chunk) until the message ends: the span of the driver's
+ *	whole-message deadline.  mta_smtpd_progress() counts completed
+ *	command lines and answered messages; the driver starts a new
+ *	command deadline whenever it moves, so bytes trickled into one
+ *	command never extend it.  mta_smtpd_sender() is the reverse-path of
+ *	the transaction in progress (NULL before MAIL), valid until the
+ *	next engine call.
+ *
+ *	Clients outside relay_networks (relay_allowed false) may only send
+ *	to <Postmaster>, which is stored as cfg->postmaster when that is
+ *	set.  Their messages are taken with the null reverse-path and
+ *	without RET, ENVID, NOTIFY or ORCPT, so no DSN is ever generated for
+ *	them and no later bounce can reach the sender they claimed (no
+ *	backscatter).  With cfg->refused the session is refused outright:
+ *	the greeting is "554 5.7.1 ... Relay access denied" (RFC 5321 3.1),
+ *	every command but QUIT gets 503 5.7.1, and the third such reply
+ *	closes the session with 421.
  *
  *	mta_smtpd_received() formats the Received header (RFC 5321 §4.4) for
  *	the current transaction into buf: from <helo> ([client-ip]), by
@@ -123,7 +141,8 @@
  *	recipients cfg->max_recipients (excess: 452 4.5.3); message size
  *	cfg->max_message_size (declared over: 552 5.3.4 at MAIL; actual over:
  *	body discarded to the real end, then 552 5.3.4); 100 Received headers
- *	(554 5.4.6); message line 65536 octets (550 5.6.0); local-part 64,
+ *	(554 5.4.6); message line 998 octets without CRLF (RFC 5322 2.1.1;
+ *	longer: 550 5.6.0 after the real end of data); local-part 64,
  *	domain 255, path 512 octets (501); 100 client-caused 5xx replies
  *	(421 4.7.0, close).  Only <CRLF>.<CRLF> ends DATA.  A bare CR or LF or a NUL
  *	anywhere in the content is rejected after the real end of data with
@@ -166,6 +185,8 @@ struct mta_smtpd_config {
 	unsigned max_recipients;   /* per transaction */
 	bool starttls;		   /* advertise/accept STARTTLS (cert loaded) */
 	bool relay_allowed;	   /* client may relay (relay_networks) */
+	bool refused;		   /* 554 greeting, 503 to all but QUIT */
+	const char *postmaster;	   /* <Postmaster> goes here; NULL: kept */
 	const char *client_addr;   /* printable IP, for Received */
 };
 
@@ -199,6 +220,7 @@ struct mta_smtpd {
 	bool tls;	    /* tls_started() was called */
 	bool hold;	    /* next input byte already processed */
 	unsigned errors;    /* client-caused 5xx replies */
+	uint32_t progress;  /* commands and messages completed */
 
 	/* transaction */
 	struct mta_envelope env;
@@ -245,6 +267,9 @@ void mta_smtpd_tls_started(struct mta_smtpd *s, const char *tls_desc);
 void mta_smtpd_timeout(struct mta_smtpd *s);
 void mta_smtpd_shutdown(struct mta_smtpd *s);
 bool mta_smtpd_in_data(const struct mta_smtpd *s);
+bool mta_smtpd_in_message(const struct mta_smtpd *s);
+uint32_t mta_smtpd_progress(const struct mta_smtpd *s);
+const char *mta_smtpd_sender(const struct mta_smtpd *s);
 bool mta_smtpd_closed(const struct mta_smtpd *s);
 int mta_smtpd_received(const struct mta_smtpd *s, const char *qid, time_t now,
 		       char *buf, size_t len);

@@ -24,6 +24,14 @@ struct session {
 	uint64_t sid;
 	char client[INET6_ADDRSTRLEN];
 	int client_port;
+	uint8_t client_key[16]; /* IPv4 address, or IPv6 /64 prefix */
+	bool trusted;		/* inside relay_networks */
+	bool counted_untrusted; /* in l->nuntrusted (until closing) */
+	/* deadlines, uv_now() milliseconds (arm_timer()) */
+	uint32_t progress_seen;
+	bool in_message;
+	bool got_bytes; /* input arrived since the last arm_timer() */
+	uint64_t cmd_deadline, idle_deadline, msg_deadline;
 	struct mta_smtpd_config scfg;
 	struct mta_smtpd smtpd;
 	struct mta_buf inbuf;
@@ -57,6 +65,8 @@ struct mtad_listener {
 	size_t nservers_open;
 	struct session *sessions;
 	size_t nsessions;
+	size_t nuntrusted; /* sessions from outside relay_networks */
+	size_t nclosing;   /* sessions closing, freed in a moment */
 	uint64_t next_sid;
 	uint32_t qid_seq;
 	bool shutting_down;
@@ -74,6 +84,7 @@ struct wreq {
 };
 
 static void process(struct session *s);
+static void arm_timer(struct session *s);
 static void session_resume(struct session *s);
 static void session_close(struct session *s, const char *reason,
 			  bool graceful);
@@ -197,6 +208,10 @@ static void session_free(struct session *s)
 	if (s->next != NULL)
 		s->next->prev = s->prev;
 	l->nsessions--;
+	if (s->counted_untrusted)
+		l->nuntrusted--;
+	if (s->closing)
+		l->nclosing--;
 	free(s);
 	maybe_done(l);
 }
@@ -234,6 +249,11 @@ static void session_close(struct session *s, const char *reason,
 	if (s->closing)
 		return;
 	s->closing = true;
+	s->l->nclosing++;
+	if (s->counted_untrusted) {
+		s->l->nuntrusted--;
+		s->counted_untrusted = false;
+	}
 	s->close_reason = reason;
 	uv_read_stop((uv_stream_t *)&s->tcp);
 	uv_timer_stop(&s->timer);
@@ -345,6 +365,19 @@ static void submit_message(struct session *s)
 	char desc[128];
 
 	mta_envelope_free(&s->env);
+	if (!s->trusted) {
+		/* the engine relays it with <>: log what the client claimed */
+		const char *claimed = mta_smtpd_sender(&s->smtpd);
+		struct mta_logline cl;
+		mta_log_begin(&cl, MTA_LOG_INFO, "untrusted_message");
+		mta_log_int(&cl, "sid", (long long)s->sid);
+		mta_log_str(&cl, "qid", s->commit.qid);
+		mta_log_str(&cl, "client", s->client);
+		mta_log_fmt(&cl, "claimed_from", "<%s>",
+			    claimed != NULL ? claimed : "");
+		mta_log_str(&cl, "sender", "<>");
+		mta_log_end(&cl);
+	}
 	mta_smtpd_take_envelope(&s->smtpd, &s->env);
 	if (s->body_err != 0) {
 		struct mta_logline ll;
@@ -473,14 +506,14 @@ out:
 		}
 	}
 	s->processing = false;
+	if (!s->closing)
+		arm_timer(s);
 	if (!s->closing && !s->reading && !s->commit_pending &&
 	    s->inbuf.len < MTAD_INBUF_MAX)
 		session_resume(s);
 }
 
 /* ---- input ----------------------------------------------------------- */
-
-static void arm_timer(struct session *s);
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
@@ -565,7 +598,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 			      false);
 		return;
 	}
-	arm_timer(s);
+	s->got_bytes = true; /* the timer is re-armed after processing */
 	if (s->tls_on) {
 		tls_input(s, buf->base, (size_t)nread);
 	} else if (mta_buf_append(&s->inbuf, buf->base, (size_t)nread) != 0) {
@@ -573,7 +606,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	if (!s->closing)
-		process(s);
+		process(s); /* arms the timer for the state it leaves */
 }
 
 static void session_resume(struct session *s)
@@ -589,23 +622,93 @@ static void on_timer(uv_timer_t *t)
 	struct session *s = t->data;
 
 	if (s->commit_pending) { /* our own slowness is not the client's */
-		arm_timer(s);
+		uv_timer_start(&s->timer, on_timer, 1000, 0);
 		return;
 	}
 	mta_smtpd_timeout(&s->smtpd);
 	session_close(s, "timeout", true);
 }
 
+#define REFUSED_TIMEOUT_MS 10000u /* a refused client's time to QUIT */
+
+/*
+ * Arms the session timer for the state the engine is in now.  Called after
+ * every round of processing (never before: the bytes just read may end a
+ * command or a message and change which limit applies).
+ *   command mode: the next command must be complete within
+ *     server.command_timeout of the previous reply; bytes that do not
+ *     complete a command do not extend it (a whole-command deadline, so a
+ *     client trickling one byte at a time cannot hold the session).
+ *   in a message: server.data_timeout of silence ends it, and so does
+ *     server.message_timeout from the 354 (or first BDAT) on, however
+ *     steadily the bytes arrive.
+ */
 static void arm_timer(struct session *s)
 {
 	const struct mta_config *cfg = s->l->cfg;
-	unsigned secs = mta_smtpd_in_data(&s->smtpd) ? cfg->data_timeout
-						      : cfg->command_timeout;
+	uint64_t now = uv_now(s->l->loop), due;
+	uint32_t prog = mta_smtpd_progress(&s->smtpd);
 
-	uv_timer_start(&s->timer, on_timer, (uint64_t)secs * 1000u, 0);
+	if (mta_smtpd_in_message(&s->smtpd)) {
+		if (!s->in_message) {
+			s->in_message = true;
+			s->msg_deadline =
+				now + (uint64_t)cfg->message_timeout * 1000u;
+			s->got_bytes = true;
+		}
+		if (s->got_bytes)
+			s->idle_deadline =
+				now + (uint64_t)cfg->data_timeout * 1000u;
+		due = s->idle_deadline < s->msg_deadline ? s->idle_deadline
+							 : s->msg_deadline;
+	} else {
+		if (s->in_message || prog != s->progress_seen ||
+		    s->cmd_deadline == 0) {
+			uint64_t ms = (uint64_t)cfg->command_timeout * 1000u;
+			if (s->scfg.refused && ms > REFUSED_TIMEOUT_MS)
+				ms = REFUSED_TIMEOUT_MS;
+			s->cmd_deadline = now + ms;
+		}
+		s->in_message = false;
+		due = s->cmd_deadline;
+	}
+	s->progress_seen = prog;
+	s->got_bytes = false;
+	uv_timer_start(&s->timer, on_timer, due > now ? due - now : 0, 0);
 }
 
 /* ---- accepting ------------------------------------------------------- */
+
+/*
+ * Why session s may not start, or NULL.  s is already counted.  Limits:
+ * server.max_sessions in all; server.max_sessions_per_client from one
+ * client (an IPv4 address or an IPv6 /64); and clients outside
+ * relay_networks, who can at most reach Postmaster, share a quarter of
+ * server.max_sessions, so they can never crowd out the clients the relay
+ * serves.  The per-client count walks the session list: O(sessions) per
+ * connection, at most server.max_sessions.
+ */
+static const char *session_limit(struct mtad_listener *l,
+				 const struct session *s)
+{
+	const struct mta_config *cfg = l->cfg;
+	size_t same = 0, untrusted_max = cfg->max_sessions / 4;
+
+	/* sessions already refused and closing do not hold a slot: a burst
+	 * of refused connections must not lock out the next good client */
+	if (l->nsessions - l->nclosing > cfg->max_sessions)
+		return "too many connections";
+	if (!s->trusted && l->nuntrusted > (untrusted_max ? untrusted_max : 1))
+		return "too many connections from outside the relay networks";
+	for (const struct session *o = l->sessions; o != NULL; o = o->next)
+		if (!o->closing &&
+		    memcmp(o->client_key, s->client_key,
+			   sizeof(s->client_key)) == 0)
+			same++;
+	if (same > cfg->max_sessions_per_client)
+		return "too many connections from your address";
+	return NULL;
+}
 
 static void on_connection(uv_stream_t *server, int status)
 {
@@ -637,6 +740,7 @@ static void on_connection(uv_stream_t *server, int status)
 	if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0) {
 		s->close_reason = "accept_failed";
 		s->closing = true;
+		l->nclosing++;
 		close_handles(s);
 		return;
 	}
@@ -647,10 +751,15 @@ static void on_connection(uv_stream_t *server, int status)
 		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
 		uv_ip6_name(a6, s->client, sizeof(s->client));
 		s->client_port = ntohs(a6->sin6_port);
+		if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr))
+			memcpy(s->client_key, &a6->sin6_addr.s6_addr[12], 4);
+		else /* one client = one /64, what one host is given */
+			memcpy(s->client_key + 4, &a6->sin6_addr, 8);
 	} else {
 		struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
 		uv_ip4_name(a4, s->client, sizeof(s->client));
 		s->client_port = ntohs(a4->sin_port);
+		memcpy(s->client_key, &a4->sin_addr, 4);
 	}
 	s->scfg.hostname = l->cfg->server_hostname;
 	s->scfg.max_message_size = l->cfg->max_message_size;
@@ -658,6 +767,15 @@ static void on_connection(uv_stream_t *server, int status)
 	s->scfg.starttls = l->tls != NULL;
 	s->scfg.relay_allowed =
 		mta_config_relay_allowed(l->cfg, (struct sockaddr *)&ss);
+	s->trusted = s->scfg.relay_allowed;
+	if (!s->trusted) {
+		l->nuntrusted++;
+		s->counted_untrusted = true;
+	}
+	/* outside relay_networks a client can only ever reach Postmaster:
+	 * without server.postmaster it can reach nothing, so say so now */
+	s->scfg.refused = !s->trusted && l->cfg->server_postmaster == NULL;
+	s->scfg.postmaster = l->cfg->server_postmaster;
 	s->scfg.client_addr = s->client;
 	mta_smtpd_init(&s->smtpd, &s->scfg);
 
@@ -668,18 +786,19 @@ static void on_connection(uv_stream_t *server, int status)
 	mta_log_str(&ll, "relay", s->scfg.relay_allowed ? "yes" : "no");
 	mta_log_end(&ll);
 
-	if (l->nsessions > l->cfg->max_sessions) {
+	const char *why = session_limit(l, s);
+	if (why != NULL) {
 		char msg[300];
 		int n = snprintf(msg, sizeof(msg),
-				 "421 4.7.0 %s Error: too many connections\r\n",
-				 l->cfg->server_hostname);
+				 "421 4.7.0 %s Error: %s\r\n",
+				 l->cfg->server_hostname, why);
 		mta_log_begin(&ll, MTA_LOG_WARN, "reject");
 		mta_log_int(&ll, "sid", (long long)s->sid);
 		mta_log_str(&ll, "client", s->client);
 		mta_log_str(&ll, "verb", "CONNECT");
 		mta_log_int(&ll, "code", 421);
 		mta_log_str(&ll, "dsn", "4.7.0");
-		mta_log_str(&ll, "text", "too many connections");
+		mta_log_str(&ll, "text", why);
 		mta_log_end(&ll);
 		session_write(s, msg, (size_t)n);
 		session_close(s, "too_many_sessions", true);

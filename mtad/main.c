@@ -22,6 +22,7 @@
 #include <getopt.h>
 #include <sys/stat.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +126,65 @@ static void on_queued(void *arg)
 		mta_delivery_kick(d->delivery);
 }
 
+/* One form for every error about a value read from the config:
+ * "mtad: <file>:<line>: <section>.<key>: <why>" (or "environment
+ * MTAD_X_Y: ...", "default: ..."). */
+__attribute__((format(printf, 4, 5))) static void
+key_error(const struct mta_config *cfg, const char *section, const char *key,
+	  const char *fmt, ...)
+{
+	char where[600], why[1200];
+	va_list ap;
+
+	mta_config_where(cfg, section, key, where, sizeof(where));
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "mtad: %s: %s.%s: %s\n", where, section, key, why);
+}
+
+/* A file named by a key must be a readable regular file. */
+static int check_readable(const struct mta_config *cfg, const char *section,
+			  const char *key, const char *path)
+{
+	struct stat st;
+	FILE *f;
+
+	if (stat(path, &st) != 0) {
+		key_error(cfg, section, key, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		key_error(cfg, section, key, "%s: not a regular file", path);
+		return -1;
+	}
+	if ((f = fopen(path, "r")) == NULL) {
+		key_error(cfg, section, key, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	fclose(f);
+	return 0;
+}
+
+/* Loads the inbound certificate and key, blaming the key that is wrong. */
+static int load_server_tls(struct daemon *d)
+{
+	char err[1024];
+
+	if (check_readable(d->cfg, "server", "tls_cert", d->cfg->tls_cert) ||
+	    check_readable(d->cfg, "server", "tls_key", d->cfg->tls_key))
+		return -1;
+	if (mta_tls_creds_load(d->cfg->tls_cert, d->cfg->tls_key, &d->tls,
+			       err, sizeof(err)) != 0) {
+		/* GnuTLS cannot say which file it failed on: the key is
+		 * the usual culprit (wrong format, not the cert's key) */
+		key_error(d->cfg, "server", "tls_key",
+			  "cannot load with server.tls_cert: %s", err);
+		return -1;
+	}
+	return 0;
+}
+
 /* "username password" on the first line; never logged. */
 static int read_auth_file(struct daemon *d, const char *path)
 {
@@ -132,22 +192,42 @@ static int read_auth_file(struct daemon *d, const char *path)
 	FILE *f = fopen(path, "r");
 
 	if (f == NULL) {
-		fprintf(stderr, "mtad: delivery.relayhost_auth_file: %s: %s\n",
-			path, strerror(errno));
+		key_error(d->cfg, "delivery", "relayhost_auth_file", "%s: %s",
+			  path, strerror(errno));
 		return 2;
 	}
 	if (fgets(line, sizeof(line), f) == NULL ||
 	    sscanf(line, "%255s %255s", d->auth_user, d->auth_pass) != 2) {
-		fprintf(stderr,
-			"mtad: delivery.relayhost_auth_file: %s: expected "
-			"\"username password\" on the first line\n",
-			path);
+		key_error(d->cfg, "delivery", "relayhost_auth_file",
+			  "%s: expected \"username password\" on the first "
+			  "line", path);
 		fclose(f);
+		explicit_bzero(line, sizeof(line));
 		return 2;
 	}
 	fclose(f);
 	explicit_bzero(line, sizeof(line));
 	d->have_auth = true;
+	return 0;
+}
+
+/* Everything the config names that can be checked before start-up; also
+ * what --check-config checks.  Prints the error; 0 or -1. */
+static int load_config_files(struct daemon *d)
+{
+	char err[1024];
+
+	if (d->cfg->tls_cert != NULL && load_server_tls(d) != 0)
+		return -1;
+	if (d->cfg->tls_policy_file != NULL &&
+	    mta_tlspolicy_load(d->cfg->tls_policy_file, &d->policy, err,
+			       sizeof(err)) != 0) {
+		key_error(d->cfg, "tls", "policy_file", "%s", err);
+		return -1;
+	}
+	if (d->cfg->relayhost_auth_file != NULL &&
+	    read_auth_file(d, d->cfg->relayhost_auth_file) != 0)
+		return -1;
 	return 0;
 }
 
@@ -214,9 +294,15 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (check) {
-		mta_config_print(d.cfg, stdout);
+		/* the files the config names must load too */
+		rc = load_config_files(&d) != 0 ? 2 : 0;
+		if (rc == 0)
+			mta_config_print(d.cfg, stdout);
+		mta_tls_creds_free(d.tls);
+		mta_tlspolicy_free(d.policy);
+		explicit_bzero(d.auth_pass, sizeof(d.auth_pass));
 		mta_config_free(d.cfg);
-		return 0;
+		return rc;
 	}
 	mta_log_set_level((enum mta_log_level)d.cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
@@ -230,24 +316,7 @@ int main(int argc, char **argv)
 	mta_log_end(&ll);
 
 	d.exit_code = 1;
-	if (d.cfg->tls_cert != NULL) {
-		rc = mta_tls_creds_load(d.cfg->tls_cert, d.cfg->tls_key,
-					&d.tls, err, sizeof(err));
-		if (rc != 0) {
-			fprintf(stderr, "mtad: server.tls_cert: %s\n", err);
-			d.exit_code = 2;
-			goto out_config;
-		}
-	}
-	if (d.cfg->tls_policy_file != NULL &&
-	    mta_tlspolicy_load(d.cfg->tls_policy_file, &d.policy, err,
-			       sizeof(err)) != 0) {
-		fprintf(stderr, "mtad: tls.policy_file: %s\n", err);
-		d.exit_code = 2;
-		goto out_tls;
-	}
-	if (d.cfg->relayhost_auth_file != NULL &&
-	    read_auth_file(&d, d.cfg->relayhost_auth_file) != 0) {
+	if (load_config_files(&d) != 0) {
 		d.exit_code = 2;
 		goto out_tls;
 	}
@@ -385,7 +454,6 @@ out_tls:
 	mta_tls_creds_free(d.client_tls);
 	mta_tlspolicy_free(d.policy);
 	explicit_bzero(d.auth_pass, sizeof(d.auth_pass));
-out_config:
 	mta_config_free(d.cfg);
 	return d.exit_code;
 }

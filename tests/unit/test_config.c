@@ -262,6 +262,16 @@ struct bad {
 	"1.0.0.17:1"
 
 static const struct bad bads[] = {
+	{"server", "postmaster = nobody",
+	 "server.postmaster: not an address local@domain ('nobody')"},
+	{"server", "postmaster = <pm@site.test>",
+	 "server.postmaster: not an address local@domain ('<pm@site.test>')"},
+	{"server", "postmaster = a b@site.test",
+	 "server.postmaster: not an address local@domain ('a b@site.test')"},
+	{"server", "postmaster = pm@-x",
+	 "server.postmaster: not an address local@domain ('pm@-x')"},
+	{"server", "max_sessions_per_client = 0",
+	 "server.max_sessions_per_client: out of range (1..1000000) ('0')"},
 	{"server", "hostname = bad_host",
 	 "server.hostname: not a host name ('bad_host')"},
 	{"server", "hostname = -bad.example",
@@ -691,6 +701,48 @@ static void test_tls_pair(void **state)
 	mta_config_free(c);
 }
 
+/* delivery.min_backoff <= delivery.max_backoff; the key set is blamed,
+ * and mta_config_where() names file and line for later checks */
+static void test_backoff_order_and_where(void **state)
+{
+	struct mta_config *c;
+	char err[512], expect[600], path[256], where[300];
+
+	(void)state;
+	assert_int_equal(load("[delivery]\nmin_backoff = 1h\nmax_backoff = 2s\n",
+			      no_env, &c, err, sizeof(err), path,
+			      sizeof(path)),
+			 MTA_ECONFIG);
+	snprintf(expect, sizeof(expect),
+		 "%s:2: delivery.min_backoff: greater than delivery."
+		 "max_backoff (3600s > 2s) ('1h')",
+		 path);
+	assert_string_equal(err, expect);
+	assert_int_equal(load("[delivery]\n\nmax_backoff = 60s\n", no_env,
+			      &c, err, sizeof(err), path, sizeof(path)),
+			 MTA_ECONFIG);
+	snprintf(expect, sizeof(expect),
+		 "%s:3: delivery.max_backoff: less than delivery.min_backoff "
+		 "(60s < 300s) ('60s')",
+		 path);
+	assert_string_equal(err, expect);
+
+	char *env[] = {"MTAD_SERVER_TLS_CERT=/c.pem", NULL};
+	assert_int_equal(load("[server]\n\ntls_key = /k.pem\n"
+			      "postmaster = pm@site.test\n",
+			      env, &c, err, sizeof(err), path, sizeof(path)),
+			 0);
+	assert_string_equal(c->server_postmaster, "pm@site.test");
+	mta_config_where(c, "server", "tls_key", where, sizeof(where));
+	snprintf(expect, sizeof(expect), "%s:3", path);
+	assert_string_equal(where, expect);
+	mta_config_where(c, "server", "tls_cert", where, sizeof(where));
+	assert_string_equal(where, "environment MTAD_SERVER_TLS_CERT");
+	mta_config_where(c, "server", "listen", where, sizeof(where));
+	assert_string_equal(where, "default");
+	mta_config_free(c);
+}
+
 static void test_relay_allowed(void **state)
 {
 	struct mta_config *c;
@@ -946,6 +998,7 @@ int main(void)
 		cmocka_unit_test(test_env_errors),
 		cmocka_unit_test(test_env_replaces_bad_file_value),
 		cmocka_unit_test(test_tls_pair),
+		cmocka_unit_test(test_backoff_order_and_where),
 		cmocka_unit_test(test_relay_allowed),
 		cmocka_unit_test(test_print_round_trip),
 		cmocka_unit_test(test_control_socket_default),

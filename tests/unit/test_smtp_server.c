@@ -49,6 +49,8 @@ struct tcase {
 	uint64_t max_size; /* 0: 10000 */
 	unsigned max_rcpt; /* 0: 100 */
 	int tls, norelay; /* tls: cfg->starttls */
+	int refused;	  /* cfg->refused: 554 greeting */
+	const char *postmaster; /* cfg->postmaster */
 	int results[MAXMSG]; /* message_done() result per message */
 	long tls_discard;    /* expected STARTTLS ev.len (one chunk), 0: any */
 	void (*gen)(struct gen *g);
@@ -313,6 +315,8 @@ static void do_run(const struct tcase *tc, struct run *r, size_t chunk,
 		.max_recipients = tc->max_rcpt ? tc->max_rcpt : 100,
 		.starttls = tc->tls,
 		.relay_allowed = !tc->norelay,
+		.refused = tc->refused,
+		.postmaster = tc->postmaster,
 		.client_addr = "192.0.2.1",
 	};
 	static struct mta_smtpd s; /* 36 KiB: not on the stack */
@@ -324,7 +328,12 @@ static void do_run(const struct tcase *tc, struct run *r, size_t chunk,
 	mta_smtpd_greet(&s);
 	drain(&s, r);
 	assert_int_equal(r->nlines, 1);
-	assert_string_equal(r->lines[0], "220 " HOST " ESMTP mtad");
+	if (tc->refused)
+		assert_string_equal(r->lines[0], "554 5.7.1 " HOST " Relay "
+				    "access denied for [192.0.2.1]: this server "
+				    "relays only for its own networks");
+	else
+		assert_string_equal(r->lines[0], "220 " HOST " ESMTP mtad");
 	if (feed_all(&s, r, in, inlen, chunk, &qseq)) {
 		assert_false(mta_smtpd_in_data(&s));
 		mta_smtpd_tls_started(&s, TLSDESC);
@@ -502,20 +511,26 @@ static void gen_hops101(struct gen *g)
 	gput(&g->ev, "DA");
 }
 
-/* LIM-01: 998-octet line; 65536 accepted; 65537 -> 550 5.6.0 */
+/* LIM-01 (choice): 998-octet lines accepted (also a dot-stuffed one,
+ * 999 on the wire); 999 octets -> 550 5.6.0 after the end of data
+ * (RFC 5322 2.1.1), and the next transaction works */
 static void gen_lim01(struct gen *g)
 {
 	gput(&g->in, EH MF RT "DATA\r\n");
 	grep(&g->in, 'a', 998);
-	gput(&g->in, "\r\n");
-	grep(&g->in, 'b', 65536);
+	gput(&g->in, "\r\n..");
+	grep(&g->in, 'b', 997);
 	gput(&g->in, "\r\n.\r\n" MF RT "DATA\r\n");
-	grep(&g->in, 'c', 65537);
-	gput(&g->in, "\r\n.\r\nNOOP\r\n");
+	grep(&g->in, 'c', 999);
+	gput(&g->in, "\r\nmore\r\n.\r\n" MF RT "BDAT 1004 LAST\r\n");
+	grep(&g->in, 'd', 999);
+	gput(&g->in, "\r\nx\r\nNOOP\r\n");
 	gput(&g->exp, "250 CHUNKING|250 2.1.0|250 2.1.5|354|250 2.0.0 Ok: "
 		      "queued as Q1|250 2.1.0|250 2.1.5|354|550 5.6.0 Message "
-		      "line too long|250 2.0.0");
-	gput(&g->ev, "DMDA");
+		      "has a line longer than 998 octets (RFC 5322 2.1.1); "
+		      "encode the body with quoted-printable or base64|"
+		      "250 2.1.0|250 2.1.5|550 5.6.0|250 2.0.0");
+	gput(&g->ev, "DMDADA");
 }
 
 /* LIM-02: 512-octet RCPT ok; 2048 incl. CRLF ok; 2049 -> 500, session
@@ -700,13 +715,37 @@ static void chk_case(const struct tcase *tc, const void *rv)
 	assert_string_equal(r->env[0].rcpts[0].addr, "Jones@Y.test");
 }
 
+/* Backscatter: a non-relay client's message goes to server.postmaster
+ * with the null reverse-path and no DSN parameters. */
 static void chk_postmaster(const struct tcase *tc, const void *rv)
 {
 	const struct run *r = R(rv);
 	assert_int_equal(r->nmsg, 1);
 	assert_int_equal(r->env[0].nrcpt, 2);
+	assert_string_equal(r->env[0].rcpts[0].addr, "pm@site.test");
+	assert_string_equal(r->env[0].rcpts[1].addr, "pm@site.test");
+	assert_string_equal(r->env[0].sender, "");
+	assert_null(r->env[0].envid);
+	assert_null(r->env[0].ret_raw);
+	assert_int_equal(r->env[0].ret, MTA_RET_NONE);
+	for (size_t i = 0; i < 2; i++) {
+		assert_int_equal(r->env[0].rcpts[i].notify, 0);
+		assert_null(r->env[0].rcpts[i].notify_raw);
+		assert_null(r->env[0].rcpts[i].orcpt);
+	}
+}
+
+/* SRV-18 from a relay client without server.postmaster: kept as
+ * "Postmaster", sender and DSN parameters untouched */
+static void chk_postmaster_relay(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	assert_int_equal(r->nmsg, 1);
+	assert_int_equal(r->env[0].nrcpt, 1);
 	assert_string_equal(r->env[0].rcpts[0].addr, "Postmaster");
-	assert_string_equal(r->env[0].rcpts[1].addr, "Postmaster");
+	assert_string_equal(r->env[0].sender, "a@x.test");
+	assert_int_equal(r->env[0].rcpts[0].notify, MTA_NOTIFY_SUCCESS);
+	assert_int_equal(r->env[0].ret, MTA_RET_FULL);
 }
 
 static void chk_utf8(const struct tcase *tc, const void *rv)
@@ -942,13 +981,33 @@ static const struct tcase cases[] = {
 		"to:<Jones@Y.test>\r\ndAtA\r\nx\r\n.\r\nquit\r\n",
 	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|354|250 2.0.0|221 2.0.0",
 	  .ev = "DMC", .check = chk_case),
-	C(.name = "SRV-18 Postmaster from a non-relay client; relay denied",
-	  .norelay = 1,
-	  .in = EH MF "RCPT TO:<Postmaster>\r\nRCPT TO:<b@y.test>\r\nRCPT "
-		"TO:<POSTMASTER>\r\nDATA\r\nx\r\n.\r\n",
-	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|554 5.7.1 <b@y.test>: "
+	C(.name = "SRV-18 backscatter: non-relay client reaches only "
+		  "server.postmaster, with <> and no DSN parameters",
+	  .norelay = 1, .postmaster = "pm@site.test",
+	  .in = EH "MAIL FROM:<victim@x.test> RET=FULL ENVID=e1\r\n"
+		"RCPT TO:<Postmaster> NOTIFY=SUCCESS,FAILURE "
+		"ORCPT=rfc822;victim@x.test\r\nRCPT TO:<victim@x.test>\r\n"
+		"RCPT TO:<POSTMASTER> NOTIFY=SUCCESS\r\nDATA\r\nx\r\n.\r\n",
+	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|554 5.7.1 <victim@x.test>: "
 		 "Relay access denied|250 2.1.5|354|250 2.0.0",
 	  .ev = "RDM", .check = chk_postmaster),
+	C(.name = "SRV-18 Postmaster from a relay client, DSN parameters kept",
+	  .in = EH "MAIL FROM:<a@x.test> RET=FULL\r\nRCPT TO:<postmaster> "
+		"NOTIFY=SUCCESS\r\nDATA\r\nx\r\n.\r\n",
+	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|354|250 2.0.0",
+	  .ev = "DM", .check = chk_postmaster_relay),
+	C(.name = "SRV-22 refused session (outside relay_networks, no "
+		  "postmaster): 554 greeting, 503 to all but QUIT, 221",
+	  .norelay = 1, .refused = 1,
+	  .in = EH "NOOP\r\nQUIT\r\n",
+	  .exp = "503 5.7.1 Error: this server does not serve your address; "
+		 "send QUIT|503 5.7.1|221 2.0.0",
+	  .ev = "RRC"),
+	C(.name = "SRV-22 refused session closed with 421 after 3 commands",
+	  .norelay = 1, .refused = 1,
+	  .in = EH MF RT "DATA\r\nx\r\n",
+	  .exp = "503 5.7.1|503 5.7.1|503 5.7.1|421 4.7.0",
+	  .ev = "RRC"),
 	C(.name = "SRV-19 any EHLO name accepted",
 	  .in = "EHLO bogus.invalid\r\n" MF RT "DATA\r\nx\r\n.\r\n",
 	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|354|250 2.0.0", .ev = "DM"),
@@ -1023,7 +1082,8 @@ static const struct tcase cases[] = {
 	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|354|250 2.0.0 Ok: queued as "
 		 "Q1|250 2.0.0",
 	  .ev = "DM", .body = ""),
-	C(.name = "LIM-01 998 and 65536-octet lines ok, 65537 -> 550 5.6.0",
+	C(.name = "LIM-01 (choice) 998-octet lines ok, 999 -> 550 5.6.0 (DATA "
+		  "and BDAT)",
 	  .max_size = 300000, .gen = gen_lim01),
 	C(.name = "LIM-02 512-octet command, 2048 limit, longer -> 500 5.5.2",
 	  .gen = gen_lim02),
