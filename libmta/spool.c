@@ -703,6 +703,11 @@ int mta_spool_open(const struct mta_spool_opts *o, struct mta_spool **out)
 		goto fail_env;
 	sp->chunk = st.ms_psize - 16;
 	err = open_dbs(sp);
+	if (err == MTA_ECORRUPT)
+		why_set(o,
+			"%s/data.mdb is damaged: a page read while opening its "
+			"databases is corrupt. " SALVAGE,
+			o->dir);
 	if (err != 0)
 		goto fail_env_err;
 	*out = sp;
