@@ -157,7 +157,7 @@ def test_random_bytes_over_a_page_detected_at_run_time(mtad_factory):
     c.quit()
     ev = m.wait_event("spool_corrupt", timeout=10)
     assert ev, m.log_tail()
-    assert ev[0].get("level") in ("error", "err"), ev[0]["_line"]
+    assert ev[0].get("level") == "error", ev[0]["_line"]
     assert "mdb_copy" in ev[0].get("action", ""), ev[0]["_line"]
     assert m.alive()
     p = _tool(m, [MTAQ, "-c", m.conf, "--json"])
