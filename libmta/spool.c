@@ -1,15 +1,21 @@
 #include "spool.h"
 
 #include "err.h"
+#include "log.h"
 
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <lmdb.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define SPOOL_MAXDBS 8
@@ -25,6 +31,7 @@ struct mta_spool {
 	size_t chunk; /* body chunk size: page size - 16 */
 	bool readonly;
 	char *tmpdir;
+	atomic_uint corrupt; /* damage seen at run time (count) */
 };
 
 struct mta_spool_txn {
@@ -60,6 +67,68 @@ static int mdb_err(int rc)
 			return -rc;
 		return MTA_EDB;
 	}
+}
+
+/* LMDB codes that mean the file is damaged (or the environment unusable
+ * after a failed meta page write), not that this one operation failed. */
+static bool mdb_damage(int rc)
+{
+	return rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND ||
+	       rc == MDB_PANIC || rc == MDB_BAD_TXN;
+}
+
+/* Remembers damage found at run time and says so at error level: the
+ * first time, then at every power of two, so a spool that fails every
+ * operation is loud without flooding the log. */
+static void note_corrupt(struct mta_spool *sp, const char *what,
+			 const char *detail)
+{
+	unsigned n = atomic_fetch_add(&sp->corrupt, 1) + 1;
+	struct mta_logline ll;
+
+	if ((n & (n - 1)) != 0)
+		return;
+	mta_log_begin(&ll, MTA_LOG_ERR, "spool_corrupt");
+	mta_log_str(&ll, "what", what);
+	mta_log_str(&ll, "error", detail);
+	mta_log_int(&ll, "count", (long long)n);
+	mta_log_str(&ll, "action",
+		    "stop mtad, copy the spool directory aside, salvage with "
+		    "mdb_copy/mdb_dump or restore data.mdb from a backup");
+	mta_log_end(&ll);
+}
+
+/* mdb_err() for operations on an open spool: also notes damage. */
+static int sp_err(struct mta_spool *sp, int rc)
+{
+	if (rc != 0 && mdb_damage(rc))
+		note_corrupt(sp, "lmdb", mdb_strerror(rc));
+	return mdb_err(rc);
+}
+
+/*
+ * LMDB turns a short write into EIO ("short write, filesystem full?" in
+ * mdb_page_flush()), and a file system that runs out of space in the
+ * middle of a write returns a short count, not ENOSPC.  So a commit that
+ * failed with EIO on a file system with (nearly) no room left ran out of
+ * space; a real I/O error leaves the free space alone.  Threshold: less
+ * than 1 MiB or 1 % of the file system available to us.
+ */
+static bool fs_full(struct mta_spool *sp)
+{
+	struct statvfs vfs;
+	int fd;
+
+	if (mdb_env_get_fd(sp->env, &fd) != 0 || fstatvfs(fd, &vfs) != 0)
+		return false;
+	uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+	uint64_t total = (uint64_t)vfs.f_blocks * vfs.f_frsize;
+	return avail < (1u << 20) || avail < total / 100;
+}
+
+bool mta_spool_corrupt(const struct mta_spool *sp)
+{
+	return atomic_load(&sp->corrupt) != 0;
 }
 
 static void put_be32(uint8_t *p, uint32_t v)
@@ -349,6 +418,241 @@ fail:
 	return mdb_err(rc);
 }
 
+/* ---- the data file before it is mapped ---------------------------- */
+
+static void why_set(const struct mta_spool_opts *o, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void why_set(const struct mta_spool_opts *o, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (o->why == NULL || o->whylen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(o->why, o->whylen, fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * LMDB 0.9 meta page layout (lmdb/mdb.c, native byte order; Z is
+ * sizeof(size_t), the size of pgno_t and txnid_t): a page header of Z + 8
+ * bytes (mp_pgno, mp_pad u16, mp_flags u16, lower/upper u16 each) then
+ * MDB_meta: magic u32, version u32, address (Z), mapsize (Z), two MDB_db
+ * of 8 + 5Z bytes (the first one's md_pad u32 holds the page size),
+ * last_pg (Z), txnid (Z).  Meta page 0 is at offset 0, meta page 1 at
+ * offset psize.
+ */
+#define LMDB_MAGIC 0xBEEFC0DEu
+#define LMDB_DATA_VERSION 1u
+#define LMDB_P_META 0x08u
+#define Z sizeof(size_t)
+#define META_HDR (Z + 8)
+#define META_FLAGS_OFF (Z + 2)
+#define META_MAGIC_OFF META_HDR
+#define META_VERSION_OFF (META_HDR + 4)
+#define META_PSIZE_OFF (META_HDR + 8 + 2 * Z)
+#define META_LASTPG_OFF (META_PSIZE_OFF + 2 * (8 + 5 * Z))
+#define META_TXNID_OFF (META_LASTPG_OFF + Z)
+#define META_LEN (META_TXNID_OFF + Z)
+
+struct lmdb_meta {
+	uint32_t magic, version, psize;
+	uint64_t last_pg, txnid;
+	bool is_meta;
+};
+
+static uint64_t get_native(const uint8_t *p)
+{
+	if (Z == 8) {
+		uint64_t v;
+		memcpy(&v, p, 8);
+		return v;
+	}
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static void meta_parse(const uint8_t *p, struct lmdb_meta *m)
+{
+	uint16_t flags;
+
+	memcpy(&flags, p + META_FLAGS_OFF, 2);
+	memcpy(&m->magic, p + META_MAGIC_OFF, 4);
+	memcpy(&m->version, p + META_VERSION_OFF, 4);
+	memcpy(&m->psize, p + META_PSIZE_OFF, 4);
+	m->last_pg = get_native(p + META_LASTPG_OFF);
+	m->txnid = get_native(p + META_TXNID_OFF);
+	m->is_meta = (flags & LMDB_P_META) != 0;
+}
+
+static bool meta_ok(const struct lmdb_meta *m)
+{
+	return m->is_meta && m->magic == LMDB_MAGIC &&
+	       m->version == LMDB_DATA_VERSION;
+}
+
+static int pread_full(int fd, void *p, size_t n, off_t off)
+{
+	size_t done = 0;
+
+	while (done < n) {
+		ssize_t r = pread(fd, (uint8_t *)p + done, n - done,
+				  off + (off_t)done);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return MTA_ECORRUPT; /* shorter than that */
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+#define SALVAGE                                                               \
+	"Do not start on this file: stop every mtad and tool using it, copy "  \
+	"the spool directory aside, then restore data.mdb from a backup (a "   \
+	"backup is made with `mdb_copy <spool.dir> <dest>`) or salvage what "  \
+	"is readable with `mdb_dump -a` into a new spool"
+
+/*
+ * Checks <dir>/data.mdb against its own meta pages with plain reads,
+ * before LMDB maps it: a file shorter than its last page makes every
+ * access past the end a SIGBUS, and an emptied file would be taken by
+ * LMDB for a new environment.  0: the file is sound; -ENOENT: there is
+ * none (a new spool); MTA_ECORRUPT with o->why set: damaged or emptied;
+ * another -errno when it cannot be read.
+ */
+static int check_datafile(const struct mta_spool_opts *o)
+{
+	char path[4096];
+	uint8_t buf[META_LEN];
+	struct lmdb_meta m[2], *cur;
+	struct stat st;
+	int fd, err;
+
+	if (snprintf(path, sizeof(path), "%s/data.mdb", o->dir) >=
+	    (int)sizeof(path))
+		return -ENAMETOOLONG;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		err = -errno;
+		if (err != -ENOENT)
+			why_set(o, "%s: %s", path, strerror(-err));
+		return err;
+	}
+	if (fstat(fd, &st) != 0) {
+		err = -errno;
+		why_set(o, "%s: %s", path, strerror(-err));
+		goto out;
+	}
+	err = MTA_ECORRUPT;
+	if (st.st_size == 0) {
+		why_set(o,
+			"%s is empty (0 bytes): the spool file was truncated "
+			"or replaced and the messages it held are not in it. "
+			"mtad will not start an empty spool in its place. "
+			"Restore data.mdb from a backup; only if this spool "
+			"never held mail, remove data.mdb to start a new one",
+			path);
+		goto out;
+	}
+	if (pread_full(fd, buf, sizeof(buf), 0) != 0) {
+		why_set(o,
+			"%s is %jd bytes, too short to be an LMDB file. " SALVAGE,
+			path, (intmax_t)st.st_size);
+		goto out;
+	}
+	meta_parse(buf, &m[0]);
+	if (!meta_ok(&m[0]) || m[0].psize < 512 || m[0].psize > 65536 ||
+	    (m[0].psize & (m[0].psize - 1)) != 0) {
+		why_set(o,
+			"%s: meta page 0 is damaged or this is not an LMDB "
+			"data file (magic 0x%08" PRIx32 ", version %" PRIu32
+			"; expected 0x%08x, %u). " SALVAGE,
+			path, m[0].magic, m[0].version, LMDB_MAGIC,
+			LMDB_DATA_VERSION);
+		goto out;
+	}
+	if (pread_full(fd, buf, sizeof(buf), (off_t)m[0].psize) != 0) {
+		why_set(o,
+			"%s is %jd bytes, shorter than its two meta pages "
+			"(%" PRIu32 " bytes each): truncated. " SALVAGE,
+			path, (intmax_t)st.st_size, m[0].psize);
+		goto out;
+	}
+	meta_parse(buf, &m[1]);
+	/* LMDB uses the meta page with the larger txnid */
+	cur = &m[0];
+	if (meta_ok(&m[1]) && m[1].txnid > m[0].txnid)
+		cur = &m[1];
+	uint64_t need = (cur->last_pg + 1) * (uint64_t)m[0].psize;
+	if (cur->last_pg + 1 < 2 || need / m[0].psize != cur->last_pg + 1) {
+		why_set(o,
+			"%s: meta page %d is damaged (last page %" PRIu64
+			"). " SALVAGE,
+			path, cur == &m[0] ? 0 : 1, cur->last_pg);
+		goto out;
+	}
+	if ((uint64_t)st.st_size < need) {
+		why_set(o,
+			"%s is truncated: it is %jd bytes, but its meta page "
+			"(transaction %" PRIu64 ") says the data runs to page "
+			"%" PRIu64 ", %" PRIu64 " bytes. Mapping it would crash "
+			"(SIGBUS). " SALVAGE,
+			path, (intmax_t)st.st_size, cur->txnid, cur->last_pg,
+			need);
+		goto out;
+	}
+	err = 0;
+out:
+	close(fd);
+	return err;
+}
+
+#undef Z
+
+int mta_spool_lock(const char *dir, int *fd_out, long *holder)
+{
+	char path[4096], buf[32];
+	int fd, err;
+	ssize_t n;
+
+	*holder = 0;
+	if (snprintf(path, sizeof(path), "%s/mtad.lock", dir) >=
+	    (int)sizeof(path))
+		return -ENAMETOOLONG;
+	if ((err = mkdir_0700(dir)) != 0)
+		return err;
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return -errno;
+	while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		if (errno == EINTR)
+			continue;
+		err = errno == EWOULDBLOCK ? MTA_EAGAIN : -errno;
+		if (err == MTA_EAGAIN) {
+			n = pread(fd, buf, sizeof(buf) - 1, 0);
+			if (n > 0) {
+				buf[n] = '\0';
+				*holder = strtol(buf, NULL, 10);
+			}
+		}
+		close(fd);
+		return err;
+	}
+	n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	*fd_out = fd;
+	return 0;
+}
+
 int mta_spool_open(const struct mta_spool_opts *o, struct mta_spool **out)
 {
 	struct mta_spool *sp;
@@ -372,6 +676,10 @@ int mta_spool_open(const struct mta_spool_opts *o, struct mta_spool **out)
 		    (err = mkdir_0700(sp->tmpdir)) != 0)
 			goto fail_tmpdir;
 	}
+	/* never map a damaged file, never let LMDB re-create an emptied one */
+	err = check_datafile(o);
+	if (err != 0 && !(err == -ENOENT && !o->readonly))
+		goto fail_tmpdir;
 	rc = mdb_env_create(&sp->env);
 	if (rc != 0) {
 		err = mdb_err(rc);
@@ -395,6 +703,11 @@ int mta_spool_open(const struct mta_spool_opts *o, struct mta_spool **out)
 		goto fail_env;
 	sp->chunk = st.ms_psize - 16;
 	err = open_dbs(sp);
+	if (err == MTA_ECORRUPT)
+		why_set(o,
+			"%s/data.mdb is damaged: a page read while opening its "
+			"databases is corrupt. " SALVAGE,
+			o->dir);
 	if (err != 0)
 		goto fail_env_err;
 	*out = sp;
@@ -445,7 +758,7 @@ int mta_spool_begin(struct mta_spool *sp, struct mta_spool_txn **out)
 	rc = mdb_txn_begin(sp->env, NULL, 0, &t->txn);
 	if (rc != 0) {
 		free(t);
-		return mdb_err(rc);
+		return sp_err(sp, rc);
 	}
 	t->sp = sp;
 	*out = t;
@@ -479,7 +792,7 @@ static int put_body(struct mta_spool_txn *t, MDB_txn *txn, const char *qid,
 		/* reserve the space and read the body straight into it */
 		rc = mdb_put(txn, sp->bodies, &k, &v, MDB_RESERVE);
 		if (rc != 0)
-			return mdb_err(rc);
+			return sp_err(sp, rc);
 		err = mta_body_pread(body, off, v.mv_data, want, &got);
 		if (err != 0)
 			return err;
@@ -522,7 +835,7 @@ static int put_indexes(struct mta_spool_txn *t, MDB_txn *txn,
 	memcpy(dk + 8, qid, MTA_QID_LEN);
 	rc = mdb_put(txn, sp->due, &k, &v, 0);
 	if (rc != 0)
-		return mdb_err(rc);
+		return sp_err(sp, rc);
 
 	for (size_t i = 0; i < env->nrcpt; i++) {
 		if (env->rcpts[i].addr == NULL ||
@@ -536,7 +849,7 @@ static int put_indexes(struct mta_spool_txn *t, MDB_txn *txn,
 		if (rc == MDB_KEYEXIST)
 			continue; /* same domain twice in this message */
 		if (rc != 0)
-			return mdb_err(rc);
+			return sp_err(sp, rc);
 	}
 	return 0;
 }
@@ -565,12 +878,12 @@ static int put_message_in(struct mta_spool_txn *t, MDB_txn *txn,
 	v.mv_data = t->rec.data;
 	rc = mdb_put(txn, t->sp->messages, &k, &v, MDB_NOOVERWRITE);
 	if (rc != 0)
-		return mdb_err(rc);
+		return sp_err(t->sp, rc);
 	if ((err = put_body(t, txn, qid, body)) != 0)
 		return err;
 	if ((err = put_indexes(t, txn, qid, env)) != 0)
 		return err;
-	return mdb_err(totals_add(txn, t->sp->meta, 1, (int64_t)env->nrcpt,
+	return sp_err(t->sp, totals_add(txn, t->sp->meta, 1, (int64_t)env->nrcpt,
 				  (int64_t)body->len));
 }
 
@@ -583,14 +896,14 @@ int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
 
 	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
 	if (rc != 0)
-		return mdb_err(rc);
+		return sp_err(t->sp, rc);
 	err = put_message_in(t, child, qid, env, body);
 	if (err != 0) {
 		mdb_txn_abort(child);
 		return err;
 	}
 	rc = mdb_txn_commit(child);
-	return mdb_err(rc); /* a failed child commit frees the child */
+	return sp_err(t->sp, rc); /* a failed child commit frees the child */
 }
 
 static void due_key(uint8_t k[DUE_KEY_LEN], int64_t due_us, const char *qid)
@@ -612,10 +925,10 @@ static int del_message_in(struct mta_spool_txn *t, MDB_txn *txn,
 
 	rc = mdb_del(txn, sp->messages, &k, NULL);
 	if (rc != 0 && rc != MDB_NOTFOUND)
-		return mdb_err(rc);
+		return sp_err(sp, rc);
 	rc = mdb_cursor_open(txn, sp->bodies, &cur);
 	if (rc != 0)
-		return mdb_err(rc);
+		return sp_err(sp, rc);
 	chunk_key(kb, qid, 0);
 	k.mv_size = sizeof(kb);
 	k.mv_data = kb;
@@ -628,7 +941,7 @@ static int del_message_in(struct mta_spool_txn *t, MDB_txn *txn,
 	}
 	mdb_cursor_close(cur);
 	if (rc != 0 && rc != MDB_NOTFOUND && rc != EINVAL)
-		return mdb_err(rc);
+		return sp_err(sp, rc);
 	for (size_t i = 0; i < env->nrcpt; i++) {
 		if (env->rcpts[i].addr == NULL ||
 		    !rcpt_domain(env->rcpts[i].addr, dom, sizeof(dom)))
@@ -639,7 +952,7 @@ static int del_message_in(struct mta_spool_txn *t, MDB_txn *txn,
 		v.mv_data = (void *)qid;
 		rc = mdb_del(txn, sp->dest, &k, &v);
 		if (rc != 0 && rc != MDB_NOTFOUND)
-			return mdb_err(rc);
+			return sp_err(sp, rc);
 	}
 	return 0;
 }
@@ -660,18 +973,18 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 	assert(qid_valid(qid));
 	rc = mdb_txn_begin(sp->env, t->txn, 0, &child);
 	if (rc != 0)
-		return mdb_err(rc);
+		return sp_err(sp, rc);
 	/* a message another writer request already finished is gone */
 	MDB_val mk = {MTA_QID_LEN, (void *)qid}, mv;
 	rc = mdb_get(child, sp->messages, &mk, &mv);
 	if (rc != 0) {
-		err = mdb_err(rc);
+		err = sp_err(sp, rc);
 		goto fail;
 	}
 	due_key(dk, old_due_us, qid);
 	rc = mdb_del(child, sp->due, &k, NULL);
 	if (rc != 0 && rc != MDB_NOTFOUND) {
-		err = mdb_err(rc);
+		err = sp_err(sp, rc);
 		goto fail;
 	}
 	if (new_due_us < 0) {
@@ -683,7 +996,7 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 		}
 		err = del_message_in(t, child, qid, env);
 		if (err == 0)
-			err = mdb_err(totals_add(child, sp->meta, -1,
+			err = sp_err(sp, totals_add(child, sp->meta, -1,
 						 -(int64_t)env->nrcpt,
 						 -(int64_t)osize));
 	} else {
@@ -704,13 +1017,13 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 			MDB_val rv = {t->rec.len, t->rec.data};
 			rc = mdb_put(child, sp->messages, &mk, &rv, 0);
 			if (rc != 0)
-				err = mdb_err(rc);
+				err = sp_err(sp, rc);
 		}
 		if (err == 0) {
 			due_key(dk, new_due_us, qid);
 			rc = mdb_put(child, sp->due, &k, &v, 0);
 			if (rc != 0)
-				err = mdb_err(rc);
+				err = sp_err(sp, rc);
 		}
 	}
 	if (err == 0 && new_qid != NULL)
@@ -718,7 +1031,7 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 	if (err != 0)
 		goto fail;
 	rc = mdb_txn_commit(child);
-	return mdb_err(rc);
+	return sp_err(sp, rc);
 fail:
 	mdb_txn_abort(child);
 	return err;
@@ -737,10 +1050,16 @@ int mta_spool_commit(struct mta_spool_txn *t)
 	 * complete on disk; a client that lost its 250 may send again
 	 * (a duplicate, never a loss, RFC 5321 §6.1).
 	 */
+	struct mta_spool *sp = t->sp;
 	int rc = mdb_txn_commit(t->txn);
+	int err;
+
 	mta_buf_free(&t->rec);
 	free(t);
-	return mdb_err(rc);
+	err = sp_err(sp, rc);
+	if (err == -EIO && fs_full(sp))
+		err = -ENOSPC; /* see fs_full() */
+	return err;
 }
 
 void mta_spool_abort(struct mta_spool_txn *t)
@@ -763,7 +1082,7 @@ static int read_begin(struct mta_spool *sp, MDB_txn **txn)
 		if (rc == 0)
 			rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, txn);
 	}
-	return mdb_err(rc);
+	return sp_err(sp, rc);
 }
 
 static int64_t env_due(const struct mta_envelope *e)
@@ -805,7 +1124,7 @@ int mta_spool_foreach(struct mta_spool *sp,
 		rc = mdb_cursor_open(txn, sp->messages, &cur);
 		if (rc != 0) {
 			mdb_txn_abort(txn);
-			return mdb_err(rc);
+			return sp_err(sp, rc);
 		}
 		if (first) {
 			rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
@@ -818,7 +1137,7 @@ int mta_spool_foreach(struct mta_spool *sp,
 		if (rc != 0) {
 			mdb_cursor_close(cur);
 			mdb_txn_abort(txn);
-			return rc == MDB_NOTFOUND ? bad : mdb_err(rc);
+			return rc == MDB_NOTFOUND ? bad : sp_err(sp, rc);
 		}
 		first = false;
 		if (k.mv_size > sizeof(last)) {
@@ -839,6 +1158,9 @@ int mta_spool_foreach(struct mta_spool *sp,
 		mdb_txn_abort(txn);
 		if (err == -ENOMEM)
 			return err;
+		if (err == MTA_ECORRUPT)
+			note_corrupt(sp, "record", "envelope record does not "
+						   "decode");
 		if (err != 0) {
 			/* skip a bad record, report the first at the end */
 			if (bad == 0)
@@ -868,8 +1190,10 @@ int mta_spool_get(struct mta_spool *sp, const char *qid,
 		return err;
 	rc = mdb_get(txn, sp->messages, &k, &v);
 	err = rc == 0 ? mta_envelope_decode(v.mv_data, v.mv_size, out)
-		      : mdb_err(rc);
+		      : sp_err(sp, rc);
 	mdb_txn_abort(txn);
+	if (rc == 0 && err == MTA_ECORRUPT)
+		note_corrupt(sp, "record", "envelope record does not decode");
 	return err;
 }
 
@@ -930,7 +1254,7 @@ out:
 		mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
 	if (err == 0)
-		err = mdb_err(rc);
+		err = sp_err(sp, rc);
 	if (err == 0)
 		*got = done;
 	return err;
@@ -948,7 +1272,7 @@ int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages)
 	rc = mdb_stat(txn, sp->messages, &st);
 	mdb_txn_abort(txn);
 	if (rc != 0)
-		return mdb_err(rc);
+		return sp_err(sp, rc);
 	*nmessages = st.ms_entries;
 	return 0;
 }
@@ -972,7 +1296,7 @@ int mta_spool_due(struct mta_spool *sp, int64_t from_us, const char *from_qid,
 	rc = mdb_cursor_open(txn, sp->due, &cur);
 	if (rc != 0) {
 		mdb_txn_abort(txn);
-		return mdb_err(rc);
+		return sp_err(sp, rc);
 	}
 	if (from_qid != NULL && strlen(from_qid) == MTA_QID_LEN) {
 		due_key(fk, from_us, from_qid);
@@ -1009,7 +1333,7 @@ int mta_spool_due(struct mta_spool *sp, int64_t from_us, const char *from_qid,
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
 	if (err == 0 && rc != 0 && rc != MDB_NOTFOUND)
-		err = mdb_err(rc);
+		err = sp_err(sp, rc);
 	return err;
 }
 
@@ -1028,7 +1352,7 @@ int mta_spool_sts_put(struct mta_spool_txn *t, const char *domain,
 	/* nested, like every write: a failure leaves the batch usable */
 	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
 	if (rc != 0)
-		return mdb_err(rc);
+		return sp_err(t->sp, rc);
 	if (rec == NULL) {
 		rc = mdb_del(child, t->sp->sts, &k, NULL);
 		if (rc == MDB_NOTFOUND)
@@ -1038,9 +1362,9 @@ int mta_spool_sts_put(struct mta_spool_txn *t, const char *domain,
 	}
 	if (rc != 0) {
 		mdb_txn_abort(child);
-		return mdb_err(rc);
+		return sp_err(t->sp, rc);
 	}
-	return mdb_err(mdb_txn_commit(child));
+	return sp_err(t->sp, mdb_txn_commit(child));
 }
 
 int mta_spool_sts_get(struct mta_spool *sp, const char *domain,
@@ -1058,7 +1382,7 @@ int mta_spool_sts_get(struct mta_spool *sp, const char *domain,
 	rc = mdb_get(txn, sp->sts, &k, &v);
 	out->len = 0;
 	err = rc == 0 ? mta_buf_append(out, v.mv_data, v.mv_size)
-		      : mdb_err(rc);
+		      : sp_err(sp, rc);
 	mdb_txn_abort(txn);
 	return err;
 }
@@ -1081,7 +1405,7 @@ static int kv_foreach(struct mta_spool *sp, MDB_dbi dbi,
 	rc = mdb_cursor_open(txn, dbi, &cur);
 	if (rc != 0) {
 		mdb_txn_abort(txn);
-		return mdb_err(rc);
+		return sp_err(sp, rc);
 	}
 	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
 	while (rc == 0) {
@@ -1096,7 +1420,7 @@ static int kv_foreach(struct mta_spool *sp, MDB_dbi dbi,
 	}
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
-	return rc == 0 || rc == MDB_NOTFOUND ? 0 : mdb_err(rc);
+	return rc == 0 || rc == MDB_NOTFOUND ? 0 : sp_err(sp, rc);
 }
 
 int mta_spool_sts_foreach(struct mta_spool *sp,
@@ -1126,7 +1450,7 @@ int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
 		rc = MDB_CORRUPTED;
 	}
 	mdb_txn_abort(txn);
-	return mdb_err(rc);
+	return sp_err(sp, rc);
 }
 
 /* ---- TLS report counters ------------------------------------------ */
@@ -1145,7 +1469,7 @@ int mta_spool_counter_add(struct mta_spool_txn *t, const char *key,
 		return -EINVAL;
 	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
 	if (rc != 0)
-		return mdb_err(rc);
+		return sp_err(t->sp, rc);
 	rc = mdb_get(child, t->sp->tlsrpt, &k, &v);
 	if (rc == 0 && v.mv_size == 8)
 		memcpy(buf, v.mv_data, 8);
@@ -1155,9 +1479,9 @@ int mta_spool_counter_add(struct mta_spool_txn *t, const char *key,
 	rc = mdb_put(child, t->sp->tlsrpt, &k, &v, 0);
 	if (rc != 0) {
 		mdb_txn_abort(child);
-		return mdb_err(rc);
+		return sp_err(t->sp, rc);
 	}
-	return mdb_err(mdb_txn_commit(child));
+	return sp_err(t->sp, mdb_txn_commit(child));
 }
 
 struct counter_walk {

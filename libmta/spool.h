@@ -40,6 +40,35 @@
  *	max_size (the map size is taken from the file) and fail with -ENOENT
  *	when the spool does not exist.
  *
+ *	Before LMDB maps data.mdb, open reads its two meta pages with plain
+ *	reads and checks them (magic 0xBEEFC0DE, data version 1, page size)
+ *	and that the file is at least (last page + 1) * page size bytes
+ *	long, by the meta page with the larger transaction id, as LMDB
+ *	picks it.  A damaged, truncated or emptied (0 bytes) file fails with
+ *	MTA_ECORRUPT and, when opts->why is set, a sentence saying what is
+ *	wrong and what to do (restore from a backup, mdb_copy, mdb_dump):
+ *	mapping a truncated file makes every access past its end a SIGBUS,
+ *	and LMDB would take an emptied file for a new environment, silently
+ *	replacing a spool by an empty one.  Only a missing data.mdb makes a
+ *	new spool (writable opens only).
+ *
+ *	mta_spool_lock() makes dir (0700) if needed and takes an exclusive
+ *	flock(2) on <dir>/mtad.lock (created 0600, opened O_CLOEXEC), then
+ *	writes the caller's PID into it.  *fd is the descriptor to keep open
+ *	for the life of the process: the lock ends when it is closed or the
+ *	process dies.  When another process holds the lock it returns
+ *	MTA_EAGAIN and *holder is the PID written in the file (0 when none
+ *	is readable).  Only mtad takes it: one daemon per spool; the spool
+ *	tools work beside it without (LMDB serialises writers itself).
+ *
+ *	mta_spool_corrupt() tells whether damage was seen since open: an
+ *	LMDB operation that returned MDB_CORRUPTED, MDB_PAGE_NOTFOUND,
+ *	MDB_PANIC (a failed meta page write left the environment unusable)
+ *	or MDB_BAD_TXN, or an envelope record that did not decode.  Each is
+ *	logged as event=spool_corrupt at error level (the first, then at
+ *	every power of two of their count) with what to do; the health
+ *	endpoint reads the flag.
+ *
  *	Writing happens only on the writer thread (writer.h) through a
  *	transaction: mta_spool_begin(), any number of mta_spool_put_message(),
  *	mta_spool_commit() or mta_spool_abort() (both free the txn, whatever
@@ -96,6 +125,13 @@
  *	-errno, anything else -> MTA_EDB.  Writing through a readonly spool:
  *	-EROFS.
  *
+ *	Out of space: a file system that fills in the middle of a write
+ *	gives a short write, which LMDB reports as EIO.  A commit failing
+ *	with EIO while the spool's file system has less than 1 MiB (or 1 %)
+ *	available returns -ENOSPC, so the SMTP server answers 452 4.3.1; an
+ *	EIO with room left stays -EIO (451 4.3.0).  ENOSPC and EDQUOT from
+ *	LMDB or from a body spill file are passed on as -ENOSPC/-EDQUOT.
+ *
  * SECURITY
  *	Envelope strings come from SMTP clients; the record codec bounds
  *	every length (envelope.h).  Recipient domains longer than 511 bytes
@@ -128,6 +164,8 @@ struct mta_spool_opts {
 	const char *dir;
 	uint64_t max_size; /* LMDB map size in bytes */
 	bool readonly;
+	char *why;	/* optional: why open failed, for a person */
+	size_t whylen;
 };
 
 /* A message body being received: memory up to spill_threshold, then an
@@ -152,6 +190,11 @@ void mta_body_free(struct mta_body *b);
 
 int mta_spool_open(const struct mta_spool_opts *o, struct mta_spool **out);
 void mta_spool_close(struct mta_spool *sp);
+/* One daemon per spool: flock on <dir>/mtad.lock; MTA_EAGAIN and the
+ * holder's PID when another process has it. */
+int mta_spool_lock(const char *dir, int *fd, long *holder);
+/* Damage seen at run time (any thread). */
+bool mta_spool_corrupt(const struct mta_spool *sp);
 const char *mta_spool_tmpdir(const struct mta_spool *sp);
 /* Bytes per body chunk (page size - 16). */
 size_t mta_spool_chunk_size(const struct mta_spool *sp);

@@ -320,18 +320,45 @@ int main(int argc, char **argv)
 		d.exit_code = 2;
 		goto out_tls;
 	}
+	/* one daemon per spool: held until exit (fd left open on purpose) */
+	int lock_fd;
+	long holder;
+	rc = mta_spool_lock(d.cfg->spool_dir, &lock_fd, &holder);
+	if (rc != 0) {
+		mta_log_begin(&ll, MTA_LOG_ERR, "spool_locked");
+		mta_log_str(&ll, "dir", d.cfg->spool_dir);
+		mta_log_str(&ll, "error", mta_errname(rc));
+		if (rc == MTA_EAGAIN)
+			mta_log_int(&ll, "holder_pid", holder);
+		mta_log_end(&ll);
+		if (rc == MTA_EAGAIN)
+			fprintf(stderr,
+				"mtad: spool %s is in use by another mtad "
+				"(pid %ld, %s/mtad.lock); one daemon per "
+				"spool\n",
+				d.cfg->spool_dir, holder, d.cfg->spool_dir);
+		else
+			fprintf(stderr, "mtad: spool %s: lock: %s\n",
+				d.cfg->spool_dir, mta_strerror(rc));
+		goto out_tls;
+	}
+	char why[1024] = "";
 	struct mta_spool_opts so = {
 		.dir = d.cfg->spool_dir,
 		.max_size = d.cfg->spool_max_size,
 		.readonly = false,
+		.why = why,
+		.whylen = sizeof(why),
 	};
 	rc = mta_spool_open(&so, &d.spool);
 	if (rc != 0) {
 		mta_log_begin(&ll, MTA_LOG_ERR, "spool_open_failed");
 		mta_log_str(&ll, "dir", d.cfg->spool_dir);
 		mta_log_str(&ll, "error", mta_errname(rc));
-		mta_log_str(&ll, "reason", mta_strerror(rc));
+		mta_log_str(&ll, "reason", why[0] ? why : mta_strerror(rc));
 		mta_log_end(&ll);
+		fprintf(stderr, "mtad: spool %s: %s\n", d.cfg->spool_dir,
+			why[0] ? why : mta_strerror(rc));
 		goto out_tls;
 	}
 	uv_loop_init(&d.loop);

@@ -28,10 +28,13 @@ int tool_load_config(const char *prog, const char *path,
 int tool_open_spool(const char *prog, const struct mta_config *cfg,
 		    bool readonly, struct mta_spool **out)
 {
+	char why[1024] = "";
 	struct mta_spool_opts o = {
 		.dir = cfg->spool_dir,
 		.max_size = cfg->spool_max_size,
 		.readonly = readonly,
+		.why = why,
+		.whylen = sizeof(why),
 	};
 	struct stat st;
 	int rc;
@@ -44,7 +47,7 @@ int tool_open_spool(const char *prog, const struct mta_config *cfg,
 	rc = mta_spool_open(&o, out);
 	if (rc != 0) {
 		fprintf(stderr, "%s: spool %s: %s\n", prog, cfg->spool_dir,
-			mta_strerror(rc));
+			why[0] ? why : mta_strerror(rc));
 		return 1;
 	}
 	return 0;

@@ -17,6 +17,8 @@ declare -A extra=(
 	[dane]="libmta/dane.c $(pkg-config --libs gnutls)"
 	[tlspolicy]="libmta/tlspolicy.c"
 	[sts]="libmta/sts.c"
+	[spool_records]=" "
+	[config]="libmta/config.c libmta/log.c $(pkg-config --libs inih)"
 )
 status=0
 for f in tests/fuzz/fuzz_*.c; do

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SEED 20240601u
@@ -680,8 +681,10 @@ static void test_foreach_corrupt(void **state)
 	mdb_env_close(env);
 
 	sp = open_spool(dir, 8u << 20, true);
+	assert_false(mta_spool_corrupt(sp));
 	struct collect c = {.n = 0};
 	assert_int_equal(mta_spool_foreach(sp, collect_cb, &c), MTA_ECORRUPT);
+	assert_true(mta_spool_corrupt(sp)); /* noted for the health check */
 	assert_int_equal(c.n, 2);
 	assert_string_equal(c.qids[0], q[0]);
 	assert_string_equal(c.qids[1], q[2]);
@@ -841,6 +844,137 @@ static void test_update_and_due(void **state)
 	mdb_env_close(env);
 }
 
+/* Opens dir expecting failure; returns why (static buffer). */
+static const char *open_fails(const char *dir, bool ro, int want)
+{
+	static char why[1024];
+	struct mta_spool_opts o = {.dir = dir, .max_size = 8u << 20,
+				   .readonly = ro, .why = why,
+				   .whylen = sizeof(why)};
+	struct mta_spool *sp = NULL;
+
+	why[0] = '\0';
+	assert_int_equal(mta_spool_open(&o, &sp), want);
+	assert_null(sp);
+	return why;
+}
+
+static off_t file_size(const char *path)
+{
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	return st.st_size;
+}
+
+static void copy_file(const char *from, const char *to)
+{
+	char buf[65536];
+	FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+	size_t n;
+	assert_non_null(in);
+	assert_non_null(out);
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	fclose(in);
+	assert_int_equal(fclose(out), 0);
+}
+
+/* Issue 9 item 3: a truncated, emptied or overwritten data.mdb is refused
+ * before it is mapped (no SIGBUS), with a reason; nothing is re-created;
+ * the intact file opens again with every message. */
+static void test_damaged_file(void **state)
+{
+	const char *dir = spool_dir(state);
+	struct mta_spool *sp = open_spool(dir, 8u << 20, false);
+	struct mta_spool_txn *t;
+	struct mta_envelope e;
+	struct mta_body b;
+	char q[MTA_QID_LEN + 1], data[4200], keep[4300];
+	const char *why;
+
+	assert_int_equal(mta_spool_begin(sp, &t), 0);
+	mta_body_init(&b, mta_spool_tmpdir(sp), 1u << 20);
+	fill_body(&b, 100000, 3);
+	for (int i = 0; i < 20; i++) {
+		make_env(&e, (unsigned)i, 100 + i);
+		mta_qid_make(q, 100 + (uint64_t)i, 0);
+		assert_int_equal(mta_spool_put_message(t, q, &e, &b), 0);
+		mta_envelope_free(&e);
+	}
+	mta_body_free(&b);
+	assert_int_equal(mta_spool_commit(t), 0);
+	assert_false(mta_spool_corrupt(sp));
+	mta_spool_close(sp);
+	snprintf(data, sizeof(data), "%s/data.mdb", dir);
+	snprintf(keep, sizeof(keep), "%s/data.keep", dir);
+	copy_file(data, keep);
+	off_t full = file_size(data);
+	assert_true(full > 40960 * 2);
+
+	/* (a)+(d): truncated -> "truncated", not a schema mismatch */
+	assert_int_equal(truncate(data, 40960), 0);
+	why = open_fails(dir, false, MTA_ECORRUPT);
+	assert_non_null(strstr(why, "truncated"));
+	assert_non_null(strstr(why, "backup"));
+	why = open_fails(dir, true, MTA_ECORRUPT);
+	assert_non_null(strstr(why, "truncated"));
+	assert_int_equal(file_size(data), 40960);
+
+	/* (b): emptied -> refused, never re-created as a new spool */
+	assert_int_equal(truncate(data, 0), 0);
+	why = open_fails(dir, false, MTA_ECORRUPT);
+	assert_non_null(strstr(why, "empty"));
+	why = open_fails(dir, true, MTA_ECORRUPT);
+	assert_non_null(strstr(why, "empty"));
+	assert_int_equal(file_size(data), 0);
+
+	/* shorter than one meta page */
+	assert_int_equal(truncate(data, 100), 0);
+	why = open_fails(dir, false, MTA_ECORRUPT);
+	assert_non_null(strstr(why, "too short"));
+
+	/* meta page 0 overwritten */
+	copy_file(keep, data);
+	FILE *f = fopen(data, "r+b");
+	assert_non_null(f);
+	assert_int_equal(fwrite("garbagegarbagegarbagegarbage", 1, 28, f), 28);
+	assert_int_equal(fclose(f), 0);
+	why = open_fails(dir, false, MTA_ECORRUPT);
+	assert_non_null(strstr(why, "meta page 0"));
+	assert_int_equal(file_size(data), full);
+
+	/* the intact file is still a good spool with all its messages */
+	copy_file(keep, data);
+	sp = open_spool(dir, 8u << 20, false);
+	uint64_t n = 0;
+	assert_int_equal(mta_spool_stat(sp, &n), 0);
+	assert_int_equal(n, 20);
+	mta_spool_close(sp);
+	unlink(keep);
+}
+
+/* Issue 9 item 2: one holder of <dir>/mtad.lock; the second learns the
+ * holder's PID; the lock ends with its descriptor. */
+static void test_lock(void **state)
+{
+	const char *dir = spool_dir(state);
+	int fd1 = -1, fd2 = -1;
+	long holder = -1;
+
+	assert_int_equal(mta_spool_lock(dir, &fd1, &holder), 0);
+	assert_true(fd1 >= 0);
+	/* flock locks belong to the open file: a second open conflicts */
+	assert_int_equal(mta_spool_lock(dir, &fd2, &holder), MTA_EAGAIN);
+	assert_int_equal(fd2, -1);
+	assert_int_equal(holder, (long)getpid());
+	/* the tools still open the spool beside the lock holder */
+	struct mta_spool *sp = open_spool(dir, 8u << 20, false);
+	mta_spool_close(sp);
+	close(fd1);
+	assert_int_equal(mta_spool_lock(dir, &fd2, &holder), 0);
+	close(fd2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -861,6 +995,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_foreach_corrupt, setup_dir,
 						teardown_dir),
 		cmocka_unit_test_setup_teardown(test_body_spill, setup_dir,
+						teardown_dir),
+		cmocka_unit_test_setup_teardown(test_damaged_file, setup_dir,
+						teardown_dir),
+		cmocka_unit_test_setup_teardown(test_lock, setup_dir,
 						teardown_dir),
 	};
 	alarm(100);
