@@ -984,12 +984,13 @@ static int is_key_line(const struct loader *ld, const char *name)
 
 	if (ld->lineno == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
 		p += 3;
-	while (*p == ' ' || *p == '\t')
+	/* blanks as libinih strips them (isspace: also \f, \v) */
+	while (isspace((unsigned char)*p))
 		p++;
 	if (strncmp(p, name, nl) != 0)
 		return 0;
 	p += nl;
-	while (*p == ' ' || *p == '\t')
+	while (isspace((unsigned char)*p))
 		p++;
 	return *p == '=' || *p == ':';
 }
@@ -1004,19 +1005,21 @@ static int handler(void *user, const char *section, const char *name,
 
 	if (ld->failed)
 		return 0;
+	char sn[256], kn[256];
+
 	if (*section == '\0') {
 		seterr(ld, "%s:%d: %s: key outside any section", ld->path,
-		       ld->lineno, name);
+		       ld->lineno, shown(name, kn, sizeof(kn)));
 		return 0;
 	}
 	i = find_key(section, name);
 	if (i == NKEYS) {
 		if (!known_section(section, strlen(section)))
 			seterr(ld, "%s:%d: [%s]: unknown section", ld->path,
-			       ld->lineno, section);
+			       ld->lineno, shown(section, sn, sizeof(sn)));
 		else
 			seterr(ld, "%s:%d: %s.%s: unknown key", ld->path,
-			       ld->lineno, section, name);
+			       ld->lineno, section, shown(name, kn, sizeof(kn)));
 		return 0;
 	}
 	r = &ld->raw[i];

@@ -25,7 +25,7 @@ def _fill(m, n=NMSG):
     qids = []
     for i in range(n):
         r = c.send_message("s%d@client.test" % i, ["rcpt@example.org"],
-                           message("m%d" % i, body=("z%d " % i) * 800 + "\r\n"))
+                           message("m%d" % i, body=(("z%d " % i) * 20 + "\r\n") * 40))
         assert r.code == 250 and r.qid, r
         qids.append(r.qid)
     c.quit()

@@ -12,6 +12,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lab"))
+sys.path.insert(0, os.path.join(HERE, "..", "integration", "lib"))
 
 from mtadtest import MTAD, alloc_addr, clean_env, message  # noqa: E402
 from smtpraw import RawSMTP  # noqa: E402
