@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -1506,4 +1507,42 @@ int mta_spool_counter_foreach(struct mta_spool *sp,
 	if (!sp->have_tlsrpt)
 		return 0;
 	return kv_foreach(sp, sp->tlsrpt, counter_entry, &w);
+}
+
+/* The one process-wide state of this module: the SIGBUS handler can take no
+ * argument, so the sentence it writes is made ahead, once per process. */
+static char sigbus_msg[1024];
+static size_t sigbus_len;
+
+static void on_sigbus(int sig)
+{
+	/* async-signal-safe: one write(2), then die of the signal as before
+	 * (SA_RESETHAND restored the default action) */
+	ssize_t r = write(STDERR_FILENO, sigbus_msg, sigbus_len);
+	(void)r;
+	raise(sig);
+}
+
+void mta_spool_trap_sigbus(const char *prog, const char *dir)
+{
+	struct sigaction sa;
+	int n;
+
+	n = snprintf(sigbus_msg, sizeof(sigbus_msg),
+		     "%s: level=error event=spool_corrupt what=sigbus dir=%s "
+		     "action=\"SIGBUS: a page outside %s/data.mdb was "
+		     "referenced, so the spool file is damaged. Stop every "
+		     "mtad and tool using it, copy the directory aside, "
+		     "restore data.mdb from a backup or salvage with mdb_dump "
+		     "-a into a new spool\"\n",
+		     prog, dir, dir);
+	if (n < 0)
+		return;
+	sigbus_len = (size_t)n < sizeof(sigbus_msg) ? (size_t)n
+						    : sizeof(sigbus_msg) - 1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_sigbus;
+	sa.sa_flags = SA_RESETHAND;
+	sigemptyset(&sa.sa_mask);
+	(void)sigaction(SIGBUS, &sa, NULL);
 }

@@ -69,6 +69,13 @@
  *	every power of two of their count) with what to do; the health
  *	endpoint reads the flag.
  *
+ *	mta_spool_trap_sigbus() installs a SIGBUS handler that writes one
+ *	line naming the spool as damaged and what to do, then dies of the
+ *	signal as before.  LMDB has no page checksums: a damaged page can
+ *	point past the end of data.mdb, and the access is a SIGBUS no caller
+ *	can catch; this makes it loud instead of a bare "Bus error".  The
+ *	message is formatted once per process (the handler's only state).
+ *
  *	Writing happens only on the writer thread (writer.h) through a
  *	transaction: mta_spool_begin(), any number of mta_spool_put_message(),
  *	mta_spool_commit() or mta_spool_abort() (both free the txn, whatever
@@ -195,6 +202,7 @@ void mta_spool_close(struct mta_spool *sp);
 int mta_spool_lock(const char *dir, int *fd, long *holder);
 /* Damage seen at run time (any thread). */
 bool mta_spool_corrupt(const struct mta_spool *sp);
+void mta_spool_trap_sigbus(const char *prog, const char *dir);
 const char *mta_spool_tmpdir(const struct mta_spool *sp);
 /* Bytes per body chunk (page size - 16). */
 size_t mta_spool_chunk_size(const struct mta_spool *sp);

@@ -350,6 +350,7 @@ int main(int argc, char **argv)
 		.why = why,
 		.whylen = sizeof(why),
 	};
+	mta_spool_trap_sigbus("mtad", d.cfg->spool_dir);
 	rc = mta_spool_open(&so, &d.spool);
 	if (rc != 0) {
 		mta_log_begin(&ll, MTA_LOG_ERR, "spool_open_failed");

@@ -44,6 +44,7 @@ int tool_open_spool(const char *prog, const struct mta_config *cfg,
 			cfg->spool_dir);
 		return 1;
 	}
+	mta_spool_trap_sigbus(prog, cfg->spool_dir);
 	rc = mta_spool_open(&o, out);
 	if (rc != 0) {
 		fprintf(stderr, "%s: spool %s: %s\n", prog, cfg->spool_dir,

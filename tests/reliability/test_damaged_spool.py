@@ -162,3 +162,19 @@ def test_random_bytes_over_a_page_detected_at_run_time(mtad_factory):
     assert m.alive()
     p = _tool(m, [MTAQ, "-c", m.conf, "--json"])
     assert p.returncode >= 0, "mtaq died of signal %d" % -p.returncode
+
+
+def test_sigbus_from_the_map_is_reported_as_spool_damage(mtad_factory):
+    """LMDB has no page checksums: a damaged page can send it past the end
+    of data.mdb, a SIGBUS no caller can catch.  mtad then says, in its log,
+    that the spool is damaged and what to do (event=spool_corrupt
+    what=sigbus), and dies of the signal (no silent 'Bus error').  The
+    signal is sent by hand here: the wiring is what is tested."""
+    m = mtad_factory()
+    _fill(m, 3)
+    m.signal(signal.SIGBUS)
+    rc = m.proc.wait(10)
+    assert rc == -signal.SIGBUS, rc
+    log = m.log_text()
+    assert "event=spool_corrupt what=sigbus dir=%s" % m.spool in log, log[-2000:]
+    assert "restore data.mdb from a backup" in log
