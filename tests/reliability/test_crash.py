@@ -17,7 +17,8 @@ clients stop, the queue drains, and the test reports:
 
 Short form (in `make test`): MTAD_CRASH_CYCLES=3 kills, 1-2.5 s apart.
 Long form: MTAD_CRASH_CYCLES=26 (and MTAD_CRASH_CLIENTS, MTAD_CRASH_SECONDS
-= the longest run between two kills, MTAD_CRASH_SEED to replay a run).
+= the longest run between two kills, MTAD_CRASH_BODY = the largest body in
+bytes, sizes drawn from the seed, MTAD_CRASH_SEED to replay a run).
 docs/reliability.md has the latest figures.
 """
 import os
@@ -32,6 +33,7 @@ CYCLES = int(os.environ.get("MTAD_CRASH_CYCLES", "3"))
 CLIENTS = int(os.environ.get("MTAD_CRASH_CLIENTS", "6"))
 MAX_UP = float(os.environ.get("MTAD_CRASH_SECONDS", "2.5"))
 MIN_UP = min(1.0, MAX_UP)
+BODY = int(os.environ.get("MTAD_CRASH_BODY", "600"))  # largest body, bytes
 DRAIN_TIMEOUT = float(os.environ.get("MTAD_CRASH_DRAIN", "120"))
 ID_HEADER = b"X-Crash-Id: "
 
@@ -48,11 +50,17 @@ class Client(threading.Thread):
         self.refused = 0      # 4xx/5xx replies
         self.errors = 0       # connection errors (mtad down)
         self.seq = 0
+        self.rng = random.Random(seed * 1000 + n)
 
     def _session(self):
         s = smtplib.SMTP(self.addr, self.port, timeout=20)
         s.ehlo("crash-client-%d.test" % self.n)
         return s
+
+    def _body(self, mid):
+        line = b"payload %s %s\r\n" % (mid.encode(), b"x" * 40)
+        size = BODY if BODY <= 600 else self.rng.randint(600, BODY)
+        return line * max(1, size // len(line))
 
     def run(self):
         s = None
@@ -65,7 +73,7 @@ class Client(threading.Thread):
                 msg = (b"From: <load@client.test>\r\nTo: <sink@relay.test>\r\n"
                        b"Subject: crash " + mid.encode() + b"\r\n" +
                        ID_HEADER + mid.encode() + b"\r\n\r\n" +
-                       (b"payload %s\r\n" % mid.encode()) * 20)
+                       self._body(mid))
                 s.sendmail("load@client.test", ["sink@relay.test"], msg)
                 self.acked.append(mid)
             except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused,
@@ -89,8 +97,10 @@ class Client(threading.Thread):
 
 
 def _sink_copies(sink):
-    """{id: [time of the sink's 250, ...]} from the sink's records."""
+    """{id: [(time of the sink's 250, time its connection opened), ...]}
+    from the sink's records."""
     t_of_seq = {e["seq"]: e["t"] for e in sink.events("data")}
+    t_conn = {e["conn"]: e["t"] for e in sink.events("connect")}
     copies = {}
     for rec in sink.messages():
         data = rec["data"]
@@ -98,7 +108,8 @@ def _sink_copies(sink):
         assert i >= 0, "message without %r at the sink: %r" % (ID_HEADER, data[:300])
         j = data.index(b"\r\n", i + 2)
         mid = data[i + 2 + len(ID_HEADER):j].decode()
-        copies.setdefault(mid, []).append(t_of_seq.get(rec["seq"], 0.0))
+        copies.setdefault(mid, []).append(
+            (t_of_seq.get(rec["seq"], 0.0), t_conn.get(rec["conn"], 0.0)))
     return copies
 
 
@@ -162,18 +173,22 @@ def test_crash_kill9_at_least_once(mtad_factory, tmp_path):
         lost = sorted(acked - delivered)
         dups = {k: v for k, v in copies.items() if len(v) > 1}
         max_copies = max((len(v) for v in copies.values()), default=0)
-        # age of each duplicate's first copy at the kill that followed it
-        # and copies with no kill between them (a resend without a crash)
+        # The kill that caused a resend: the last one before the second
+        # copy while the first copy's connection was open (the sink may
+        # record a message a moment after mtad died).  Its distance from
+        # the first copy's 250 is how long the "sent" state stayed
+        # uncommitted (0 when mtad died before it read the 250).
         ages, same_run = [], []
         for mid, ts in sorted(dups.items()):
             ts = sorted(ts)
-            after = [tk for tk, _ in kills if tk >= ts[0]]
-            if after:
-                ages.append(min(after) - ts[0])
-            if not after or ts[1] < min(after):
+            (t1, c1), (t2, _) = ts[0], ts[1]
+            cause = [tk for tk, _ in kills if c1 <= tk <= t2]
+            if cause:
+                ages.append(max(0.0, max(cause) - t1))
+            else:
                 same_run.append(mid)
         near = sum(1 for ts in copies.values() for tk, _ in kills
-                   if 0 <= tk - min(ts) < 1.0)
+                   if 0 <= tk - min(ts)[0] < 1.0)
         print("crash test: seed=%d kills=%d acknowledged=%d delivered=%d "
               "unacknowledged_delivered=%d lost=%d duplicates=%d (%.2f%%) "
               "max_copies=%d queued_at_end=%d refused=%d conn_errors=%d"
