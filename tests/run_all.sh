@@ -55,6 +55,6 @@ fi
 if [ -x build-asan/mtad ]; then
 	step integration env MTAD_BUILD_DIR="$root/build-asan" \
 		/usr/bin/python3 -m pytest -q -p no:cacheprovider \
-		--junitxml="$res/integration.xml" tests/integration
+		--junitxml="$res/integration.xml" tests/integration tests/reliability
 fi
 exit $fail
