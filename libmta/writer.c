@@ -16,7 +16,9 @@ struct mta_writer {
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	/* under mu: */
+	/* under mu: urgent holds delivery outcomes (MTA_COMMIT_UPDATE),
+	 * pending everything else, each in submission order */
+	struct mta_commit *urgent, *urgent_tail;
 	struct mta_commit *pending, *pending_tail;
 	struct mta_commit *done, *done_tail;
 	bool stopping;
@@ -126,20 +128,82 @@ log:;
 	}
 }
 
+/* Body bytes a request writes: what makes a batch slow to commit. */
+static uint64_t req_bytes(const struct mta_commit *c)
+{
+	uint64_t n = c->body ? c->body->len : 0;
+	if (c->kind == MTA_COMMIT_UPDATE && c->new_body != NULL)
+		n += c->new_body->len;
+	return n;
+}
+
+/* Under mu: unlinks the head of *list up to max requests and max bytes
+ * (at least one request); returns it, NULL-terminated. */
+static struct mta_commit *take(struct mta_commit **list,
+			       struct mta_commit **tail, size_t max,
+			       uint64_t max_bytes, size_t *n, uint64_t *bytes)
+{
+	struct mta_commit *head = *list, *last = NULL, *c = *list;
+
+	*n = 0;
+	*bytes = 0;
+	while (c != NULL && *n < max &&
+	       (*n == 0 || *bytes + req_bytes(c) <= max_bytes)) {
+		*bytes += req_bytes(c);
+		(*n)++;
+		last = c;
+		c = c->next;
+	}
+	if (last == NULL)
+		return NULL;
+	*list = c;
+	if (c == NULL)
+		*tail = NULL;
+	last->next = NULL;
+	return head;
+}
+
+/*
+ * Writer thread.  Each round takes every waiting outcome update first,
+ * then one bounded batch of the other requests (new mail).  A small new
+ * mail batch shares the outcome's transaction (one sync for both); a
+ * large one gets its own, after it.  So the "sent" state of a delivered
+ * message waits for at most the transaction in progress and one bounded
+ * batch, never behind everything that arrived meanwhile: that wait is
+ * the window in which a crash makes mtad deliver the message again.
+ * Alternating rounds keep a stream of updates from starving new mail.
+ */
 static void *writer_main(void *arg)
 {
 	struct mta_writer *w = arg;
 
 	pthread_mutex_lock(&w->mu);
 	for (;;) {
-		while (w->pending == NULL && !w->stopping)
+		while (w->urgent == NULL && w->pending == NULL && !w->stopping)
 			pthread_cond_wait(&w->cv, &w->mu);
-		if (w->pending == NULL)
+		if (w->urgent == NULL && w->pending == NULL)
 			break; /* stopping, nothing left */
-		struct mta_commit *batch = w->pending;
-		w->pending = w->pending_tail = NULL;
+		size_t nu, nn;
+		uint64_t bu, bn;
+		struct mta_commit *up = take(&w->urgent, &w->urgent_tail,
+					     MTA_WRITER_BATCH_MAX,
+					     MTA_WRITER_BATCH_BYTES, &nu, &bu);
+		struct mta_commit *news = take(&w->pending, &w->pending_tail,
+					       MTA_WRITER_BATCH_MAX,
+					       MTA_WRITER_BATCH_BYTES, &nn, &bn);
 		pthread_mutex_unlock(&w->mu);
-		commit_batch(w, batch);
+		if (up != NULL && news != NULL && nn <= MTA_WRITER_MERGE_MAX &&
+		    bn <= MTA_WRITER_MERGE_BYTES) {
+			struct mta_commit *c = up;
+			while (c->next != NULL)
+				c = c->next;
+			c->next = news; /* outcomes first, then the small batch */
+			news = NULL;
+		}
+		if (up != NULL)
+			commit_batch(w, up);
+		if (news != NULL)
+			commit_batch(w, news);
 		pthread_mutex_lock(&w->mu);
 	}
 	pthread_mutex_unlock(&w->mu);
@@ -221,11 +285,19 @@ void mta_writer_submit(struct mta_writer *w, struct mta_commit *c)
 	c->result = 0;
 	pthread_mutex_lock(&w->mu);
 	assert(!w->stopping);
-	if (w->pending_tail)
-		w->pending_tail->next = c;
-	else
-		w->pending = c;
-	w->pending_tail = c;
+	if (c->kind == MTA_COMMIT_UPDATE) {
+		if (w->urgent_tail)
+			w->urgent_tail->next = c;
+		else
+			w->urgent = c;
+		w->urgent_tail = c;
+	} else {
+		if (w->pending_tail)
+			w->pending_tail->next = c;
+		else
+			w->pending = c;
+		w->pending_tail = c;
+	}
 	pthread_cond_signal(&w->cv);
 	pthread_mutex_unlock(&w->mu);
 }

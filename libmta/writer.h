@@ -4,12 +4,12 @@
  * DESCRIPTION
  *	mta_writer_start() starts the one thread that owns every LMDB write
  *	transaction.  The loop thread hands it commit requests with
- *	mta_writer_submit() (a mutex-protected FIFO and a condition
- *	variable); the writer takes every request waiting, puts them all in
- *	one transaction (each in its own nested transaction, so one failure
- *	such as MTA_EMAPFULL does not sink the others), commits and syncs
- *	once, then posts the requests back to the loop (uv_async) where each
- *	req->done(req) is called, in submission order within a batch, with
+ *	mta_writer_submit() (mutex-protected FIFOs and a condition
+ *	variable); the writer takes a batch of waiting requests, puts them
+ *	all in one transaction (each in its own nested transaction, so one
+ *	failure such as MTA_EMAPFULL does not sink the others), commits and
+ *	syncs once, then posts the requests back to the loop (uv_async)
+ *	where each req->done(req) is called, in batch order, with
  *	req->result set: 0 = durable, MTA_EMAPFULL / -ENOSPC / other =
  *	nothing of the message was written.  If the commit itself fails,
  *	every request of the batch gets the commit error.  A message that
@@ -17,6 +17,20 @@
  *	transaction) in a batch of several is retried at once in a
  *	transaction of its own; that result is final.  A session sends its
  *	250 from done(), so a 250 always follows a completed sync.
+ *
+ *	Priority: delivery outcomes (MTA_COMMIT_UPDATE) wait in a queue of
+ *	their own and go first.  Each round of the writer takes every
+ *	waiting outcome (at most MTA_WRITER_BATCH_MAX) and then one batch
+ *	of the other requests, at most MTA_WRITER_BATCH_MAX requests and
+ *	MTA_WRITER_BATCH_BYTES of bodies (at least one request).  When that
+ *	batch is small (MTA_WRITER_MERGE_MAX requests, MTA_WRITER_MERGE_BYTES)
+ *	it shares the outcomes' transaction, after them; otherwise the
+ *	outcomes commit alone first and the batch follows in its own
+ *	transaction.  So a "sent" state waits for at most the transaction in
+ *	progress and one bounded batch: that wait is the window in which a
+ *	crash makes mtad deliver a message twice (docs/reliability.md).
+ *	Within each queue the order is the submission order; an outcome may
+ *	become durable before new mail submitted earlier.
  *
  *	Each batch logs one debug line: event=commit n= ok= bytes= usec=
  *	(and error= when the batch failed as a whole).
@@ -56,6 +70,14 @@
 #include <uv.h>
 
 struct mta_writer;
+
+/* Batch bounds (see DESCRIPTION): a batch holds at most this many
+ * requests and this many body bytes; a batch of new mail this small
+ * shares the transaction of the outcomes taken before it. */
+#define MTA_WRITER_BATCH_MAX 256
+#define MTA_WRITER_BATCH_BYTES (4u << 20)
+#define MTA_WRITER_MERGE_MAX 16
+#define MTA_WRITER_MERGE_BYTES (64u << 10)
 
 enum mta_commit_kind {
 	MTA_COMMIT_NEW = 0,    /* store a new message (qid, env, body) */

@@ -44,6 +44,7 @@ struct fx {
 	size_t loglen;
 	struct req *reqs;
 	size_t nreq, submitted, ndone;
+	size_t *order; /* index of each done() call, in call order */
 	bool stopped;
 };
 
@@ -114,6 +115,7 @@ static void fx_free(struct fx *fx)
 		mta_body_free(&fx->reqs[i].body);
 	}
 	free(fx->reqs);
+	free(fx->order);
 	free(fx->log);
 	mta_spool_close(fx->sp);
 	nftw(fx->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
@@ -123,6 +125,8 @@ static void on_done(struct mta_commit *c)
 {
 	struct req *r = (struct req *)c;
 	r->ndone++;
+	if (r->fx->order != NULL)
+		r->fx->order[r->fx->ndone] = (size_t)(r - r->fx->reqs);
 	r->fx->ndone++;
 }
 
@@ -247,7 +251,8 @@ static void test_mapfull_batch(void **state)
 
 	fx_init(&fx, 1u << 20, 6);
 	for (size_t i = 0; i < 6; i++) {
-		req_init(&fx, i, i == 2 ? 4u << 20 : 3000);
+		/* 2 MiB: over the map, within MTA_WRITER_BATCH_BYTES */
+		req_init(&fx, i, i == 2 ? 2u << 20 : 3000);
 		fx.reqs[i].c.done = stop_when_all_done;
 	}
 	/*
@@ -297,6 +302,147 @@ static void test_mapfull_batch(void **state)
 	fx_free(&fx);
 }
 
+/* ---- delivery outcomes ahead of new mail ---- */
+
+/* Fills the log pipe: the writer then blocks on the log line of its next
+ * batch, so everything submitted meanwhile waits for the round after. */
+static void block_log(struct fx *fx)
+{
+	int fl = fcntl(fx->logpipe[1], F_GETFL);
+	char junk[4096];
+
+	assert_int_equal(fcntl(fx->logpipe[1], F_SETFL, fl | O_NONBLOCK), 0);
+	memset(junk, '#', sizeof(junk));
+	while (write(fx->logpipe[1], junk, sizeof(junk)) > 0)
+		;
+	assert_int_equal(errno, EAGAIN);
+	assert_int_equal(fcntl(fx->logpipe[1], F_SETFL, fl), 0);
+}
+
+static void wait_stored(struct fx *fx, const char *qid)
+{
+	struct mta_envelope e;
+	for (int tries = 0;; tries++) {
+		int rc = mta_spool_get(fx->sp, qid, &e);
+		if (rc == 0) {
+			mta_envelope_free(&e);
+			return;
+		}
+		assert_int_equal(rc, MTA_ENOTFOUND);
+		assert_true(tries < 10000);
+		usleep(1000);
+	}
+}
+
+/*
+ * Request 0 is stored first; while the writer is blocked, nnew new
+ * messages of body_len bytes (requests 1..nnew) and then the outcome of
+ * request 0 (the last request: it removes message 0, as a delivery does)
+ * are submitted.  The outcome must be done before every new message.
+ */
+static void run_priority(struct fx *fx, size_t nnew, uint64_t body_len)
+{
+	size_t up = nnew + 1;
+
+	fx_init(fx, 64u << 20, nnew + 2);
+	fx->order = calloc(fx->nreq, sizeof(*fx->order));
+	assert_non_null(fx->order);
+	for (size_t i = 0; i <= nnew; i++) {
+		req_init(fx, i, i == 0 ? 3000 : body_len);
+		fx->reqs[i].c.done = stop_when_all_done;
+	}
+	struct req *u = &fx->reqs[up];
+	u->fx = fx;
+	mta_envelope_init(&u->env);
+	memcpy(u->c.qid, fx->reqs[0].c.qid, sizeof(u->c.qid));
+	u->c.kind = MTA_COMMIT_UPDATE;
+	u->c.env = &fx->reqs[0].env;
+	u->c.old_due_us = fx->reqs[0].env.arrival_us; /* new: due on arrival */
+	u->c.new_due_us = -1;
+	u->c.done = stop_when_all_done;
+
+	block_log(fx);
+	mta_writer_submit(fx->w, &fx->reqs[0].c);
+	wait_stored(fx, fx->reqs[0].c.qid);
+	for (size_t i = 1; i <= nnew; i++)
+		mta_writer_submit(fx->w, &fx->reqs[i].c);
+	mta_writer_submit(fx->w, &u->c); /* submitted last */
+	drain_start(fx);
+
+	assert_int_equal(uv_run(&fx->loop, UV_RUN_DEFAULT), 0);
+	assert_int_equal(uv_loop_close(&fx->loop), 0);
+	assert_true(fx->stopped);
+	for (size_t i = 0; i < fx->nreq; i++) {
+		assert_int_equal(fx->reqs[i].ndone, 1);
+		assert_int_equal(fx->reqs[i].c.result, 0);
+	}
+	/* done order: 0, the outcome, then the new mail in submission order */
+	assert_int_equal(fx->order[0], 0);
+	assert_int_equal(fx->order[1], up);
+	for (size_t i = 2; i < fx->nreq; i++)
+		assert_int_equal(fx->order[i], i - 1);
+	uint64_t n = 0;
+	assert_int_equal(mta_spool_stat(fx->sp, &n), 0);
+	assert_int_equal(n, nnew); /* message 0 was removed by its outcome */
+	drain_stop(fx);
+}
+
+/* A large batch of new mail (over MTA_WRITER_BATCH_MAX requests): the
+ * outcome commits alone, then the new mail in bounded batches. */
+static void test_outcome_before_large_batch(void **state)
+{
+	(void)state;
+	struct fx fx;
+	enum { NNEW = MTA_WRITER_BATCH_MAX + 40 };
+
+	run_priority(&fx, NNEW, 200);
+	size_t lines, sum, max;
+	log_commits(&fx, &lines, &sum, &max);
+	assert_int_equal(sum, NNEW + 2);
+	assert_int_equal(max, MTA_WRITER_BATCH_MAX);
+	const char *one = strstr(fx.log, "event=commit n=1 ok=1 ");
+	assert_non_null(one); /* request 0 */
+	const char *two = strstr(one + 1, "event=commit n=1 ok=1 ");
+	assert_non_null(two); /* the outcome, alone */
+	char big[64];
+	snprintf(big, sizeof(big), "event=commit n=%d ok=%d ",
+		 MTA_WRITER_BATCH_MAX, MTA_WRITER_BATCH_MAX);
+	const char *b = strstr(fx.log, big);
+	assert_non_null(b);
+	assert_true(two < b);
+	fx_free(&fx);
+}
+
+/* A batch of new mail over MTA_WRITER_MERGE_BYTES: the outcome still
+ * commits alone, ahead of it. */
+static void test_outcome_before_heavy_batch(void **state)
+{
+	(void)state;
+	struct fx fx;
+
+	run_priority(&fx, 5, 40000);
+	const char *one = strstr(fx.log, "event=commit n=1 ok=1 ");
+	assert_non_null(one);
+	const char *two = strstr(one + 1, "event=commit n=1 ok=1 ");
+	assert_non_null(two);
+	const char *b = strstr(fx.log, "event=commit n=5 ok=5 ");
+	assert_non_null(b);
+	assert_true(two < b);
+	fx_free(&fx);
+}
+
+/* A small batch of new mail shares the outcome's transaction (one sync),
+ * the outcome first. */
+static void test_outcome_merged_with_small_batch(void **state)
+{
+	(void)state;
+	struct fx fx;
+
+	run_priority(&fx, 5, 100);
+	assert_non_null(strstr(fx.log, "event=commit n=6 ok=6 "));
+	fx_free(&fx);
+}
+
 /* ---- stop with requests still pending ---- */
 
 static void test_stop_pending(void **state)
@@ -331,6 +477,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_many),
 		cmocka_unit_test(test_mapfull_batch),
+		cmocka_unit_test(test_outcome_before_large_batch),
+		cmocka_unit_test(test_outcome_before_heavy_batch),
+		cmocka_unit_test(test_outcome_merged_with_small_batch),
 		cmocka_unit_test(test_stop_pending),
 	};
 	alarm(100);
