@@ -17,6 +17,7 @@ declare -A extra=(
 	[dane]="libmta/dane.c $(pkg-config --libs gnutls)"
 	[tlspolicy]="libmta/tlspolicy.c"
 	[sts]="libmta/sts.c"
+	[dns]="libmta/dns.c $(pkg-config --libs getdns libuv)"
 )
 status=0
 for f in tests/fuzz/fuzz_*.c; do
