@@ -65,7 +65,7 @@ static const char *state_word(int st)
 /* Records the outcome of one attempt for env recipient r and logs it. */
 void dlv_record(struct msg *m, size_t r, int code, const char *status,
 		   const char *text, const char *relay, const char *tls,
-		   const char *auth)
+		   const char *auth, const char *skipped)
 {
 	struct mta_delivery *d = m->d;
 	struct mta_queue_outcome o = {code, status, text, relay};
@@ -81,10 +81,12 @@ void dlv_record(struct msg *m, size_t r, int code, const char *status,
 	memcpy(m->fstatus[r], fs, sizeof(fs));
 	{
 		/* the decision and its evidence stay with the recipient */
-		char ev[400];
-		snprintf(ev, sizeof(ev), "tls=%s auth=%s",
+		char ev[600];
+		snprintf(ev, sizeof(ev), "tls=%s auth=%s%s%s",
 			 tls && tls[0] ? tls : "none",
-			 auth && auth[0] ? auth : "none");
+			 auth && auth[0] ? auth : "none",
+			 skipped && skipped[0] ? " mx_skipped=" : "",
+			 skipped && skipped[0] ? skipped : "");
 		(void)mta_envelope_set_str(&m->env.rcpts[r].evidence, ev);
 	}
 	mta_log_begin(&ll, st == MTA_RCPT_SENT ? MTA_LOG_INFO : MTA_LOG_WARN,
@@ -98,6 +100,8 @@ void dlv_record(struct msg *m, size_t r, int code, const char *status,
 	mta_log_str(&ll, "status", st < 0 ? "error" : state_word(st));
 	mta_log_str(&ll, "tls", tls && tls[0] ? tls : "none");
 	mta_log_str(&ll, "auth", auth && auth[0] ? auth : "none");
+	if (skipped && skipped[0])
+		mta_log_str(&ll, "mx_skipped", skipped);
 	mta_log_str(&ll, "response", text);
 	mta_log_end(&ll);
 }
@@ -150,10 +154,10 @@ void dlv_job_finish(struct job *j, int code, const char *status,
 			continue;
 		if (j->rstate[i] == R_TENTATIVE)
 			dlv_record(m, j->rcpts[i], j->tcode[i], j->tstatus[i],
-			       j->ttext[i], relay, tls, auth);
+			       j->ttext[i], relay, tls, auth, j->skipped);
 		else
 			dlv_record(m, j->rcpts[i], code, status, text, relay,
-			       tls, auth);
+			       tls, auth, j->skipped);
 		j->rstate[i] = R_FINAL;
 	}
 	dlv_job_free(j);
@@ -531,7 +535,7 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 			m->jobs_open++;
 			dlv_record(m, i, 0, "5.1.3",
 			       "recipient address has no domain", NULL, NULL,
-			       NULL);
+			       NULL, NULL);
 			m->jobs_open--;
 			continue;
 		}

@@ -89,6 +89,30 @@ static void set_error(struct conn *c, int code, const char *status,
 	va_end(ap);
 }
 
+/* Host c->hi is not tried (its lookups, DANE or MTA-STS rule it out;
+ * the caller has set the error): one info line per host, kept for the
+ * recipients' evidence (mtaq --json, mtactl show); then the next host. */
+static void host_skip(struct conn *c, const char *reason)
+{
+	struct mta_logline ll;
+	const char *host = c->hosts[c->hi].name;
+	size_t used = strlen(c->skipped);
+
+	mta_log_begin(&ll, MTA_LOG_INFO, "mx_skipped");
+	if (c->job != NULL)
+		mta_log_str(&ll, "qid", c->job->m->qid);
+	mta_log_str(&ll, "domain", c->dest->name);
+	mta_log_str(&ll, "host", host);
+	mta_log_str(&ll, "reason", reason);
+	mta_log_str(&ll, "detail", c->ltext);
+	mta_log_end(&ll);
+	if (used + strlen(host) + strlen(reason) + 3 < sizeof(c->skipped))
+		snprintf(c->skipped + used, sizeof(c->skipped) - used,
+			 "%s%s:%s", used > 0 ? "," : "", host, reason);
+	c->hi++;
+	conn_next_host(c);
+}
+
 static void on_tcp_closed(uv_handle_t *h)
 {
 	struct conn *c = h->data;
@@ -121,12 +145,56 @@ void dlv_conn_close(struct conn *c, void (*after)(struct conn *c))
 		uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
 }
 
+static void tlsrpt_count(struct conn *c, const char *ptype,
+			 const char *result);
+static int smtpc_tls_for(int level);
+
+/* DANE-62 (RFC 7672 §2.2, RFC 7435): a cleartext retry after a failed
+ * handshake only where nothing demands TLS: the effective level is may
+ * (no usable or unusable TLSA, no MTA-STS enforce, no operator or table
+ * level above may, no relayhost credentials). */
+static bool fallback_allowed(const struct conn *c)
+{
+	return c->level == MTA_TLS_MAY && c->dane == 0 &&
+	       c->scfg.tls == MTA_SMTPC_TLS_MAY &&
+	       !(c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE);
+}
+
+/* The TLS handshake of this connection failed (error, reset, timeout). */
+static void handshake_failed(struct conn *c, const char *why)
+{
+	c->hs_failed = true;
+	snprintf(c->hs_error, sizeof(c->hs_error), "%s", why);
+}
+
 static void after_close_next_addr(struct conn *c)
 {
 	if (c->d->stopping) {
 		conn_end(c);
 		return;
 	}
+	if (c->hs_failed && !c->clear_retry && c->job != NULL &&
+	    fallback_allowed(c)) {
+		struct mta_logline ll;
+
+		mta_log_begin(&ll, MTA_LOG_WARN, "tls_fallback");
+		mta_log_str(&ll, "qid", c->job->m->qid);
+		mta_log_str(&ll, "domain", c->dest->name);
+		mta_log_str(&ll, "relay", c->relay);
+		mta_log_str(&ll, "tls_fallback", "cleartext");
+		mta_log_str(&ll, "error", c->hs_error);
+		mta_log_end(&ll);
+		tlsrpt_count(c, c->sts_host ? "sts" : "no-policy-found",
+			     "validation-failure");
+		c->hs_failed = false;
+		c->clear_retry = true;
+		c->scfg.tls = MTA_SMTPC_TLS_NONE;
+		conn_next_addr(c); /* the same address, a new connection */
+		return;
+	}
+	if (c->clear_retry)
+		c->scfg.tls = smtpc_tls_for(c->level);
+	c->hs_failed = c->clear_retry = false;
 	c->ai++;
 	conn_next_addr(c);
 }
@@ -353,7 +421,12 @@ static void tlsrpt_count(struct conn *c, const char *ptype,
 	mta_writer_submit(d->writer, &r->commit);
 }
 
-/* After the handshake: does this channel meet the host's level? */
+/* After the handshake: does this channel meet the host's level?  The
+ * order is the precedence of docs/security.md: usable TLSA (DANE) first;
+ * then a WebPKI check when MTA-STS enforce or the operator's level (table
+ * or tls.default_level) asks for verify; an MTA-STS testing policy only
+ * records its failure and can never lower what the operator set; only
+ * unusable TLSA: encrypted, unauthenticated. */
 static bool verify_tls(struct conn *c, const char *host)
 {
 	char why[512];
@@ -391,52 +464,55 @@ static bool verify_tls(struct conn *c, const char *host)
 			  r.reason[0] ? r.reason : "DANE authentication failed");
 		return false;
 	}
-	if (c->dane == 2) {
-		snprintf(c->auth, sizeof(c->auth), "encrypt (TLSA unusable)");
-		return true;
-	}
-	if (c->sts_host) {
-		bool enforce = c->sts->mode == MTA_STS_MODE_ENFORCE;
+	if (c->sts_host || c->level == MTA_TLS_VERIFY) {
+		bool sts_enforce =
+			c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE;
+		bool required = sts_enforce || c->level == MTA_TLS_VERIFY;
+		const char *rpt = "certificate-not-trusted";
 		int rc = MTA_ETLS;
+
 		if (c->d->webpki)
-			rc = mta_tls_verify_webpki(&c->tls, host, why,
+			rc = mta_tls_verify_webpki(&c->tls, host, &rpt, why,
 						   sizeof(why));
 		else
 			snprintf(why, sizeof(why), "no usable tls.ca_file");
 		if (rc == 0) {
-			snprintf(c->auth, sizeof(c->auth), "mta-sts%s id=%s",
-				 enforce ? "" : "-testing", c->sts_id);
-			tlsrpt_count(c, "sts", "successful-session");
+			if (c->sts_host)
+				tlsrpt_count(c, "sts", "successful-session");
+			if (c->sts_host && (sts_enforce ||
+					    c->level != MTA_TLS_VERIFY))
+				snprintf(c->auth, sizeof(c->auth),
+					 "mta-sts%s id=%s",
+					 sts_enforce ? "" : "-testing",
+					 c->sts_id);
+			else
+				snprintf(c->auth, sizeof(c->auth), "verify");
 			return true;
 		}
-		tlsrpt_count(c, "sts", "certificate-not-trusted");
-		if (!enforce) {
-			sts_testing_failure(c, "certificate-not-trusted", why);
-			return true;
+		if (c->sts_host) {
+			tlsrpt_count(c, "sts", rpt);
+			if (!sts_enforce)
+				sts_testing_failure(c, rpt, why);
 		}
-		snprintf(c->auth, sizeof(c->auth), "mta-sts-failed id=%s",
-			 c->sts_id);
-		set_error(c, 0, "4.7.5",
-			  "MTA-STS (id %s): certificate of %s not valid: %s",
-			  c->sts_id, host, why);
-		return false;
-	}
-	if (c->level == MTA_TLS_VERIFY) {
-		if (!c->d->webpki) {
+		if (!required)
+			return true;
+		if (sts_enforce) {
+			snprintf(c->auth, sizeof(c->auth),
+				 "mta-sts-failed id=%s", c->sts_id);
 			set_error(c, 0, "4.7.5",
-				  "TLS verification of %s impossible: no "
-				  "usable tls.ca_file",
-				  host);
-			return false;
-		}
-		if (mta_tls_verify_webpki(&c->tls, host, why, sizeof(why)) !=
-		    0) {
+				  "MTA-STS (id %s): certificate of %s not "
+				  "valid: %s",
+				  c->sts_id, host, why);
+		} else {
 			snprintf(c->auth, sizeof(c->auth), "verify-failed");
 			set_error(c, 0, "4.7.5",
-				  "certificate of %s not valid: %s", host, why);
-			return false;
+				  "certificate of %s not valid: %s", host,
+				  why);
 		}
-		snprintf(c->auth, sizeof(c->auth), "verify");
+		return false;
+	}
+	if (c->dane == 2) {
+		snprintf(c->auth, sizeof(c->auth), "encrypt (TLSA unusable)");
 		return true;
 	}
 	return true;
@@ -466,8 +542,11 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		break;
 	case MTA_SMTPC_EV_READY:
 		c->any_session = true;
-		if (c->job == NULL && !c->d->stopping)
+		if (c->job == NULL && !c->d->stopping) {
 			c->job = dlv_dest_take(c->dest);
+			if (c->job != NULL)
+				c->job->skipped = c->skipped;
+		}
 		if (c->job != NULL) {
 			start_job(c);
 		} else {
@@ -497,7 +576,8 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 			    (j->m->env.rcpts[r].notify & MTA_NOTIFY_SUCCESS))
 				j->m->relayed[r] = true;
 			dlv_record(j->m, r, e->code, e->status, e->text, c->relay,
-			       c->tls_on ? c->tls_desc : NULL, c->auth);
+			       c->tls_on ? c->tls_desc : NULL, c->auth,
+			       c->skipped);
 			j->rstate[pos] = R_FINAL;
 		}
 		break;
@@ -635,6 +715,7 @@ static void tls_input(struct conn *c, const uint8_t *p, size_t len)
 			return;
 		if (rc != 0) {
 			char why[300];
+			handshake_failed(c, c->tls.error);
 			snprintf(why, sizeof(why), "TLS handshake with %s failed: %s",
 				 c->hosts[c->hi].name, c->tls.error);
 			set_error(c, 0, "4.7.5", "%s", why);
@@ -668,6 +749,19 @@ static void tls_input(struct conn *c, const uint8_t *p, size_t len)
 	flush_tls(c);
 }
 
+/* The peer closed, reset or went quiet in the middle of the handshake. */
+static void handshake_in_flight_failed(struct conn *c, const char *what)
+{
+	char why[300];
+
+	handshake_failed(c, what);
+	snprintf(why, sizeof(why), "TLS handshake with %s failed: %s",
+		 c->hosts[c->hi].name, what);
+	set_error(c, 0, "4.7.5", "%s", why);
+	mta_smtpc_abort(&c->smtpc, "4.7.5", why);
+	conn_drive(c);
+}
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
 	static char rbuf[65536];
@@ -684,6 +778,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		return;
 	if (nread < 0) {
 		uv_read_stop(s);
+		if (c->tls_on && !c->tls.handshake_done) {
+			handshake_in_flight_failed(
+				c, nread == UV_EOF ? "connection closed by peer"
+						   : uv_strerror((int)nread));
+			return;
+		}
 		mta_smtpc_eof(&c->smtpc);
 		conn_drive(c);
 		return;
@@ -705,6 +805,10 @@ static void on_conn_timer(uv_timer_t *t)
 		return;
 	}
 	if (c->phase == C_SMTP && c->smtpc_live) {
+		if (c->tls_on && !c->tls.handshake_done) {
+			handshake_in_flight_failed(c, "timed out");
+			return;
+		}
 		mta_smtpc_timeout(&c->smtpc);
 		conn_drive(c);
 	}
@@ -735,6 +839,9 @@ static void on_connect(uv_connect_t *req, int status)
 		return;
 	}
 	c->phase = C_SMTP;
+	if (c->clear_retry)
+		snprintf(c->auth, sizeof(c->auth),
+			 "none (tls_fallback=cleartext)");
 	if (mta_smtpc_init(&c->smtpc, &c->scfg) != 0) {
 		set_error(c, 0, "4.3.0", "client engine init failed");
 		conn_host_failed(c);
@@ -788,27 +895,43 @@ static void conn_next_addr(struct conn *c)
 	arm_timer(c, (uint64_t)d->cfg->connect_timeout * 1000u);
 }
 
-/* The level this host gets once its TLSA records (if any) are known. */
+/* The level this host gets once its TLSA records (if any) are known
+ * (precedence: docs/security.md "Which check applies where"). */
 static void host_ready(struct conn *c)
 {
 	int tl = c->table_level;
+	int want = tl >= 0 ? tl : c->d->level; /* the operator's level */
 	bool dane_ok = tl < 0 || tl == MTA_TLS_DANE || tl == MTA_TLS_DANE_ONLY;
 	const char *host = c->hosts[c->hi].name;
 
+	c->hs_failed = c->clear_retry = false;
+	if (c->dane == 2 && dane_ok && want == MTA_TLS_DANE_ONLY) {
+		/* DANE mandatory, but no record can authenticate */
+		set_error(c, 0, "4.7.5",
+			  "DANE required for %s but its DNSSEC-signed TLSA "
+			  "records are all unusable",
+			  host);
+		host_skip(c, "tlsa-unusable");
+		return;
+	}
 	if (c->dane != 0 && dane_ok) {
 		/* RFC 7672 §2.2: usable TLSA make authentication mandatory;
-		 * only unusable ones still make TLS mandatory */
-		c->level = c->dane == 1 ? MTA_TLS_DANE_ONLY : MTA_TLS_ENCRYPT;
+		 * only unusable ones still make TLS mandatory, and never
+		 * lower an operator's verify */
+		if (c->dane == 1)
+			c->level = MTA_TLS_DANE_ONLY;
+		else
+			c->level = want == MTA_TLS_VERIFY ? MTA_TLS_VERIFY
+							  : MTA_TLS_ENCRYPT;
 	} else {
 		c->dane = 0;
-		c->level = tl >= 0 ? tl : c->d->level;
+		c->level = want;
 		if (c->level == MTA_TLS_DANE_ONLY) {
 			set_error(c, 0, "4.7.5",
 				  "DANE required for %s but it has no usable "
 				  "DNSSEC-signed TLSA records",
 				  host);
-			c->hi++;
-			conn_next_host(c);
+			host_skip(c, "dane-required");
 			return;
 		}
 	}
@@ -824,8 +947,7 @@ static void host_ready(struct conn *c)
 				  "mta-sts mx mismatch: %s is not allowed by "
 				  "the MTA-STS policy of %s (id %s)",
 				  host, c->dest->name, c->sts_id);
-			c->hi++;
-			conn_next_host(c);
+			host_skip(c, "mta-sts-mx-mismatch");
 			return;
 		}
 		tlsrpt_count(c, "sts", "validation-failure");
@@ -850,16 +972,26 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 
 	c->q = NULL;
 	if (res->status == MTA_DNS_OK && res->dnssec == MTA_DNSSEC_SECURE) {
-		size_t n = res->count < MTA_DANE_TLSA_MAX ? res->count
-							  : MTA_DANE_TLSA_MAX;
+		size_t n = res->count;
+
+		if (n > MTA_DANE_TLSA_MAX) {
+			/* fail closed: a prefix in wire order (which DNSSEC
+			 * does not protect) might hold only unusable records */
+			set_error(c, 0, "4.7.5",
+				  "TLSA RRset at _%u._tcp.%s has %zu records, "
+				  "more than %d: host not used",
+				  c->hosts[c->hi].port, c->tlsa_base, n,
+				  MTA_DANE_TLSA_MAX);
+			host_skip(c, "tlsa-too-many");
+			return;
+		}
 		for (size_t i = 0; i < n; i++)
 			total += res->tlsa[i].len;
 		free(c->tlsa_data);
 		c->tlsa_data = malloc(total + 1);
 		if (c->tlsa_data == NULL) {
 			set_error(c, 0, "4.3.0", "out of memory");
-			c->hi++;
-			conn_next_host(c);
+			host_skip(c, "no-memory");
 			return;
 		}
 		for (size_t i = 0; i < n; i++) {
@@ -883,8 +1015,10 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 			  "not used",
 			  c->hosts[c->hi].port, c->tlsa_base,
 			  res->why ? res->why : mta_dnssec_name(res->dnssec));
-		c->hi++;
-		conn_next_host(c);
+		host_skip(c, res->status == MTA_DNS_BOGUS ||
+				     res->dnssec == MTA_DNSSEC_BOGUS
+			     ? "tlsa-bogus"
+			     : "tlsa-failed");
 		return;
 	}
 	/* no TLSA here (or an insecure answer): the other candidate, else
@@ -910,8 +1044,7 @@ static void tlsa_lookup(struct conn *c)
 	if (rc != 0) {
 		set_error(c, 0, "4.4.3", "TLSA lookup for %s failed: %s",
 			  owner, mta_strerror(rc));
-		c->hi++;
-		conn_next_host(c);
+		host_skip(c, "tlsa-failed");
 	}
 }
 
@@ -964,16 +1097,21 @@ static void on_addr(const struct mta_dns_result *res, void *ud)
 			c->addrs[c->naddrs++] = res->addr[i];
 	}
 	if (c->naddrs == 0) {
+		const char *reason = "no-address";
+
 		if (res->status == MTA_DNS_TEMPFAIL ||
-		    res->status == MTA_DNS_BOGUS)
+		    res->status == MTA_DNS_BOGUS) {
 			set_error(c, 0, "4.4.3",
 				  "address lookup for %s failed: %s", host,
 				  res->why ? res->why : "error");
-		else
+			reason = res->status == MTA_DNS_BOGUS
+					 ? "address-bogus"
+					 : "address-failed";
+		} else {
 			set_error(c, 0, "4.4.4",
 				  "no address records for %s", host);
-		c->hi++;
-		conn_next_host(c);
+		}
+		host_skip(c, reason);
 		return;
 	}
 	host_policy_start(c, res);
@@ -1032,7 +1170,12 @@ static void conn_next_host(struct conn *c)
 	}
 	c->phase = C_HOSTS;
 	snprintf(c->auth, sizeof(c->auth), "none");
-	if (parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
+	/* An address literal only where one can be meant: the relayhost,
+	 * or a bracketed recipient domain.  An MX exchange that looks like
+	 * an address ("192.0.2.1.") is a host name (RFC 5321 §5.1, RFC
+	 * 7672): names from DNS never carry '[' (dns.c escapes it). */
+	if ((c->dest->relay || c->hosts[c->hi].name[0] == '[') &&
+	    parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
 		c->naddrs = 1;
 		c->ai = 0;
 		c->dane = 0;
@@ -1043,8 +1186,7 @@ static void conn_next_host(struct conn *c)
 	if (rc != 0) {
 		set_error(c, 0, "4.4.3", "address lookup for %s failed: %s",
 			  c->hosts[c->hi].name, mta_strerror(rc));
-		c->hi++;
-		conn_next_host(c);
+		host_skip(c, "address-failed");
 	}
 }
 
@@ -1142,11 +1284,27 @@ static void on_sts(const struct mta_mtasts_result *r, void *ud)
 	c->sq = NULL;
 	if (r->have && r->policy->mode != MTA_STS_MODE_NONE) {
 		c->sts = malloc(sizeof(*c->sts));
-		if (c->sts != NULL) {
-			*c->sts = *r->policy;
-			snprintf(c->sts_id, sizeof(c->sts_id), "%s",
-				 r->id ? r->id : "");
+		if (c->sts == NULL) {
+			/* fail closed: never deliver as if there were no
+			 * policy (it may be enforce) */
+			struct job *j = c->job;
+
+			set_error(c, 0, "4.3.0",
+				  "out of memory holding the MTA-STS policy "
+				  "of %s",
+				  c->dest->name);
+			c->job = NULL;
+			if (j != NULL)
+				dlv_job_finish(j, 0, c->lstatus, c->ltext, NULL,
+					       NULL, NULL);
+			dlv_dest_fail_all(c->dest, 0, c->lstatus, c->ltext,
+					  NULL);
+			conn_end(c);
+			return;
 		}
+		*c->sts = *r->policy;
+		snprintf(c->sts_id, sizeof(c->sts_id), "%s",
+			 r->id ? r->id : "");
 	}
 	conn_resolve_mx(c);
 }
@@ -1174,6 +1332,8 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 	c->d = d;
 	c->dest = ds;
 	c->job = dlv_dest_take(ds);
+	if (c->job != NULL)
+		c->job->skipped = c->skipped;
 	uv_timer_init(d->loop, &c->timer);
 	c->timer.data = c;
 	c->next = d->conns;

@@ -57,6 +57,8 @@ struct job {
 	char (*tstatus)[16];
 	char **ttext;
 	bool peer_dsn;	    /* the accepting peer offered DSN */
+	const char *skipped; /* MX hosts skipped, "host:reason ..." (the
+			      * connection's, which outlives the job) */
 };
 
 struct msg {
@@ -150,6 +152,12 @@ struct conn {
 	char ltls[128];	 /* channel of the failed attempt, for the log */
 	char lauth[200]; /* and its authentication outcome */
 	bool any_session; /* some host answered SMTP */
+	char skipped[256]; /* hosts not tried: "host:reason ..." (evidence) */
+	/* RFC 7672 §2.2, RFC 7435: at level may, a failed handshake is
+	 * retried in cleartext on a new connection to the same address */
+	bool hs_failed;	    /* this connection's TLS handshake failed */
+	bool clear_retry;   /* the current attempt is that retry */
+	char hs_error[200]; /* why the handshake failed */
 };
 
 struct mta_delivery {
@@ -197,7 +205,7 @@ int64_t dlv_now_us(void);
 uint32_t dlv_rnd(void);
 void dlv_record(struct msg *m, size_t r, int code, const char *status,
 		   const char *text, const char *relay, const char *tls,
-		   const char *auth);
+		   const char *auth, const char *skipped);
 void dlv_job_free(struct job *j);
 void dlv_job_finish(struct job *j, int code, const char *status,
 		       const char *text, const char *relay, const char *tls,

@@ -624,7 +624,7 @@ struct build {
 	struct sockaddr_storage *addr;
 	struct mta_dns_tlsa *tlsa;
 	struct mta_dns_txt *txt;
-	char *txtbuf;
+	size_t cap; /* entries allocated in the array of the qtype */
 };
 
 static void build_fail(struct build *b, enum mta_dns_status st,
@@ -785,10 +785,12 @@ static int take_answers(struct build *b, getdns_list *ans, size_t cap,
 	return added;
 }
 
+/* Frees every TXT text taken, also those of a build that failed half way
+ * (build_fail() zeroes count; the array is zeroed at allocation). */
 static void build_free(struct build *b)
 {
 	if (b->txt != NULL)
-		for (size_t i = 0; i < b->r.count; i++)
+		for (size_t i = 0; i < b->cap; i++)
 			free((char *)b->txt[i].text);
 	free(b->mx);
 	free(b->addr);
@@ -925,6 +927,8 @@ static void build_from(struct mta_dns *dns, struct mta_dns_query *q,
 			rc = b->txt ? 0 : -ENOMEM;
 			break;
 		}
+		if (rc == 0)
+			b->cap = cap;
 	}
 	for (size_t i = 0; rc >= 0 && i < nrep; i++) {
 		getdns_dict *rep;
@@ -957,6 +961,34 @@ static void build_from(struct mta_dns *dns, struct mta_dns_query *q,
 	b->r.txt = b->txt;
 	b->r.status = any_ok ? MTA_DNS_OK : MTA_DNS_NODATA;
 	b->r.why = any_ok ? "ok" : "nodata";
+}
+
+static uint32_t first_random(void *arg, uint32_t bound)
+{
+	(void)arg;
+	(void)bound;
+	return 0;
+}
+
+int mta_dns_classify(enum mta_dns_qtype qt, const char *qname,
+		     struct getdns_dict *resp, mta_dns_cb cb, void *ud)
+{
+	struct mta_dns dns;
+	struct mta_dns_query q;
+	struct build b;
+	int rc;
+
+	memset(&dns, 0, sizeof(dns));
+	dns.rnd = first_random;
+	memset(&q, 0, sizeof(q));
+	q.qtype = qt;
+	rc = name_check(qname, q.qname);
+	if (rc < 0)
+		return rc;
+	build_from(&dns, &q, &b, GETDNS_CALLBACK_COMPLETE, resp);
+	cb(&b.r, ud);
+	build_free(&b);
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -3,6 +3,7 @@
 #include "err.h"
 
 #include <errno.h>
+#include <gnutls/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
@@ -145,15 +146,32 @@ int mta_tls_handshake(struct mta_tls *t)
 
 	if (t->handshake_done)
 		return 0;
-	rc = gnutls_handshake(t->session);
-	if (rc == GNUTLS_E_SUCCESS) {
-		t->handshake_done = true;
-		return 0;
+	/* A non-fatal error other than AGAIN (a warning alert, say) does
+	 * not mean "wait for input": the handshake goes on at once with the
+	 * input already buffered.  Bounded: a peer sending nothing but
+	 * warnings fails the handshake instead of spinning. */
+	for (unsigned i = 0; i < MTA_TLS_WARNINGS_MAX; i++) {
+		rc = gnutls_handshake(t->session);
+		if (rc == GNUTLS_E_SUCCESS) {
+			t->handshake_done = true;
+			return 0;
+		}
+		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED ||
+		    gnutls_error_is_fatal(rc))
+			return translate(t, rc);
+		if (rc == GNUTLS_E_WARNING_ALERT_RECEIVED &&
+		    gnutls_alert_get(t->session) != GNUTLS_A_UNRECOGNIZED_NAME &&
+		    gnutls_alert_get(t->session) != GNUTLS_A_NO_RENEGOTIATION) {
+			/* a warning we cannot ignore (e.g. user_canceled) */
+			t->error = gnutls_alert_get_name(
+				gnutls_alert_get(t->session));
+			if (t->error == NULL)
+				t->error = gnutls_strerror(rc);
+			return MTA_ETLS;
+		}
 	}
-	if (rc < 0 && !gnutls_error_is_fatal(rc) && rc != GNUTLS_E_AGAIN &&
-	    rc != GNUTLS_E_INTERRUPTED)
-		return MTA_EAGAIN; /* warning alert: keep going */
-	return translate(t, rc);
+	t->error = "too many non-fatal handshake errors";
+	return MTA_ETLS;
 }
 
 int mta_tls_read(struct mta_tls *t, void *buf, size_t n, size_t *got)
@@ -252,35 +270,105 @@ int mta_tls_client_init(struct mta_tls *t, const struct mta_tls_creds *c,
 	return session_init(t, GNUTLS_CLIENT, c, sni);
 }
 
-int mta_tls_verify_webpki(struct mta_tls *t, const char *host, char *why,
-			  size_t len)
+/* RFC 6125 DNS-ID only: the leaf must carry at least one dNSName in its
+ * subjectAltName, and one of them must match host.  GnuTLS's own host
+ * name check falls back to the subject CN when there is no dNSName (and
+ * gnutls_x509_crt_check_hostname2() does too), so the fallback case is
+ * refused here before GnuTLS is asked: with a dNSName present it never
+ * looks at the CN. */
+static int leaf_dns_id(const gnutls_datum_t *der, const char *host,
+		       const char **rpt, char *why, size_t len)
 {
-	gnutls_typed_vdata_st data = {
-		.type = GNUTLS_DT_DNS_HOSTNAME,
-		.data = (unsigned char *)(uintptr_t)host,
-		.size = 0,
-	};
-	gnutls_datum_t out = {NULL, 0};
-	unsigned status = 0;
+	gnutls_x509_crt_t crt;
+	char name[256];
+	bool have_dns = false;
 	int rc;
 
-	rc = gnutls_certificate_verify_peers(t->session, &data, 1, &status);
+	if (gnutls_x509_crt_init(&crt) < 0) {
+		snprintf(why, len, "out of memory");
+		return MTA_ETLS;
+	}
+	rc = gnutls_x509_crt_import(crt, der, GNUTLS_X509_FMT_DER);
+	if (rc < 0) {
+		snprintf(why, len, "leaf certificate unreadable: %s",
+			 gnutls_strerror(rc));
+		gnutls_x509_crt_deinit(crt);
+		return MTA_ETLS;
+	}
+	for (unsigned i = 0; i < 1024; i++) {
+		size_t n = sizeof(name);
+		unsigned critical;
+
+		rc = gnutls_x509_crt_get_subject_alt_name(crt, i, name, &n,
+							  &critical);
+		if (rc == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE)
+			break;
+		if (rc == GNUTLS_SAN_DNSNAME) {
+			have_dns = true;
+			break;
+		}
+		/* other types go on; names too long to be host names too */
+		if (rc < 0 && rc != GNUTLS_E_SHORT_MEMORY_BUFFER)
+			break;
+	}
+	if (!have_dns) {
+		*rpt = "certificate-host-mismatch";
+		snprintf(why, len,
+			 "certificate has no subjectAltName dNSName (DNS-ID "
+			 "required, subject CN not used)");
+		gnutls_x509_crt_deinit(crt);
+		return MTA_ETLS;
+	}
+	rc = gnutls_x509_crt_check_hostname2(crt, host, 0) ? 0 : MTA_ETLS;
+	gnutls_x509_crt_deinit(crt);
+	if (rc != 0) {
+		*rpt = "certificate-host-mismatch";
+		snprintf(why, len, "no DNS-ID of the certificate matches %s",
+			 host);
+	}
+	return rc;
+}
+
+int mta_tls_verify_webpki(struct mta_tls *t, const char *host,
+			  const char **rpt, char *why, size_t len)
+{
+	gnutls_datum_t out = {NULL, 0};
+	const gnutls_datum_t *chain;
+	unsigned status = 0, n = 0;
+	const char *dummy;
+	int rc;
+
+	if (rpt == NULL)
+		rpt = &dummy;
+	*rpt = "certificate-not-trusted";
+	chain = gnutls_certificate_get_peers(t->session, &n);
+	if (chain == NULL || n == 0) {
+		snprintf(why, len, "no certificate presented");
+		return MTA_ETLS;
+	}
+	/* the chain to the trust of the credentials, no name: the name is
+	 * checked below, DNS-ID only */
+	rc = gnutls_certificate_verify_peers(t->session, NULL, 0, &status);
 	if (rc < 0) {
 		snprintf(why, len, "certificate verification failed: %s",
 			 gnutls_strerror(rc));
 		return MTA_ETLS;
 	}
-	if (status == 0)
-		return 0;
-	if (gnutls_certificate_verification_status_print(
-		    status, GNUTLS_CRT_X509, &out, 0) == 0) {
-		snprintf(why, len, "%s", (const char *)out.data);
-		gnutls_free(out.data);
-	} else {
-		snprintf(why, len, "certificate not valid (status 0x%x)",
-			 status);
+	if (status != 0) {
+		if (status & GNUTLS_CERT_EXPIRED)
+			*rpt = "certificate-expired";
+		if (gnutls_certificate_verification_status_print(
+			    status, GNUTLS_CRT_X509, &out, 0) == 0) {
+			snprintf(why, len, "%s", (const char *)out.data);
+			gnutls_free(out.data);
+		} else {
+			snprintf(why, len,
+				 "certificate not valid (status 0x%x)",
+				 status);
+		}
+		return MTA_ETLS;
 	}
-	return MTA_ETLS;
+	return leaf_dns_id(&chain[0], host, rpt, why, len);
 }
 
 const gnutls_datum_t *mta_tls_peer_chain(const struct mta_tls *t, size_t *n)

@@ -8,7 +8,10 @@
  *	mta_tls_take_output().  mta_tls_handshake() advances the handshake as
  *	far as the buffered input allows: 0 when complete, MTA_EAGAIN when it
  *	needs more input (send t->out first), MTA_ETLS on failure (message in
- *	t->error).  mta_tls_read() decrypts buffered records into buf (0 and
+ *	t->error).  Non-fatal GnuTLS errors (warning alerts) do not mean "need
+ *	input": the handshake is resumed at once; an ignorable warning
+ *	(unrecognized_name, no_renegotiation) is skipped, any other warning
+ *	alert, or more than MTA_TLS_WARNINGS_MAX in a row, fails it.  mta_tls_read() decrypts buffered records into buf (0 and
  *	*got > 0; MTA_EAGAIN when no complete record is buffered; MTA_ECLOSED
  *	on the peer's close_notify); mta_tls_write() encrypts into t->out.
  *	mta_tls_bye() queues a close_notify.
@@ -45,6 +48,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* non-fatal handshake errors (warning alerts) tolerated in a row */
+#define MTA_TLS_WARNINGS_MAX 8
+
 struct mta_tls_creds {
 	gnutls_certificate_credentials_t cred;
 };
@@ -76,9 +82,17 @@ int mta_tls_creds_client(const char *ca_file, struct mta_tls_creds **out,
 int mta_tls_client_init(struct mta_tls *t, const struct mta_tls_creds *c,
 			const char *sni);
 /* 0 when the peer's chain verifies to the trust of c and names host;
- * MTA_ETLS otherwise, with the reason in why. */
-int mta_tls_verify_webpki(struct mta_tls *t, const char *host, char *why,
-			  size_t len);
+ * MTA_ETLS otherwise, with the reason in why and the RFC 8460 result type
+ * ("certificate-host-mismatch", "certificate-expired",
+ * "certificate-not-trusted") in *rpt (static; rpt may be NULL).
+ *
+ * The one WebPKI check of the program (MTA-STS, level verify, a verified
+ * relayhost): the name is matched against DNS-IDs only (RFC 6125 §6.4,
+ * RFC 8461 §4.2).  A leaf with no subjectAltName dNSName fails even when
+ * its subject CN names host.  (DANE-TA's name rules, RFC 7672 §3.2.3, are
+ * dane.c's and do fall back to the CN.) */
+int mta_tls_verify_webpki(struct mta_tls *t, const char *host,
+			  const char **rpt, char *why, size_t len);
 /* The certificate chain the peer sent (DER, leaf first), valid until the
  * session is freed; NULL and *n = 0 when there is none. */
 const gnutls_datum_t *mta_tls_peer_chain(const struct mta_tls *t, size_t *n);

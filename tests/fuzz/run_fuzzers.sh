@@ -19,6 +19,7 @@ declare -A extra=(
 	[sts]="libmta/sts.c"
 	[spool_records]=" "
 	[config]="libmta/config.c libmta/log.c $(pkg-config --libs inih)"
+	[dns]="libmta/dns.c $(pkg-config --libs getdns libuv)"
 )
 status=0
 for f in tests/fuzz/fuzz_*.c; do

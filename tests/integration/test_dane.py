@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(HERE, "lib"))
 import delivlab  # noqa: E402
 from delivlab import (SENDER, msg, submit, wait_delivery, wait_rcpt,  # noqa: E402
                       wait_gone, wait_until, deliveries)
+import mtadtest  # noqa: E402
 import sinks  # noqa: E402  (path set up by delivlab)
 from sinks import sink_lab  # noqa: E402,F401  (fixture)
 
@@ -227,6 +228,33 @@ class DaneLab:
                 self.tlsa(h, o)
             else:
                 self.tlsa(h, c.tlsa(3, 1, 1))
+
+        # 16. issue 18.  DANE-62: the MX resets the TLS handshake; no
+        # TLSA (level may), "encrypt" in the policy table, usable TLSA
+        for name in ("fb", "fbenc"):
+            self.simple("%s.s.test" % name, ss(["mx.%s.s.test" % name]))
+        c = ss(["mx.fbdane.s.test"])
+        self.simple("fbdane.s.test", c, [c.tlsa(3, 1, 1)])
+        # a bogus TLSA RRset at mx1, good TLSA at mx2
+        c1, c2 = ss(["mx1.skipb.s.test"]), ss(["mx2.skipb.s.test"])
+        h1 = self.host("mx1.skipb.s.test", c1)
+        h2 = self.host("mx2.skipb.s.test", c2)
+        self.mx("skipb.s.test", (10, h1), (20, h2))
+        self.tlsa(h1, c1.tlsa(3, 1, 1))
+        self.tampered.append((h1, o))
+        self.tlsa(h2, c2.tlsa(3, 1, 1))
+        # only a PKIX-EE record (a common misconfiguration)
+        self.simple("do111.s.test", ss(["mx.do111.s.test"]),
+                    ["1 1 1 " + _sha("pkix-ee-only")])
+        # 65 records: 64 unusable ones sort (and travel) before the one
+        # usable record, which matches
+        c = ss(["mx.t65.s.test"])
+        self.simple("t65.s.test", c, ["1 1 1 " + _sha("u%d" % i) for i in range(64)]
+                    + [c.tlsa(3, 1, 1)])
+        # an MX exchange that looks like an IPv4 address
+        self.addr["ipmx"] = sinks.alloc_addr()
+        self.certfiles["ipmx"] = ss(["ipmx.s.test"]).write(self.dir, "ipmx")
+        self._line("s.test.", "ipmx.s.test. 60 IN MX 10 %s." % self.addr["ipmx"])
 
     def owner(self, host):
         return "_%d._tcp.%s." % (self.port, host)
@@ -677,3 +705,139 @@ def test_tls13_session_tickets_no_stall(env):
     for n in names:
         ev, rec = expect_sent(mtad, q[n], sk[n], auth[n], sni="mx.%s.s.test" % n)
         assert rec["tls_version"] == "TLSv1.3", rec
+
+
+# ---------------------------------------------------------------------------
+# 16. issue 18: policy corners
+
+def _mail_commands(raw):
+    """MAIL commands a RawSink received (in clear or in TLS)."""
+    return [e for e in raw.events("command")
+            if bytes(e["line"]).upper().startswith(b"MAIL")]
+
+
+def _reset_sink(env, host):
+    """A RawSink on host's address that offers STARTTLS, answers 220 and
+    closes the connection before the handshake (a reset handshake)."""
+    return env.sl.raw(addr=env.d.addr[host], port=env.d.port,
+                      tls=env.d.certfiles[host], close_at="TLS")
+
+
+def test_dane62_handshake_reset_may_retries_in_cleartext(env):
+    """DANE-62 (choice, docs/security.md): no TLSA (secure NODATA), no
+    MTA-STS, level may; the MX breaks the TLS handshake: mtad logs
+    event=tls_fallback tls_fallback=cleartext with the handshake error,
+    connects again and delivers in cleartext on the second connection
+    (auth "none (tls_fallback=cleartext)"), and counts the failure for TLS
+    reporting (policy type no-policy-found, validation-failure)."""
+    s = _reset_sink(env, "mx.fb.s.test")
+    mtad = env.start()
+    qid, _ = send(mtad, "fb.s.test")
+    (rec,) = s.wait_messages(1, timeout=15)
+    assert not rec["tls"], rec
+    assert rec["conn"] == 2, rec
+    assert s.connections() == 2, s.connections()
+    assert [e["conn"] for e in s.events("close_at")] == [1], s.events("close_at")
+    (ev,) = wait_delivery(mtad, qid, status="sent")
+    assert ev.get("tls", "none") == "none", ev["_line"]
+    assert ev["auth"] == "none (tls_fallback=cleartext)", ev["_line"]
+    (fb,) = mtad.events("tls_fallback", qid=qid)
+    assert fb["tls_fallback"] == "cleartext", fb["_line"]
+    assert fb["relay"].startswith("mx.fb.s.test["), fb["_line"]
+    assert fb["error"], fb["_line"]
+    _wait_count(mtad, ("fb.s.test", "no-policy-found", "validation-failure"))
+    wait_gone(mtad, qid)
+
+
+def test_dane62_handshake_reset_no_cleartext_for_encrypt_and_dane(env, tmp_path):
+    """DANE-62 counterpart: the same reset under level encrypt (policy
+    table) and with usable TLSA (DANE): deferred 4.7.5 naming the
+    handshake, no cleartext retry, no MAIL FROM at the receiver."""
+    pol = tmp_path / "tls-policy"
+    pol.write_text("fbenc.s.test encrypt\n")
+    s_enc = _reset_sink(env, "mx.fbenc.s.test")
+    s_dane = _reset_sink(env, "mx.fbdane.s.test")
+    mtad = env.start(**{"tls.policy_file": str(pol)})
+    q1, r1 = send(mtad, "fbenc.s.test")
+    q2, r2 = send(mtad, "fbdane.s.test")
+    expect_deferred(mtad, q1, r1, r"4\.7\.5", reason=r"handshake")
+    expect_deferred(mtad, q2, r2, r"4\.7\.5", reason=r"handshake")
+    for sk in (s_enc, s_dane):
+        assert sk.connections() >= 1
+        assert _mail_commands(sk) == [], _mail_commands(sk)
+        assert sk.transactions() == []
+    assert mtad.events("tls_fallback") == [], mtad.events("tls_fallback")
+
+
+def test_issue18_mx_skipped_logged_and_kept_as_evidence(env):
+    """A bogus TLSA RRset at mx1 (pref 10), good TLSA at mx2 (pref 20),
+    which answers 450 to RCPT: mx1 gets no connection; one info line
+    event=mx_skipped host=mx1... reason=tlsa-bogus; the delivery line and
+    the recipient's evidence (mtaq --json, mtactl show) name the skip."""
+    s1 = env.sink("mx1.skipb.s.test")
+    s2 = env.sink("mx2.skipb.s.test",
+                  rcpt_replies={"bob@skipb.s.test": "450 4.2.0 try later"})
+    mtad = env.start()
+    qid, rcpt = send(mtad, "skipb.s.test")
+    ev = wait_delivery(mtad, qid, status="deferred", timeout=15)[0]
+    assert ev["relay"].startswith("mx2.skipb.s.test["), ev["_line"]
+    assert ev["auth"] == "dane 3 1 1", ev["_line"]
+    assert ev["mx_skipped"] == "mx1.skipb.s.test:tlsa-bogus", ev["_line"]
+    sk = mtad.events("mx_skipped", qid=qid)
+    assert sk and sk[0]["host"] == "mx1.skipb.s.test", sk
+    assert sk[0]["reason"] == "tlsa-bogus", sk[0]["_line"]
+    assert sk[0]["level"] == "info", sk[0]["_line"]
+    st = wait_rcpt(mtad, qid, rcpt)
+    assert "mx_skipped=mx1.skipb.s.test:tlsa-bogus" in st["evidence"], st
+    assert "auth=dane 3 1 1" in st["evidence"], st
+    show = mtad.run_tool([mtadtest.MTACTL, "-c", mtad.conf, "show", qid]).stdout
+    assert b"mx_skipped=mx1.skipb.s.test:tlsa-bogus" in show, show
+    no_connection(s1)
+    assert s2.connections() >= 1
+
+
+def test_issue18_dane_only_with_only_unusable_tlsa_refused(env, tmp_path):
+    """dane-only (policy table entry; and tls.default_level) with a secure
+    TLSA set of only unusable records (1 1 1; 0 0 1 + 1 1 1): the host is
+    refused, deferred 4.7.5, no connection, so no MAIL FROM."""
+    pol = tmp_path / "tls-policy"
+    pol.write_text("do111.s.test dane-only\n")
+    s1 = env.sink("mx.do111.s.test")
+    s2 = env.sink("mx.pkix.s.test")
+    mtad = env.start(**{"tls.policy_file": str(pol),
+                        "tls.default_level": "dane-only"})
+    q1, r1 = send(mtad, "do111.s.test")
+    q2, r2 = send(mtad, "pkix.s.test")
+    for q, r, h in ((q1, r1, "mx.do111.s.test"), (q2, r2, "mx.pkix.s.test")):
+        expect_deferred(mtad, q, r, r"4\.7\.5", reason=r"unusable")
+        (sk,) = mtad.events("mx_skipped", qid=q)[:1]
+        assert sk["host"] == h and sk["reason"] == "tlsa-unusable", sk["_line"]
+    for s in (s1, s2):
+        no_connection(s)
+        no_message(s)
+
+
+def test_issue18_tlsa_over_64_records_refused(env):
+    """A TLSA RRset of 65 records (64 unusable, then one usable that
+    matches): more than mtad holds, so the host is refused rather than
+    judged on a prefix: deferred 4.7.5, no connection."""
+    s = env.sink("mx.t65.s.test")
+    mtad = env.start()
+    qid, rcpt = send(mtad, "t65.s.test")
+    expect_deferred(mtad, qid, rcpt, r"4\.7\.5", reason=r"65 records, more than 64",
+                    timeout=15)
+    (sk,) = mtad.events("mx_skipped", qid=qid)[:1]
+    assert sk["reason"] == "tlsa-too-many", sk["_line"]
+    no_connection(s)
+
+
+def test_issue18_mx_exchange_like_an_address_is_a_name(env):
+    """An MX exchange "127.1.x.y." is a host name (RFC 5321 §5.1, RFC
+    7672), not an address literal: its address lookup finds nothing, the
+    message is deferred, the sink listening at 127.1.x.y gets no
+    connection."""
+    s = env.sl.aio(addr=env.d.addr["ipmx"], port=env.d.port)
+    mtad = env.start()
+    qid, rcpt = send(mtad, "ipmx.s.test")
+    expect_deferred(mtad, qid, rcpt, r"4\.4\.[34]", reason=re.escape(env.d.addr["ipmx"]))
+    no_connection(s)

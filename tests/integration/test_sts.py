@@ -96,6 +96,9 @@ class StsLab:
                 c = sinks.issue(self.ca, [host], not_before=-30, not_after=-1)
             elif kind == "wrong":
                 c = sinks.issue(self.ca, ["other.test"])
+            elif kind == "cn":
+                # C-cn: lab CA, the name only in the subject CN, no SAN
+                c = sinks.issue(self.ca, [host], san=False)
             else:
                 raise ValueError(kind)
             self.certobj[key] = c
@@ -190,6 +193,16 @@ class StsLab:
         self.domain("danecert.s.test", [(10, "mx1", "self")])
         self.tlsa_recs.append(("mx1.danecert.s.test",
                                self.certobj[("mx1.danecert.s.test", "self")].tlsa(3, 1, 1)))
+
+        # 13. issue 18: STS-96 (CN-only certificate) under enforce and under
+        # level verify without MTA-STS (plus a SAN control); a testing
+        # policy under level verify; DANE-62 (handshake reset) under enforce
+        self.domain("cn.u.test", [(10, "mx1", "cn")])
+        self.domain("vcn.u.test", [(10, "mx1", "cn")], txt_id=None, policy=False)
+        self.domain("vsan.u.test", ok1, txt_id=None, policy=False)
+        self.domain("vtest.u.test", [(10, "mx1", "self")],
+                    body=pb("vtest.u.test", mode="testing"))
+        self.domain("reset.u.test", ok1)
 
     # -- per test ----------------------------------------------------------
     def sink(self, sl, host, kind="ok", tls=True, **kw):
@@ -666,3 +679,85 @@ def test_sts121_dane_wins_over_sts_certificate(env):
     mtad = env.start()
     qid, _ = send(mtad, "danecert.s.test")
     expect_sent(mtad, qid, s, "dane 3 1 1")
+
+
+# ---------------------------------------------------------------------------
+# 13. issue 18: DNS-ID only, precedence, no cleartext under enforce
+
+def _wait_tlsrpt(mtad, key, timeout=10):
+    deadline = time.time() + timeout
+    while True:
+        c = mtad.tlsrpt()
+        if c.get(key, 0) >= 1:
+            return c
+        assert time.time() < deadline, (key, c)
+        time.sleep(0.1)
+
+
+def test_sts96_cn_only_certificate_refused_under_enforce(env):
+    """STS-96: enforce policy, the MX presents a lab-CA certificate with its
+    name only in the subject CN and no subjectAltName: a DNS-ID is
+    required (RFC 8461 §4.2, RFC 6125): deferred 4.7.5, nothing sent,
+    counted as certificate-host-mismatch.  (STS-01 is the SAN control.)"""
+    s = env.sink("mx1.cn.u.test", kind="cn")
+    mtad = env.start()
+    qid, _ = send(mtad, "cn.u.test")
+    ev = expect_deferred(mtad, qid, r"4\.7\.5",
+                         r"MTA-STS \(id 1\).*mx1\.cn\.u\.test.*subjectAltName")
+    assert ev.get("auth") in ("none", "mta-sts-failed id=1"), ev["_line"]
+    assert s.connections() >= 1
+    no_message(s)
+    _wait_tlsrpt(mtad, ("cn.u.test", "sts", "certificate-host-mismatch"))
+
+
+def test_sts96_verify_level_dns_id_only(env):
+    """STS-96 for tls.default_level = verify (no MTA-STS at either domain):
+    the CN-only certificate is refused (4.7.5), the lab-CA certificate
+    with the MX name as SAN is accepted (auth=verify)."""
+    s_cn = env.sink("mx1.vcn.u.test", kind="cn")
+    s_ok = env.sink("mx1.vsan.u.test")
+    mtad = env.start(**{"tls.default_level": "verify"})
+    q1, _ = send(mtad, "vcn.u.test")
+    q2, _ = send(mtad, "vsan.u.test")
+    expect_sent(mtad, q2, s_ok, "verify")
+    ev = expect_deferred(mtad, q1, r"4\.7\.5", r"mx1\.vcn\.u\.test.*subjectAltName")
+    assert ev.get("auth") in ("none", "verify-failed"), ev["_line"]
+    assert s_cn.connections() >= 1
+    no_message(s_cn)
+
+
+def test_issue18_testing_policy_never_lowers_verify(env):
+    """A destination's MTA-STS testing policy never lowers the operator's
+    level (docs/security.md precedence): tls.default_level = verify, the
+    domain publishes mode testing, its MX is self-signed: deferred 4.7.5,
+    nothing sent; the policy failure is still logged and counted."""
+    s = env.sink("mx1.vtest.u.test", kind="self")
+    mtad = env.start(**{"tls.default_level": "verify"})
+    qid, _ = send(mtad, "vtest.u.test")
+    ev = expect_deferred(mtad, qid, r"4\.7\.5", r"mx1\.vtest\.u\.test")
+    assert ev.get("auth") in ("none", "verify-failed"), ev["_line"]
+    assert s.connections() >= 1
+    no_message(s)
+    (pol,) = sts_events(mtad, "sts_policy", "vtest.u.test")[:1]
+    assert pol["mode"] == "testing", pol
+    wait_sts(mtad, "sts_testing_failure", "vtest.u.test",
+             result="certificate-not-trusted")
+    _wait_tlsrpt(mtad, ("vtest.u.test", "sts", "certificate-not-trusted"))
+
+
+def test_dane62_handshake_reset_under_sts_enforce_no_cleartext(env):
+    """DANE-62 counterpart for MTA-STS enforce: the only MX (allowed by
+    the policy) answers 220 to STARTTLS and closes before the handshake:
+    deferred 4.7.5, never retried in cleartext, no MAIL FROM at it."""
+    h = "mx1.reset.u.test"
+    raw = env.sl.raw(addr=env.s.addr[h], port=env.s.port,
+                     tls=env.s.certs[(h, "ok")], close_at="TLS")
+    mtad = env.start()
+    qid, _ = send(mtad, "reset.u.test")
+    expect_deferred(mtad, qid, r"4\.7\.5", r"handshake")
+    assert raw.connections() >= 1
+    mails = [e for e in raw.events("command")
+             if bytes(e["line"]).upper().startswith(b"MAIL")]
+    assert mails == [], mails
+    assert raw.transactions() == []
+    assert mtad.events("tls_fallback") == [], mtad.events("tls_fallback")
