@@ -18,6 +18,7 @@ WERROR ?= true
 DEB_PACKAGES := gcc clang libclang-rt-14-dev meson ninja-build pkg-config \
 	libuv1-dev libgetdns-dev liblmdb-dev lmdb-utils libinih-dev \
 	libgnutls28-dev gnutls-bin libcurl4-gnutls-dev libcmocka-dev openssl \
+	libseccomp-dev libseccomp2 strace \
 	swaks libnet-ssleay-perl python3-pytest python3-aiosmtpd python3-dnspython \
 	python3-cryptography postfix knot ldnsutils unbound
 

@@ -49,6 +49,7 @@ enum key_type {
 	T_ADDRPORT,  /* one addr:port -> char * (+ http_addr) */
 	T_LOGLEVEL,  /* debug info warn error -> int */
 	T_MAILBOX,   /* local@domain or empty -> char * or NULL */
+	T_ACCOUNT,   /* user or group name [A-Za-z0-9_.-], not '-' first */
 };
 
 struct key {
@@ -82,6 +83,8 @@ static const struct key keys[] = {
 	KEY("server", "postmaster", "", T_MAILBOX, server_postmaster, 0, 0),
 	KEY("server", "tls_cert", "", T_OPTPATH, tls_cert, 0, 0),
 	KEY("server", "tls_key", "", T_OPTPATH, tls_key, 0, 0),
+	KEY("server", "user", "mtad", T_ACCOUNT, server_user, 0, 0),
+	KEY("server", "group", "mtad", T_ACCOUNT, server_group, 0, 0),
 	KEY("spool", "dir", "/var/spool/mtad", T_PATH, spool_dir, 0, 0),
 	KEY("spool", "max_size", "8G", T_SIZE, spool_max_size, 1ULL << 20, 1ULL << 46),
 	KEY("dns", "resolver", "", T_RESOLVER, dns_resolver, 0, 0),
@@ -552,6 +555,20 @@ static int append(char **acc, const char *sep, const char *s)
 
 #define FIELD(c, k, type) ((type *)(void *)((char *)(c) + (k)->off))
 
+/* A POSIX portable user or group name (and not an option). */
+static int valid_account(const char *v)
+{
+	size_t n = strlen(v);
+
+	if (n == 0 || n > 32 || v[0] == '-')
+		return 0;
+	for (size_t j = 0; j < n; j++)
+		if (!isalnum((unsigned char)v[j]) && v[j] != '_' &&
+		    v[j] != '.' && v[j] != '-')
+			return 0;
+	return 1;
+}
+
 static int is_string_type(enum key_type t)
 {
 	switch (t) {
@@ -566,6 +583,7 @@ static int is_string_type(enum key_type t)
 	case T_SOCKET:
 	case T_ADDRPORT:
 	case T_MAILBOX:
+	case T_ACCOUNT:
 		return 1;
 	default:
 		return 0;
@@ -816,6 +834,14 @@ static int check_key(struct loader *ld, struct mta_config *c, size_t i,
 			return 0;
 		if (!valid_mailbox(v)) {
 			value_err(ld, i, v, "not an address local@domain");
+			return -1;
+		}
+		return set_str(ld, c, i, v);
+	case T_ACCOUNT:
+		if (!valid_account(v)) {
+			value_err(ld, i, v,
+				  "not a user or group name (letters, digits, "
+				  "'_', '.', '-'; at most 32; not '-' first)");
 			return -1;
 		}
 		return set_str(ld, c, i, v);

@@ -118,6 +118,8 @@ struct mta_config {
 	char *server_postmaster;      /* server.postmaster or NULL */
 	char *tls_cert;		      /* server.tls_cert or NULL */
 	char *tls_key;		      /* server.tls_key or NULL (both or none) */
+	char *server_user;	      /* server.user, "mtad" (used as root only) */
+	char *server_group;	      /* server.group, "mtad" */
 	/* [spool] */
 	char *spool_dir;
 	uint64_t spool_max_size; /* spool.max_size, LMDB map size, 8G */

@@ -747,6 +747,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	d->webpki = p->webpki;
 	d->auth_user = p->auth_user;
 	d->auth_pass = p->auth_pass;
+	d->auth_plain = p->auth_plain;
 	d->pol.min_backoff_us = (uint64_t)p->cfg->min_backoff * 1000000u;
 	d->pol.max_backoff_us = (uint64_t)p->cfg->max_backoff * 1000000u;
 	d->pol.queue_lifetime_us = (uint64_t)p->cfg->queue_lifetime * 1000000u;

@@ -94,6 +94,7 @@ struct mta_delivery_params {
 	struct mta_mtasts *mtasts;	    /* MTA-STS resolver, or NULL */
 	const char *auth_user;		 /* relayhost AUTH, or NULL */
 	const char *auth_pass;
+	const char *auth_plain;		 /* or this (smtp_client.h) */
 };
 
 int mta_delivery_start(const struct mta_delivery_params *p,

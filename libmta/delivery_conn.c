@@ -1353,6 +1353,7 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 	if (ds->relay) {
 		c->scfg.auth_user = d->auth_user;
 		c->scfg.auth_pass = d->auth_pass;
+		c->scfg.auth_plain = d->auth_plain;
 		snprintf(c->hosts[0].name, sizeof(c->hosts[0].name), "%s",
 			 d->relay_host);
 		c->hosts[0].port = d->relay_port;

@@ -168,7 +168,7 @@ struct mta_delivery {
 	struct mta_dns *dns;
 	const struct mta_tls_creds *tls;
 	bool webpki;
-	const char *auth_user, *auth_pass;
+	const char *auth_user, *auth_pass, *auth_plain;
 	struct mta_queue_policy pol;
 	uv_timer_t scan_timer;
 	int64_t scan_at; /* -1: not armed */

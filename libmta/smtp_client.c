@@ -638,9 +638,20 @@ static void b64(struct cmd *m, const uint8_t *p, size_t n)
 static void send_auth(struct mta_smtpc *c)
 {
 	uint8_t raw[2 * MTA_SMTPC_AUTH_MAX + 2];
-	size_t u = strlen(c->cfg->auth_user), p = strlen(c->cfg->auth_pass);
+	size_t u, p;
 	struct cmd m = {.n = 0};
 
+	if (c->cfg->auth_plain != NULL) {
+		cmd_str(&m, "AUTH PLAIN ");
+		cmd_str(&m, c->cfg->auth_plain);
+		cmd_str(&m, "\r\n");
+		send_now(c, &m);
+		explicit_bzero(&m, sizeof(m));
+		c->state = S_AUTH;
+		return;
+	}
+	u = strlen(c->cfg->auth_user);
+	p = strlen(c->cfg->auth_pass);
 	/* RFC 4616: [authzid] NUL authcid NUL passwd; authzid empty */
 	raw[0] = '\0';
 	memcpy(raw + 1, c->cfg->auth_user, u);
@@ -1023,11 +1034,15 @@ int mta_smtpc_init(struct mta_smtpc *c, const struct mta_smtpc_config *cfg)
 	c->state = S_CLOSED;
 	if (cfg == NULL || !ok_helo(cfg->helo_name) ||
 	    cfg->tls < MTA_SMTPC_TLS_NONE || cfg->tls > MTA_SMTPC_TLS_REQUIRE ||
-	    (cfg->auth_user == NULL) != (cfg->auth_pass == NULL))
+	    (cfg->auth_user == NULL) !=
+		    (cfg->auth_pass == NULL && cfg->auth_plain == NULL))
 		return MTA_ECONFIG;
 	if (cfg->auth_user != NULL &&
 	    (strlen(cfg->auth_user) > MTA_SMTPC_AUTH_MAX ||
-	     strlen(cfg->auth_pass) > MTA_SMTPC_AUTH_MAX))
+	     (cfg->auth_pass != NULL &&
+	      strlen(cfg->auth_pass) > MTA_SMTPC_AUTH_MAX) ||
+	     (cfg->auth_plain != NULL &&
+	      strlen(cfg->auth_plain) > 4 * MTA_SMTPC_AUTH_MAX)))
 		return MTA_ECONFIG;
 	c->cfg = cfg;
 	c->state = S_GREETING;

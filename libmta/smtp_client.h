@@ -238,6 +238,11 @@ struct mta_smtpc_config {
 	int tls;	       /* enum mta_smtpc_tls */
 	const char *auth_user; /* NULL = no AUTH; PLAIN, only after TLS */
 	const char *auth_pass;
+	/* or, instead of auth_pass: the ready AUTH PLAIN argument (base64 of
+	 * "\0user\0pass", from the key holder), so the password itself is
+	 * never in this process; auth_user must still be set (it turns
+	 * AUTH on) */
+	const char *auth_plain;
 };
 
 struct mta_smtpc_caps {

@@ -1,6 +1,7 @@
 #include "tls.h"
 
 #include "err.h"
+#include "keyholder.h"
 
 #include <errno.h>
 #include <gnutls/x509.h>
@@ -31,6 +32,59 @@ fail_load:
 	gnutls_certificate_free_credentials(c->cred);
 fail_alloc:
 	snprintf(err, errlen, "%s / %s: %s", cert, key, gnutls_strerror(rc));
+	free(c);
+	return MTA_ETLS;
+}
+
+int mta_tls_creds_load_held(const char *cert, struct mta_keyholder *kh,
+			    struct mta_tls_creds **out, char *err,
+			    size_t errlen)
+{
+	struct mta_tls_creds *c = calloc(1, sizeof(*c));
+	gnutls_pcert_st *pcerts = NULL;
+	gnutls_privkey_t key = NULL;
+	unsigned n = 16;
+	int rc;
+
+	if (c == NULL)
+		return -ENOMEM;
+	pcerts = calloc(n, sizeof(*pcerts));
+	if (pcerts == NULL) {
+		free(c);
+		return -ENOMEM;
+	}
+	rc = gnutls_certificate_allocate_credentials(&c->cred);
+	if (rc < 0)
+		goto fail_alloc;
+	rc = gnutls_pcert_list_import_x509_file(pcerts, &n, cert,
+						GNUTLS_X509_FMT_PEM, NULL,
+						NULL, 0);
+	if (rc < 0 || n == 0)
+		goto fail_load;
+	if (mta_keyholder_privkey(kh, pcerts[0].pubkey, &key) != 0) {
+		rc = GNUTLS_E_INVALID_REQUEST;
+		goto fail_pcerts;
+	}
+	/* the credentials own the certificates and the key from here;
+	 * GnuTLS checks that the key matches (one signature by the holder) */
+	rc = gnutls_certificate_set_key(c->cred, NULL, 0, pcerts, n, key);
+	if (rc < 0) {
+		gnutls_privkey_deinit(key);
+		goto fail_pcerts;
+	}
+	free(pcerts); /* the array only: its contents moved */
+	*out = c;
+	return 0;
+
+fail_pcerts:
+	for (unsigned i = 0; i < n; i++)
+		gnutls_pcert_deinit(&pcerts[i]);
+fail_load:
+	gnutls_certificate_free_credentials(c->cred);
+fail_alloc:
+	snprintf(err, errlen, "%s (key in the key holder): %s", cert,
+		 gnutls_strerror(rc));
+	free(pcerts);
 	free(c);
 	return MTA_ETLS;
 }

@@ -17,7 +17,8 @@
  *	mta_tls_bye() queues a close_notify.
  *
  *	mta_tls_creds_load() reads a PEM certificate chain and key for the
- *	server side.  mta_tls_describe() writes "TLSv1.3
+ *	server side (used by --check-config); mta_tls_creds_load_held() is
+ *	what the daemon uses: the key stays in the key holder process.  mta_tls_describe() writes "TLSv1.3
  *	TLS_AES_256_GCM_SHA384" style text (protocol, then the IANA cipher
  *	suite name) for logs and the Received header.
  *
@@ -66,6 +67,13 @@ struct mta_tls {
 
 int mta_tls_creds_load(const char *cert, const char *key,
 		       struct mta_tls_creds **out, char *err, size_t errlen);
+/* The same with the private key kept in the key holder (keyholder.h): the
+ * certificate chain is read here, the key is an external GnuTLS key whose
+ * operations are requests to the holder; this process never sees it. */
+struct mta_keyholder;
+int mta_tls_creds_load_held(const char *cert, struct mta_keyholder *kh,
+			    struct mta_tls_creds **out, char *err,
+			    size_t errlen);
 void mta_tls_creds_free(struct mta_tls_creds *c);
 
 int mta_tls_server_init(struct mta_tls *t, const struct mta_tls_creds *c);

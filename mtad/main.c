@@ -10,9 +10,12 @@
 #include "delivery.h"
 #include "dns.h"
 #include "err.h"
+#include "keyholder.h"
 #include "listener.h"
 #include "log.h"
 #include "mtasts.h"
+#include "privdrop.h"
+#include "sandbox.h"
 #include "spool.h"
 #include "tls.h"
 #include "tlspolicy.h"
@@ -46,6 +49,11 @@ struct daemon {
 	struct mta_mtasts *mtasts;
 	char auth_user[256], auth_pass[256];
 	bool have_auth;
+	struct mta_privdrop priv; /* who we become after start-up */
+	bool daemon_mode;	  /* not --check-config: keys go to the holder */
+	struct mta_keyholder *holder;
+	char auth_plain[700];	  /* AUTH PLAIN blob from the holder */
+	const char *config_path;
 	unsigned parts_running; /* listener, delivery */
 	uv_signal_t sigterm, sigint, sighup;
 	int exit_code;
@@ -217,7 +225,13 @@ static int load_config_files(struct daemon *d)
 {
 	char err[1024];
 
-	if (d->cfg->tls_cert != NULL && load_server_tls(d) != 0)
+	if (d->cfg->tls_cert != NULL &&
+	    (d->daemon_mode
+		     ? check_readable(d->cfg, "server", "tls_cert",
+				      d->cfg->tls_cert) ||
+			       check_readable(d->cfg, "server", "tls_key",
+					      d->cfg->tls_key)
+		     : load_server_tls(d) != 0))
 		return -1;
 	if (d->cfg->tls_policy_file != NULL &&
 	    mta_tlspolicy_load(d->cfg->tls_policy_file, &d->policy, err,
@@ -230,6 +244,154 @@ static int load_config_files(struct daemon *d)
 		return -1;
 	return 0;
 }
+
+/* ---- least privilege (issue 11): one step of start-up, called after
+ * everything root must open is open and before any thread starts.  See
+ * docs/security.md for the order and what each layer refuses. ---- */
+
+/* Files the daemon still reads after the drop.  What GnuTLS, getdns and
+ * curl open at run time was found with strace over the integration tests
+ * (docs/security.md). */
+static size_t runtime_read_paths(const struct daemon *d, const char **ro,
+				 size_t max)
+{
+	static const char *const libs[] = {
+		"/etc/gnutls",		/* GnuTLS system priority config */
+		"/etc/ssl/certs",	/* curl's default CA path */
+		"/usr/share/ca-certificates",
+		"/etc/localtime",	/* Received: and DSN dates */
+		"/usr/share/zoneinfo",
+		"/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf",
+		"/etc/host.conf", "/etc/gai.conf", /* curl's resolver */
+		"/usr/lib/x86_64-linux-gnu/gconv",   /* libidn2 via iconv */
+		"/dev/urandom",
+	};
+	size_t n = 0;
+
+	ro[n++] = d->config_path;
+	ro[n++] = d->cfg->tls_cert;
+	ro[n++] = d->cfg->tls_ca_file;
+	ro[n++] = d->cfg->dns_trust_anchor;
+	ro[n++] = d->cfg->tls_policy_file;
+	for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]) && n < max; i++)
+		ro[n++] = libs[i];
+	return n;
+}
+
+/* Forks the key holder (before the drop: it reads the key as root) and
+ * hands it the relayhost credentials; then loads the server certificate
+ * with the held key and wipes the password here.  0 or -1 (printed). */
+static int start_keyholder(struct daemon *d)
+{
+	struct mta_logline ll;
+	char err[1024] = "";
+
+	if (d->cfg->tls_key == NULL && !d->have_auth)
+		return 0;
+	if (mta_keyholder_start(d->cfg->tls_key, d->have_auth ? d->auth_user
+							      : NULL,
+				d->have_auth ? d->auth_pass : NULL, &d->priv,
+				&d->holder, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mtad: key holder: %s\n", err);
+		return -1;
+	}
+	explicit_bzero(d->auth_pass, sizeof(d->auth_pass));
+	mta_log_begin(&ll, MTA_LOG_INFO, "sandbox");
+	mta_log_str(&ll, "layer", "keyholder");
+	mta_log_int(&ll, "holder_pid", (long long)mta_keyholder_pid(d->holder));
+	mta_log_str(&ll, "holds", d->cfg->tls_key && d->have_auth
+					  ? "tls_key,relayhost_auth"
+				  : d->cfg->tls_key ? "tls_key"
+						    : "relayhost_auth");
+	mta_log_end(&ll);
+	if (d->cfg->tls_cert != NULL &&
+	    mta_tls_creds_load_held(d->cfg->tls_cert, d->holder, &d->tls, err,
+				    sizeof(err)) != 0) {
+		key_error(d->cfg, "server", "tls_key",
+			  "cannot load with server.tls_cert: %s", err);
+		return -1;
+	}
+	if (d->have_auth &&
+	    mta_keyholder_auth(d->holder, d->auth_plain,
+			       sizeof(d->auth_plain)) != 0) {
+		key_error(d->cfg, "delivery", "relayhost_auth_file",
+			  "the key holder did not answer");
+		return -1;
+	}
+	return 0;
+}
+
+/* Drops root, then Landlock, then seccomp; each layer logged.  0 or -1
+ * (logged, and said on stderr). */
+static int privsep_lockdown(struct daemon *d)
+{
+	const char *ro[32], *rw[1] = {d->cfg->spool_dir};
+	struct mta_logline ll;
+	char err[600] = "";
+	bool log_only = false;
+	int abi = 0;
+
+	if (mta_privdrop_own_dir(&d->priv, d->cfg->spool_dir, err,
+				 sizeof(err)) != 0 ||
+	    mta_privdrop_apply(&d->priv, err, sizeof(err)) != 0)
+		goto fail;
+	mta_log_begin(&ll, MTA_LOG_INFO, "sandbox");
+	mta_log_str(&ll, "layer", "privileges");
+	mta_log_str(&ll, "active", d->priv.active ? "dropped" : "not-root");
+	mta_log_int(&ll, "uid", (long long)getuid());
+	mta_log_int(&ll, "gid", (long long)getgid());
+	mta_log_str(&ll, "no_new_privs", "1");
+	mta_log_end(&ll);
+
+	if (mta_sandbox_landlock(rw, 1, ro,
+				 runtime_read_paths(d, ro, 32), &abi, err,
+				 sizeof(err)) != 0)
+		goto fail;
+	mta_log_begin(&ll, abi > 0 ? MTA_LOG_INFO : MTA_LOG_WARN, "sandbox");
+	mta_log_str(&ll, "layer", "landlock");
+	mta_log_str(&ll, "active", abi > 0 ? "yes" : "no (kernel lacks it)");
+	mta_log_int(&ll, "abi", abi);
+	mta_log_str(&ll, "rw", d->cfg->spool_dir);
+	mta_log_end(&ll);
+
+#ifdef MTAD_TEST_HOOKS
+	/* developing the allow-list: log instead of kill (test builds only) */
+	log_only = getenv("MTA_SECCOMP_LOG") != NULL;
+#endif
+	if (mta_sandbox_seccomp(MTA_SANDBOX_DAEMON, log_only, err,
+				sizeof(err)) != 0)
+		goto fail;
+	mta_log_begin(&ll, MTA_LOG_INFO, "sandbox");
+	mta_log_str(&ll, "layer", "seccomp");
+	mta_log_str(&ll, "active", log_only ? "log-only" : "yes");
+	mta_log_str(&ll, "action", log_only ? "trap-log" : "kill-process");
+	mta_log_end(&ll);
+	return 0;
+
+fail:
+	mta_log_begin(&ll, MTA_LOG_ERR, "privsep_failed");
+	mta_log_str(&ll, "error", err);
+	mta_log_end(&ll);
+	fprintf(stderr, "mtad: least privilege: %s\n", err);
+	return -1;
+}
+
+#ifdef MTAD_TEST_HOOKS
+/* Test builds only: MTA_TEST_ESCAPE=shadow|write:PATH|exec makes the
+ * running daemon try to leave its sandbox (tests/integration/
+ * test_privsep.py asserts each is refused). */
+static void test_escape_hook(void)
+{
+	const char *v = getenv("MTA_TEST_ESCAPE");
+
+	if (v == NULL)
+		return;
+	if (strncmp(v, "write:", 6) == 0)
+		mta_sandbox_test_escape("write", v + 6);
+	else
+		mta_sandbox_test_escape(v, NULL);
+}
+#endif
 
 static void on_signal(uv_signal_t *h, int signum)
 {
@@ -306,6 +468,13 @@ int main(int argc, char **argv)
 	}
 	mta_log_set_level((enum mta_log_level)d.cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
+	d.config_path = path;
+	if (mta_privdrop_resolve(d.cfg->server_user, d.cfg->server_group,
+				 &d.priv, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mtad: %s\n", err);
+		mta_config_free(d.cfg);
+		return 2;
+	}
 
 	struct mta_logline ll;
 	mta_log_begin(&ll, MTA_LOG_INFO, "start");
@@ -316,7 +485,16 @@ int main(int argc, char **argv)
 	mta_log_end(&ll);
 
 	d.exit_code = 1;
-	if (load_config_files(&d) != 0) {
+	d.daemon_mode = true;
+	if (load_config_files(&d) != 0 || start_keyholder(&d) != 0) {
+		d.exit_code = 2;
+		goto out_tls;
+	}
+	/* the spool must suit the user we become (created and given to it
+	 * when missing; someone else's spool is an error naming the fix) */
+	if (mta_privdrop_check_dir(&d.priv, d.cfg->spool_dir, err,
+				   sizeof(err)) != 0) {
+		key_error(d.cfg, "spool", "dir", "%s", err);
 		d.exit_code = 2;
 		goto out_tls;
 	}
@@ -364,20 +542,6 @@ int main(int argc, char **argv)
 	}
 	uv_loop_init(&d.loop);
 	d.loop.data = &d;
-	rc = mta_writer_start(&d.loop, d.spool, &d.writer);
-	if (rc != 0) {
-		mta_log_begin(&ll, MTA_LOG_ERR, "writer_start_failed");
-		mta_log_str(&ll, "error", mta_errname(rc));
-		mta_log_end(&ll);
-		goto out_loop;
-	}
-	uv_signal_init(&d.loop, &d.sigterm);
-	uv_signal_init(&d.loop, &d.sigint);
-	uv_signal_init(&d.loop, &d.sighup);
-	uv_signal_start(&d.sigterm, on_signal, SIGTERM);
-	uv_signal_start(&d.sigint, on_signal, SIGINT);
-	uv_signal_start(&d.sighup, on_signal, SIGHUP);
-
 	char appdata[4096];
 	snprintf(appdata, sizeof(appdata), "%s/getdns", d.cfg->spool_dir);
 	(void)mkdir(appdata, 0700);
@@ -408,6 +572,30 @@ int main(int argc, char **argv)
 			    "still works");
 		mta_log_end(&ll);
 	}
+	/* everything root had to open is open: drop and sandbox before the
+	 * first thread starts */
+	if (privsep_lockdown(&d) != 0) {
+		mta_dns_free(d.dns);
+		d.dns = NULL;
+		goto out_loop;
+	}
+	rc = mta_writer_start(&d.loop, d.spool, &d.writer);
+	if (rc != 0) {
+		mta_log_begin(&ll, MTA_LOG_ERR, "writer_start_failed");
+		mta_log_str(&ll, "error", mta_errname(rc));
+		mta_log_end(&ll);
+		goto out_loop;
+	}
+	uv_signal_init(&d.loop, &d.sigterm);
+	uv_signal_init(&d.loop, &d.sigint);
+	uv_signal_init(&d.loop, &d.sighup);
+	uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+	uv_signal_start(&d.sigint, on_signal, SIGINT);
+	uv_signal_start(&d.sighup, on_signal, SIGHUP);
+
+#ifdef MTAD_TEST_HOOKS
+	test_escape_hook();
+#endif
 	struct mtad_listener_params lp = {
 		.loop = &d.loop,
 		.cfg = d.cfg,
@@ -444,7 +632,7 @@ int main(int argc, char **argv)
 			.policy = d.policy,
 			.mtasts = d.mtasts,
 			.auth_user = d.have_auth ? d.auth_user : NULL,
-			.auth_pass = d.have_auth ? d.auth_pass : NULL,
+			.auth_plain = d.have_auth ? d.auth_plain : NULL,
 		};
 		rc = mta_delivery_start(&dp, &d.delivery);
 		if (rc == 0)
@@ -479,6 +667,8 @@ out_loop:
 	mta_spool_close(d.spool);
 out_tls:
 	mta_tls_creds_free(d.tls);
+	mta_keyholder_free(d.holder);
+	explicit_bzero(d.auth_plain, sizeof(d.auth_plain));
 	mta_tls_creds_free(d.client_tls);
 	mta_tlspolicy_free(d.policy);
 	explicit_bzero(d.auth_pass, sizeof(d.auth_pass));

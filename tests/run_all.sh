@@ -46,7 +46,7 @@ export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 if step build setup build; then
 	step unit mtest build plain
 fi
-if step build-asan setup build-asan -Db_sanitize=address,undefined -Db_lundef=false; then
+if step build-asan setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dtest_hooks=true; then
 	step unit-asan mtest build-asan asan --suite unit --suite fuzz
 fi
 if step build-tsan setup build-tsan -Db_sanitize=thread -Db_lundef=false; then
