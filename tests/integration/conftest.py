@@ -24,6 +24,16 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + rep.when, rep)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def daemon_user():
+    """Started as root, mtad drops to server.user (default `mtad`): make
+    sure that user exists, and remove it afterwards if we created it."""
+    created = mtadtest.ensure_daemon_user()
+    yield mtadtest.DAEMON_USER
+    if created:
+        mtadtest.remove_daemon_user()
+
+
 @pytest.fixture(scope="session")
 def build():
     for prog in (mtadtest.MTAD, mtadtest.MTAQ, mtadtest.MTACTL):
@@ -35,6 +45,7 @@ def build():
 @pytest.fixture(scope="session")
 def tls_files():
     d = tempfile.mkdtemp(prefix="mtit-tls-", dir="/tmp")
+    os.chmod(d, 0o711)  # the cert is read as root; nothing else needs it
     try:
         yield mtadtest.make_cert(d)
     finally:

@@ -120,12 +120,39 @@ def write_config(path, settings):
 
 
 # ---------------------------------------------------------------------------
+# The daemon user.  mtad started as root drops to server.user (default
+# `mtad`); the tests run as root, so that user must exist.
+DAEMON_USER = "mtad"
+
+
+def ensure_daemon_user():
+    """True when the user was created here (remove it at the end)."""
+    import pwd
+    if os.geteuid() != 0:
+        return False
+    try:
+        pwd.getpwnam(DAEMON_USER)
+        return False
+    except KeyError:
+        pass
+    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
+                    "--shell", "/usr/sbin/nologin", DAEMON_USER], check=True)
+    return True
+
+
+def remove_daemon_user():
+    subprocess.run(["userdel", DAEMON_USER], check=False)
+
+
+# ---------------------------------------------------------------------------
 class Mtad:
     """One mtad process with its own address, port, spool, log."""
 
     def __init__(self, workdir, settings=None, env=None, tls=None):
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
+        # the daemon, once it dropped root, reaches its spool through here
+        os.chmod(workdir, 0o711)
         self.addr = alloc_addr()
         self.port = free_port(self.addr)
         self.http_port = free_port(self.addr)
