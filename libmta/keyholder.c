@@ -50,6 +50,7 @@ struct mta_keyholder {
 
 struct holder {
 	gnutls_privkey_t key; /* NULL: no TLS key given */
+	char user[256], pass[256];
 	char plain[700];      /* base64("\0user\0pass"), "" = none */
 };
 
@@ -206,6 +207,11 @@ holder_main(int fd, pid_t parent, const char *key_file, const char *user,
 		}
 		explicit_bzero(d.data, d.size);
 		gnutls_free(d.data);
+	}
+	if (user != NULL && pass != NULL) {
+		/* kept as given too: this is where the secret lives */
+		snprintf(h.user, sizeof(h.user), "%s", user);
+		snprintf(h.pass, sizeof(h.pass), "%s", pass);
 	}
 	if (user != NULL && pass != NULL) {
 		unsigned char raw[520];
