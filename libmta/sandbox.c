@@ -49,8 +49,10 @@ static int add_rule(int ruleset, const char *path, uint64_t want,
 	int fd = open(path, O_PATH | O_CLOEXEC);
 
 	if (fd < 0) {
-		if (errno == ENOENT)
-			return 0; /* nothing there to allow */
+		/* nothing there to allow, or nothing the user may reach
+		 * anyway (the rules are made after the drop) */
+		if (errno == ENOENT || errno == EACCES)
+			return 0;
 		snprintf(err, errlen, "landlock: %s: %s", path,
 			 strerror(errno));
 		return -1;
