@@ -22,6 +22,7 @@
 #include "writer.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <sys/stat.h>
 #include <signal.h>
@@ -193,27 +194,33 @@ static int load_server_tls(struct daemon *d)
 	return 0;
 }
 
-/* "username password" on the first line; never logged. */
+/* "username password" on the first line; never logged.  Read with
+ * read(2) into a buffer wiped here (stdio would leave a copy in its own
+ * buffer): the password must not stay in this process once the key
+ * holder has it. */
 static int read_auth_file(struct daemon *d, const char *path)
 {
 	char line[600];
-	FILE *f = fopen(path, "r");
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
-	if (f == NULL) {
+	if (fd < 0) {
 		key_error(d->cfg, "delivery", "relayhost_auth_file", "%s: %s",
 			  path, strerror(errno));
 		return 2;
 	}
-	if (fgets(line, sizeof(line), f) == NULL ||
+	n = read(fd, line, sizeof(line) - 1);
+	close(fd);
+	line[n > 0 ? n : 0] = '\0';
+	line[strcspn(line, "\n")] = '\0';
+	if (n <= 0 ||
 	    sscanf(line, "%255s %255s", d->auth_user, d->auth_pass) != 2) {
 		key_error(d->cfg, "delivery", "relayhost_auth_file",
 			  "%s: expected \"username password\" on the first "
 			  "line", path);
-		fclose(f);
 		explicit_bzero(line, sizeof(line));
 		return 2;
 	}
-	fclose(f);
 	explicit_bzero(line, sizeof(line));
 	d->have_auth = true;
 	return 0;
