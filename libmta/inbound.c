@@ -457,9 +457,10 @@ static void on_stream_data(struct mta_stream *st)
 }
 
 /* ops.eof: the client closed or reset the connection. */
-static void on_stream_eof(struct mta_stream *st, const char *reason)
+static void on_stream_eof(struct mta_stream *st, int status)
 {
-	session_close(st->data, reason, false);
+	session_close(st->data, status == UV_EOF ? "eof" : uv_err_name(status),
+		      false);
 }
 
 /* ops.drained: output fell below half the limit. */

@@ -162,13 +162,13 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	*buf = uv_buf_init(st->scratch->buf, sizeof(st->scratch->buf));
 }
 
-static void peer_ended(struct mta_stream *st, const char *reason)
+static void peer_ended(struct mta_stream *st, int status)
 {
 	if (st->reading) {
 		uv_read_stop((uv_stream_t *)&st->tcp);
 		st->reading = false;
 	}
-	st->ops->eof(st, reason);
+	st->ops->eof(st, status);
 }
 
 static int append_plain(struct mta_stream *st, const void *p, size_t n)
@@ -233,7 +233,7 @@ static void tls_input(struct mta_stream *st, const char *p, size_t n)
 		return;
 	st->ops->data(st);
 	if (ended && !st->closing)
-		peer_ended(st, "eof");
+		peer_ended(st, UV_EOF);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -245,8 +245,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	if (nread == 0 || st->closing)
 		return;
 	if (nread < 0) {
-		peer_ended(st, nread == UV_EOF ? "eof"
-					       : uv_err_name((int)nread));
+		peer_ended(st, (int)nread);
 		return;
 	}
 	if (st->tls_on) {

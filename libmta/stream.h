@@ -20,8 +20,10 @@
  *	with mta_stream_consume().  Unconsumed bytes stay for the next call
  *	(the owner bounds them by stopping reading).  The peer's end of
  *	stream (FIN, reset, TLS close_notify) is reported once by ops->eof,
- *	with "eof" or the libuv error name; reading has stopped then, the
- *	stream is still open and the owner closes it.
+ *	with UV_EOF for an orderly end or a negative libuv code; reading has
+ *	stopped then, the stream is still open and the owner closes it.
+ *	ops->data is called after every socket read that did not fail, also
+ *	when it brought no plaintext (TLS handshake records).
  *
  *	Writing: mta_stream_write() queues plaintext (encrypted first when the
  *	TLS handshake is complete).  st->write_pending counts the bytes queued
@@ -107,7 +109,7 @@ struct mta_stream_ops {
 	void (*connected)(struct mta_stream *st, int status);
 	void (*data)(struct mta_stream *st);
 	void (*tls_ready)(struct mta_stream *st);
-	void (*eof)(struct mta_stream *st, const char *reason);
+	void (*eof)(struct mta_stream *st, int status);
 	void (*drained)(struct mta_stream *st);
 	void (*timeout)(struct mta_stream *st);
 	void (*error)(struct mta_stream *st, const char *reason,
