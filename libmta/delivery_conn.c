@@ -81,7 +81,7 @@ static void set_error(struct conn *c, int code, const char *status,
 	va_list ap;
 	c->lcode = code;
 	snprintf(c->ltls, sizeof(c->ltls), "%s",
-		 c->tls_on && c->tls.handshake_done ? c->tls_desc : "");
+		 mta_stream_tls_done(&c->st) ? c->tls_desc : "");
 	snprintf(c->lauth, sizeof(c->lauth), "%s", c->auth);
 	snprintf(c->lstatus, sizeof(c->lstatus), "%s", status);
 	va_start(ap, fmt);
@@ -113,24 +113,30 @@ static void host_skip(struct conn *c, const char *reason)
 	conn_next_host(c);
 }
 
-static void on_tcp_closed(uv_handle_t *h)
+static void after_close_next_addr(struct conn *c);
+
+/* ops.closed: this attempt's socket is gone (TLS and buffers freed). */
+static void on_stream_closed(struct mta_stream *st)
 {
-	struct conn *c = h->data;
+	struct conn *c = st->data;
 	void (*after)(struct conn *) = c->after_close;
 
 	c->tcp_open = false;
 	c->after_close = NULL;
+	if (after == NULL) {
+		/* closed by a stream failure before the engine ended the
+		 * host (cannot happen: on_stream_error drives it there);
+		 * the host failed all the same */
+		c->phase = C_HOSTS;
+		if (c->job)
+			dlv_job_reopen(c->job);
+		after = after_close_next_addr;
+	}
 	if (c->smtpc_live) {
 		mta_smtpc_free(&c->smtpc);
 		c->smtpc_live = false;
 	}
-	if (c->tls_on) {
-		mta_tls_free(&c->tls);
-		c->tls_on = false;
-	}
-	c->write_pending = 0;
-	if (after)
-		after(c);
+	after(c);
 }
 
 void dlv_conn_close(struct conn *c, void (*after)(struct conn *c))
@@ -141,8 +147,7 @@ void dlv_conn_close(struct conn *c, void (*after)(struct conn *c))
 		return;
 	}
 	c->after_close = after;
-	if (!uv_is_closing((uv_handle_t *)&c->tcp))
-		uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+	mta_stream_close(&c->st, false);
 }
 
 static void tlsrpt_count(struct conn *c, const char *ptype,
@@ -213,56 +218,8 @@ static void conn_host_failed(struct conn *c)
 	dlv_conn_close(c, after_close_next_addr);
 }
 
-struct wreq {
-	uv_write_t req;
-	struct conn *c;
-	size_t len;
-	uint8_t data[];
-};
-
-static void on_write(uv_write_t *req, int status)
-{
-	struct wreq *w = container_of(req, struct wreq, req);
-	struct conn *c = w->c;
-
-	c->write_pending -= w->len;
-	free(w);
-	if (status < 0 || c->phase != C_SMTP)
-		return;
-	if (c->smtpc_live && c->write_pending < WRITE_HIGH / 2)
-		conn_drive(c);
-}
-
-static void conn_write(struct conn *c, const void *p, size_t n)
-{
-	struct wreq *w;
-	uv_buf_t b;
-
-	if (n == 0 || !c->tcp_open || uv_is_closing((uv_handle_t *)&c->tcp))
-		return;
-	w = malloc(sizeof(*w) + n);
-	if (w == NULL)
-		return;
-	w->c = c;
-	w->len = n;
-	memcpy(w->data, p, n);
-	b = uv_buf_init((char *)w->data, (unsigned)n);
-	c->write_pending += n;
-	if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
-		c->write_pending -= n;
-		free(w);
-	}
-}
-
-static void flush_tls(struct conn *c)
-{
-	struct mta_buf out;
-	mta_tls_take_output(&c->tls, &out);
-	conn_write(c, out.data, out.len);
-	mta_buf_free(&out);
-}
-
-/* Engine output to the socket (through TLS once it is up). */
+/* Engine output to the stream (through TLS once it is up).  A write or
+ * TLS failure closes the stream and reaches on_stream_error(). */
 static void flush_engine(struct conn *c)
 {
 	const uint8_t *p;
@@ -270,17 +227,12 @@ static void flush_engine(struct conn *c)
 
 	if (n == 0)
 		return;
-	if (c->tls_on && c->tls.handshake_done) {
-		if (mta_tls_write(&c->tls, p, n) == 0)
-			flush_tls(c);
-	} else {
-		conn_write(c, p, n);
-	}
+	if (mta_stream_write(&c->st, p, n) != 0)
+		return;
 	mta_smtpc_output_consume(&c->smtpc, n);
 }
 
 static void arm_timer(struct conn *c, uint64_t ms);
-static void on_conn_timer(uv_timer_t *t);
 
 /* ---- connections: SMTP session -------------------------------------- */
 
@@ -350,7 +302,7 @@ static void pump_body(struct conn *c)
 	struct job *j = c->job;
 
 	while (j != NULL && mta_smtpc_wants_body(&c->smtpc) &&
-	       c->write_pending < WRITE_HIGH) {
+	       !c->st.closing && c->st.write_pending < WRITE_HIGH) {
 		size_t got = 0;
 		uint64_t size = j->m->env.size;
 		int rc = mta_spool_read_body(c->d->spool, j->m->qid,
@@ -437,7 +389,7 @@ static bool verify_tls(struct conn *c, const char *host)
 		struct mta_dane_result r;
 		size_t n = 0;
 
-		q.chain = mta_tls_peer_chain(&c->tls, &n);
+		q.chain = mta_tls_peer_chain(&c->st.tls, &n);
 		q.nchain = n;
 		q.tlsa = c->tlsa;
 		q.ntlsa = c->ntlsa;
@@ -472,7 +424,7 @@ static bool verify_tls(struct conn *c, const char *host)
 		int rc = MTA_ETLS;
 
 		if (c->d->webpki)
-			rc = mta_tls_verify_webpki(&c->tls, host, &rpt, why,
+			rc = mta_tls_verify_webpki(&c->st.tls, host, &rpt, why,
 						   sizeof(why));
 		else
 			snprintf(why, sizeof(why), "no usable tls.ca_file");
@@ -529,16 +481,15 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		break;
 	case MTA_SMTPC_EV_STARTTLS:
 		flush_engine(c);
-		if (mta_tls_client_init(&c->tls, c->d->tls,
-					c->dane ? c->tlsa_base : host) != 0) {
+		if (c->st.closing)
+			break; /* the write failed: on_stream_error ran */
+		/* a handshake failing at once reaches on_stream_error() */
+		if (mta_stream_starttls_client(&c->st, c->d->tls,
+					       c->dane ? c->tlsa_base
+						       : host) != 0 &&
+		    !c->st.closing)
 			mta_smtpc_abort(&c->smtpc, "4.7.5",
 					"TLS initialisation failed");
-			break;
-		}
-		c->tls_on = true;
-		if (mta_tls_handshake(&c->tls) == MTA_ETLS)
-			mta_smtpc_abort(&c->smtpc, "4.7.5", c->tls.error);
-		flush_tls(c);
 		break;
 	case MTA_SMTPC_EV_READY:
 		c->any_session = true;
@@ -576,7 +527,7 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 			    (j->m->env.rcpts[r].notify & MTA_NOTIFY_SUCCESS))
 				j->m->relayed[r] = true;
 			dlv_record(j->m, r, e->code, e->status, e->text, c->relay,
-			       c->tls_on ? c->tls_desc : NULL, c->auth,
+			       c->st.tls_on ? c->tls_desc : NULL, c->auth,
 			       c->skipped);
 			j->rstate[pos] = R_FINAL;
 		}
@@ -611,7 +562,7 @@ static void conn_drive(struct conn *c)
 	enum mta_smtpc_ev ev;
 	size_t n;
 
-	if (c->in_drive || !c->smtpc_live)
+	if (c->in_drive || !c->smtpc_live || c->phase != C_SMTP)
 		return;
 	c->in_drive = true;
 	for (;;) {
@@ -625,15 +576,15 @@ static void conn_drive(struct conn *c)
 			c->job = NULL;
 			c->txn_done = false;
 			dlv_job_finish(j, 0, "4.0.0", "", c->relay,
-				   c->tls_on ? c->tls_desc : NULL, c->auth);
+				   c->st.tls_on ? c->tls_desc : NULL, c->auth);
 		}
 		on_event(c, ev, &e);
 		if (ev == MTA_SMTPC_EV_CLOSED || ev == MTA_SMTPC_EV_FAIL)
 			break;
 	}
 	flush_engine(c);
-	if (mta_smtpc_in_tls(&c->smtpc) == false && c->tls_on &&
-	    !c->tls.handshake_done) {
+	if (mta_smtpc_in_tls(&c->smtpc) == false && c->st.tls_on &&
+	    !c->st.tls.handshake_done) {
 		/* handshake in progress: nothing more to drive */
 	} else if (ev == MTA_SMTPC_EV_NEED_BODY ||
 		   mta_smtpc_wants_body(&c->smtpc)) {
@@ -642,10 +593,14 @@ static void conn_drive(struct conn *c)
 	c->in_drive = false;
 	if (ev == MTA_SMTPC_EV_FAIL || ev == MTA_SMTPC_EV_CLOSED ||
 	    mta_smtpc_closed(&c->smtpc)) {
-		/* drain the last engine events (CLOSED after FAIL) */
-		while (mta_smtpc_feed(&c->smtpc, NULL, 0, &n, &e) !=
-		       MTA_SMTPC_EV_NONE)
-			;
+		/* the last engine events: CLOSED after FAIL, or all of
+		 * them when an abort (a stream failure in the flush
+		 * above) closed the engine after the loop */
+		while ((ev = mta_smtpc_feed(&c->smtpc, NULL, 0, &n, &e)) !=
+		       MTA_SMTPC_EV_NONE) {
+			on_event(c, ev, &e);
+			memset(&e, 0, sizeof(e));
+		}
 		flush_engine(c);
 		if (c->job != NULL && c->txn_done) {
 			/* tentative results of a finished transaction on a
@@ -687,7 +642,7 @@ static void conn_input(struct conn *c, const uint8_t *p, size_t len)
 			c->job = NULL;
 			c->txn_done = false;
 			dlv_job_finish(j, 0, "4.0.0", "", c->relay,
-				   c->tls_on ? c->tls_desc : NULL, c->auth);
+				   c->st.tls_on ? c->tls_desc : NULL, c->auth);
 		}
 		on_event(c, ev, &e);
 		if (ev == MTA_SMTPC_EV_STARTTLS)
@@ -696,57 +651,6 @@ static void conn_input(struct conn *c, const uint8_t *p, size_t len)
 			break;
 	}
 	conn_drive(c);
-}
-
-static void tls_input(struct conn *c, const uint8_t *p, size_t len)
-{
-	uint8_t plain[16384];
-	int rc;
-
-	if (mta_tls_feed(&c->tls, p, len) != 0) {
-		mta_smtpc_abort(&c->smtpc, "4.3.0", "out of memory");
-		conn_drive(c);
-		return;
-	}
-	if (!c->tls.handshake_done) {
-		rc = mta_tls_handshake(&c->tls);
-		flush_tls(c);
-		if (rc == MTA_EAGAIN)
-			return;
-		if (rc != 0) {
-			char why[300];
-			handshake_failed(c, c->tls.error);
-			snprintf(why, sizeof(why), "TLS handshake with %s failed: %s",
-				 c->hosts[c->hi].name, c->tls.error);
-			set_error(c, 0, "4.7.5", "%s", why);
-			mta_smtpc_abort(&c->smtpc, "4.7.5", why);
-			conn_drive(c);
-			return;
-		}
-		mta_tls_describe(&c->tls, c->tls_desc, sizeof(c->tls_desc));
-		if (!verify_tls(c, c->hosts[c->hi].name)) {
-			mta_smtpc_abort(&c->smtpc, c->lstatus, c->ltext);
-			conn_drive(c);
-			return;
-		}
-		mta_smtpc_tls_started(&c->smtpc);
-		conn_drive(c);
-	}
-	for (;;) {
-		size_t got = 0;
-		rc = mta_tls_read(&c->tls, plain, sizeof(plain), &got);
-		if (rc == MTA_EAGAIN)
-			break;
-		if (rc != 0) {
-			mta_smtpc_eof(&c->smtpc);
-			conn_drive(c);
-			return;
-		}
-		conn_input(c, plain, got);
-		if (!c->smtpc_live || c->phase != C_SMTP)
-			return;
-	}
-	flush_tls(c);
 }
 
 /* The peer closed, reset or went quiet in the middle of the handshake. */
@@ -762,50 +666,107 @@ static void handshake_in_flight_failed(struct conn *c, const char *what)
 	conn_drive(c);
 }
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+/* ops.tls_ready: the handshake completed; apply the host's policy. */
+static void on_stream_tls(struct mta_stream *st)
 {
-	static char rbuf[65536];
-	(void)h;
-	(void)hint;
-	*buf = uv_buf_init(rbuf, sizeof(rbuf));
-}
+	struct conn *c = st->data;
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-	struct conn *c = s->data;
-
-	if (nread == 0 || c->phase != C_SMTP)
+	if (c->phase != C_SMTP || !c->smtpc_live)
 		return;
-	if (nread < 0) {
-		uv_read_stop(s);
-		if (c->tls_on && !c->tls.handshake_done) {
-			handshake_in_flight_failed(
-				c, nread == UV_EOF ? "connection closed by peer"
-						   : uv_strerror((int)nread));
-			return;
-		}
-		mta_smtpc_eof(&c->smtpc);
+	mta_tls_describe(&st->tls, c->tls_desc, sizeof(c->tls_desc));
+	if (!verify_tls(c, c->hosts[c->hi].name)) {
+		mta_smtpc_abort(&c->smtpc, c->lstatus, c->ltext);
 		conn_drive(c);
 		return;
 	}
-	if (c->tls_on)
-		tls_input(c, (const uint8_t *)buf->base, (size_t)nread);
-	else
-		conn_input(c, (const uint8_t *)buf->base, (size_t)nread);
+	mta_smtpc_tls_started(&c->smtpc);
+	conn_drive(c);
 }
 
-static void on_conn_timer(uv_timer_t *t)
+/* ops.data: plaintext from the peer. */
+static void on_stream_data(struct mta_stream *st)
 {
-	struct conn *c = t->data;
+	struct conn *c = st->data;
+	const uint8_t *p;
+	size_t n = mta_stream_pending(st, &p);
+
+	if (n > 0 && c->phase == C_SMTP && c->smtpc_live)
+		conn_input(c, p, n); /* may drop the rest (STARTTLS) */
+	mta_stream_consume(st, n);
+}
+
+/* ops.eof: the peer closed or reset the connection. */
+static void on_stream_eof(struct mta_stream *st, int status)
+{
+	struct conn *c = st->data;
+
+	if (c->phase != C_SMTP || !c->smtpc_live)
+		return;
+	if (st->tls_on && !st->tls.handshake_done) {
+		handshake_in_flight_failed(c, status == UV_EOF
+						      ? "connection closed by peer"
+						      : uv_strerror(status));
+		return;
+	}
+	mta_smtpc_eof(&c->smtpc);
+	conn_drive(c);
+}
+
+/* ops.drained */
+static void on_stream_drained(struct mta_stream *st)
+{
+	struct conn *c = st->data;
+
+	if (c->phase == C_SMTP && c->smtpc_live)
+		conn_drive(c);
+}
+
+/*
+ * ops.error: a write or TLS failure closed the connection (stream.h, ERROR
+ * POLICY).  A failed handshake is a handshake failure (DANE-62 cleartext
+ * retry where allowed); anything else ends the host at once, logged, and
+ * the engine's FAIL defers what was not delivered.
+ */
+static void on_stream_error(struct mta_stream *st, const char *reason,
+			    const char *detail)
+{
+	struct conn *c = st->data;
+	struct mta_logline ll;
+	char why[300];
+
+	if (c->phase != C_SMTP || !c->smtpc_live)
+		return;
+	if (st->tls_on && !st->tls.handshake_done) {
+		handshake_in_flight_failed(c, detail);
+		return;
+	}
+	mta_log_begin(&ll, MTA_LOG_WARN, "conn_error");
+	if (c->job != NULL)
+		mta_log_str(&ll, "qid", c->job->m->qid);
+	mta_log_str(&ll, "domain", c->dest->name);
+	mta_log_str(&ll, "relay", c->relay);
+	mta_log_str(&ll, "reason", reason);
+	mta_log_str(&ll, "error", detail);
+	mta_log_end(&ll);
+	snprintf(why, sizeof(why), "connection failed: %s (%.200s)", reason,
+		 detail);
+	set_error(c, 0, "4.4.2", "%s", why);
+	mta_smtpc_abort(&c->smtpc, "4.4.2", why);
+	conn_drive(c); /* from inside a drive, the outer one goes on */
+}
+
+/* ops.timeout */
+static void on_conn_timer(struct mta_stream *st)
+{
+	struct conn *c = st->data;
 
 	if (c->phase == C_CONNECTING) {
 		set_error(c, 0, "4.4.1", "connect to %s: timed out", c->relay);
-		uv_cancel((uv_req_t *)&c->creq); /* no-op for connects */
-		conn_host_failed(c);
+		conn_host_failed(c); /* closing cancels the connect */
 		return;
 	}
 	if (c->phase == C_SMTP && c->smtpc_live) {
-		if (c->tls_on && !c->tls.handshake_done) {
+		if (st->tls_on && !st->tls.handshake_done) {
 			handshake_in_flight_failed(c, "timed out");
 			return;
 		}
@@ -818,12 +779,26 @@ static void arm_timer(struct conn *c, uint64_t ms)
 {
 	if (ms == 0)
 		ms = 300000;
-	uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+	mta_stream_timer(&c->st, ms);
 }
 
-static void on_connect(uv_connect_t *req, int status)
+static void on_connect(struct mta_stream *st, int status);
+
+static const struct mta_stream_ops conn_ops = {
+	.connected = on_connect,
+	.data = on_stream_data,
+	.tls_ready = on_stream_tls,
+	.eof = on_stream_eof,
+	.drained = on_stream_drained,
+	.timeout = on_conn_timer,
+	.error = on_stream_error,
+	.closed = on_stream_closed,
+};
+
+/* ops.connected */
+static void on_connect(struct mta_stream *st, int status)
 {
-	struct conn *c = req->data;
+	struct conn *c = st->data;
 	struct mta_logline ll;
 
 	if (c->phase != C_CONNECTING)
@@ -848,7 +823,12 @@ static void on_connect(uv_connect_t *req, int status)
 		return;
 	}
 	c->smtpc_live = true;
-	uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+	if (mta_stream_read_start(&c->st) != 0) {
+		set_error(c, 0, "4.4.1", "connect to %s: cannot read",
+			  c->relay);
+		conn_host_failed(c);
+		return;
+	}
 	arm_timer(c, mta_smtpc_timeout_ms(&c->smtpc));
 }
 
@@ -881,13 +861,15 @@ static void conn_next_addr(struct conn *c)
 	snprintf(c->relay, sizeof(c->relay), "%s[%s]:%u",
 		 c->hosts[c->hi].name, ip, port);
 	c->tls_desc[0] = '\0';
-	uv_tcp_init(d->loop, &c->tcp);
-	c->tcp.data = c;
+	if (mta_stream_init(&c->st, d->loop, &conn_ops, &d->scratch, c) != 0) {
+		set_error(c, 0, "4.4.1", "connect to %s failed", c->relay);
+		conn_host_failed(c);
+		return;
+	}
+	c->st.write_low = WRITE_HIGH / 2;
 	c->tcp_open = true;
 	c->phase = C_CONNECTING;
-	c->creq.data = c;
-	if (uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)sa,
-			   on_connect) != 0) {
+	if (mta_stream_connect(&c->st, (struct sockaddr *)sa) != 0) {
 		set_error(c, 0, "4.4.1", "connect to %s failed", c->relay);
 		conn_host_failed(c);
 		return;

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "queue.h"
 #include "smtp_client.h"
+#include "stream.h"
 #include "tlspolicy.h"
 
 #include <arpa/inet.h>
@@ -108,24 +109,19 @@ struct conn {
 	size_t nhosts, hi;
 	struct sockaddr_storage addrs[MAX_ADDRS];
 	size_t naddrs, ai;
-	uv_tcp_t tcp;
-	bool tcp_open;
-	uv_timer_t timer;
-	uv_connect_t creq;
-	uv_shutdown_t sreq;
+	struct mta_stream st; /* this attempt's socket, timer and TLS */
+	bool tcp_open;	      /* st initialised, not yet closed */
+	uv_timer_t timer;     /* the connection's life: closed last */
 	void (*after_close)(struct conn *c);
 	struct mta_smtpc smtpc;
 	struct mta_smtpc_config scfg;
 	bool smtpc_live;
-	struct mta_tls tls;
-	bool tls_on;
 	char tls_desc[128];
 	char relay[MTA_DNS_NAME_MAX + 80]; /* host[ip]:port of this attempt */
 	struct job *job;
 	bool txn_started, txn_done;
 	struct mta_smtpc_txn txn;
 	uint64_t body_off;
-	size_t write_pending;
 	bool in_drive;
 	/* policy: per destination, then per host (DESIGN.md "Outbound
 	 * policy") */
@@ -199,6 +195,7 @@ struct mta_delivery {
 	bool selftest_done;   /* at least one result */
 	char relay_host[MTA_DNS_NAME_MAX];
 	unsigned relay_port;
+	struct mta_stream_scratch scratch; /* receive buffer of every conn */
 };
 
 int64_t dlv_now_us(void);

@@ -1,41 +1,32 @@
 /*
- * listener.h - mtad's inbound SMTP: listening sockets and sessions.
+ * listener.h - mtad's inbound SMTP: the listening sockets.
  *
  * DESCRIPTION
- *	mtad_listener_start() binds every server.listen address and accepts
- *	sessions on the loop.  Each session couples a TCP handle, a timer, the
- *	sans-I/O SMTP engine (smtp_server.h), an optional TLS layer (tls.h)
- *	and a body sink (spool.h); complete messages go to the writer thread
- *	(writer.h) and the 250 is sent from the commit callback.
+ *	mtad_listener_start() binds every server.listen address and hands each
+ *	accepted connection to the session set of libmta/inbound.h (which
+ *	holds the sessions: engine, stream, limits, deadlines, commits).
  *
- *	mtad_listener_shutdown() stops accepting, tells every idle session
- *	"421 4.3.2" and closes it; a session waiting for a commit gets its
- *	reply first.  done() is called once every session and listening
- *	socket is closed.
+ *	mtad_listener_shutdown() stops accepting and shuts the sessions down
+ *	(mta_inbound_shutdown(): "421 4.3.2" to idle sessions, a pending
+ *	commit's reply first).  done() is called once every session and
+ *	listening socket is closed.
  *
  * THREADS
  *	Loop thread only.
  *
  * SECURITY
- *	Memory per session is bounded: the engine's fixed buffers, at most
- *	MTAD_INBUF_MAX bytes of unprocessed input (reading stops beyond it),
- *	at most MTAD_OUTBUF_MAX bytes of unsent output (the engine stops
- *	beyond it), and a body in memory up to MTAD_BODY_SPILL bytes, then in
- *	an unlinked file in the spool's tmp directory.
+ *	See inbound.h: per-session memory bounds and session limits.
  */
 #ifndef MTAD_LISTENER_H
 #define MTAD_LISTENER_H
 
 #include "config.h"
+#include "inbound.h"
 #include "spool.h"
 #include "tls.h"
 #include "writer.h"
 
 #include <uv.h>
-
-#define MTAD_INBUF_MAX (64 * 1024)
-#define MTAD_OUTBUF_MAX (256 * 1024)
-#define MTAD_BODY_SPILL (256 * 1024)
 
 struct mtad_listener;
 
