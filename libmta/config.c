@@ -102,6 +102,7 @@ static const struct key keys[] = {
 	KEY("mta_sts", "https_port", "443", T_PORT, mta_sts_https_port, 1, 65535),
 	KEY("mta_sts", "refresh_interval", "600s", T_DURATION, mta_sts_refresh_interval, 1, 86400),
 	KEY("control", "socket", "", T_SOCKET, control_socket, 0, 0),
+	KEY("control", "group", "", T_OPTPATH, control_group, 0, 0),
 	KEY("http", "listen", "127.0.0.1:9025", T_ADDRPORT, http_listen, 0, 0),
 	KEY("log", "level", "info", T_LOGLEVEL, log_level, 0, 0),
 };

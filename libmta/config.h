@@ -144,6 +144,7 @@ struct mta_config {
 	unsigned mta_sts_refresh_interval; /* seconds between cache sweeps */
 	/* [control] */
 	char *control_socket; /* resolved: never NULL */
+	char *control_group;  /* group name or number for the socket, or NULL */
 	/* [http] */
 	char *http_listen;		     /* normalised addr:port */
 	struct sockaddr_storage http_addr; /* http.listen, parsed */

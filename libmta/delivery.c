@@ -853,3 +853,22 @@ void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 	}
 	dlv_maybe_stopped(d);
 }
+
+/* ---- for the control socket ------------------------------------------ */
+
+bool mta_delivery_active(struct mta_delivery *d, const char *qid)
+{
+	return strlen(qid) == MTA_QID_LEN && inflight_find(d, qid) != NULL;
+}
+
+int mta_delivery_foreach_active(struct mta_delivery *d,
+				int (*cb)(void *ud, const char *qid), void *ud)
+{
+	for (size_t h = 0; h < HASH_SIZE; h++)
+		for (struct msg *m = d->inflight[h]; m != NULL; m = m->hnext) {
+			int rc = cb(ud, m->qid);
+			if (rc != 0)
+				return rc;
+		}
+	return 0;
+}

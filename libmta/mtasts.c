@@ -400,6 +400,14 @@ int mta_mtasts_lookup(struct mta_mtasts *m, const char *domain,
 	return query_start(m, domain, cb, ud, false, q);
 }
 
+int mta_mtasts_refresh(struct mta_mtasts *m, const char *domain,
+		       mta_mtasts_cb cb, void *ud, struct mta_mtasts_query **q)
+{
+	if (m->stopping)
+		return MTA_ECLOSED;
+	return query_start(m, domain, cb, ud, true, q);
+}
+
 void mta_mtasts_cancel(struct mta_mtasts_query *q)
 {
 	if (q->dq != NULL)

@@ -56,6 +56,11 @@ static void commit_batch(struct mta_writer *w, struct mta_commit *batch)
 		else if (c->kind == MTA_COMMIT_STS)
 			c->result = mta_spool_sts_put(txn, c->key, c->val,
 						      c->vlen);
+		else if (c->kind == MTA_COMMIT_ADMIN)
+			c->result = mta_spool_admin(txn, c->admin_op, c->qid,
+						    c->admin_now_us,
+						    c->new_qid, c->new_env,
+						    c->new_body);
 		else if (c->kind == MTA_COMMIT_UPDATE)
 			c->result = mta_spool_update_message(
 				txn, c->qid, c->env, c->old_due_us,
@@ -132,7 +137,8 @@ log:;
 static uint64_t req_bytes(const struct mta_commit *c)
 {
 	uint64_t n = c->body ? c->body->len : 0;
-	if (c->kind == MTA_COMMIT_UPDATE && c->new_body != NULL)
+	if ((c->kind == MTA_COMMIT_UPDATE || c->kind == MTA_COMMIT_ADMIN) &&
+	    c->new_body != NULL)
 		n += c->new_body->len;
 	return n;
 }

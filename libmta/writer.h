@@ -84,6 +84,8 @@ enum mta_commit_kind {
 	MTA_COMMIT_UPDATE = 1, /* mta_spool_update_message() */
 	MTA_COMMIT_STS = 2,    /* mta_spool_sts_put(key, val, vlen) */
 	MTA_COMMIT_COUNT = 3,  /* mta_spool_counter_add(key, vlen) */
+	MTA_COMMIT_ADMIN = 4,  /* mta_spool_admin(admin_op, qid, admin_now_us,
+				* new_qid, new_env, new_body) */
 };
 
 struct mta_commit {
@@ -100,6 +102,9 @@ struct mta_commit {
 	const char *key;
 	const void *val;
 	size_t vlen;
+	/* MTA_COMMIT_ADMIN only (enum mta_spool_admin_op): */
+	int admin_op;
+	int64_t admin_now_us;
 	int result;
 	void (*done)(struct mta_commit *c);
 	struct mta_commit *next; /* private */

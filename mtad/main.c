@@ -7,6 +7,7 @@
  * operational failure (spool, listen, TLS files), 2 on bad usage or config.
  */
 #include "config.h"
+#include "ctlsock.h"
 #include "delivery.h"
 #include "dns.h"
 #include "err.h"
@@ -44,6 +45,7 @@ struct daemon {
 	struct mta_delivery *delivery;
 	struct mta_tlspolicy *policy;
 	struct mta_mtasts *mtasts;
+	struct mtad_control *control;
 	char auth_user[256], auth_pass[256];
 	bool have_auth;
 	unsigned parts_running; /* listener, delivery */
@@ -110,6 +112,8 @@ static void delivery_done(void *arg)
 
 static void begin_shutdown(struct daemon *d)
 {
+	mtad_control_stop(d->control);
+	d->control = NULL;
 	if (d->listener != NULL)
 		mtad_listener_shutdown(d->listener, part_done, d);
 	if (d->delivery != NULL)
@@ -229,6 +233,21 @@ static int load_config_files(struct daemon *d)
 	    read_auth_file(d, d->cfg->relayhost_auth_file) != 0)
 		return -1;
 	return 0;
+}
+
+/* The spool tools' way in (control.socket); a failure stops start-up. */
+static int start_control(struct daemon *d)
+{
+	struct mtad_control_params cp = {
+		.loop = &d->loop,
+		.cfg = d->cfg,
+		.spool = d->spool,
+		.writer = d->writer,
+		.delivery = &d->delivery,
+		.mtasts = &d->mtasts,
+		.version = MTAD_VERSION,
+	};
+	return mtad_control_start(&cp, &d->control);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -456,6 +475,8 @@ int main(int argc, char **argv)
 	}
 	if (d.delivery == NULL && d.mtasts != NULL)
 		d.parts_running++; /* stopped through delivery_done() */
+	if (rc == 0)
+		rc = start_control(&d);
 	if (rc == 0) {
 		mta_log_begin(&ll, MTA_LOG_INFO, "ready");
 		mta_log_int(&ll, "pid", (long long)getpid());
