@@ -105,7 +105,6 @@
 #include <stdint.h>
 #include <time.h>
 
-#define MTA_DANE_TLSA_MAX 64   /* records in one RRset */
 #define MTA_DANE_CHAIN_MAX 16  /* certificates in one chain */
 #define MTA_DANE_REASON_MAX 320
 

@@ -29,6 +29,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* TLSA records in one RRset that delivery accepts (more: fail closed) */
+#define MTA_DANE_TLSA_MAX 64
+
 struct mta_dns_tlsa {
 	uint8_t usage;
 	uint8_t selector;
