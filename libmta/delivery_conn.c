@@ -1171,6 +1171,8 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 	case MTA_DNS_NXDOMAIN:
 		set_error(c, 0, "5.1.2", "domain %s not found", ds->name);
 		goto fail_all;
+	case MTA_DNS_TEMPFAIL: /* deferred by policy.c above */
+	case MTA_DNS_BOGUS:
 	default:
 		set_error(c, 0, "4.4.3", "MX lookup for %s failed: %s",
 			  ds->name, res->why ? res->why : "error");
