@@ -734,7 +734,6 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 		       struct mta_delivery **out)
 {
 	struct mta_delivery *d = calloc(1, sizeof(*d));
-	const char *lv;
 
 	if (d == NULL)
 		return -ENOMEM;
@@ -754,10 +753,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	d->scan_at = -1;
 	d->cur_due = -1;
 	d->seq = dlv_rnd() & 0xffff;
-	lv = p->cfg->tls_default_level ? p->cfg->tls_default_level : "may";
-	d->level = mta_tls_level_parse(lv);
-	if (d->level < 0)
-		d->level = MTA_TLS_MAY;
+	d->level = p->cfg->tls_default_level;
 	d->policy = p->policy;
 	d->mtasts = p->mtasts;
 	if (p->cfg->delivery_relayhost != NULL &&

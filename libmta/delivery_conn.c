@@ -115,6 +115,30 @@ static void host_skip(struct conn *c, const char *reason)
 
 static void after_close_next_addr(struct conn *c);
 
+/* policy.c's inputs for the current host, as gathered so far. */
+static void policy_in(const struct conn *c, struct mta_policy_in *in)
+{
+	memset(in, 0, sizeof(*in));
+	in->domain = c->dest->name;
+	in->host = c->hosts[c->hi < MAX_HOSTS ? c->hi : 0].name;
+	in->port = c->hosts[c->hi < MAX_HOSTS ? c->hi : 0].port;
+	in->has_table = c->has_table;
+	in->table_level = c->table_level;
+	in->default_level = c->d->level;
+	in->relay_auth = c->dest->relay && c->d->auth_user != NULL;
+	in->dnssec_ok = c->d->dnssec_ok;
+	in->mx = c->mx_secure ? MTA_POLICY_MX_SECURE : MTA_POLICY_MX_INSECURE;
+	in->addr = c->addr;
+	in->tlsa = c->tlsa_state;
+	in->rrs = c->tlsa;
+	in->nrrs = c->ntlsa;
+	in->tlsa_base = c->tlsa_base;
+	in->sts = c->sts_state;
+	in->sts_policy = c->sts;
+	in->sts_id = c->sts_id;
+	in->why = c->why;
+}
+
 /* ops.closed: this attempt's socket is gone (TLS and buffers freed). */
 static void on_stream_closed(struct mta_stream *st)
 {
@@ -152,18 +176,6 @@ void dlv_conn_close(struct conn *c, void (*after)(struct conn *c))
 
 static void tlsrpt_count(struct conn *c, const char *ptype,
 			 const char *result);
-static int smtpc_tls_for(int level);
-
-/* DANE-62 (RFC 7672 §2.2, RFC 7435): a cleartext retry after a failed
- * handshake only where nothing demands TLS: the effective level is may
- * (no usable or unusable TLSA, no MTA-STS enforce, no operator or table
- * level above may, no relayhost credentials). */
-static bool fallback_allowed(const struct conn *c)
-{
-	return c->level == MTA_TLS_MAY && c->dane == 0 &&
-	       c->scfg.tls == MTA_SMTPC_TLS_MAY &&
-	       !(c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE);
-}
 
 /* The TLS handshake of this connection failed (error, reset, timeout). */
 static void handshake_failed(struct conn *c, const char *why)
@@ -179,7 +191,7 @@ static void after_close_next_addr(struct conn *c)
 		return;
 	}
 	if (c->hs_failed && !c->clear_retry && c->job != NULL &&
-	    fallback_allowed(c)) {
+	    c->pol.fallback) { /* DANE-62: decided in policy.c */
 		struct mta_logline ll;
 
 		mta_log_begin(&ll, MTA_LOG_WARN, "tls_fallback");
@@ -189,8 +201,8 @@ static void after_close_next_addr(struct conn *c)
 		mta_log_str(&ll, "tls_fallback", "cleartext");
 		mta_log_str(&ll, "error", c->hs_error);
 		mta_log_end(&ll);
-		tlsrpt_count(c, c->sts_host ? "sts" : "no-policy-found",
-			     "validation-failure");
+		tlsrpt_count(c, mta_policy_ptype_name(c->pol.ptype),
+			     mta_rpt_name(MTA_RPT_VALIDATION_FAILURE));
 		c->hs_failed = false;
 		c->clear_retry = true;
 		c->scfg.tls = MTA_SMTPC_TLS_NONE;
@@ -198,7 +210,7 @@ static void after_close_next_addr(struct conn *c)
 		return;
 	}
 	if (c->clear_retry)
-		c->scfg.tls = smtpc_tls_for(c->level);
+		c->scfg.tls = c->pol.starttls;
 	c->hs_failed = c->clear_retry = false;
 	c->ai++;
 	conn_next_addr(c);
@@ -235,19 +247,6 @@ static void flush_engine(struct conn *c)
 static void arm_timer(struct conn *c, uint64_t ms);
 
 /* ---- connections: SMTP session -------------------------------------- */
-
-static int smtpc_tls_for(int level)
-{
-	switch (level) {
-	case MTA_TLS_NONE:
-		return MTA_SMTPC_TLS_NONE;
-	case MTA_TLS_MAY:
-	case MTA_TLS_DANE: /* no usable TLSA: opportunistic */
-		return MTA_SMTPC_TLS_MAY;
-	default:
-		return MTA_SMTPC_TLS_REQUIRE;
-	}
-}
 
 static void start_job(struct conn *c)
 {
@@ -373,20 +372,22 @@ static void tlsrpt_count(struct conn *c, const char *ptype,
 	mta_writer_submit(d->writer, &r->commit);
 }
 
-/* After the handshake: does this channel meet the host's level?  The
- * order is the precedence of docs/security.md: usable TLSA (DANE) first;
- * then a WebPKI check when MTA-STS enforce or the operator's level (table
- * or tls.default_level) asks for verify; an MTA-STS testing policy only
- * records its failure and can never lower what the operator set; only
- * unusable TLSA: encrypted, unauthenticated. */
+/* After the handshake: runs the verifier policy.c named for this host
+ * (the DANE matcher or the WebPKI check) and applies its verdict. */
 static bool verify_tls(struct conn *c, const char *host)
 {
+	struct mta_policy_check chk;
+	struct mta_policy_verdict v;
+	struct mta_policy_in in;
+	struct mta_dane_result r;
 	char why[512];
 
-	if (c->dane == 1) {
+	memset(&chk, 0, sizeof(chk));
+	why[0] = '\0';
+	switch (c->pol.verifier) {
+	case MTA_POLICY_V_DANE: {
 		const char *nexthop[2] = {c->dest->name, c->nexthop_cname};
 		struct mta_dane_query q = {0};
-		struct mta_dane_result r;
 		size_t n = 0;
 
 		q.chain = mta_tls_peer_chain(&c->st.tls, &n);
@@ -401,25 +402,17 @@ static bool verify_tls(struct conn *c, const char *host)
 		q.now = time(NULL);
 		memset(&r, 0, sizeof(r));
 		(void)mta_dane_verify(&q, &r);
-		if (r.outcome == MTA_DANE_MATCH) {
-			snprintf(c->auth, sizeof(c->auth), "dane %u %u %u",
-				 r.usage, r.selector, r.mtype);
-			tlsrpt_count(c, "tlsa", "successful-session");
-			return true;
-		}
-		tlsrpt_count(c, "tlsa",
-			     r.fail != MTA_DANE_FAIL_NONE
-				     ? mta_dane_fail_rpt(r.fail)
-				     : "tlsa-invalid");
-		snprintf(c->auth, sizeof(c->auth), "dane-failed");
-		set_error(c, 0, "4.7.5", "%s",
-			  r.reason[0] ? r.reason : "DANE authentication failed");
-		return false;
+		chk.dane_match = r.outcome == MTA_DANE_MATCH;
+		chk.usage = r.usage;
+		chk.selector = r.selector;
+		chk.mtype = r.mtype;
+		chk.dane_rpt = mta_dane_fail_rpt(r.fail);
+		chk.dane_reason = r.reason;
+		break;
 	}
-	if (c->sts_host || c->level == MTA_TLS_VERIFY) {
-		bool sts_enforce =
-			c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE;
-		bool required = sts_enforce || c->level == MTA_TLS_VERIFY;
+	case MTA_POLICY_V_WEBPKI:
+	case MTA_POLICY_V_STS:
+	case MTA_POLICY_V_STS_TESTING: {
 		const char *rpt = "certificate-not-trusted";
 		int rc = MTA_ETLS;
 
@@ -428,46 +421,26 @@ static bool verify_tls(struct conn *c, const char *host)
 						   sizeof(why));
 		else
 			snprintf(why, sizeof(why), "no usable tls.ca_file");
-		if (rc == 0) {
-			if (c->sts_host)
-				tlsrpt_count(c, "sts", "successful-session");
-			if (c->sts_host && (sts_enforce ||
-					    c->level != MTA_TLS_VERIFY))
-				snprintf(c->auth, sizeof(c->auth),
-					 "mta-sts%s id=%s",
-					 sts_enforce ? "" : "-testing",
-					 c->sts_id);
-			else
-				snprintf(c->auth, sizeof(c->auth), "verify");
-			return true;
-		}
-		if (c->sts_host) {
-			tlsrpt_count(c, "sts", rpt);
-			if (!sts_enforce)
-				sts_testing_failure(c, rpt, why);
-		}
-		if (!required)
-			return true;
-		if (sts_enforce) {
-			snprintf(c->auth, sizeof(c->auth),
-				 "mta-sts-failed id=%s", c->sts_id);
-			set_error(c, 0, "4.7.5",
-				  "MTA-STS (id %s): certificate of %s not "
-				  "valid: %s",
-				  c->sts_id, host, why);
-		} else {
-			snprintf(c->auth, sizeof(c->auth), "verify-failed");
-			set_error(c, 0, "4.7.5",
-				  "certificate of %s not valid: %s", host,
-				  why);
-		}
-		return false;
+		chk.webpki_ok = rc == 0;
+		chk.webpki_rpt = rpt;
+		chk.webpki_why = why;
+		break;
 	}
-	if (c->dane == 2) {
-		snprintf(c->auth, sizeof(c->auth), "encrypt (TLSA unusable)");
-		return true;
+	case MTA_POLICY_V_NONE:
+	case MTA_POLICY_V_TLSA_UNUSABLE:
+		break;
 	}
-	return true;
+	policy_in(c, &in);
+	mta_policy_verdict(&in, &c->pol, &chk, &v);
+	if (v.count_rpt != NULL)
+		tlsrpt_count(c, mta_policy_ptype_name(v.count_ptype),
+			     v.count_rpt);
+	if (v.testing_failure)
+		sts_testing_failure(c, v.count_rpt, why);
+	snprintf(c->auth, sizeof(c->auth), "%s", v.auth);
+	if (!v.accept)
+		set_error(c, 0, v.status, "%s", v.reason);
+	return v.accept;
 }
 
 static void on_event(struct conn *c, enum mta_smtpc_ev ev,
@@ -485,7 +458,7 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 			break; /* the write failed: on_stream_error ran */
 		/* a handshake failing at once reaches on_stream_error() */
 		if (mta_stream_starttls_client(&c->st, c->d->tls,
-					       c->dane ? c->tlsa_base
+					       c->pol.dane ? c->tlsa_base
 						       : host) != 0 &&
 		    !c->st.closing)
 			mta_smtpc_abort(&c->smtpc, "4.7.5",
@@ -541,9 +514,9 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		break;
 	case MTA_SMTPC_EV_FAIL:
 		if (e->status != NULL && strcmp(e->status, "4.7.4") == 0 &&
-		    (c->dane != 0 || c->sts_host))
-			tlsrpt_count(c, c->dane ? "tlsa" : "sts",
-				     "starttls-not-supported");
+		    c->pol.ptype != MTA_POLICY_PT_NO_POLICY)
+			tlsrpt_count(c, mta_policy_ptype_name(c->pol.ptype),
+				     mta_rpt_name(MTA_RPT_STARTTLS_NOT_SUPPORTED));
 		set_error(c, e->code, e->status ? e->status : "4.4.2", "%s",
 			  e->text ? e->text : "connection failed");
 		if (j != NULL)
@@ -877,70 +850,27 @@ static void conn_next_addr(struct conn *c)
 	arm_timer(c, (uint64_t)d->cfg->connect_timeout * 1000u);
 }
 
-/* The level this host gets once its TLSA records (if any) are known
+/* Everything about this host is known: policy.c decides, this applies
  * (precedence: docs/security.md "Which check applies where"). */
 static void host_ready(struct conn *c)
 {
-	int tl = c->table_level;
-	int want = tl >= 0 ? tl : c->d->level; /* the operator's level */
-	bool dane_ok = tl < 0 || tl == MTA_TLS_DANE || tl == MTA_TLS_DANE_ONLY;
-	const char *host = c->hosts[c->hi].name;
+	struct mta_policy_in in;
 
 	c->hs_failed = c->clear_retry = false;
-	if (c->dane == 2 && dane_ok && want == MTA_TLS_DANE_ONLY) {
-		/* DANE mandatory, but no record can authenticate */
-		set_error(c, 0, "4.7.5",
-			  "DANE required for %s but its DNSSEC-signed TLSA "
-			  "records are all unusable",
-			  host);
-		host_skip(c, "tlsa-unusable");
+	policy_in(c, &in);
+	mta_policy_decide(&in, &c->pol);
+	if (c->pol.count)
+		tlsrpt_count(c, mta_policy_ptype_name(c->pol.ptype),
+			     mta_rpt_name(c->pol.rpt));
+	if (c->pol.action != MTA_POLICY_CONNECT) {
+		set_error(c, 0, c->pol.status, "%s", c->pol.reason);
+		host_skip(c, c->pol.skip);
 		return;
 	}
-	if (c->dane != 0 && dane_ok) {
-		/* RFC 7672 §2.2: usable TLSA make authentication mandatory;
-		 * only unusable ones still make TLS mandatory, and never
-		 * lower an operator's verify */
-		if (c->dane == 1)
-			c->level = MTA_TLS_DANE_ONLY;
-		else
-			c->level = want == MTA_TLS_VERIFY ? MTA_TLS_VERIFY
-							  : MTA_TLS_ENCRYPT;
-	} else {
-		c->dane = 0;
-		c->level = want;
-		if (c->level == MTA_TLS_DANE_ONLY) {
-			set_error(c, 0, "4.7.5",
-				  "DANE required for %s but it has no usable "
-				  "DNSSEC-signed TLSA records",
-				  host);
-			host_skip(c, "dane-required");
-			return;
-		}
-	}
-	/* MTA-STS where DANE does not apply (DANE wins: DESIGN.md, also
-	 * over the policy's mx patterns) */
-	c->sts_host = c->dane == 0 && c->sts != NULL && c->table_level < 0;
-	if (c->sts_host && !mta_sts_mx_match(c->sts, host)) {
-		if (c->sts->mode == MTA_STS_MODE_ENFORCE) {
-			/* RFC 8461 §5.1: a per-host temporary failure; no
-			 * connection is made */
-			tlsrpt_count(c, "sts", "validation-failure");
-			set_error(c, 0, "4.7.5",
-				  "mta-sts mx mismatch: %s is not allowed by "
-				  "the MTA-STS policy of %s (id %s)",
-				  host, c->dest->name, c->sts_id);
-			host_skip(c, "mta-sts-mx-mismatch");
-			return;
-		}
-		tlsrpt_count(c, "sts", "validation-failure");
-		sts_testing_failure(c, "validation-failure",
+	if (c->pol.sts_testing_mismatch)
+		sts_testing_failure(c, mta_rpt_name(c->pol.rpt),
 				    "MX host not in the policy");
-	}
-	if (c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE)
-		c->level = MTA_TLS_VERIFY;
-	c->scfg.tls = smtpc_tls_for(c->level);
-	if (c->dest->relay && c->d->auth_user != NULL)
-		c->scfg.tls = MTA_SMTPC_TLS_REQUIRE;
+	c->scfg.tls = c->pol.starttls;
 	snprintf(c->auth, sizeof(c->auth), "none");
 	conn_next_addr(c);
 }
@@ -956,15 +886,10 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 	if (res->status == MTA_DNS_OK && res->dnssec == MTA_DNSSEC_SECURE) {
 		size_t n = res->count;
 
+		c->tlsa_state = MTA_POLICY_TLSA_SECURE;
+		c->ntlsa = n;
 		if (n > MTA_DANE_TLSA_MAX) {
-			/* fail closed: a prefix in wire order (which DNSSEC
-			 * does not protect) might hold only unusable records */
-			set_error(c, 0, "4.7.5",
-				  "TLSA RRset at _%u._tcp.%s has %zu records, "
-				  "more than %d: host not used",
-				  c->hosts[c->hi].port, c->tlsa_base, n,
-				  MTA_DANE_TLSA_MAX);
-			host_skip(c, "tlsa-too-many");
+			host_ready(c); /* refused there: too many */
 			return;
 		}
 		for (size_t i = 0; i < n; i++)
@@ -983,24 +908,19 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 			c->tlsa[i].data = c->tlsa_data + off;
 			off += res->tlsa[i].len;
 		}
-		c->ntlsa = n;
-		c->dane = mta_dane_count_usable(c->tlsa, n) > 0 ? 1 : 2;
 		host_ready(c);
 		return;
 	}
 	if (res->status == MTA_DNS_TEMPFAIL || res->status == MTA_DNS_BOGUS ||
 	    (res->status == MTA_DNS_OK &&
 	     res->dnssec != MTA_DNSSEC_INSECURE)) {
-		/* RFC 7672 §2.1.1: no connection to this host */
-		set_error(c, 0, "4.4.3",
-			  "TLSA lookup for _%u._tcp.%s failed (%s): host "
-			  "not used",
-			  c->hosts[c->hi].port, c->tlsa_base,
-			  res->why ? res->why : mta_dnssec_name(res->dnssec));
-		host_skip(c, res->status == MTA_DNS_BOGUS ||
-				     res->dnssec == MTA_DNSSEC_BOGUS
-			     ? "tlsa-bogus"
-			     : "tlsa-failed");
+		/* RFC 7672 §2.1.1: no connection to this host (policy.c) */
+		c->tlsa_state = res->status == MTA_DNS_BOGUS ||
+					res->dnssec == MTA_DNSSEC_BOGUS
+				? MTA_POLICY_TLSA_BOGUS
+				: MTA_POLICY_TLSA_FAILED;
+		c->why = res->why ? res->why : mta_dnssec_name(res->dnssec);
+		host_ready(c);
 		return;
 	}
 	/* no TLSA here (or an insecure answer): the other candidate, else
@@ -1011,7 +931,7 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 		tlsa_lookup(c);
 		return;
 	}
-	c->dane = 0;
+	c->tlsa_state = MTA_POLICY_TLSA_NONE;
 	host_ready(c);
 }
 
@@ -1024,44 +944,45 @@ static void tlsa_lookup(struct conn *c)
 		 c->tlsa_base);
 	rc = mta_dns_tlsa(c->d->dns, owner, on_tlsa, c, &c->q);
 	if (rc != 0) {
-		set_error(c, 0, "4.4.3", "TLSA lookup for %s failed: %s",
-			  owner, mta_strerror(rc));
-		host_skip(c, "tlsa-failed");
+		c->tlsa_state = MTA_POLICY_TLSA_FAILED;
+		c->why = mta_strerror(rc);
+		host_ready(c);
 	}
 }
 
-/* Addresses known: decide whether DANE applies to this host (DESIGN.md
- * "Outbound policy" step 2, RFC 7672 §2.2.1-2.2.2). */
+/* Addresses known: their DNSSEC status, and the TLSA lookup when
+ * policy.c wants one (DESIGN.md "Outbound policy" step 2, RFC 7672
+ * §2.2.1-2.2.2); the TLSA base names are chosen here. */
 static void host_policy_start(struct conn *c, const struct mta_dns_result *res)
 {
-	int tl = c->table_level;
 	const char *host = c->hosts[c->hi].name;
-	bool want = tl < 0 || tl == MTA_TLS_DANE || tl == MTA_TLS_DANE_ONLY;
+	struct mta_policy_in in;
 
-	c->dane = 0;
+	c->tlsa_state = MTA_POLICY_TLSA_NONE;
 	c->ntlsa = 0;
 	c->tlsa_base[0] = c->tlsa_alt[0] = '\0';
-	if (!want || !c->mx_secure) {
+	if (res->dnssec == MTA_DNSSEC_SECURE)
+		c->addr = MTA_POLICY_ADDR_SECURE;
+	else if (res->cname && res->canonical != NULL &&
+		 res->initial_dnssec == MTA_DNSSEC_SECURE)
+		c->addr = MTA_POLICY_ADDR_CNAME_INSECURE;
+	else
+		c->addr = MTA_POLICY_ADDR_INSECURE;
+	policy_in(c, &in);
+	if (!mta_policy_want_tlsa(&in)) {
 		host_ready(c);
 		return;
 	}
-	if (res->cname && res->canonical != NULL) {
-		if (res->dnssec == MTA_DNSSEC_SECURE) {
-			/* expanded name first, then the original */
-			snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
-				 res->canonical);
-			snprintf(c->tlsa_alt, sizeof(c->tlsa_alt), "%s", host);
-		} else if (res->initial_dnssec == MTA_DNSSEC_SECURE) {
-			/* secure CNAME, insecure target: the original name */
-			snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
-				 host);
-		}
-	} else if (res->dnssec == MTA_DNSSEC_SECURE) {
+	if (res->cname && res->canonical != NULL &&
+	    c->addr == MTA_POLICY_ADDR_SECURE) {
+		/* expanded name first, then the original */
+		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
+			 res->canonical);
+		snprintf(c->tlsa_alt, sizeof(c->tlsa_alt), "%s", host);
+	} else {
+		/* no CNAME, or a secure CNAME to an insecure target: the
+		 * original name */
 		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s", host);
-	}
-	if (c->tlsa_base[0] == '\0') {
-		host_ready(c); /* insecure address records: no DANE */
-		return;
 	}
 	tlsa_lookup(c);
 }
@@ -1081,14 +1002,18 @@ static void on_addr(const struct mta_dns_result *res, void *ud)
 	if (c->naddrs == 0) {
 		const char *reason = "no-address";
 
-		if (res->status == MTA_DNS_TEMPFAIL ||
-		    res->status == MTA_DNS_BOGUS) {
+		if (res->status == MTA_DNS_BOGUS) {
+			/* never a connection on bogus (policy.c) */
+			c->addr = MTA_POLICY_ADDR_BOGUS;
+			c->why = res->why ? res->why : "error";
+			host_ready(c);
+			return;
+		}
+		if (res->status == MTA_DNS_TEMPFAIL) {
 			set_error(c, 0, "4.4.3",
 				  "address lookup for %s failed: %s", host,
 				  res->why ? res->why : "error");
-			reason = res->status == MTA_DNS_BOGUS
-					 ? "address-bogus"
-					 : "address-failed";
+			reason = "address-failed";
 		} else {
 			set_error(c, 0, "4.4.4",
 				  "no address records for %s", host);
@@ -1151,6 +1076,7 @@ static void conn_next_host(struct conn *c)
 		return;
 	}
 	c->phase = C_HOSTS;
+	c->why = NULL;
 	snprintf(c->auth, sizeof(c->auth), "none");
 	/* An address literal only where one can be meant: the relayhost,
 	 * or a bracketed recipient domain.  An MX exchange that looks like
@@ -1160,7 +1086,9 @@ static void conn_next_host(struct conn *c)
 	    parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
 		c->naddrs = 1;
 		c->ai = 0;
-		c->dane = 0;
+		c->addr = MTA_POLICY_ADDR_LITERAL;
+		c->tlsa_state = MTA_POLICY_TLSA_NONE;
+		c->ntlsa = 0;
 		host_ready(c); /* no DNS name: no DANE */
 		return;
 	}
@@ -1177,6 +1105,7 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 	struct conn *c = ud;
 	struct dest *ds = c->dest;
 	unsigned port = c->d->cfg->delivery_port;
+	struct mta_policy_in in;
 	struct job *j;
 
 	c->q = NULL;
@@ -1186,15 +1115,17 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 		/* DANE-86: the expanded next-hop name is a reference name */
 		snprintf(c->nexthop_cname, sizeof(c->nexthop_cname), "%s",
 			 res->canonical);
-	if (!c->d->dnssec_ok && !c->mx_secure &&
-	    (res->status == MTA_DNS_OK || res->status == MTA_DNS_NODATA ||
-	     res->status == MTA_DNS_NXDOMAIN)) {
-		/* fail closed: without working validation an "insecure"
-		 * answer may be a stripped secure one */
-		set_error(c, 0, "4.4.3",
-			  "DNSSEC validation is not working (self-test "
-			  "failed): %s not resolved securely",
-			  ds->name);
+	/* the destination stage of policy.c: MX status, DNSSEC self-test,
+	 * an MTA-STS policy that could not be held */
+	policy_in(c, &in);
+	in.mx = res->status == MTA_DNS_BOGUS	  ? MTA_POLICY_MX_BOGUS
+		: res->status == MTA_DNS_TEMPFAIL ? MTA_POLICY_MX_FAILED
+		: c->mx_secure			  ? MTA_POLICY_MX_SECURE
+						  : MTA_POLICY_MX_INSECURE;
+	in.why = res->why ? res->why : "error";
+	mta_policy_check_dest(&in, &c->pol);
+	if (c->pol.action != MTA_POLICY_CONNECT) {
+		set_error(c, 0, c->pol.status, "%s", c->pol.reason);
 		goto fail_all;
 	}
 	switch (res->status) {
@@ -1222,6 +1153,8 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 	case MTA_DNS_NXDOMAIN:
 		set_error(c, 0, "5.1.2", "domain %s not found", ds->name);
 		goto fail_all;
+	case MTA_DNS_TEMPFAIL: /* deferred by policy.c above */
+	case MTA_DNS_BOGUS:
 	default:
 		set_error(c, 0, "4.4.3", "MX lookup for %s failed: %s",
 			  ds->name, res->why ? res->why : "error");
@@ -1267,24 +1200,14 @@ static void on_sts(const struct mta_mtasts_result *r, void *ud)
 	if (r->have && r->policy->mode != MTA_STS_MODE_NONE) {
 		c->sts = malloc(sizeof(*c->sts));
 		if (c->sts == NULL) {
-			/* fail closed: never deliver as if there were no
-			 * policy (it may be enforce) */
-			struct job *j = c->job;
-
-			set_error(c, 0, "4.3.0",
-				  "out of memory holding the MTA-STS policy "
-				  "of %s",
-				  c->dest->name);
-			c->job = NULL;
-			if (j != NULL)
-				dlv_job_finish(j, 0, c->lstatus, c->ltext, NULL,
-					       NULL, NULL);
-			dlv_dest_fail_all(c->dest, 0, c->lstatus, c->ltext,
-					  NULL);
-			conn_end(c);
+			/* fail closed: policy.c defers the destination
+			 * (never as if there were no policy) */
+			c->sts_state = MTA_POLICY_STS_LOST;
+			conn_resolve_mx(c);
 			return;
 		}
 		*c->sts = *r->policy;
+		c->sts_state = MTA_POLICY_STS_HAVE;
 		snprintf(c->sts_id, sizeof(c->sts_id), "%s",
 			 r->id ? r->id : "");
 	}
@@ -1325,12 +1248,13 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 	d->nconn++;
 	ds->nconn++;
 	c->scfg.helo_name = d->cfg->server_hostname;
-	c->table_level = -1;
 	if (d->policy != NULL) {
 		int lv = mta_tlspolicy_lookup(
 			d->policy, ds->relay ? d->relay_host : ds->name, NULL);
-		if (lv >= 0)
-			c->table_level = lv;
+		if (lv >= 0) {
+			c->has_table = true;
+			c->table_level = (enum mta_tls_level)lv;
+		}
 	}
 	if (ds->relay) {
 		c->scfg.auth_user = d->auth_user;
@@ -1347,7 +1271,7 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 		return;
 	}
 	c->phase = C_RESOLVE;
-	if (d->mtasts != NULL && c->table_level < 0 &&
+	if (d->mtasts != NULL && !c->has_table &&
 	    mta_mtasts_lookup(d->mtasts, ds->name, on_sts, c, &c->sq) == 0)
 		return;
 	conn_resolve_mx(c);
