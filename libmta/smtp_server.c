@@ -9,6 +9,7 @@
 #include "smtp_server.h"
 
 #include "err.h"
+#include "log.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -39,14 +40,49 @@
 #define ORCPT_MAX 500	      /* RFC 3461 4.2 */
 #define DEFAULT_MAX_RCPT 100u /* when cfg->max_recipients is 0 */
 
+/* Input modes (s->mode), named for the debug trace; MODE_CMD is 0 (the
+ * state after mta_smtpd_init()'s memset). */
+#define SMTPD_MODE_MAP(X)                                                  \
+	X(CMD, "cmd")	    /* reading command lines */                    \
+	X(DATA, "data")	    /* after 354 */                                \
+	X(BDAT, "bdat")	    /* reading a BDAT chunk */                     \
+	X(WAIT, "wait")	    /* MESSAGE emitted: message_done() next */     \
+	X(TLS, "tls")	    /* STARTTLS accepted: tls_started() next */    \
+	X(CLOSED, "closed")
+
 enum mode {
-	MODE_CMD = 0, /* reading command lines */
-	MODE_DATA,    /* after 354 */
-	MODE_BDAT,    /* reading a BDAT chunk */
-	MODE_WAIT,    /* MESSAGE emitted, waiting for message_done() */
-	MODE_TLS,     /* STARTTLS accepted, waiting for tls_started() */
-	MODE_CLOSED,
+#define SMTPD_MODE_ENUM(id, name) MODE_##id,
+	SMTPD_MODE_MAP(SMTPD_MODE_ENUM)
+#undef SMTPD_MODE_ENUM
 };
+
+static const char *mode_name(unsigned m)
+{
+	switch ((enum mode)m) {
+#define SMTPD_MODE_CASE(id, name)                                          \
+	case MODE_##id:                                                    \
+		return name;
+		SMTPD_MODE_MAP(SMTPD_MODE_CASE)
+#undef SMTPD_MODE_CASE
+	}
+	return "?";
+}
+
+/* Every change of s->mode goes through here: one debug line
+ * "event=smtpd_state old=<mode> new=<mode>" per change. */
+static void set_state(struct mta_smtpd *s, enum mode m)
+{
+	if (s->mode != m) {
+		struct mta_logline l;
+		mta_log_begin(&l, MTA_LOG_DEBUG, "smtpd_state");
+		if (!l.skip) {
+			mta_log_str(&l, "old", mode_name(s->mode));
+			mta_log_str(&l, "new", mode_name(m));
+			mta_log_end(&l);
+		}
+	}
+	s->mode = (uint8_t)m;
+}
 
 enum helo_state { HELO_NONE = 0, HELO_HELO, HELO_EHLO };
 
@@ -141,7 +177,7 @@ reject(struct mta_smtpd *s, struct mta_smtpd_event *ev, const char *verb,
 	if (code >= 500 && ++s->errors >= (s->cfg->refused ? REFUSED_MAX_ERRORS
 							  : MAX_ERRORS)) {
 		reply(s, "421 4.7.0 %.*s Too many errors", HOST_MAX, host(s));
-		s->mode = MODE_CLOSED;
+		set_state(s, MODE_CLOSED);
 		return fill_ev(s, ev, MTA_SMTPD_EV_CLOSE, 421, verb);
 	}
 	return fill_ev(s, ev, MTA_SMTPD_EV_REJECT, code, verb);
@@ -355,7 +391,7 @@ static enum mta_smtpd_ev body_end(struct mta_smtpd *s,
 		violate(s, V_BARE); /* BDAT body ending in a bare CR */
 	switch (s->b_viol) {
 	case V_NONE:
-		s->mode = MODE_WAIT;
+		set_state(s, MODE_WAIT);
 		return MTA_SMTPD_EV_MESSAGE;
 	case V_BARE:
 		code = reply(s, "550 5.6.0 Message contains bare CR or LF or "
@@ -374,7 +410,7 @@ static enum mta_smtpd_ev body_end(struct mta_smtpd *s,
 		break;
 	}
 	tx_reset(s);
-	s->mode = MODE_CMD;
+	set_state(s, MODE_CMD);
 	return fill_ev(s, ev, MTA_SMTPD_EV_ABORT, code, verb);
 }
 
@@ -979,7 +1015,7 @@ static enum mta_smtpd_ev cmd_data(struct mta_smtpd *s, char *arg,
 			      "in the same transaction");
 	reply(s, "354 End data with <CR><LF>.<CR><LF>");
 	body_reset(s);
-	s->mode = MODE_DATA;
+	set_state(s, MODE_DATA);
 	return MTA_SMTPD_EV_DATA_START;
 }
 
@@ -987,7 +1023,7 @@ static enum mta_smtpd_ev cmd_data(struct mta_smtpd *s, char *arg,
 static enum mta_smtpd_ev bdat_chunk_done(struct mta_smtpd *s,
 					 struct mta_smtpd_event *ev)
 {
-	s->mode = MODE_CMD;
+	set_state(s, MODE_CMD);
 	if (s->bdat_discard) {
 		s->bdat_discard = false;
 		return reject(s, ev, "BDAT",
@@ -1031,7 +1067,7 @@ static enum mta_smtpd_ev cmd_bdat(struct mta_smtpd *s, char *arg,
 	s->bdat_size = n;
 	s->bdat_left = n;
 	s->bdat_last = last;
-	s->mode = MODE_BDAT;
+	set_state(s, MODE_BDAT);
 	/* CHK-04: the chunk is consumed even when it cannot be accepted */
 	s->bdat_discard = !s->mail_ok || s->env.nrcpt == 0;
 	if (s->bdat_discard) {
@@ -1074,7 +1110,7 @@ static enum mta_smtpd_ev cmd_starttls(struct mta_smtpd *s, char *arg,
 		return reject(s, ev, V, "503 5.5.1 Error: MAIL transaction in "
 			      "progress");
 	reply(s, "220 2.0.0 Ready to start TLS");
-	s->mode = MODE_TLS;
+	set_state(s, MODE_TLS);
 	return MTA_SMTPD_EV_STARTTLS;
 }
 
@@ -1124,7 +1160,7 @@ static enum mta_smtpd_ev command(struct mta_smtpd *s, char *line,
 		if (!arg_empty(arg))
 			return reject(s, ev, "QUIT", "501 5.5.4 Syntax: QUIT");
 		code = reply(s, "221 2.0.0 Bye");
-		s->mode = MODE_CLOSED;
+		set_state(s, MODE_CLOSED);
 		return fill_ev(s, ev, MTA_SMTPD_EV_CLOSE, code, "QUIT");
 	}
 	if (strcasecmp(line, "VRFY") == 0) {
@@ -1274,7 +1310,7 @@ static enum mta_smtpd_ev feed_data(struct mta_smtpd *s, const uint8_t *in,
 			break;
 		case D_DOTCR:
 			if (c == '\n') {
-				s->mode = MODE_CMD;
+				set_state(s, MODE_CMD);
 				return body_end(s, ev, "DATA");
 			}
 			/* ".<CR>x": the CR is content, and bare: a violation,
@@ -1349,7 +1385,7 @@ void mta_smtpd_init(struct mta_smtpd *s, const struct mta_smtpd_config *cfg)
 	memset(s, 0, sizeof(*s));
 	s->cfg = cfg;
 	mta_envelope_init(&s->env);
-	s->mode = MODE_CMD;
+	set_state(s, MODE_CMD);
 	tx_reset(s);
 }
 
@@ -1394,7 +1430,7 @@ enum mta_smtpd_ev mta_smtpd_feed(struct mta_smtpd *s, const uint8_t *in,
 			/* the byte kept back by cmd_bdat()/feed_bdat() */
 			s->hold = false;
 			i++;
-			s->mode = MODE_CMD;
+			set_state(s, MODE_CMD);
 			e = bdat_chunk_done(s, ev);
 			break;
 		}
@@ -1477,7 +1513,7 @@ void mta_smtpd_message_done(struct mta_smtpd *s, int result, const char *qid)
 	else
 		reply(s, "451 4.3.0 Local error in processing");
 	tx_reset(s);
-	s->mode = MODE_CMD;
+	set_state(s, MODE_CMD);
 }
 
 void mta_smtpd_tls_started(struct mta_smtpd *s, const char *tls_desc)
@@ -1501,7 +1537,7 @@ void mta_smtpd_tls_started(struct mta_smtpd *s, const char *tls_desc)
 	}
 	s->tls_desc[n] = '\0';
 	if (s->mode != MODE_CLOSED)
-		s->mode = MODE_CMD;
+		set_state(s, MODE_CMD);
 }
 
 void mta_smtpd_timeout(struct mta_smtpd *s)
@@ -1509,7 +1545,7 @@ void mta_smtpd_timeout(struct mta_smtpd *s)
 	if (s->mode == MODE_CLOSED)
 		return;
 	reply(s, "421 4.4.2 %.*s Error: timeout exceeded", HOST_MAX, host(s));
-	s->mode = MODE_CLOSED;
+	set_state(s, MODE_CLOSED);
 }
 
 void mta_smtpd_shutdown(struct mta_smtpd *s)
@@ -1517,7 +1553,7 @@ void mta_smtpd_shutdown(struct mta_smtpd *s)
 	if (s->mode == MODE_CLOSED)
 		return;
 	reply(s, "421 4.3.2 %.*s Service shutting down", HOST_MAX, host(s));
-	s->mode = MODE_CLOSED;
+	set_state(s, MODE_CLOSED);
 }
 
 bool mta_smtpd_in_data(const struct mta_smtpd *s)
