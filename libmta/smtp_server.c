@@ -580,7 +580,8 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 		if (mta_smtp_has_8bit(path, plen) && !mp.utf8)
 			return reject(s, ev, V, "550 5.6.7 Error: non-ASCII "
 				      "address requires SMTPUTF8");
-		if ((mp.utf8 && !mta_smtp_utf8_ok((const uint8_t *)path, plen)) ||
+		if ((mp.utf8 &&
+		     !mta_smtp_utf8_ok((const uint8_t *)path, plen)) ||
 		    !mta_smtp_mailbox_ok(path, plen, mp.utf8))
 			return reject(s, ev, V, "501 5.5.4 Error: bad sender "
 				      "address syntax");
@@ -636,7 +637,8 @@ static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
 				goto bad_param;
 			notify_raw = val;
 		} else if (strcasecmp(kw, "ORCPT") == 0) {
-			if (orcpt != NULL || val == NULL || !mta_smtp_orcpt_ok(val))
+			if (orcpt != NULL || val == NULL ||
+			    !mta_smtp_orcpt_ok(val))
 				goto bad_param;
 			orcpt = val;
 		} else {

@@ -12,9 +12,9 @@
  *	followed by something other than SP or the end, or when the path is
  *	longer than MTA_SMTP_PATH_MAX octets.
  *
- *	mta_smtp_strip_route() removes an A-d-l source route ("@a,@b:") from
- *	the front of the mailbox *m (*n octets) after checking its domains; 0 (also
- *	when there is none) or -1.
+ *	mta_smtp_strip_route() removes an A-d-l source route ("@a,@b:")
+ *	from the front of the mailbox *m (*n octets) after checking its
+ *	domains; 0 (also when there is none) or -1.
  *
  *	mta_smtp_mailbox_ok() checks Mailbox = Local-part "@" (Domain /
  *	address-literal); the '@' is the last one outside a quoted string.
