@@ -485,6 +485,75 @@ struct mail_params {
 	const char *ret_raw, *envid_raw;
 };
 
+/* What mail_param() made of one MAIL parameter. */
+enum mail_param_result { MP_OK, MP_BAD, MP_BINARY, MP_UNKNOWN };
+
+/* One MAIL FROM parameter (RFC 1870 SIZE, 6152 BODY, 6531 SMTPUTF8,
+ * 3461 RET and ENVID, 4954 AUTH) into mp; a repeated one is MP_BAD. */
+static enum mail_param_result mail_param(struct mail_params *mp,
+					 const char *kw, const char *val)
+{
+	if (strcasecmp(kw, "SIZE") == 0) {
+		size_t n = val ? strlen(val) : 0;
+		if (mp->size || n == 0 || n > 20)
+			return MP_BAD;
+		mp->size_val = 0;
+		for (size_t i = 0; i < n; i++) {
+			unsigned d;
+			if (!is_digit((uint8_t)val[i]))
+				return MP_BAD;
+			d = (unsigned)(val[i] - '0');
+			if (mp->size_val > (UINT64_MAX - d) / 10)
+				mp->size_val = UINT64_MAX;
+			else
+				mp->size_val = mp->size_val * 10 + d;
+		}
+		mp->size = true;
+	} else if (strcasecmp(kw, "BODY") == 0) {
+		if (mp->body || val == NULL)
+			return MP_BAD;
+		if (strcasecmp(val, "7BIT") == 0)
+			mp->body_val = MTA_BODY_7BIT;
+		else if (strcasecmp(val, "8BITMIME") == 0)
+			mp->body_val = MTA_BODY_8BITMIME;
+		else if (strcasecmp(val, "BINARYMIME") == 0)
+			return MP_BINARY;
+		else
+			return MP_BAD;
+		mp->body = true;
+	} else if (strcasecmp(kw, "SMTPUTF8") == 0) {
+		if (mp->utf8 || val != NULL)
+			return MP_BAD;
+		mp->utf8 = true;
+	} else if (strcasecmp(kw, "RET") == 0) {
+		if (mp->ret || val == NULL)
+			return MP_BAD;
+		if (strcasecmp(val, "FULL") == 0)
+			mp->ret_val = MTA_RET_FULL;
+		else if (strcasecmp(val, "HDRS") == 0)
+			mp->ret_val = MTA_RET_HDRS;
+		else
+			return MP_BAD;
+		mp->ret = true;
+		mp->ret_raw = val;
+	} else if (strcasecmp(kw, "ENVID") == 0) {
+		if (mp->envid || val == NULL || strlen(val) > ENVID_MAX ||
+		    !mta_smtp_xtext_ok(val, strlen(val)))
+			return MP_BAD;
+		mp->envid = true;
+		mp->envid_raw = val;
+	} else if (strcasecmp(kw, "AUTH") == 0) {
+		/* AUTH-09: accepted, ignored (we did not authenticate the
+		 * client, so it counts as AUTH=<>) */
+		if (mp->auth || val == NULL)
+			return MP_BAD;
+		mp->auth = true;
+	} else {
+		return MP_UNKNOWN;
+	}
+	return MP_OK;
+}
+
 static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 				  struct mta_smtpd_event *ev)
 {
@@ -508,64 +577,15 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 
 	memset(&mp, 0, sizeof(mp));
 	while ((r = mta_smtp_next_param(&p, &kw, &val)) == 1) {
-		if (strcasecmp(kw, "SIZE") == 0) {
-			size_t n = val ? strlen(val) : 0;
-			if (mp.size || n == 0 || n > 20)
-				goto bad_param;
-			mp.size_val = 0;
-			for (size_t i = 0; i < n; i++) {
-				unsigned d;
-				if (!is_digit((uint8_t)val[i]))
-					goto bad_param;
-				d = (unsigned)(val[i] - '0');
-				if (mp.size_val > (UINT64_MAX - d) / 10)
-					mp.size_val = UINT64_MAX;
-				else
-					mp.size_val = mp.size_val * 10 + d;
-			}
-			mp.size = true;
-		} else if (strcasecmp(kw, "BODY") == 0) {
-			if (mp.body || val == NULL)
-				goto bad_param;
-			if (strcasecmp(val, "7BIT") == 0)
-				mp.body_val = MTA_BODY_7BIT;
-			else if (strcasecmp(val, "8BITMIME") == 0)
-				mp.body_val = MTA_BODY_8BITMIME;
-			else if (strcasecmp(val, "BINARYMIME") == 0)
-				return reject(s, ev, V, "555 5.5.4 Error: "
-					      "BODY=BINARYMIME not supported");
-			else
-				goto bad_param;
-			mp.body = true;
-		} else if (strcasecmp(kw, "SMTPUTF8") == 0) {
-			if (mp.utf8 || val != NULL)
-				goto bad_param;
-			mp.utf8 = true;
-		} else if (strcasecmp(kw, "RET") == 0) {
-			if (mp.ret || val == NULL)
-				goto bad_param;
-			if (strcasecmp(val, "FULL") == 0)
-				mp.ret_val = MTA_RET_FULL;
-			else if (strcasecmp(val, "HDRS") == 0)
-				mp.ret_val = MTA_RET_HDRS;
-			else
-				goto bad_param;
-			mp.ret = true;
-			mp.ret_raw = val;
-		} else if (strcasecmp(kw, "ENVID") == 0) {
-			if (mp.envid || val == NULL ||
-			    strlen(val) > ENVID_MAX ||
-			    !mta_smtp_xtext_ok(val, strlen(val)))
-				goto bad_param;
-			mp.envid = true;
-			mp.envid_raw = val;
-		} else if (strcasecmp(kw, "AUTH") == 0) {
-			/* AUTH-09: accepted, ignored (we did not authenticate
-			 * the client, so it counts as AUTH=<>) */
-			if (mp.auth || val == NULL)
-				goto bad_param;
-			mp.auth = true;
-		} else {
+		switch (mail_param(&mp, kw, val)) {
+		case MP_OK:
+			break;
+		case MP_BAD:
+			goto bad_param;
+		case MP_BINARY:
+			return reject(s, ev, V, "555 5.5.4 Error: "
+				      "BODY=BINARYMIME not supported");
+		case MP_UNKNOWN:
 			return reject(s, ev, V, "555 5.5.4 Error: unsupported "
 				      "parameter %.*s", 64, kw);
 		}

@@ -323,6 +323,8 @@ static int on_message(void *ud, const struct mta_spool_entry *en)
 	return 0;
 }
 
+/* Just over 100 lines: options, then the config and spool, then one
+ * branch per output (summary, table, JSON); each step is a few lines. */
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
