@@ -28,8 +28,7 @@
 #define T_BLOCK 180000u /* one data block */
 #define T_DOT 600000u	/* reply to the final dot */
 
-/* Engine states (c->state), named by mta_smtpc_state() and the debug
- * trace; S_GREETING is 0. */
+/* Engine states (c->state), named in the debug trace; S_GREETING is 0. */
 #define SMTPC_STATE_MAP(X)                                                 \
 	X(GREETING, "greeting")	  /* waiting for 220 */                    \
 	X(EHLO, "ehlo")		  /* EHLO sent */                          \
@@ -1322,7 +1321,3 @@ bool mta_smtpc_closed(const struct mta_smtpc *c)
 	return c->state == S_CLOSED;
 }
 
-const char *mta_smtpc_state(const struct mta_smtpc *c)
-{
-	return state_name(c->state);
-}

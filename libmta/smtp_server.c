@@ -1264,11 +1264,6 @@ void mta_smtpd_shutdown(struct mta_smtpd *s)
 	set_state(s, MODE_CLOSED);
 }
 
-bool mta_smtpd_in_data(const struct mta_smtpd *s)
-{
-	return s->mode == MODE_DATA || s->mode == MODE_BDAT;
-}
-
 bool mta_smtpd_in_message(const struct mta_smtpd *s)
 {
 	return s->mode == MODE_DATA || s->mode == MODE_BDAT ||

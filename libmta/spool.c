@@ -561,11 +561,6 @@ const char *mta_spool_tmpdir(const struct mta_spool *sp)
 	return sp->tmpdir;
 }
 
-size_t mta_spool_chunk_size(const struct mta_spool *sp)
-{
-	return sp->chunk;
-}
-
 /* ---- writing ------------------------------------------------------ */
 
 int mta_spool_begin(struct mta_spool *sp, struct mta_spool_txn **out)

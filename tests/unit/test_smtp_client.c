@@ -1163,7 +1163,6 @@ static void sc_timeouts(struct h *h)
 	rcpt("b@y.test", NULL, NULL);
 	h->manual_body = true;
 	assert_int_equal(mta_smtpc_timeout_ms(&h->c), 300000); /* greeting */
-	assert_string_equal(mta_smtpc_state(&h->c), "greeting");
 	h_server(h, "220 mx\r\n");
 	assert_int_equal(mta_smtpc_timeout_ms(&h->c), 300000); /* EHLO */
 	h_server(h, "250 mx\r\n");
@@ -1175,7 +1174,6 @@ static void sc_timeouts(struct h *h)
 	assert_int_equal(mta_smtpc_timeout_ms(&h->c), 120000); /* DATA */
 	h_server(h, "354 go\r\n");
 	assert_int_equal(mta_smtpc_timeout_ms(&h->c), 180000); /* block */
-	assert_string_equal(mta_smtpc_state(&h->c), "body");
 	assert_int_equal(mta_smtpc_body(&h->c, (const uint8_t *)"x", 1, true),
 			 1);
 	assert_int_equal(mta_smtpc_timeout_ms(&h->c), 600000); /* dot */

@@ -336,7 +336,6 @@ static void do_run(const struct tcase *tc, struct run *r, size_t chunk,
 	else
 		assert_string_equal(r->lines[0], "220 " HOST " ESMTP mtad");
 	if (feed_all(&s, r, in, inlen, chunk, &qseq)) {
-		assert_false(mta_smtpd_in_data(&s));
 		mta_smtpd_tls_started(&s, TLSDESC);
 		drain(&s, r);
 		feed_all(&s, r, post, postlen, chunk, &qseq);
@@ -1328,7 +1327,7 @@ static void test_timeout_shutdown(void **state)
 					 "DATA\r\nabc",
 					 strlen(EH MF RT "DATA\r\nabc"), &n, &e),
 			 MTA_SMTPD_EV_DATA_START);
-	assert_true(mta_smtpd_in_data(&s));
+	assert_true(mta_smtpd_in_message(&s));
 	out_take(&s, out, sizeof(out));
 	mta_smtpd_timeout(&s);
 	out_take(&s, out, sizeof(out));
@@ -1344,7 +1343,7 @@ static void test_timeout_shutdown(void **state)
 
 	mta_smtpd_init(&s, &base_cfg);
 	mta_smtpd_greet(&s);
-	assert_false(mta_smtpd_in_data(&s));
+	assert_false(mta_smtpd_in_message(&s));
 	mta_smtpd_shutdown(&s);
 	out_take(&s, out, sizeof(out));
 	assert_string_equal(out, "220 " HOST " ESMTP mtad\r\n421 4.3.2 " HOST
