@@ -266,20 +266,22 @@ static void on_update_done(struct mta_commit *cm)
 {
 	struct msg *m = container_of(cm, struct msg, commit);
 	struct mta_delivery *d = m->d;
+	struct mta_commit_update *u = &cm->u.update;
 	struct mta_logline ll;
 
 	d->commits_pending--;
-	if (cm->result != 0 && cm->new_qid != NULL && !d->stopping) {
+	if (cm->result != 0 && u->dsn_qid != NULL && !d->stopping) {
 		/* try once more without the DSN: the state matters more */
 		mta_log_begin(&ll, MTA_LOG_ERR, "dsn_lost");
 		mta_log_str(&ll, "qid", m->qid);
 		mta_log_str(&ll, "error", mta_errname(cm->result));
 		mta_log_end(&ll);
-		cm->new_qid = NULL;
-		cm->new_env = NULL;
-		cm->new_body = NULL;
+		struct mta_commit_update retry = *u;
+		retry.dsn_qid = NULL;
+		retry.dsn_env = NULL;
+		retry.dsn_body = NULL;
 		d->commits_pending++;
-		mta_writer_submit(d->writer, cm);
+		mta_writer_submit_update(d->writer, cm, &retry, on_update_done);
 		return;
 	}
 	if (cm->result != 0) {
@@ -291,9 +293,9 @@ static void on_update_done(struct mta_commit *cm)
 	}
 	inflight_del(d, m);
 	if (!d->stopping) {
-		if (cm->new_due_us >= 0)
-			schedule_scan(d, cm->new_due_us);
-		if (cm->new_qid != NULL)
+		if (u->new_due_us >= 0)
+			schedule_scan(d, u->new_due_us);
+		if (u->dsn_qid != NULL)
 			schedule_scan(d, 0);
 	}
 	msg_free(m);
@@ -404,22 +406,20 @@ static int build_dsn(struct msg *m, char *dsn_qid)
 static void msg_finish(struct msg *m)
 {
 	struct mta_delivery *d = m->d;
-	struct mta_commit *cm = &m->commit;
+	struct mta_commit_update u = {
+		.qid = m->qid,
+		.env = &m->env,
+		.old_due_us = m->due_key,
+		.new_due_us = mta_queue_next_due(&m->env),
+	};
 	int rc;
 
-	memset(cm, 0, sizeof(*cm));
-	snprintf(cm->qid, sizeof(cm->qid), "%s", m->qid);
-	cm->kind = MTA_COMMIT_UPDATE;
-	cm->env = &m->env;
-	cm->old_due_us = m->due_key;
-	cm->new_due_us = mta_queue_next_due(&m->env);
-	cm->done = on_update_done;
 	rc = build_dsn(m, m->dsn_qid_buf);
 	if (rc > 0) {
 		struct mta_logline ll;
-		cm->new_qid = m->dsn_qid_buf;
-		cm->new_env = &m->dsn_env;
-		cm->new_body = &m->dsn_body;
+		u.dsn_qid = m->dsn_qid_buf;
+		u.dsn_env = &m->dsn_env;
+		u.dsn_body = &m->dsn_body;
 		mta_log_begin(&ll, MTA_LOG_INFO, "dsn");
 		mta_log_str(&ll, "qid", m->qid);
 		mta_log_str(&ll, "dsn_qid", m->dsn_qid_buf);
@@ -433,7 +433,7 @@ static void msg_finish(struct msg *m)
 		mta_log_end(&ll);
 	}
 	d->commits_pending++;
-	mta_writer_submit(d->writer, cm);
+	mta_writer_submit_update(d->writer, &m->commit, &u, on_update_done);
 }
 
 void dlv_msg_job_done(struct msg *m)

@@ -364,12 +364,9 @@ static void tlsrpt_count(struct conn *c, const char *ptype,
 	snprintf(r->key, sizeof(r->key), "%s %s %s %s", day, c->dest->name,
 		 ptype, result);
 	r->d = d;
-	r->commit.kind = MTA_COMMIT_COUNT;
-	r->commit.key = r->key;
-	r->commit.vlen = 1;
-	r->commit.done = on_count_done;
 	d->commits_pending++;
-	mta_writer_submit(d->writer, &r->commit);
+	mta_writer_submit_counter_add(d->writer, &r->commit, r->key, 1,
+				      on_count_done);
 }
 
 /* After the handshake: runs the verifier policy.c named for this host

@@ -42,6 +42,7 @@ struct session {
 	struct mta_body body;
 	struct mta_envelope env;
 	struct mta_commit commit;
+	char qid[MTA_QID_LEN + 1];
 	bool commit_pending;
 	bool closing;
 	bool shutdown_pending; /* daemon shutdown after the pending commit */
@@ -225,7 +226,7 @@ static void on_commit_done(struct mta_commit *c)
 		s->nmsgs++;
 		mta_log_begin(&ll, MTA_LOG_INFO, "accept");
 		mta_log_int(&ll, "sid", (long long)s->sid);
-		mta_log_str(&ll, "qid", c->qid);
+		mta_log_str(&ll, "qid", s->qid);
 		mta_log_int(&ll, "size", (long long)s->env.size);
 		mta_log_fmt(&ll, "from", "<%s>", s->env.sender);
 		mta_log_int(&ll, "nrcpt", (long long)s->env.nrcpt);
@@ -237,7 +238,7 @@ static void on_commit_done(struct mta_commit *c)
 	} else {
 		mta_log_begin(&ll, MTA_LOG_WARN, "commit_failed");
 		mta_log_int(&ll, "sid", (long long)s->sid);
-		mta_log_str(&ll, "qid", c->qid);
+		mta_log_str(&ll, "qid", s->qid);
 		mta_log_str(&ll, "error", mta_errname(c->result));
 		mta_log_str(&ll, "reason", mta_strerror(c->result));
 		mta_log_end(&ll);
@@ -252,7 +253,7 @@ static void on_commit_done(struct mta_commit *c)
 	}
 	if (s->closing)
 		return;
-	mta_smtpd_message_done(&s->smtpd, c->result, c->qid);
+	mta_smtpd_message_done(&s->smtpd, c->result, s->qid);
 	if (s->shutdown_pending) {
 		mta_smtpd_shutdown(&s->smtpd);
 		session_close(s, "shutdown", true);
@@ -267,13 +268,13 @@ static void start_message(struct session *s)
 	char rec[2048];
 	int n;
 
-	mta_qid_make(s->commit.qid, now_us(), ++l->qid_seq);
+	mta_qid_make(s->qid, now_us(), ++l->qid_seq);
 	if (s->body_open)
 		mta_body_free(&s->body);
 	mta_body_init(&s->body, mta_spool_tmpdir(l->spool), MTA_INBOUND_BODY_SPILL);
 	s->body_open = true;
 	s->body_err = 0;
-	n = mta_smtpd_received(&s->smtpd, s->commit.qid, time(NULL), rec,
+	n = mta_smtpd_received(&s->smtpd, s->qid, time(NULL), rec,
 			       sizeof(rec));
 	if (n > 0)
 		s->body_err = mta_body_append(&s->body, rec, (size_t)n);
@@ -291,7 +292,7 @@ static void submit_message(struct session *s)
 		struct mta_logline cl;
 		mta_log_begin(&cl, MTA_LOG_INFO, "untrusted_message");
 		mta_log_int(&cl, "sid", (long long)s->sid);
-		mta_log_str(&cl, "qid", s->commit.qid);
+		mta_log_str(&cl, "qid", s->qid);
 		mta_log_str(&cl, "client", s->client);
 		mta_log_fmt(&cl, "claimed_from", "<%s>",
 			    claimed != NULL ? claimed : "");
@@ -303,11 +304,11 @@ static void submit_message(struct session *s)
 		struct mta_logline ll;
 		mta_log_begin(&ll, MTA_LOG_WARN, "commit_failed");
 		mta_log_int(&ll, "sid", (long long)s->sid);
-		mta_log_str(&ll, "qid", s->commit.qid);
+		mta_log_str(&ll, "qid", s->qid);
 		mta_log_str(&ll, "error", mta_errname(s->body_err));
 		mta_log_str(&ll, "reason", mta_strerror(s->body_err));
 		mta_log_end(&ll);
-		mta_smtpd_message_done(&s->smtpd, s->body_err, s->commit.qid);
+		mta_smtpd_message_done(&s->smtpd, s->body_err, s->qid);
 		mta_envelope_free(&s->env);
 		mta_body_free(&s->body);
 		s->body_open = false;
@@ -321,12 +322,9 @@ static void submit_message(struct session *s)
 	}
 	s->env.arrival_us = (int64_t)now_us();
 	s->env.size = s->body.len;
-	s->commit.env = &s->env;
-	s->commit.body = &s->body;
-	s->commit.done = on_commit_done;
-	s->commit.result = 0;
 	s->commit_pending = true;
-	mta_writer_submit(l->writer, &s->commit);
+	mta_writer_submit_new(l->writer, &s->commit, s->qid, &s->env, &s->body,
+			      on_commit_done);
 }
 
 static void start_tls(struct session *s, size_t discarded)

@@ -22,7 +22,7 @@
  *	mta_qid_make() only formats; the caller supplies time and sequence.
  *
  *	Body chunks: every chunk but the last holds exactly
- *	mta_spool_chunk_size() bytes = page size - 16 (4080 with 4 KiB
+ *	page size - 16 bytes (4080 with 4 KiB
  *	pages).  A value that large always lives in exactly one overflow
  *	page (LMDB's page header is 16 bytes), so a freed chunk frees one
  *	page, and LMDB 0.9 - which reuses runs of contiguous free pages
@@ -227,8 +227,6 @@ int mta_spool_lock(const char *dir, int *fd, long *holder);
 bool mta_spool_corrupt(const struct mta_spool *sp);
 void mta_spool_trap_sigbus(const char *prog, const char *dir);
 const char *mta_spool_tmpdir(const struct mta_spool *sp);
-/* Bytes per body chunk (page size - 16). */
-size_t mta_spool_chunk_size(const struct mta_spool *sp);
 
 int mta_spool_begin(struct mta_spool *sp, struct mta_spool_txn **out);
 int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,

@@ -40,6 +40,7 @@ struct conn {
 	struct mta_envelope dsn_env;
 	struct mta_body dsn_body;
 	char dsn_qid[MTA_QID_LEN + 1];
+	char qid[MTA_QID_LEN + 1]; /* the commit's message */
 	char note[300]; /* POLICY-REFRESH: the OK text */
 	struct mta_mtasts_query *q;
 };
@@ -285,23 +286,23 @@ static void submit(struct conn *c, int kind, int op)
 	struct mta_commit *cm = &c->commit;
 
 	memset(cm, 0, sizeof(*cm));
-	if (op != MTA_SPOOL_NOP)
-		memcpy(cm->qid, c->req.args[0], MTA_QID_LEN + 1); /* checked */
-	cm->kind = kind;
-	cm->admin_op = op;
-	cm->admin_now_us = now_us();
-	cm->done = on_commit;
-	if (c->req.verb == MTA_CTL_BOUNCE && c->dsn_qid[0]) {
-		cm->new_qid = c->dsn_qid;
-		cm->new_env = &c->dsn_env;
-		cm->new_body = &c->dsn_body;
-	}
-	if (c->req.verb == MTA_CTL_POLICY_PURGE) {
-		cm->key = c->req.args[0];
-		cm->val = NULL;
-	}
 	c->commit_pending = true;
-	mta_writer_submit(c->ctl->p.writer, cm);
+	if (kind == MTA_COMMIT_STS_PUT) { /* POLICY-PURGE: delete the entry */
+		mta_writer_submit_sts_put(c->ctl->p.writer, cm, c->req.args[0],
+					  NULL, 0, on_commit);
+		return;
+	}
+	struct mta_commit_admin a = {.op = op, .now_us = now_us()};
+	c->qid[0] = '\0';
+	if (op != MTA_SPOOL_NOP)
+		memcpy(c->qid, c->req.args[0], MTA_QID_LEN + 1); /* checked */
+	a.qid = c->qid;
+	if (c->req.verb == MTA_CTL_BOUNCE && c->dsn_qid[0]) {
+		a.dsn_qid = c->dsn_qid;
+		a.dsn_env = &c->dsn_env;
+		a.dsn_body = &c->dsn_body;
+	}
+	mta_writer_submit_admin(c->ctl->p.writer, cm, &a, on_commit);
 }
 
 static int read_body(void *ud, uint64_t off, void *buf, size_t len,
@@ -547,7 +548,7 @@ static void handle_request(struct conn *c, const char *line)
 			done(c, rc, "notfound", text);
 			return;
 		}
-		submit(c, MTA_COMMIT_STS, MTA_SPOOL_NOP);
+		submit(c, MTA_COMMIT_STS_PUT, MTA_SPOOL_NOP);
 		return;
 	case MTA_CTL_POLICY_REFRESH:
 		if (mtasts_of(ctl) == NULL) {

@@ -6,7 +6,7 @@
  *	mtad_control_start() listens on control.socket (a stale socket file
  *	is replaced; mode 0660, group control.group when set) and serves the
  *	protocol of libmta/control.h.  Every change is a writer request
- *	(MTA_COMMIT_ADMIN, MTA_COMMIT_STS) answered after its commit; a
+ *	(MTA_COMMIT_ADMIN, MTA_COMMIT_STS_PUT) answered after its commit; a
  *	change to a message that is being delivered waits (polling every
  *	100 ms, at most 30 s, then "ERR busy") until its outcome is
  *	committed.  BOUNCE marks the pending recipients failed (5.0.0,

@@ -263,11 +263,18 @@ static void check_body(struct mta_spool *sp, const char *qid, uint64_t len,
 	free(buf);
 }
 
+/* Bytes per body chunk: LMDB's page (the system page) less its 16-byte
+ * header (spool.h, "Body chunks"). */
+static size_t chunk_size(void)
+{
+	return (size_t)sysconf(_SC_PAGESIZE) - 16;
+}
+
 static void test_roundtrip(void **state)
 {
 	const char *dir = spool_dir(state);
 	struct mta_spool *sp = open_spool(dir, 64ull << 20, false);
-	size_t chunk = mta_spool_chunk_size(sp);
+	size_t chunk = chunk_size();
 	assert_true(chunk >= 4080);
 	const uint64_t sizes[] = {0, 1, chunk, chunk + 1, 1u << 20,
 				  3 * chunk - 1};
@@ -454,7 +461,7 @@ static void test_mapfull(void **state)
 	assert_int_equal(mta_spool_read_body(sp, qbig, 0, &x, 1, &g),
 			 MTA_ENOTFOUND);
 	check_body(sp, qsmall, 5000, 2, 777);
-	size_t chunk = mta_spool_chunk_size(sp);
+	size_t chunk = chunk_size();
 	mta_spool_close(sp);
 
 	MDB_env *env = raw_open(dir);
