@@ -355,3 +355,63 @@ def test_evacuate_target_down_leaves_queue(mtad_factory, sink_lab):
     p = ctl(mtad, "evacuate", "--to", "[127.0.0.1]:9", "--yes")
     assert p.returncode == 1 and b"mtad is not running" in p.stderr
     assert sorted(mtad.queue()) == sorted([a, b])
+
+
+def test_socket_group_refuses_outsiders(mtad_factory, tmp_path):
+    """Issue 12.1: the control socket is 0660 with control.group: a user in
+    that group may talk to mtad, a user outside it is refused by the
+    kernel (EACCES) before mtad sees anything."""
+    import grp
+    import pwd
+    import subprocess
+    import uuid
+    if os.getuid() != 0:
+        import pytest
+        pytest.skip("needs root to create test users")
+    tag = uuid.uuid4().hex[:6]
+    group, inside, outside = "mtg" + tag, "mti" + tag, "mto" + tag
+    subprocess.run(["groupadd", group], check=True)
+    try:
+        subprocess.run(["useradd", "-M", "-G", group, inside], check=True)
+        subprocess.run(["useradd", "-M", outside], check=True)
+        import tempfile
+        sockdir = tempfile.mkdtemp(prefix="mtctl-", dir="/tmp")
+        os.chmod(sockdir, 0o755)  # only the socket's own mode decides
+        sock = os.path.join(sockdir, "control.sock")
+        mtad = mtad_factory(dict(NODNS, **{"control.socket": sock,
+                                          "control.group": group}))
+        st = os.stat(sock)
+        assert oct(st.st_mode & 0o777) == "0o660"
+        assert st.st_gid == grp.getgrnam(group).gr_gid
+
+        def talk(user):
+            pw = pwd.getpwnam(user)
+            code = ("import socket,sys\n"
+                    "s=socket.socket(socket.AF_UNIX)\n"
+                    "try:\n s.connect(sys.argv[1])\n"
+                    "except PermissionError:\n print('EACCES'); sys.exit(3)\n"
+                    "s.sendall(b'MTACTL 1\\nSTATS\\n')\n"
+                    "print(s.recv(4096).decode())\n")
+            groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+
+            def drop():
+                os.setgroups(groups)
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+            return subprocess.run(["/usr/bin/python3", "-c", code, sock],
+                                  preexec_fn=drop, capture_output=True,
+                                  timeout=20)
+        p = talk(inside)
+        assert p.returncode == 0 and b"OK mtad" in p.stdout, p
+        p = talk(outside)
+        assert p.returncode == 3 and b"EACCES" in p.stdout, p
+        # only the member's session appears in the log
+        uids = {e["uid"] for e in mtad.events("control")}
+        assert str(pwd.getpwnam(outside).pw_uid) not in uids
+    finally:
+        for u in (inside, outside):
+            subprocess.run(["userdel", u], capture_output=True)
+        subprocess.run(["groupdel", group], capture_output=True)
+        import shutil
+        if "sockdir" in locals():
+            shutil.rmtree(sockdir, ignore_errors=True)
