@@ -475,6 +475,27 @@ static int on_due(void *ud, const char *qid, int64_t due_us)
 	return 0;
 }
 
+/* A stale due entry was dropped (or the message came back). */
+static void on_undue_done(struct mta_commit *cm)
+{
+	struct msg *m = container_of(cm, struct msg, commit);
+	struct mta_delivery *d = m->d;
+
+	d->commits_pending--;
+	if (cm->result != 0) {
+		struct mta_logline ll;
+		mta_log_begin(&ll, MTA_LOG_ERR, "undue_failed");
+		mta_log_str(&ll, "qid", m->qid);
+		mta_log_str(&ll, "error", mta_errname(cm->result));
+		mta_log_end(&ll);
+	}
+	mta_envelope_free(&m->env);
+	mta_envelope_free(&m->dsn_env);
+	mta_body_free(&m->dsn_body);
+	free(m);
+	dlv_maybe_stopped(d);
+}
+
 /* Loads one due message and queues a job per destination. */
 static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 		      int64_t now)
@@ -493,6 +514,24 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 	mta_envelope_init(&m->dsn_env);
 	mta_body_init(&m->dsn_body, NULL, 0);
 	rc = mta_spool_get(d->spool, qid, &m->env);
+	if (rc == MTA_ENOTFOUND) {
+		/* deleted (mtactl delete/bounce, a finished attempt) between
+		 * the scan and the load: drop the due entry if it is left */
+		struct mta_logline ll;
+		mta_log_begin(&ll, MTA_LOG_DEBUG, "load_skipped");
+		mta_log_str(&ll, "qid", qid);
+		mta_log_str(&ll, "reason", "gone");
+		mta_log_end(&ll);
+		memset(&m->commit, 0, sizeof(m->commit));
+		memcpy(m->commit.qid, qid, MTA_QID_LEN + 1);
+		m->commit.kind = MTA_COMMIT_ADMIN;
+		m->commit.admin_op = MTA_SPOOL_UNDUE;
+		m->commit.admin_now_us = due;
+		m->commit.done = on_undue_done;
+		d->commits_pending++;
+		mta_writer_submit(d->writer, &m->commit);
+		return;
+	}
 	if (rc != 0) {
 		struct mta_logline ll;
 		mta_log_begin(&ll, MTA_LOG_ERR, "load_failed");

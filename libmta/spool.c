@@ -1514,6 +1514,17 @@ int mta_spool_admin(struct mta_spool_txn *t, int op, const char *qid,
 		return sp_err(sp, rc);
 	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
 	rc = mdb_get(child, sp->messages, &k, &v);
+	if (op == MTA_SPOOL_UNDUE) {
+		/* only a due entry that outlived its message */
+		err = rc == MDB_NOTFOUND
+			      ? due_put_del(t, child, qid, now_us, false)
+			      : sp_err(sp, rc);
+		if (err != 0) {
+			mdb_txn_abort(child);
+			return err;
+		}
+		return sp_err(sp, mdb_txn_commit(child));
+	}
 	if (rc != 0) {
 		mdb_txn_abort(child);
 		return sp_err(sp, rc);

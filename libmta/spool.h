@@ -125,7 +125,10 @@
  *	the message, its body, its index entries and its held record;
  *	new_qid/new_env/new_body, when given, store a new message - the
  *	bounce DSN - in the same nested transaction), NOP (nothing: a
- *	barrier behind earlier requests).  MTA_ENOTFOUND when qid is not
+ *	barrier behind earlier requests), UNDUE (the scheduler found a due
+ *	entry whose message is gone - an admin change raced its load -:
+ *	removes the due entry (now_us = its due time, qid) when qid is not
+ *	in the spool, and does nothing, returning 0, when it is).  MTA_ENOTFOUND when qid is not
  *	in the spool.  The due entry removed is the one the envelope
  *	implies (earliest next attempt of a pending recipient, or arrival).
  *	mta_spool_held_get() / _held_foreach() read held records;
@@ -305,6 +308,7 @@ enum mta_spool_admin_op {
 	MTA_SPOOL_RELEASE = 2,
 	MTA_SPOOL_FLUSH = 3,
 	MTA_SPOOL_DELETE = 4,
+	MTA_SPOOL_UNDUE = 5,
 };
 int mta_spool_admin(struct mta_spool_txn *t, int op, const char *qid,
 		    int64_t now_us, const char *new_qid,

@@ -34,6 +34,8 @@ static void usage(FILE *f)
 		"      FILTERS: --domain D --sender A --recipient A --reason T\n"
 		"               --state queued|deferred|held|active "
 		"--older-than AGE\n"
+		"  evacuate --to HOST:PORT [QID ...|FILTERS] [--yes] "
+		"[--verify]\n"
 		"  policy list | policy show|refresh|purge DOMAIN\n"
 		"  stats | tlsrpt\n");
 }
@@ -227,6 +229,20 @@ struct sel {
 	int64_t now;
 };
 
+static int qidset_push(struct tool_qidset *o, const char *qid)
+{
+	if (o->n == o->cap) {
+		size_t cap = o->cap ? o->cap * 2 : 256;
+		void *v = realloc(o->v, cap * sizeof(*o->v));
+		if (v == NULL)
+			return -ENOMEM;
+		o->v = v;
+		o->cap = cap;
+	}
+	snprintf(o->v[o->n++], MTA_QID_LEN + 1, "%s", qid);
+	return 0;
+}
+
 static int on_select(void *ud, const struct mta_spool_entry *en)
 {
 	struct sel *s = ud;
@@ -235,15 +251,31 @@ static int on_select(void *ud, const struct mta_spool_entry *en)
 					tool_qidset_has(&s->active, en->qid));
 	if (!tool_filter_match(&s->f, en->qid, en->env, st, s->now))
 		return 0;
-	if (s->out.n == s->out.cap) {
-		size_t cap = s->out.cap ? s->out.cap * 2 : 256;
-		void *v = realloc(s->out.v, cap * sizeof(*s->out.v));
-		if (v == NULL)
-			return -ENOMEM;
-		s->out.v = v;
-		s->out.cap = cap;
+	return qidset_push(&s->out, en->qid);
+}
+
+/* Fills s->out with the qids that pass s->f; 0, or 1 after a message. */
+static int select_all(const struct mta_config *cfg, struct sel *s)
+{
+	struct mta_spool *sp;
+	int rc = tool_open_spool("mtactl", cfg, true, &sp);
+	if (rc != 0)
+		return rc;
+	s->now = tool_now_us();
+	rc = tool_qidset_load_held(sp, &s->held);
+	if (rc == 0)
+		rc = tool_qidset_load_active(cfg, &s->active);
+	if (rc == 0)
+		rc = mta_spool_foreach(sp, on_select, s);
+	mta_spool_close(sp);
+	tool_qidset_free(&s->held);
+	tool_qidset_free(&s->active);
+	if (rc != 0) {
+		fprintf(stderr, "mtactl: spool %s: %s\n", cfg->spool_dir,
+			mta_strerror(rc));
+		tool_qidset_free(&s->out);
+		return 1;
 	}
-	memcpy(s->out.v[s->out.n++], en->qid, MTA_QID_LEN + 1);
 	return 0;
 }
 
@@ -262,7 +294,6 @@ static int cmd_action(const struct mta_config *cfg, int ai, int argc,
 	};
 	struct sel s;
 	struct tool_ctl c;
-	struct mta_spool *sp;
 	bool yes = false;
 	int opt, li = 0, rc;
 
@@ -307,24 +338,9 @@ static int cmd_action(const struct mta_config *cfg, int ai, int argc,
 				"not both\n", actions[ai].name);
 		return 2;
 	}
-	rc = tool_open_spool("mtactl", cfg, true, &sp);
+	rc = select_all(cfg, &s);
 	if (rc != 0)
 		return rc;
-	s.now = tool_now_us();
-	rc = tool_qidset_load_held(sp, &s.held);
-	if (rc == 0)
-		rc = tool_qidset_load_active(cfg, &s.active);
-	if (rc == 0)
-		rc = mta_spool_foreach(sp, on_select, &s);
-	mta_spool_close(sp);
-	tool_qidset_free(&s.held);
-	tool_qidset_free(&s.active);
-	if (rc != 0) {
-		fprintf(stderr, "mtactl: spool %s: %s\n", cfg->spool_dir,
-			mta_strerror(rc));
-		tool_qidset_free(&s.out);
-		return 1;
-	}
 	if (!yes) {
 		size_t n = s.out.n;
 		printf("%zu messages match; add --yes to %s them\n", n,
@@ -349,6 +365,244 @@ static int cmd_action(const struct mta_config *cfg, int ai, int argc,
 	printf("%zu of %zu messages %s\n", good, n, actions[ai].done);
 	tool_qidset_free(&s.out);
 	return good == n ? 0 : 1;
+}
+
+
+/* ---- evacuate ------------------------------------------------------- */
+
+/* One request; *code gets the ERR code word ("" on OK), text the rest.
+ * 0 when a reply came, 1 when the connection broke. */
+static int ctl_ask(struct tool_ctl *c, enum mta_ctl_verb verb,
+		   const char *qid, bool *ok, char *code, size_t codelen,
+		   char *text, size_t textlen)
+{
+	code[0] = text[0] = '\0';
+	return tool_ctl_request(c, verb, qid, NULL, NULL, ok, code, codelen,
+				text, textlen);
+}
+
+/* "[host]:port" or "host:port" (an IPv6 literal needs the brackets). */
+static int parse_target(const char *to, char *host, size_t hlen, char *port,
+			size_t plen)
+{
+	const char *colon = strrchr(to, ':');
+	const char *h = to;
+	size_t n;
+
+	if (colon == NULL || colon[1] == '\0' ||
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
+	    strlen(colon + 1) >= plen || atoi(colon + 1) < 1 ||
+	    atoi(colon + 1) > 65535)
+		return -1;
+	n = (size_t)(colon - to);
+	if (n > 0 && to[0] == '[') {
+		if (to[n - 1] != ']')
+			return -1;
+		h = to + 1;
+		n -= 2;
+	} else if (memchr(to, ':', n) != NULL) {
+		return -1; /* IPv6 without brackets */
+	}
+	if (n == 0 || n >= hlen)
+		return -1;
+	memcpy(host, h, n);
+	host[n] = '\0';
+	snprintf(port, plen, "%s", colon + 1);
+	return 0;
+}
+
+/* Holds qid through mtad, sends it, deletes it on 250 or releases it.
+ * Returns 0 moved, 1 left queued, 2 target unreachable (left queued),
+ * 3 gone (delivered or deleted meanwhile), 4 mtad lost. */
+static int evacuate_one(struct tool_ctl *c, struct mta_spool *sp,
+			struct tool_evac *ev, const char *qid)
+{
+	char code[32], text[1100], why[1200];
+	struct mta_envelope e;
+	bool ok = false, held_here;
+	int rc, sent;
+
+	if (ctl_ask(c, MTA_CTL_HOLD, qid, &ok, code, sizeof(code), text,
+		    sizeof(text)) != 0)
+		return 4;
+	if (!ok && strcmp(code, "notfound") == 0)
+		return 3;
+	if (!ok && strcmp(code, "state") != 0) {
+		printf("%s: left queued: cannot hold it: %s\n", qid, text);
+		return 1;
+	}
+	held_here = ok; /* "state": held before, and stays held on failure */
+	mta_envelope_init(&e);
+	rc = mta_spool_get(sp, qid, &e);
+	if (rc == MTA_ENOTFOUND) {
+		mta_envelope_free(&e);
+		return 3;
+	}
+	if (rc != 0) {
+		snprintf(why, sizeof(why), "spool: %s", mta_strerror(rc));
+		sent = 1;
+	} else {
+		sent = tool_evac_send(ev, sp, qid, &e, why, sizeof(why));
+	}
+	mta_envelope_free(&e);
+	if (sent == 0) {
+		if (ctl_ask(c, MTA_CTL_DELETE, qid, &ok, code, sizeof(code),
+			    text, sizeof(text)) != 0 ||
+		    !ok) {
+			printf("%s: accepted by the target but NOT removed "
+			       "here (%s): delete it (mtactl delete %s) or it "
+			       "is delivered twice\n",
+			       qid, text[0] ? text : "connection to mtad lost",
+			       qid);
+			return 1;
+		}
+		return 0;
+	}
+	if (held_here &&
+	    (ctl_ask(c, MTA_CTL_RELEASE, qid, &ok, code, sizeof(code), text,
+		     sizeof(text)) != 0 ||
+	     !ok)) {
+		printf("%s: left queued but still held (release failed: %s; "
+		       "mtactl release %s)\n",
+		       qid, text[0] ? text : "connection to mtad lost", qid);
+		return sent;
+	}
+	printf("%s: left queued%s: %s\n", qid, held_here ? "" : " (held)",
+	       why);
+	return sent;
+}
+
+static int cmd_evacuate(const struct mta_config *cfg, int argc, char **argv)
+{
+	static const struct option fopts[] = {
+		{"domain", required_argument, NULL, 'f'},
+		{"sender", required_argument, NULL, 'f'},
+		{"recipient", required_argument, NULL, 'f'},
+		{"reason", required_argument, NULL, 'f'},
+		{"state", required_argument, NULL, 'f'},
+		{"older-than", required_argument, NULL, 'f'},
+		{"yes", no_argument, NULL, 'y'},
+		{"to", required_argument, NULL, 't'},
+		{"verify", no_argument, NULL, 'v'},
+		{NULL, 0, NULL, 0},
+	};
+	struct sel s;
+	struct tool_ctl c;
+	struct tool_evac *ev = NULL;
+	struct mta_spool *sp = NULL;
+	const char *to = NULL;
+	char host[256], port[16], why[600];
+	bool yes = false, verify = false;
+	int opt, li = 0, rc;
+	size_t moved = 0, left = 0, gone = 0, i;
+
+	memset(&s, 0, sizeof(s));
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "+", fopts, &li)) != -1) {
+		if (opt == 'y')
+			yes = true;
+		else if (opt == 't')
+			to = optarg;
+		else if (opt == 'v')
+			verify = true;
+		else if (opt != 'f' ||
+			 tool_filter_parse_opt("mtactl", &s.f,
+					       fopts[li].name, optarg) != 0) {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (to == NULL || parse_target(to, host, sizeof(host), port,
+				       sizeof(port)) != 0) {
+		fprintf(stderr, "mtactl: evacuate: give the target relay as "
+				"--to HOST:PORT or --to [ADDRESS]:PORT\n");
+		return 2;
+	}
+	if (s.f.any && optind != argc) {
+		fprintf(stderr, "mtactl: evacuate: give either queue IDs or "
+				"filters, not both\n");
+		return 2;
+	}
+	for (int k = optind; k < argc; k++)
+		if (!qid_syntax(argv[k])) {
+			fprintf(stderr,
+				"mtactl: %s is not a queue ID (16 characters "
+				"as mtaq shows them)\n", argv[k]);
+			return 2;
+		}
+	/* every step goes through mtad: check it is there first */
+	if (tool_ctl_open("mtactl", cfg, false, &c) != 0)
+		return 1;
+	if (optind == argc) {
+		/* filters, or none: the whole queue */
+		rc = select_all(cfg, &s);
+		if (rc != 0) {
+			tool_ctl_close(&c);
+			return rc;
+		}
+		if (!yes || s.out.n == 0) {
+			printf("%zu messages match; %s\n", s.out.n,
+			       s.out.n ? "add --yes to evacuate them"
+				       : "nothing evacuated");
+			tool_ctl_close(&c);
+			rc = s.out.n ? 2 : 0;
+			tool_qidset_free(&s.out);
+			return rc;
+		}
+	} else {
+		for (int k = optind; k < argc; k++) {
+			rc = qidset_push(&s.out, argv[k]);
+			if (rc != 0) {
+				tool_ctl_close(&c);
+				tool_qidset_free(&s.out);
+				return 1;
+			}
+		}
+	}
+	rc = tool_open_spool("mtactl", cfg, true, &sp);
+	if (rc == 0 &&
+	    tool_evac_new(host, port, cfg->server_hostname, verify,
+			  cfg->tls_ca_file, &ev, why, sizeof(why)) != 0) {
+		fprintf(stderr, "mtactl: evacuate: TLS setup: %s\n", why);
+		rc = 1;
+	}
+	for (i = 0; rc == 0 && i < s.out.n; i++) {
+		int r = evacuate_one(&c, sp, ev, s.out.v[i]);
+		if (r == 0)
+			moved++;
+		else if (r == 3)
+			gone++;
+		else
+			left++;
+		if (r == 2) {
+			fprintf(stderr, "mtactl: evacuate: stopped: the "
+					"target cannot be reached; nothing "
+					"more was held\n");
+			break;
+		}
+		if (r == 4) {
+			fprintf(stderr, "mtactl: evacuate: stopped: the "
+					"connection to mtad was lost (see the "
+					"mtad log)\n");
+			break;
+		}
+	}
+	if (ev != NULL)
+		printf("%zu of %zu messages evacuated to %s (tls %s); %zu left "
+		       "queued%s; %zu gone meanwhile\n",
+		       moved, s.out.n, to, tool_evac_tls(ev),
+		       s.out.n - moved - gone, i < s.out.n ? " (stopped)" : "",
+		       gone);
+	(void)left;
+	tool_evac_free(ev);
+	if (sp != NULL)
+		mta_spool_close(sp);
+	tool_ctl_close(&c);
+	size_t n = s.out.n;
+	tool_qidset_free(&s.out);
+	if (rc != 0)
+		return rc;
+	return moved + gone == n ? 0 : 1;
 }
 
 /* ---- policy cache --------------------------------------------------- */
@@ -548,6 +802,7 @@ int main(int argc, char **argv)
 		if (strcmp(cmd, actions[i].name) == 0)
 			ai = (int)i;
 	bool known = ai >= 0 || !strcmp(cmd, "policy") ||
+		     !strcmp(cmd, "evacuate") ||
 		     !strcmp(cmd, "stats") || !strcmp(cmd, "tlsrpt") ||
 		     !strcmp(cmd, "cat") || !strcmp(cmd, "show");
 	if (!known) {
@@ -575,6 +830,8 @@ int main(int argc, char **argv)
 	if (ai >= 0) {
 		/* getopt_long over the command's own arguments */
 		rc = cmd_action(cfg, ai, nargs + 1, argv + optind);
+	} else if (!strcmp(cmd, "evacuate")) {
+		rc = cmd_evacuate(cfg, nargs + 1, argv + optind);
 	} else if (!strcmp(cmd, "policy")) {
 		rc = cmd_policy(cfg, nargs, args);
 	} else if (!strcmp(cmd, "stats")) {

@@ -88,3 +88,27 @@ int tool_qidset_load_active(const struct mta_config *cfg,
 bool tool_qidset_has(const struct tool_qidset *s, const char *qid);
 void tool_qidset_free(struct tool_qidset *s);
 int64_t tool_now_us(void);
+
+/*
+ * evacuate.c: hands messages on to another relay over SMTP (mtactl
+ * evacuate).  tool_evac_new() prepares a client for host:port (EHLO
+ * helo; STARTTLS when offered, unverified; with verify, STARTTLS is
+ * required and the certificate must chain to ca_file and name host).
+ * tool_evac_send() sends the pending (queued or deferred) recipients of
+ * one message with its envelope (sender, RET, ENVID, NOTIFY, ORCPT,
+ * BODY, SMTPUTF8) and its stored body, connecting first when needed:
+ * 0 when the target accepted every one of them with 2xx after the final
+ * dot (or none was pending), 1 when it refused or failed (why says what
+ * the target said), 2 when no session could be opened (why says why).
+ * tool_evac_tls() describes the TLS of the current session ("none").
+ * tool_evac_free() sends QUIT and closes.
+ */
+struct tool_evac;
+int tool_evac_new(const char *host, const char *port, const char *helo,
+		  bool verify, const char *ca_file, struct tool_evac **out,
+		  char *why, size_t len);
+int tool_evac_send(struct tool_evac *e, struct mta_spool *sp,
+		   const char *qid, const struct mta_envelope *env, char *why,
+		   size_t len);
+const char *tool_evac_tls(const struct tool_evac *e);
+void tool_evac_free(struct tool_evac *e);
