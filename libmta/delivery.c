@@ -522,14 +522,12 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 		mta_log_str(&ll, "qid", qid);
 		mta_log_str(&ll, "reason", "gone");
 		mta_log_end(&ll);
+		struct mta_commit_admin a = {
+			.op = MTA_SPOOL_UNDUE, .qid = m->qid, .now_us = due};
 		memset(&m->commit, 0, sizeof(m->commit));
-		memcpy(m->commit.qid, qid, MTA_QID_LEN + 1);
-		m->commit.kind = MTA_COMMIT_ADMIN;
-		m->commit.admin_op = MTA_SPOOL_UNDUE;
-		m->commit.admin_now_us = due;
-		m->commit.done = on_undue_done;
 		d->commits_pending++;
-		mta_writer_submit(d->writer, &m->commit);
+		mta_writer_submit_admin(d->writer, &m->commit, &a,
+					on_undue_done);
 		return;
 	}
 	if (rc != 0) {
