@@ -83,6 +83,8 @@
 #ifndef MTA_CONFIG_H
 #define MTA_CONFIG_H
 
+#include "tlspolicy.h" /* enum mta_tls_level */
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -140,12 +142,13 @@ struct mta_config {
 	/* [tls] */
 	char *tls_ca_file;
 	char *tls_policy_file; /* NULL = none */
-	char *tls_default_level; /* none may encrypt dane dane-only verify */
+	enum mta_tls_level tls_default_level; /* MTA_TLS_LEVEL_MAP */
 	/* [mta_sts] */
 	unsigned mta_sts_https_port;
 	unsigned mta_sts_refresh_interval; /* seconds between cache sweeps */
 	/* [control] */
 	char *control_socket; /* resolved: never NULL */
+	char *control_group;  /* group name or number for the socket, or NULL */
 	/* [http] */
 	char *http_listen;		     /* normalised addr:port */
 	struct sockaddr_storage http_addr; /* http.listen, parsed */

@@ -97,7 +97,7 @@
 #ifndef MTA_DANE_H
 #define MTA_DANE_H
 
-#include "dns.h"
+#include "records.h" /* struct mta_dns_tlsa */
 
 #include <gnutls/gnutls.h>
 #include <stdbool.h>
@@ -105,7 +105,6 @@
 #include <stdint.h>
 #include <time.h>
 
-#define MTA_DANE_TLSA_MAX 64   /* records in one RRset */
 #define MTA_DANE_CHAIN_MAX 16  /* certificates in one chain */
 #define MTA_DANE_REASON_MAX 320
 
@@ -116,20 +115,37 @@ enum mta_dane_usage {
 	MTA_DANE_DANE_EE = 3,
 };
 
+/* X(ENUM, "name"): MATCH authenticated; NO_MATCH usable records, none
+ * satisfied; UNUSABLE_ONLY TLS required, unauthenticated; ERROR bad
+ * input, not authenticated. */
+#define MTA_DANE_OUTCOME_MAP(X)                                               \
+	X(MATCH, "match")                                                     \
+	X(NO_MATCH, "no-match")                                               \
+	X(UNUSABLE_ONLY, "unusable-only")                                     \
+	X(ERROR, "error")
+
 enum mta_dane_outcome {
-	MTA_DANE_MATCH = 0,	    /* authenticated */
-	MTA_DANE_NO_MATCH,	    /* usable records, none satisfied */
-	MTA_DANE_UNUSABLE_ONLY,	    /* TLS required, unauthenticated */
-	MTA_DANE_ERROR,		    /* bad input; not authenticated */
+#define MTA_DANE_OUTCOME_ENUM(e, name) MTA_DANE_##e,
+	MTA_DANE_OUTCOME_MAP(MTA_DANE_OUTCOME_ENUM)
+#undef MTA_DANE_OUTCOME_ENUM
 };
 
+/* X(ENUM, RFC 8460 result type or NULL): NOMATCH no record matched a
+ * certificate; CHAIN TA matched, no valid path to it; EXPIRED TA path
+ * ok, a certificate expired; NOTYET not yet valid; NAME TA path and
+ * dates ok, name mismatch. */
+#define MTA_DANE_FAIL_MAP(X)                                                  \
+	X(NONE, NULL)                                                         \
+	X(NOMATCH, "tlsa-invalid")                                            \
+	X(CHAIN, "validation-failure")                                        \
+	X(EXPIRED, "certificate-expired")                                     \
+	X(NOTYET, "validation-failure")                                       \
+	X(NAME, "certificate-host-mismatch")
+
 enum mta_dane_fail {
-	MTA_DANE_FAIL_NONE = 0,
-	MTA_DANE_FAIL_NOMATCH,	/* no record matched a certificate */
-	MTA_DANE_FAIL_CHAIN,	/* TA matched, no valid path to it */
-	MTA_DANE_FAIL_EXPIRED,	/* TA path ok, a certificate expired */
-	MTA_DANE_FAIL_NOTYET,	/* TA path ok, not yet valid */
-	MTA_DANE_FAIL_NAME,	/* TA path and dates ok, name mismatch */
+#define MTA_DANE_FAIL_ENUM(e, rpt) MTA_DANE_FAIL_##e,
+	MTA_DANE_FAIL_MAP(MTA_DANE_FAIL_ENUM)
+#undef MTA_DANE_FAIL_ENUM
 };
 
 struct mta_dane_query {

@@ -266,20 +266,22 @@ static void on_update_done(struct mta_commit *cm)
 {
 	struct msg *m = container_of(cm, struct msg, commit);
 	struct mta_delivery *d = m->d;
+	struct mta_commit_update *u = &cm->u.update;
 	struct mta_logline ll;
 
 	d->commits_pending--;
-	if (cm->result != 0 && cm->new_qid != NULL && !d->stopping) {
+	if (cm->result != 0 && u->dsn_qid != NULL && !d->stopping) {
 		/* try once more without the DSN: the state matters more */
 		mta_log_begin(&ll, MTA_LOG_ERR, "dsn_lost");
 		mta_log_str(&ll, "qid", m->qid);
 		mta_log_str(&ll, "error", mta_errname(cm->result));
 		mta_log_end(&ll);
-		cm->new_qid = NULL;
-		cm->new_env = NULL;
-		cm->new_body = NULL;
+		struct mta_commit_update retry = *u;
+		retry.dsn_qid = NULL;
+		retry.dsn_env = NULL;
+		retry.dsn_body = NULL;
 		d->commits_pending++;
-		mta_writer_submit(d->writer, cm);
+		mta_writer_submit_update(d->writer, cm, &retry, on_update_done);
 		return;
 	}
 	if (cm->result != 0) {
@@ -291,9 +293,9 @@ static void on_update_done(struct mta_commit *cm)
 	}
 	inflight_del(d, m);
 	if (!d->stopping) {
-		if (cm->new_due_us >= 0)
-			schedule_scan(d, cm->new_due_us);
-		if (cm->new_qid != NULL)
+		if (u->new_due_us >= 0)
+			schedule_scan(d, u->new_due_us);
+		if (u->dsn_qid != NULL)
 			schedule_scan(d, 0);
 	}
 	msg_free(m);
@@ -404,22 +406,20 @@ static int build_dsn(struct msg *m, char *dsn_qid)
 static void msg_finish(struct msg *m)
 {
 	struct mta_delivery *d = m->d;
-	struct mta_commit *cm = &m->commit;
+	struct mta_commit_update u = {
+		.qid = m->qid,
+		.env = &m->env,
+		.old_due_us = m->due_key,
+		.new_due_us = mta_queue_next_due(&m->env),
+	};
 	int rc;
 
-	memset(cm, 0, sizeof(*cm));
-	snprintf(cm->qid, sizeof(cm->qid), "%s", m->qid);
-	cm->kind = MTA_COMMIT_UPDATE;
-	cm->env = &m->env;
-	cm->old_due_us = m->due_key;
-	cm->new_due_us = mta_queue_next_due(&m->env);
-	cm->done = on_update_done;
 	rc = build_dsn(m, m->dsn_qid_buf);
 	if (rc > 0) {
 		struct mta_logline ll;
-		cm->new_qid = m->dsn_qid_buf;
-		cm->new_env = &m->dsn_env;
-		cm->new_body = &m->dsn_body;
+		u.dsn_qid = m->dsn_qid_buf;
+		u.dsn_env = &m->dsn_env;
+		u.dsn_body = &m->dsn_body;
 		mta_log_begin(&ll, MTA_LOG_INFO, "dsn");
 		mta_log_str(&ll, "qid", m->qid);
 		mta_log_str(&ll, "dsn_qid", m->dsn_qid_buf);
@@ -433,7 +433,7 @@ static void msg_finish(struct msg *m)
 		mta_log_end(&ll);
 	}
 	d->commits_pending++;
-	mta_writer_submit(d->writer, cm);
+	mta_writer_submit_update(d->writer, &m->commit, &u, on_update_done);
 }
 
 void dlv_msg_job_done(struct msg *m)
@@ -475,6 +475,27 @@ static int on_due(void *ud, const char *qid, int64_t due_us)
 	return 0;
 }
 
+/* A stale due entry was dropped (or the message came back). */
+static void on_undue_done(struct mta_commit *cm)
+{
+	struct msg *m = container_of(cm, struct msg, commit);
+	struct mta_delivery *d = m->d;
+
+	d->commits_pending--;
+	if (cm->result != 0) {
+		struct mta_logline ll;
+		mta_log_begin(&ll, MTA_LOG_ERR, "undue_failed");
+		mta_log_str(&ll, "qid", m->qid);
+		mta_log_str(&ll, "error", mta_errname(cm->result));
+		mta_log_end(&ll);
+	}
+	mta_envelope_free(&m->env);
+	mta_envelope_free(&m->dsn_env);
+	mta_body_free(&m->dsn_body);
+	free(m);
+	dlv_maybe_stopped(d);
+}
+
 /* Loads one due message and queues a job per destination. */
 static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 		      int64_t now)
@@ -493,6 +514,22 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 	mta_envelope_init(&m->dsn_env);
 	mta_body_init(&m->dsn_body, NULL, 0);
 	rc = mta_spool_get(d->spool, qid, &m->env);
+	if (rc == MTA_ENOTFOUND) {
+		/* deleted (mtactl delete/bounce, a finished attempt) between
+		 * the scan and the load: drop the due entry if it is left */
+		struct mta_logline ll;
+		mta_log_begin(&ll, MTA_LOG_DEBUG, "load_skipped");
+		mta_log_str(&ll, "qid", qid);
+		mta_log_str(&ll, "reason", "gone");
+		mta_log_end(&ll);
+		struct mta_commit_admin a = {
+			.op = MTA_SPOOL_UNDUE, .qid = m->qid, .now_us = due};
+		memset(&m->commit, 0, sizeof(m->commit));
+		d->commits_pending++;
+		mta_writer_submit_admin(d->writer, &m->commit, &a,
+					on_undue_done);
+		return;
+	}
 	if (rc != 0) {
 		struct mta_logline ll;
 		mta_log_begin(&ll, MTA_LOG_ERR, "load_failed");
@@ -734,7 +771,6 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 		       struct mta_delivery **out)
 {
 	struct mta_delivery *d = calloc(1, sizeof(*d));
-	const char *lv;
 
 	if (d == NULL)
 		return -ENOMEM;
@@ -755,10 +791,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	d->scan_at = -1;
 	d->cur_due = -1;
 	d->seq = dlv_rnd() & 0xffff;
-	lv = p->cfg->tls_default_level ? p->cfg->tls_default_level : "may";
-	d->level = mta_tls_level_parse(lv);
-	if (d->level < 0)
-		d->level = MTA_TLS_MAY;
+	d->level = p->cfg->tls_default_level;
 	d->policy = p->policy;
 	d->mtasts = p->mtasts;
 	if (p->cfg->delivery_relayhost != NULL &&
@@ -853,4 +886,23 @@ void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		dlv_conn_close(c, dlv_after_close_end);
 	}
 	dlv_maybe_stopped(d);
+}
+
+/* ---- for the control socket ------------------------------------------ */
+
+bool mta_delivery_active(struct mta_delivery *d, const char *qid)
+{
+	return strlen(qid) == MTA_QID_LEN && inflight_find(d, qid) != NULL;
+}
+
+int mta_delivery_foreach_active(struct mta_delivery *d,
+				int (*cb)(void *ud, const char *qid), void *ud)
+{
+	for (size_t h = 0; h < HASH_SIZE; h++)
+		for (struct msg *m = d->inflight[h]; m != NULL; m = m->hnext) {
+			int rc = cb(ud, m->qid);
+			if (rc != 0)
+				return rc;
+		}
+	return 0;
 }

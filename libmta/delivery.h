@@ -100,6 +100,11 @@ struct mta_delivery_params {
 int mta_delivery_start(const struct mta_delivery_params *p,
 		       struct mta_delivery **out);
 void mta_delivery_kick(struct mta_delivery *d);
+/* Messages loaded for delivery now (in flight until their outcome is
+ * committed): the control socket waits for them before changing one. */
+bool mta_delivery_active(struct mta_delivery *d, const char *qid);
+int mta_delivery_foreach_active(struct mta_delivery *d,
+				int (*cb)(void *ud, const char *qid), void *ud);
 void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		       void *arg);
 

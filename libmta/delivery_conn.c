@@ -81,7 +81,7 @@ static void set_error(struct conn *c, int code, const char *status,
 	va_list ap;
 	c->lcode = code;
 	snprintf(c->ltls, sizeof(c->ltls), "%s",
-		 c->tls_on && c->tls.handshake_done ? c->tls_desc : "");
+		 mta_stream_tls_done(&c->st) ? c->tls_desc : "");
 	snprintf(c->lauth, sizeof(c->lauth), "%s", c->auth);
 	snprintf(c->lstatus, sizeof(c->lstatus), "%s", status);
 	va_start(ap, fmt);
@@ -113,24 +113,54 @@ static void host_skip(struct conn *c, const char *reason)
 	conn_next_host(c);
 }
 
-static void on_tcp_closed(uv_handle_t *h)
+static void after_close_next_addr(struct conn *c);
+
+/* policy.c's inputs for the current host, as gathered so far. */
+static void policy_in(const struct conn *c, struct mta_policy_in *in)
 {
-	struct conn *c = h->data;
+	memset(in, 0, sizeof(*in));
+	in->domain = c->dest->name;
+	in->host = c->hosts[c->hi < MAX_HOSTS ? c->hi : 0].name;
+	in->port = c->hosts[c->hi < MAX_HOSTS ? c->hi : 0].port;
+	in->has_table = c->has_table;
+	in->table_level = c->table_level;
+	in->default_level = c->d->level;
+	in->relay_auth = c->dest->relay && c->d->auth_user != NULL;
+	in->dnssec_ok = c->d->dnssec_ok;
+	in->mx = c->mx_secure ? MTA_POLICY_MX_SECURE : MTA_POLICY_MX_INSECURE;
+	in->addr = c->addr;
+	in->tlsa = c->tlsa_state;
+	in->rrs = c->tlsa;
+	in->nrrs = c->ntlsa;
+	in->tlsa_base = c->tlsa_base;
+	in->sts = c->sts_state;
+	in->sts_policy = c->sts;
+	in->sts_id = c->sts_id;
+	in->why = c->why;
+}
+
+/* ops.closed: this attempt's socket is gone (TLS and buffers freed). */
+static void on_stream_closed(struct mta_stream *st)
+{
+	struct conn *c = st->data;
 	void (*after)(struct conn *) = c->after_close;
 
 	c->tcp_open = false;
 	c->after_close = NULL;
+	if (after == NULL) {
+		/* closed by a stream failure before the engine ended the
+		 * host (cannot happen: on_stream_error drives it there);
+		 * the host failed all the same */
+		c->phase = C_HOSTS;
+		if (c->job)
+			dlv_job_reopen(c->job);
+		after = after_close_next_addr;
+	}
 	if (c->smtpc_live) {
 		mta_smtpc_free(&c->smtpc);
 		c->smtpc_live = false;
 	}
-	if (c->tls_on) {
-		mta_tls_free(&c->tls);
-		c->tls_on = false;
-	}
-	c->write_pending = 0;
-	if (after)
-		after(c);
+	after(c);
 }
 
 void dlv_conn_close(struct conn *c, void (*after)(struct conn *c))
@@ -141,24 +171,11 @@ void dlv_conn_close(struct conn *c, void (*after)(struct conn *c))
 		return;
 	}
 	c->after_close = after;
-	if (!uv_is_closing((uv_handle_t *)&c->tcp))
-		uv_close((uv_handle_t *)&c->tcp, on_tcp_closed);
+	mta_stream_close(&c->st, false);
 }
 
 static void tlsrpt_count(struct conn *c, const char *ptype,
 			 const char *result);
-static int smtpc_tls_for(int level);
-
-/* DANE-62 (RFC 7672 §2.2, RFC 7435): a cleartext retry after a failed
- * handshake only where nothing demands TLS: the effective level is may
- * (no usable or unusable TLSA, no MTA-STS enforce, no operator or table
- * level above may, no relayhost credentials). */
-static bool fallback_allowed(const struct conn *c)
-{
-	return c->level == MTA_TLS_MAY && c->dane == 0 &&
-	       c->scfg.tls == MTA_SMTPC_TLS_MAY &&
-	       !(c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE);
-}
 
 /* The TLS handshake of this connection failed (error, reset, timeout). */
 static void handshake_failed(struct conn *c, const char *why)
@@ -174,7 +191,7 @@ static void after_close_next_addr(struct conn *c)
 		return;
 	}
 	if (c->hs_failed && !c->clear_retry && c->job != NULL &&
-	    fallback_allowed(c)) {
+	    c->pol.fallback) { /* DANE-62: decided in policy.c */
 		struct mta_logline ll;
 
 		mta_log_begin(&ll, MTA_LOG_WARN, "tls_fallback");
@@ -184,8 +201,8 @@ static void after_close_next_addr(struct conn *c)
 		mta_log_str(&ll, "tls_fallback", "cleartext");
 		mta_log_str(&ll, "error", c->hs_error);
 		mta_log_end(&ll);
-		tlsrpt_count(c, c->sts_host ? "sts" : "no-policy-found",
-			     "validation-failure");
+		tlsrpt_count(c, mta_policy_ptype_name(c->pol.ptype),
+			     mta_rpt_name(MTA_RPT_VALIDATION_FAILURE));
 		c->hs_failed = false;
 		c->clear_retry = true;
 		c->scfg.tls = MTA_SMTPC_TLS_NONE;
@@ -193,7 +210,7 @@ static void after_close_next_addr(struct conn *c)
 		return;
 	}
 	if (c->clear_retry)
-		c->scfg.tls = smtpc_tls_for(c->level);
+		c->scfg.tls = c->pol.starttls;
 	c->hs_failed = c->clear_retry = false;
 	c->ai++;
 	conn_next_addr(c);
@@ -213,56 +230,8 @@ static void conn_host_failed(struct conn *c)
 	dlv_conn_close(c, after_close_next_addr);
 }
 
-struct wreq {
-	uv_write_t req;
-	struct conn *c;
-	size_t len;
-	uint8_t data[];
-};
-
-static void on_write(uv_write_t *req, int status)
-{
-	struct wreq *w = container_of(req, struct wreq, req);
-	struct conn *c = w->c;
-
-	c->write_pending -= w->len;
-	free(w);
-	if (status < 0 || c->phase != C_SMTP)
-		return;
-	if (c->smtpc_live && c->write_pending < WRITE_HIGH / 2)
-		conn_drive(c);
-}
-
-static void conn_write(struct conn *c, const void *p, size_t n)
-{
-	struct wreq *w;
-	uv_buf_t b;
-
-	if (n == 0 || !c->tcp_open || uv_is_closing((uv_handle_t *)&c->tcp))
-		return;
-	w = malloc(sizeof(*w) + n);
-	if (w == NULL)
-		return;
-	w->c = c;
-	w->len = n;
-	memcpy(w->data, p, n);
-	b = uv_buf_init((char *)w->data, (unsigned)n);
-	c->write_pending += n;
-	if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
-		c->write_pending -= n;
-		free(w);
-	}
-}
-
-static void flush_tls(struct conn *c)
-{
-	struct mta_buf out;
-	mta_tls_take_output(&c->tls, &out);
-	conn_write(c, out.data, out.len);
-	mta_buf_free(&out);
-}
-
-/* Engine output to the socket (through TLS once it is up). */
+/* Engine output to the stream (through TLS once it is up).  A write or
+ * TLS failure closes the stream and reaches on_stream_error(). */
 static void flush_engine(struct conn *c)
 {
 	const uint8_t *p;
@@ -270,32 +239,14 @@ static void flush_engine(struct conn *c)
 
 	if (n == 0)
 		return;
-	if (c->tls_on && c->tls.handshake_done) {
-		if (mta_tls_write(&c->tls, p, n) == 0)
-			flush_tls(c);
-	} else {
-		conn_write(c, p, n);
-	}
+	if (mta_stream_write(&c->st, p, n) != 0)
+		return;
 	mta_smtpc_output_consume(&c->smtpc, n);
 }
 
 static void arm_timer(struct conn *c, uint64_t ms);
-static void on_conn_timer(uv_timer_t *t);
 
 /* ---- connections: SMTP session -------------------------------------- */
-
-static int smtpc_tls_for(int level)
-{
-	switch (level) {
-	case MTA_TLS_NONE:
-		return MTA_SMTPC_TLS_NONE;
-	case MTA_TLS_MAY:
-	case MTA_TLS_DANE: /* no usable TLSA: opportunistic */
-		return MTA_SMTPC_TLS_MAY;
-	default:
-		return MTA_SMTPC_TLS_REQUIRE;
-	}
-}
 
 static void start_job(struct conn *c)
 {
@@ -350,7 +301,7 @@ static void pump_body(struct conn *c)
 	struct job *j = c->job;
 
 	while (j != NULL && mta_smtpc_wants_body(&c->smtpc) &&
-	       c->write_pending < WRITE_HIGH) {
+	       !c->st.closing && c->st.write_pending < WRITE_HIGH) {
 		size_t got = 0;
 		uint64_t size = j->m->env.size;
 		int rc = mta_spool_read_body(c->d->spool, j->m->qid,
@@ -413,31 +364,30 @@ static void tlsrpt_count(struct conn *c, const char *ptype,
 	snprintf(r->key, sizeof(r->key), "%s %s %s %s", day, c->dest->name,
 		 ptype, result);
 	r->d = d;
-	r->commit.kind = MTA_COMMIT_COUNT;
-	r->commit.key = r->key;
-	r->commit.vlen = 1;
-	r->commit.done = on_count_done;
 	d->commits_pending++;
-	mta_writer_submit(d->writer, &r->commit);
+	mta_writer_submit_counter_add(d->writer, &r->commit, r->key, 1,
+				      on_count_done);
 }
 
-/* After the handshake: does this channel meet the host's level?  The
- * order is the precedence of docs/security.md: usable TLSA (DANE) first;
- * then a WebPKI check when MTA-STS enforce or the operator's level (table
- * or tls.default_level) asks for verify; an MTA-STS testing policy only
- * records its failure and can never lower what the operator set; only
- * unusable TLSA: encrypted, unauthenticated. */
+/* After the handshake: runs the verifier policy.c named for this host
+ * (the DANE matcher or the WebPKI check) and applies its verdict. */
 static bool verify_tls(struct conn *c, const char *host)
 {
+	struct mta_policy_check chk;
+	struct mta_policy_verdict v;
+	struct mta_policy_in in;
+	struct mta_dane_result r;
 	char why[512];
 
-	if (c->dane == 1) {
+	memset(&chk, 0, sizeof(chk));
+	why[0] = '\0';
+	switch (c->pol.verifier) {
+	case MTA_POLICY_V_DANE: {
 		const char *nexthop[2] = {c->dest->name, c->nexthop_cname};
 		struct mta_dane_query q = {0};
-		struct mta_dane_result r;
 		size_t n = 0;
 
-		q.chain = mta_tls_peer_chain(&c->tls, &n);
+		q.chain = mta_tls_peer_chain(&c->st.tls, &n);
 		q.nchain = n;
 		q.tlsa = c->tlsa;
 		q.ntlsa = c->ntlsa;
@@ -449,73 +399,45 @@ static bool verify_tls(struct conn *c, const char *host)
 		q.now = time(NULL);
 		memset(&r, 0, sizeof(r));
 		(void)mta_dane_verify(&q, &r);
-		if (r.outcome == MTA_DANE_MATCH) {
-			snprintf(c->auth, sizeof(c->auth), "dane %u %u %u",
-				 r.usage, r.selector, r.mtype);
-			tlsrpt_count(c, "tlsa", "successful-session");
-			return true;
-		}
-		tlsrpt_count(c, "tlsa",
-			     r.fail != MTA_DANE_FAIL_NONE
-				     ? mta_dane_fail_rpt(r.fail)
-				     : "tlsa-invalid");
-		snprintf(c->auth, sizeof(c->auth), "dane-failed");
-		set_error(c, 0, "4.7.5", "%s",
-			  r.reason[0] ? r.reason : "DANE authentication failed");
-		return false;
+		chk.dane_match = r.outcome == MTA_DANE_MATCH;
+		chk.usage = r.usage;
+		chk.selector = r.selector;
+		chk.mtype = r.mtype;
+		chk.dane_rpt = mta_dane_fail_rpt(r.fail);
+		chk.dane_reason = r.reason;
+		break;
 	}
-	if (c->sts_host || c->level == MTA_TLS_VERIFY) {
-		bool sts_enforce =
-			c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE;
-		bool required = sts_enforce || c->level == MTA_TLS_VERIFY;
+	case MTA_POLICY_V_WEBPKI:
+	case MTA_POLICY_V_STS:
+	case MTA_POLICY_V_STS_TESTING: {
 		const char *rpt = "certificate-not-trusted";
 		int rc = MTA_ETLS;
 
 		if (c->d->webpki)
-			rc = mta_tls_verify_webpki(&c->tls, host, &rpt, why,
+			rc = mta_tls_verify_webpki(&c->st.tls, host, &rpt, why,
 						   sizeof(why));
 		else
 			snprintf(why, sizeof(why), "no usable tls.ca_file");
-		if (rc == 0) {
-			if (c->sts_host)
-				tlsrpt_count(c, "sts", "successful-session");
-			if (c->sts_host && (sts_enforce ||
-					    c->level != MTA_TLS_VERIFY))
-				snprintf(c->auth, sizeof(c->auth),
-					 "mta-sts%s id=%s",
-					 sts_enforce ? "" : "-testing",
-					 c->sts_id);
-			else
-				snprintf(c->auth, sizeof(c->auth), "verify");
-			return true;
-		}
-		if (c->sts_host) {
-			tlsrpt_count(c, "sts", rpt);
-			if (!sts_enforce)
-				sts_testing_failure(c, rpt, why);
-		}
-		if (!required)
-			return true;
-		if (sts_enforce) {
-			snprintf(c->auth, sizeof(c->auth),
-				 "mta-sts-failed id=%s", c->sts_id);
-			set_error(c, 0, "4.7.5",
-				  "MTA-STS (id %s): certificate of %s not "
-				  "valid: %s",
-				  c->sts_id, host, why);
-		} else {
-			snprintf(c->auth, sizeof(c->auth), "verify-failed");
-			set_error(c, 0, "4.7.5",
-				  "certificate of %s not valid: %s", host,
-				  why);
-		}
-		return false;
+		chk.webpki_ok = rc == 0;
+		chk.webpki_rpt = rpt;
+		chk.webpki_why = why;
+		break;
 	}
-	if (c->dane == 2) {
-		snprintf(c->auth, sizeof(c->auth), "encrypt (TLSA unusable)");
-		return true;
+	case MTA_POLICY_V_NONE:
+	case MTA_POLICY_V_TLSA_UNUSABLE:
+		break;
 	}
-	return true;
+	policy_in(c, &in);
+	mta_policy_verdict(&in, &c->pol, &chk, &v);
+	if (v.count_rpt != NULL)
+		tlsrpt_count(c, mta_policy_ptype_name(v.count_ptype),
+			     v.count_rpt);
+	if (v.testing_failure)
+		sts_testing_failure(c, v.count_rpt, why);
+	snprintf(c->auth, sizeof(c->auth), "%s", v.auth);
+	if (!v.accept)
+		set_error(c, 0, v.status, "%s", v.reason);
+	return v.accept;
 }
 
 static void on_event(struct conn *c, enum mta_smtpc_ev ev,
@@ -529,16 +451,15 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		break;
 	case MTA_SMTPC_EV_STARTTLS:
 		flush_engine(c);
-		if (mta_tls_client_init(&c->tls, c->d->tls,
-					c->dane ? c->tlsa_base : host) != 0) {
+		if (c->st.closing)
+			break; /* the write failed: on_stream_error ran */
+		/* a handshake failing at once reaches on_stream_error() */
+		if (mta_stream_starttls_client(&c->st, c->d->tls,
+					       c->pol.dane ? c->tlsa_base
+						       : host) != 0 &&
+		    !c->st.closing)
 			mta_smtpc_abort(&c->smtpc, "4.7.5",
 					"TLS initialisation failed");
-			break;
-		}
-		c->tls_on = true;
-		if (mta_tls_handshake(&c->tls) == MTA_ETLS)
-			mta_smtpc_abort(&c->smtpc, "4.7.5", c->tls.error);
-		flush_tls(c);
 		break;
 	case MTA_SMTPC_EV_READY:
 		c->any_session = true;
@@ -576,7 +497,7 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 			    (j->m->env.rcpts[r].notify & MTA_NOTIFY_SUCCESS))
 				j->m->relayed[r] = true;
 			dlv_record(j->m, r, e->code, e->status, e->text, c->relay,
-			       c->tls_on ? c->tls_desc : NULL, c->auth,
+			       c->st.tls_on ? c->tls_desc : NULL, c->auth,
 			       c->skipped);
 			j->rstate[pos] = R_FINAL;
 		}
@@ -590,9 +511,9 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		break;
 	case MTA_SMTPC_EV_FAIL:
 		if (e->status != NULL && strcmp(e->status, "4.7.4") == 0 &&
-		    (c->dane != 0 || c->sts_host))
-			tlsrpt_count(c, c->dane ? "tlsa" : "sts",
-				     "starttls-not-supported");
+		    c->pol.ptype != MTA_POLICY_PT_NO_POLICY)
+			tlsrpt_count(c, mta_policy_ptype_name(c->pol.ptype),
+				     mta_rpt_name(MTA_RPT_STARTTLS_NOT_SUPPORTED));
 		set_error(c, e->code, e->status ? e->status : "4.4.2", "%s",
 			  e->text ? e->text : "connection failed");
 		if (j != NULL)
@@ -611,7 +532,7 @@ static void conn_drive(struct conn *c)
 	enum mta_smtpc_ev ev;
 	size_t n;
 
-	if (c->in_drive || !c->smtpc_live)
+	if (c->in_drive || !c->smtpc_live || c->phase != C_SMTP)
 		return;
 	c->in_drive = true;
 	for (;;) {
@@ -625,15 +546,15 @@ static void conn_drive(struct conn *c)
 			c->job = NULL;
 			c->txn_done = false;
 			dlv_job_finish(j, 0, "4.0.0", "", c->relay,
-				   c->tls_on ? c->tls_desc : NULL, c->auth);
+				   c->st.tls_on ? c->tls_desc : NULL, c->auth);
 		}
 		on_event(c, ev, &e);
 		if (ev == MTA_SMTPC_EV_CLOSED || ev == MTA_SMTPC_EV_FAIL)
 			break;
 	}
 	flush_engine(c);
-	if (mta_smtpc_in_tls(&c->smtpc) == false && c->tls_on &&
-	    !c->tls.handshake_done) {
+	if (mta_smtpc_in_tls(&c->smtpc) == false && c->st.tls_on &&
+	    !c->st.tls.handshake_done) {
 		/* handshake in progress: nothing more to drive */
 	} else if (ev == MTA_SMTPC_EV_NEED_BODY ||
 		   mta_smtpc_wants_body(&c->smtpc)) {
@@ -642,10 +563,14 @@ static void conn_drive(struct conn *c)
 	c->in_drive = false;
 	if (ev == MTA_SMTPC_EV_FAIL || ev == MTA_SMTPC_EV_CLOSED ||
 	    mta_smtpc_closed(&c->smtpc)) {
-		/* drain the last engine events (CLOSED after FAIL) */
-		while (mta_smtpc_feed(&c->smtpc, NULL, 0, &n, &e) !=
-		       MTA_SMTPC_EV_NONE)
-			;
+		/* the last engine events: CLOSED after FAIL, or all of
+		 * them when an abort (a stream failure in the flush
+		 * above) closed the engine after the loop */
+		while ((ev = mta_smtpc_feed(&c->smtpc, NULL, 0, &n, &e)) !=
+		       MTA_SMTPC_EV_NONE) {
+			on_event(c, ev, &e);
+			memset(&e, 0, sizeof(e));
+		}
 		flush_engine(c);
 		if (c->job != NULL && c->txn_done) {
 			/* tentative results of a finished transaction on a
@@ -687,7 +612,7 @@ static void conn_input(struct conn *c, const uint8_t *p, size_t len)
 			c->job = NULL;
 			c->txn_done = false;
 			dlv_job_finish(j, 0, "4.0.0", "", c->relay,
-				   c->tls_on ? c->tls_desc : NULL, c->auth);
+				   c->st.tls_on ? c->tls_desc : NULL, c->auth);
 		}
 		on_event(c, ev, &e);
 		if (ev == MTA_SMTPC_EV_STARTTLS)
@@ -696,57 +621,6 @@ static void conn_input(struct conn *c, const uint8_t *p, size_t len)
 			break;
 	}
 	conn_drive(c);
-}
-
-static void tls_input(struct conn *c, const uint8_t *p, size_t len)
-{
-	uint8_t plain[16384];
-	int rc;
-
-	if (mta_tls_feed(&c->tls, p, len) != 0) {
-		mta_smtpc_abort(&c->smtpc, "4.3.0", "out of memory");
-		conn_drive(c);
-		return;
-	}
-	if (!c->tls.handshake_done) {
-		rc = mta_tls_handshake(&c->tls);
-		flush_tls(c);
-		if (rc == MTA_EAGAIN)
-			return;
-		if (rc != 0) {
-			char why[300];
-			handshake_failed(c, c->tls.error);
-			snprintf(why, sizeof(why), "TLS handshake with %s failed: %s",
-				 c->hosts[c->hi].name, c->tls.error);
-			set_error(c, 0, "4.7.5", "%s", why);
-			mta_smtpc_abort(&c->smtpc, "4.7.5", why);
-			conn_drive(c);
-			return;
-		}
-		mta_tls_describe(&c->tls, c->tls_desc, sizeof(c->tls_desc));
-		if (!verify_tls(c, c->hosts[c->hi].name)) {
-			mta_smtpc_abort(&c->smtpc, c->lstatus, c->ltext);
-			conn_drive(c);
-			return;
-		}
-		mta_smtpc_tls_started(&c->smtpc);
-		conn_drive(c);
-	}
-	for (;;) {
-		size_t got = 0;
-		rc = mta_tls_read(&c->tls, plain, sizeof(plain), &got);
-		if (rc == MTA_EAGAIN)
-			break;
-		if (rc != 0) {
-			mta_smtpc_eof(&c->smtpc);
-			conn_drive(c);
-			return;
-		}
-		conn_input(c, plain, got);
-		if (!c->smtpc_live || c->phase != C_SMTP)
-			return;
-	}
-	flush_tls(c);
 }
 
 /* The peer closed, reset or went quiet in the middle of the handshake. */
@@ -762,50 +636,107 @@ static void handshake_in_flight_failed(struct conn *c, const char *what)
 	conn_drive(c);
 }
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+/* ops.tls_ready: the handshake completed; apply the host's policy. */
+static void on_stream_tls(struct mta_stream *st)
 {
-	static char rbuf[65536];
-	(void)h;
-	(void)hint;
-	*buf = uv_buf_init(rbuf, sizeof(rbuf));
-}
+	struct conn *c = st->data;
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-	struct conn *c = s->data;
-
-	if (nread == 0 || c->phase != C_SMTP)
+	if (c->phase != C_SMTP || !c->smtpc_live)
 		return;
-	if (nread < 0) {
-		uv_read_stop(s);
-		if (c->tls_on && !c->tls.handshake_done) {
-			handshake_in_flight_failed(
-				c, nread == UV_EOF ? "connection closed by peer"
-						   : uv_strerror((int)nread));
-			return;
-		}
-		mta_smtpc_eof(&c->smtpc);
+	mta_tls_describe(&st->tls, c->tls_desc, sizeof(c->tls_desc));
+	if (!verify_tls(c, c->hosts[c->hi].name)) {
+		mta_smtpc_abort(&c->smtpc, c->lstatus, c->ltext);
 		conn_drive(c);
 		return;
 	}
-	if (c->tls_on)
-		tls_input(c, (const uint8_t *)buf->base, (size_t)nread);
-	else
-		conn_input(c, (const uint8_t *)buf->base, (size_t)nread);
+	mta_smtpc_tls_started(&c->smtpc);
+	conn_drive(c);
 }
 
-static void on_conn_timer(uv_timer_t *t)
+/* ops.data: plaintext from the peer. */
+static void on_stream_data(struct mta_stream *st)
 {
-	struct conn *c = t->data;
+	struct conn *c = st->data;
+	const uint8_t *p;
+	size_t n = mta_stream_pending(st, &p);
+
+	if (n > 0 && c->phase == C_SMTP && c->smtpc_live)
+		conn_input(c, p, n); /* may drop the rest (STARTTLS) */
+	mta_stream_consume(st, n);
+}
+
+/* ops.eof: the peer closed or reset the connection. */
+static void on_stream_eof(struct mta_stream *st, int status)
+{
+	struct conn *c = st->data;
+
+	if (c->phase != C_SMTP || !c->smtpc_live)
+		return;
+	if (st->tls_on && !st->tls.handshake_done) {
+		handshake_in_flight_failed(c, status == UV_EOF
+						      ? "connection closed by peer"
+						      : uv_strerror(status));
+		return;
+	}
+	mta_smtpc_eof(&c->smtpc);
+	conn_drive(c);
+}
+
+/* ops.drained */
+static void on_stream_drained(struct mta_stream *st)
+{
+	struct conn *c = st->data;
+
+	if (c->phase == C_SMTP && c->smtpc_live)
+		conn_drive(c);
+}
+
+/*
+ * ops.error: a write or TLS failure closed the connection (stream.h, ERROR
+ * POLICY).  A failed handshake is a handshake failure (DANE-62 cleartext
+ * retry where allowed); anything else ends the host at once, logged, and
+ * the engine's FAIL defers what was not delivered.
+ */
+static void on_stream_error(struct mta_stream *st, const char *reason,
+			    const char *detail)
+{
+	struct conn *c = st->data;
+	struct mta_logline ll;
+	char why[300];
+
+	if (c->phase != C_SMTP || !c->smtpc_live)
+		return;
+	if (st->tls_on && !st->tls.handshake_done) {
+		handshake_in_flight_failed(c, detail);
+		return;
+	}
+	mta_log_begin(&ll, MTA_LOG_WARN, "conn_error");
+	if (c->job != NULL)
+		mta_log_str(&ll, "qid", c->job->m->qid);
+	mta_log_str(&ll, "domain", c->dest->name);
+	mta_log_str(&ll, "relay", c->relay);
+	mta_log_str(&ll, "reason", reason);
+	mta_log_str(&ll, "error", detail);
+	mta_log_end(&ll);
+	snprintf(why, sizeof(why), "connection failed: %s (%.200s)", reason,
+		 detail);
+	set_error(c, 0, "4.4.2", "%s", why);
+	mta_smtpc_abort(&c->smtpc, "4.4.2", why);
+	conn_drive(c); /* from inside a drive, the outer one goes on */
+}
+
+/* ops.timeout */
+static void on_conn_timer(struct mta_stream *st)
+{
+	struct conn *c = st->data;
 
 	if (c->phase == C_CONNECTING) {
 		set_error(c, 0, "4.4.1", "connect to %s: timed out", c->relay);
-		uv_cancel((uv_req_t *)&c->creq); /* no-op for connects */
-		conn_host_failed(c);
+		conn_host_failed(c); /* closing cancels the connect */
 		return;
 	}
 	if (c->phase == C_SMTP && c->smtpc_live) {
-		if (c->tls_on && !c->tls.handshake_done) {
+		if (st->tls_on && !st->tls.handshake_done) {
 			handshake_in_flight_failed(c, "timed out");
 			return;
 		}
@@ -818,12 +749,26 @@ static void arm_timer(struct conn *c, uint64_t ms)
 {
 	if (ms == 0)
 		ms = 300000;
-	uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+	mta_stream_timer(&c->st, ms);
 }
 
-static void on_connect(uv_connect_t *req, int status)
+static void on_connect(struct mta_stream *st, int status);
+
+static const struct mta_stream_ops conn_ops = {
+	.connected = on_connect,
+	.data = on_stream_data,
+	.tls_ready = on_stream_tls,
+	.eof = on_stream_eof,
+	.drained = on_stream_drained,
+	.timeout = on_conn_timer,
+	.error = on_stream_error,
+	.closed = on_stream_closed,
+};
+
+/* ops.connected */
+static void on_connect(struct mta_stream *st, int status)
 {
-	struct conn *c = req->data;
+	struct conn *c = st->data;
 	struct mta_logline ll;
 
 	if (c->phase != C_CONNECTING)
@@ -848,7 +793,12 @@ static void on_connect(uv_connect_t *req, int status)
 		return;
 	}
 	c->smtpc_live = true;
-	uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+	if (mta_stream_read_start(&c->st) != 0) {
+		set_error(c, 0, "4.4.1", "connect to %s: cannot read",
+			  c->relay);
+		conn_host_failed(c);
+		return;
+	}
 	arm_timer(c, mta_smtpc_timeout_ms(&c->smtpc));
 }
 
@@ -881,13 +831,15 @@ static void conn_next_addr(struct conn *c)
 	snprintf(c->relay, sizeof(c->relay), "%s[%s]:%u",
 		 c->hosts[c->hi].name, ip, port);
 	c->tls_desc[0] = '\0';
-	uv_tcp_init(d->loop, &c->tcp);
-	c->tcp.data = c;
+	if (mta_stream_init(&c->st, d->loop, &conn_ops, &d->scratch, c) != 0) {
+		set_error(c, 0, "4.4.1", "connect to %s failed", c->relay);
+		conn_host_failed(c);
+		return;
+	}
+	c->st.write_low = WRITE_HIGH / 2;
 	c->tcp_open = true;
 	c->phase = C_CONNECTING;
-	c->creq.data = c;
-	if (uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)sa,
-			   on_connect) != 0) {
+	if (mta_stream_connect(&c->st, (struct sockaddr *)sa) != 0) {
 		set_error(c, 0, "4.4.1", "connect to %s failed", c->relay);
 		conn_host_failed(c);
 		return;
@@ -895,70 +847,27 @@ static void conn_next_addr(struct conn *c)
 	arm_timer(c, (uint64_t)d->cfg->connect_timeout * 1000u);
 }
 
-/* The level this host gets once its TLSA records (if any) are known
+/* Everything about this host is known: policy.c decides, this applies
  * (precedence: docs/security.md "Which check applies where"). */
 static void host_ready(struct conn *c)
 {
-	int tl = c->table_level;
-	int want = tl >= 0 ? tl : c->d->level; /* the operator's level */
-	bool dane_ok = tl < 0 || tl == MTA_TLS_DANE || tl == MTA_TLS_DANE_ONLY;
-	const char *host = c->hosts[c->hi].name;
+	struct mta_policy_in in;
 
 	c->hs_failed = c->clear_retry = false;
-	if (c->dane == 2 && dane_ok && want == MTA_TLS_DANE_ONLY) {
-		/* DANE mandatory, but no record can authenticate */
-		set_error(c, 0, "4.7.5",
-			  "DANE required for %s but its DNSSEC-signed TLSA "
-			  "records are all unusable",
-			  host);
-		host_skip(c, "tlsa-unusable");
+	policy_in(c, &in);
+	mta_policy_decide(&in, &c->pol);
+	if (c->pol.count)
+		tlsrpt_count(c, mta_policy_ptype_name(c->pol.ptype),
+			     mta_rpt_name(c->pol.rpt));
+	if (c->pol.action != MTA_POLICY_CONNECT) {
+		set_error(c, 0, c->pol.status, "%s", c->pol.reason);
+		host_skip(c, c->pol.skip);
 		return;
 	}
-	if (c->dane != 0 && dane_ok) {
-		/* RFC 7672 §2.2: usable TLSA make authentication mandatory;
-		 * only unusable ones still make TLS mandatory, and never
-		 * lower an operator's verify */
-		if (c->dane == 1)
-			c->level = MTA_TLS_DANE_ONLY;
-		else
-			c->level = want == MTA_TLS_VERIFY ? MTA_TLS_VERIFY
-							  : MTA_TLS_ENCRYPT;
-	} else {
-		c->dane = 0;
-		c->level = want;
-		if (c->level == MTA_TLS_DANE_ONLY) {
-			set_error(c, 0, "4.7.5",
-				  "DANE required for %s but it has no usable "
-				  "DNSSEC-signed TLSA records",
-				  host);
-			host_skip(c, "dane-required");
-			return;
-		}
-	}
-	/* MTA-STS where DANE does not apply (DANE wins: DESIGN.md, also
-	 * over the policy's mx patterns) */
-	c->sts_host = c->dane == 0 && c->sts != NULL && c->table_level < 0;
-	if (c->sts_host && !mta_sts_mx_match(c->sts, host)) {
-		if (c->sts->mode == MTA_STS_MODE_ENFORCE) {
-			/* RFC 8461 §5.1: a per-host temporary failure; no
-			 * connection is made */
-			tlsrpt_count(c, "sts", "validation-failure");
-			set_error(c, 0, "4.7.5",
-				  "mta-sts mx mismatch: %s is not allowed by "
-				  "the MTA-STS policy of %s (id %s)",
-				  host, c->dest->name, c->sts_id);
-			host_skip(c, "mta-sts-mx-mismatch");
-			return;
-		}
-		tlsrpt_count(c, "sts", "validation-failure");
-		sts_testing_failure(c, "validation-failure",
+	if (c->pol.sts_testing_mismatch)
+		sts_testing_failure(c, mta_rpt_name(c->pol.rpt),
 				    "MX host not in the policy");
-	}
-	if (c->sts_host && c->sts->mode == MTA_STS_MODE_ENFORCE)
-		c->level = MTA_TLS_VERIFY;
-	c->scfg.tls = smtpc_tls_for(c->level);
-	if (c->dest->relay && c->d->auth_user != NULL)
-		c->scfg.tls = MTA_SMTPC_TLS_REQUIRE;
+	c->scfg.tls = c->pol.starttls;
 	snprintf(c->auth, sizeof(c->auth), "none");
 	conn_next_addr(c);
 }
@@ -974,15 +883,10 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 	if (res->status == MTA_DNS_OK && res->dnssec == MTA_DNSSEC_SECURE) {
 		size_t n = res->count;
 
+		c->tlsa_state = MTA_POLICY_TLSA_SECURE;
+		c->ntlsa = n;
 		if (n > MTA_DANE_TLSA_MAX) {
-			/* fail closed: a prefix in wire order (which DNSSEC
-			 * does not protect) might hold only unusable records */
-			set_error(c, 0, "4.7.5",
-				  "TLSA RRset at _%u._tcp.%s has %zu records, "
-				  "more than %d: host not used",
-				  c->hosts[c->hi].port, c->tlsa_base, n,
-				  MTA_DANE_TLSA_MAX);
-			host_skip(c, "tlsa-too-many");
+			host_ready(c); /* refused there: too many */
 			return;
 		}
 		for (size_t i = 0; i < n; i++)
@@ -1001,24 +905,19 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 			c->tlsa[i].data = c->tlsa_data + off;
 			off += res->tlsa[i].len;
 		}
-		c->ntlsa = n;
-		c->dane = mta_dane_count_usable(c->tlsa, n) > 0 ? 1 : 2;
 		host_ready(c);
 		return;
 	}
 	if (res->status == MTA_DNS_TEMPFAIL || res->status == MTA_DNS_BOGUS ||
 	    (res->status == MTA_DNS_OK &&
 	     res->dnssec != MTA_DNSSEC_INSECURE)) {
-		/* RFC 7672 §2.1.1: no connection to this host */
-		set_error(c, 0, "4.4.3",
-			  "TLSA lookup for _%u._tcp.%s failed (%s): host "
-			  "not used",
-			  c->hosts[c->hi].port, c->tlsa_base,
-			  res->why ? res->why : mta_dnssec_name(res->dnssec));
-		host_skip(c, res->status == MTA_DNS_BOGUS ||
-				     res->dnssec == MTA_DNSSEC_BOGUS
-			     ? "tlsa-bogus"
-			     : "tlsa-failed");
+		/* RFC 7672 §2.1.1: no connection to this host (policy.c) */
+		c->tlsa_state = res->status == MTA_DNS_BOGUS ||
+					res->dnssec == MTA_DNSSEC_BOGUS
+				? MTA_POLICY_TLSA_BOGUS
+				: MTA_POLICY_TLSA_FAILED;
+		c->why = res->why ? res->why : mta_dnssec_name(res->dnssec);
+		host_ready(c);
 		return;
 	}
 	/* no TLSA here (or an insecure answer): the other candidate, else
@@ -1029,7 +928,7 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 		tlsa_lookup(c);
 		return;
 	}
-	c->dane = 0;
+	c->tlsa_state = MTA_POLICY_TLSA_NONE;
 	host_ready(c);
 }
 
@@ -1042,44 +941,45 @@ static void tlsa_lookup(struct conn *c)
 		 c->tlsa_base);
 	rc = mta_dns_tlsa(c->d->dns, owner, on_tlsa, c, &c->q);
 	if (rc != 0) {
-		set_error(c, 0, "4.4.3", "TLSA lookup for %s failed: %s",
-			  owner, mta_strerror(rc));
-		host_skip(c, "tlsa-failed");
+		c->tlsa_state = MTA_POLICY_TLSA_FAILED;
+		c->why = mta_strerror(rc);
+		host_ready(c);
 	}
 }
 
-/* Addresses known: decide whether DANE applies to this host (DESIGN.md
- * "Outbound policy" step 2, RFC 7672 §2.2.1-2.2.2). */
+/* Addresses known: their DNSSEC status, and the TLSA lookup when
+ * policy.c wants one (DESIGN.md "Outbound policy" step 2, RFC 7672
+ * §2.2.1-2.2.2); the TLSA base names are chosen here. */
 static void host_policy_start(struct conn *c, const struct mta_dns_result *res)
 {
-	int tl = c->table_level;
 	const char *host = c->hosts[c->hi].name;
-	bool want = tl < 0 || tl == MTA_TLS_DANE || tl == MTA_TLS_DANE_ONLY;
+	struct mta_policy_in in;
 
-	c->dane = 0;
+	c->tlsa_state = MTA_POLICY_TLSA_NONE;
 	c->ntlsa = 0;
 	c->tlsa_base[0] = c->tlsa_alt[0] = '\0';
-	if (!want || !c->mx_secure) {
+	if (res->dnssec == MTA_DNSSEC_SECURE)
+		c->addr = MTA_POLICY_ADDR_SECURE;
+	else if (res->cname && res->canonical != NULL &&
+		 res->initial_dnssec == MTA_DNSSEC_SECURE)
+		c->addr = MTA_POLICY_ADDR_CNAME_INSECURE;
+	else
+		c->addr = MTA_POLICY_ADDR_INSECURE;
+	policy_in(c, &in);
+	if (!mta_policy_want_tlsa(&in)) {
 		host_ready(c);
 		return;
 	}
-	if (res->cname && res->canonical != NULL) {
-		if (res->dnssec == MTA_DNSSEC_SECURE) {
-			/* expanded name first, then the original */
-			snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
-				 res->canonical);
-			snprintf(c->tlsa_alt, sizeof(c->tlsa_alt), "%s", host);
-		} else if (res->initial_dnssec == MTA_DNSSEC_SECURE) {
-			/* secure CNAME, insecure target: the original name */
-			snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
-				 host);
-		}
-	} else if (res->dnssec == MTA_DNSSEC_SECURE) {
+	if (res->cname && res->canonical != NULL &&
+	    c->addr == MTA_POLICY_ADDR_SECURE) {
+		/* expanded name first, then the original */
+		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
+			 res->canonical);
+		snprintf(c->tlsa_alt, sizeof(c->tlsa_alt), "%s", host);
+	} else {
+		/* no CNAME, or a secure CNAME to an insecure target: the
+		 * original name */
 		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s", host);
-	}
-	if (c->tlsa_base[0] == '\0') {
-		host_ready(c); /* insecure address records: no DANE */
-		return;
 	}
 	tlsa_lookup(c);
 }
@@ -1099,14 +999,18 @@ static void on_addr(const struct mta_dns_result *res, void *ud)
 	if (c->naddrs == 0) {
 		const char *reason = "no-address";
 
-		if (res->status == MTA_DNS_TEMPFAIL ||
-		    res->status == MTA_DNS_BOGUS) {
+		if (res->status == MTA_DNS_BOGUS) {
+			/* never a connection on bogus (policy.c) */
+			c->addr = MTA_POLICY_ADDR_BOGUS;
+			c->why = res->why ? res->why : "error";
+			host_ready(c);
+			return;
+		}
+		if (res->status == MTA_DNS_TEMPFAIL) {
 			set_error(c, 0, "4.4.3",
 				  "address lookup for %s failed: %s", host,
 				  res->why ? res->why : "error");
-			reason = res->status == MTA_DNS_BOGUS
-					 ? "address-bogus"
-					 : "address-failed";
+			reason = "address-failed";
 		} else {
 			set_error(c, 0, "4.4.4",
 				  "no address records for %s", host);
@@ -1169,6 +1073,7 @@ static void conn_next_host(struct conn *c)
 		return;
 	}
 	c->phase = C_HOSTS;
+	c->why = NULL;
 	snprintf(c->auth, sizeof(c->auth), "none");
 	/* An address literal only where one can be meant: the relayhost,
 	 * or a bracketed recipient domain.  An MX exchange that looks like
@@ -1178,7 +1083,9 @@ static void conn_next_host(struct conn *c)
 	    parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
 		c->naddrs = 1;
 		c->ai = 0;
-		c->dane = 0;
+		c->addr = MTA_POLICY_ADDR_LITERAL;
+		c->tlsa_state = MTA_POLICY_TLSA_NONE;
+		c->ntlsa = 0;
 		host_ready(c); /* no DNS name: no DANE */
 		return;
 	}
@@ -1195,6 +1102,7 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 	struct conn *c = ud;
 	struct dest *ds = c->dest;
 	unsigned port = c->d->cfg->delivery_port;
+	struct mta_policy_in in;
 	struct job *j;
 
 	c->q = NULL;
@@ -1204,15 +1112,17 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 		/* DANE-86: the expanded next-hop name is a reference name */
 		snprintf(c->nexthop_cname, sizeof(c->nexthop_cname), "%s",
 			 res->canonical);
-	if (!c->d->dnssec_ok && !c->mx_secure &&
-	    (res->status == MTA_DNS_OK || res->status == MTA_DNS_NODATA ||
-	     res->status == MTA_DNS_NXDOMAIN)) {
-		/* fail closed: without working validation an "insecure"
-		 * answer may be a stripped secure one */
-		set_error(c, 0, "4.4.3",
-			  "DNSSEC validation is not working (self-test "
-			  "failed): %s not resolved securely",
-			  ds->name);
+	/* the destination stage of policy.c: MX status, DNSSEC self-test,
+	 * an MTA-STS policy that could not be held */
+	policy_in(c, &in);
+	in.mx = res->status == MTA_DNS_BOGUS	  ? MTA_POLICY_MX_BOGUS
+		: res->status == MTA_DNS_TEMPFAIL ? MTA_POLICY_MX_FAILED
+		: c->mx_secure			  ? MTA_POLICY_MX_SECURE
+						  : MTA_POLICY_MX_INSECURE;
+	in.why = res->why ? res->why : "error";
+	mta_policy_check_dest(&in, &c->pol);
+	if (c->pol.action != MTA_POLICY_CONNECT) {
+		set_error(c, 0, c->pol.status, "%s", c->pol.reason);
 		goto fail_all;
 	}
 	switch (res->status) {
@@ -1240,6 +1150,8 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 	case MTA_DNS_NXDOMAIN:
 		set_error(c, 0, "5.1.2", "domain %s not found", ds->name);
 		goto fail_all;
+	case MTA_DNS_TEMPFAIL: /* deferred by policy.c above */
+	case MTA_DNS_BOGUS:
 	default:
 		set_error(c, 0, "4.4.3", "MX lookup for %s failed: %s",
 			  ds->name, res->why ? res->why : "error");
@@ -1285,24 +1197,14 @@ static void on_sts(const struct mta_mtasts_result *r, void *ud)
 	if (r->have && r->policy->mode != MTA_STS_MODE_NONE) {
 		c->sts = malloc(sizeof(*c->sts));
 		if (c->sts == NULL) {
-			/* fail closed: never deliver as if there were no
-			 * policy (it may be enforce) */
-			struct job *j = c->job;
-
-			set_error(c, 0, "4.3.0",
-				  "out of memory holding the MTA-STS policy "
-				  "of %s",
-				  c->dest->name);
-			c->job = NULL;
-			if (j != NULL)
-				dlv_job_finish(j, 0, c->lstatus, c->ltext, NULL,
-					       NULL, NULL);
-			dlv_dest_fail_all(c->dest, 0, c->lstatus, c->ltext,
-					  NULL);
-			conn_end(c);
+			/* fail closed: policy.c defers the destination
+			 * (never as if there were no policy) */
+			c->sts_state = MTA_POLICY_STS_LOST;
+			conn_resolve_mx(c);
 			return;
 		}
 		*c->sts = *r->policy;
+		c->sts_state = MTA_POLICY_STS_HAVE;
 		snprintf(c->sts_id, sizeof(c->sts_id), "%s",
 			 r->id ? r->id : "");
 	}
@@ -1343,12 +1245,13 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 	d->nconn++;
 	ds->nconn++;
 	c->scfg.helo_name = d->cfg->server_hostname;
-	c->table_level = -1;
 	if (d->policy != NULL) {
 		int lv = mta_tlspolicy_lookup(
 			d->policy, ds->relay ? d->relay_host : ds->name, NULL);
-		if (lv >= 0)
-			c->table_level = lv;
+		if (lv >= 0) {
+			c->has_table = true;
+			c->table_level = (enum mta_tls_level)lv;
+		}
 	}
 	if (ds->relay) {
 		c->scfg.auth_user = d->auth_user;
@@ -1366,7 +1269,7 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 		return;
 	}
 	c->phase = C_RESOLVE;
-	if (d->mtasts != NULL && c->table_level < 0 &&
+	if (d->mtasts != NULL && !c->has_table &&
 	    mta_mtasts_lookup(d->mtasts, ds->name, on_sts, c, &c->sq) == 0)
 		return;
 	conn_resolve_mx(c);

@@ -14,8 +14,10 @@
 #include "mtasts.h"
 #include "err.h"
 #include "log.h"
+#include "policy.h"
 #include "queue.h"
 #include "smtp_client.h"
+#include "stream.h"
 #include "tlspolicy.h"
 
 #include <arpa/inet.h>
@@ -108,43 +110,41 @@ struct conn {
 	size_t nhosts, hi;
 	struct sockaddr_storage addrs[MAX_ADDRS];
 	size_t naddrs, ai;
-	uv_tcp_t tcp;
-	bool tcp_open;
-	uv_timer_t timer;
-	uv_connect_t creq;
-	uv_shutdown_t sreq;
+	struct mta_stream st; /* this attempt's socket, timer and TLS */
+	bool tcp_open;	      /* st initialised, not yet closed */
+	uv_timer_t timer;     /* the connection's life: closed last */
 	void (*after_close)(struct conn *c);
 	struct mta_smtpc smtpc;
 	struct mta_smtpc_config scfg;
 	bool smtpc_live;
-	struct mta_tls tls;
-	bool tls_on;
 	char tls_desc[128];
 	char relay[MTA_DNS_NAME_MAX + 80]; /* host[ip]:port of this attempt */
 	struct job *job;
 	bool txn_started, txn_done;
 	struct mta_smtpc_txn txn;
 	uint64_t body_off;
-	size_t write_pending;
 	bool in_drive;
 	/* policy: per destination, then per host (DESIGN.md "Outbound
 	 * policy") */
 	bool mx_secure;	 /* the MX RRset (or its absence) validated */
 	char nexthop_cname[MTA_DNS_NAME_MAX]; /* CNAME-expanded domain */
-	int table_level; /* tls.policy_file entry, or -1 */
-	int level;	 /* effective level for the current host */
-	int dane;	 /* 0 none, 1 usable TLSA, 2 only unusable TLSA */
+	bool has_table;	 /* a tls.policy_file entry applies */
+	enum mta_tls_level table_level;
+	enum mta_policy_addr addr; /* the current host's address status */
+	enum mta_policy_tlsa tlsa_state;
+	const char *why;	   /* detail of the last failed lookup */
+	struct mta_policy pol;	   /* policy.c's decision for the host */
 	char tlsa_base[MTA_DNS_NAME_MAX];
 	char tlsa_alt[MTA_DNS_NAME_MAX]; /* second candidate base, or "" */
 	struct mta_dns_tlsa tlsa[MTA_DANE_TLSA_MAX];
 	uint8_t *tlsa_data; /* owns every tlsa[i].data */
-	size_t ntlsa;
+	size_t ntlsa;	    /* records of the set (may exceed the array) */
 	char auth[200]; /* log: "dane 3 1 1", "verify", "none" */
 	/* MTA-STS policy of the destination (mode testing or enforce) */
 	struct mta_mtasts_query *sq;
 	struct mta_sts_policy *sts;
+	enum mta_policy_sts sts_state;
 	char sts_id[MTA_STS_ID_MAX + 1];
-	bool sts_host; /* the policy applies to the current host */
 	/* last host failure, for the final deferral */
 	int lcode;
 	char lstatus[16];
@@ -190,7 +190,7 @@ struct mta_delivery {
 	bool stopping;
 	void (*done)(void *arg);
 	void *done_arg;
-	int level; /* tls.default_level (enum mta_tls_level) */
+	enum mta_tls_level level; /* tls.default_level */
 	const struct mta_tlspolicy *policy;
 	struct mta_mtasts *mtasts;
 	uv_timer_t selftest_timer;
@@ -199,6 +199,7 @@ struct mta_delivery {
 	bool selftest_done;   /* at least one result */
 	char relay_host[MTA_DNS_NAME_MAX];
 	unsigned relay_port;
+	struct mta_stream_scratch scratch; /* receive buffer of every conn */
 };
 
 int64_t dlv_now_us(void);

@@ -671,6 +671,9 @@ static void mx_order(struct mta_dns *dns, struct mta_dns_mx *mx, size_t n)
 
 /* Adds the wanted records of one reply's answer section; returns the
  * number added or a negative error. */
+/* Over 100 lines on purpose: one case per query type (MX, addresses,
+ * TLSA, TXT), each copying its record fields with its own bounds checks
+ * against the untrusted getdns dict; the cases share the loop's checks. */
 static int take_answers(struct build *b, getdns_list *ans, size_t cap,
 			size_t *nmx_root)
 {
@@ -815,6 +818,10 @@ static const char *rcode_why(uint32_t rcode)
 }
 
 /* The status of one getdns response, from all of its replies. */
+/* Over 100 lines on purpose: one pass over every reply of the response
+ * that derives status, DNSSEC state and records together, because each
+ * depends on the others (a bogus reply voids the records of a secure
+ * one); the per-record work is in take_answers(). */
 static void build_from(struct mta_dns *dns, struct mta_dns_query *q,
 		       struct build *b, getdns_callback_type_t type,
 		       getdns_dict *resp)

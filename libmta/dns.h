@@ -146,6 +146,8 @@
 #ifndef MTA_DNS_H
 #define MTA_DNS_H
 
+#include "records.h" /* struct mta_dns_tlsa */
+
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -195,14 +197,6 @@ enum mta_dnssec {
 struct mta_dns_mx {
 	uint16_t pref;
 	char host[MTA_DNS_NAME_MAX]; /* lower-case, no trailing dot */
-};
-
-struct mta_dns_tlsa {
-	uint8_t usage;
-	uint8_t selector;
-	uint8_t mtype;
-	const uint8_t *data;
-	size_t len;
 };
 
 struct mta_dns_txt {

@@ -664,6 +664,9 @@ static void build_top(const struct mta_dsn_params *p,
 		w->err = v.err;
 }
 
+/* Over 100 lines on purpose: the human-readable part (RFC 3464 2.1) in
+ * the order it appears in the message, one sentence per case; it reads
+ * top to bottom like its output. */
 static void build_human(const struct mta_dsn_params *p,
 			const struct summary *s, bool full, bool too_big,
 			bool cut, bool have_part3, struct wbuf *w)
@@ -884,19 +887,13 @@ static void emits(struct mta_buf *out, int *rc, const char *s)
 	emit(out, rc, s, strlen(s));
 }
 
-int mta_dsn_build(const struct mta_dsn_params *p, struct mta_buf *out,
-		  struct mta_dsn_info *info)
+/* The parameters mta_dsn_build() refuses with -EINVAL; *s gets which
+ * actions the DSN reports.  0 or -EINVAL. */
+static int check_params(const struct mta_dsn_params *p, struct summary *s)
 {
 	const struct mta_envelope *e;
-	struct summary s = {false, false, false};
-	struct wbuf top = {0}, p1 = {0}, p2 = {0}, p3 = {0};
-	bool full = false, too_big = false, eightbit = false, cut = false;
-	bool utf8 = false, have3;
-	char bnd[128];
-	size_t blen, old_len;
-	int rc;
 
-	if (p == NULL || out == NULL || p->env == NULL || p->rcpts == NULL ||
+	if (p == NULL || p->env == NULL || p->rcpts == NULL ||
 	    p->nrcpt == 0 || !valid_host(p->reporting_mta) ||
 	    !valid_unique(p->unique))
 		return -EINVAL;
@@ -909,19 +906,39 @@ int mta_dsn_build(const struct mta_dsn_params *p, struct mta_buf *out,
 			return -EINVAL;
 		switch (r->action) {
 		case MTA_DSN_FAILED:
-			s.failed = true;
+			s->failed = true;
 			break;
 		case MTA_DSN_DELAYED:
-			s.delayed = true;
+			s->delayed = true;
 			break;
 		case MTA_DSN_DELIVERED:
 		case MTA_DSN_RELAYED:
-			s.success = true;
+			s->success = true;
 			break;
 		default:
 			return -EINVAL;
 		}
 	}
+	return 0;
+}
+
+/* Just over 100 lines: the three MIME parts assembled in message order
+ * (parameter checks are in check_params(), the parts in build_*()). */
+int mta_dsn_build(const struct mta_dsn_params *p, struct mta_buf *out,
+		  struct mta_dsn_info *info)
+{
+	const struct mta_envelope *e;
+	struct summary s = {false, false, false};
+	struct wbuf top = {0}, p1 = {0}, p2 = {0}, p3 = {0};
+	bool full = false, too_big = false, eightbit = false, cut = false;
+	bool utf8 = false, have3;
+	char bnd[128];
+	size_t blen, old_len;
+	int rc;
+
+	if (out == NULL || check_params(p, &s) != 0)
+		return -EINVAL;
+	e = p->env;
 
 	/* part 3 first: part 1 says what it holds */
 	have3 = p->read != NULL;

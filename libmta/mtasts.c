@@ -185,13 +185,10 @@ static void cache_write(struct mta_mtasts *m, const char *domain,
 		free(w);
 		return;
 	}
-	w->commit.kind = MTA_COMMIT_STS;
-	w->commit.key = w->key;
-	w->commit.val = rec != NULL ? w->rec.data : NULL;
-	w->commit.vlen = rec != NULL ? w->rec.len : 0;
-	w->commit.done = on_write_done;
 	m->writes_pending++;
-	mta_writer_submit(m->p.writer, &w->commit);
+	mta_writer_submit_sts_put(m->p.writer, &w->commit, w->key,
+				  rec != NULL ? w->rec.data : NULL,
+				  rec != NULL ? w->rec.len : 0, on_write_done);
 }
 
 static void fetch_failed(struct mta_mtasts_query *q, const char *status,
@@ -398,6 +395,14 @@ int mta_mtasts_lookup(struct mta_mtasts *m, const char *domain,
 	if (m->stopping)
 		return MTA_ECLOSED;
 	return query_start(m, domain, cb, ud, false, q);
+}
+
+int mta_mtasts_refresh(struct mta_mtasts *m, const char *domain,
+		       mta_mtasts_cb cb, void *ud, struct mta_mtasts_query **q)
+{
+	if (m->stopping)
+		return MTA_ECLOSED;
+	return query_start(m, domain, cb, ud, true, q);
 }
 
 void mta_mtasts_cancel(struct mta_mtasts_query *q)

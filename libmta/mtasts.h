@@ -85,6 +85,12 @@ int mta_mtasts_start(const struct mta_mtasts_params *p,
 		     struct mta_mtasts **out);
 int mta_mtasts_lookup(struct mta_mtasts *m, const char *domain,
 		      mta_mtasts_cb cb, void *ud, struct mta_mtasts_query **q);
+/* Like lookup, but as the refresher does it: a cached policy is fetched
+ * again even when its id is unchanged, and kept if that fetch fails
+ * (mtactl policy refresh).  The new record is handed to the writer
+ * before cb is called. */
+int mta_mtasts_refresh(struct mta_mtasts *m, const char *domain,
+		       mta_mtasts_cb cb, void *ud, struct mta_mtasts_query **q);
 void mta_mtasts_cancel(struct mta_mtasts_query *q);
 void mta_mtasts_stop(struct mta_mtasts *m, void (*done)(void *arg),
 		     void *arg);

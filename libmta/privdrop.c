@@ -143,7 +143,10 @@ int mta_privdrop_own_dir(const struct mta_privdrop *pd, const char *dir,
 			    0 ||
 		    st.st_uid != 0)
 			continue;
-		if (fchownat(dirfd(d), e->d_name, pd->uid, pd->gid,
+		/* a group root chose stays (control.socket's
+		 * control.group); root's own group becomes the user's */
+		if (fchownat(dirfd(d), e->d_name, pd->uid,
+			     st.st_gid == 0 ? pd->gid : (gid_t)-1,
 			     AT_SYMLINK_NOFOLLOW) != 0) {
 			snprintf(err, errlen, "%s/%s: chown: %s", dir,
 				 e->d_name, strerror(errno));

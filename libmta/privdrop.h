@@ -18,8 +18,10 @@
  *	(`chown -R user:group DIR`).  mta_privdrop_own_dir() is called after
  *	the daemon (still root) created its files in the directory (LMDB
  *	files, the lock file, getdns's directory): entries owned by root
- *	are given to the user, so the daemon after the drop and the spool
- *	tools run as that user can use them.  Both do nothing when pd is
+ *	are given to the user (and to its group when their group is root's;
+ *	another group, such as control.socket's control.group, is kept), so
+ *	the daemon after the drop and the spool tools run as that user can
+ *	use them.  Both do nothing when pd is
  *	not active.
  *
  *	mta_privdrop_apply() drops: setgroups(0, NULL), setresgid(gid x3),

@@ -9,6 +9,7 @@
 #include "smtp_client.h"
 
 #include "err.h"
+#include "log.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -27,20 +28,54 @@
 #define T_BLOCK 180000u /* one data block */
 #define T_DOT 600000u	/* reply to the final dot */
 
+/* Engine states (c->state), named in the debug trace; S_GREETING is 0. */
+#define SMTPC_STATE_MAP(X)                                                 \
+	X(GREETING, "greeting")	  /* waiting for 220 */                    \
+	X(EHLO, "ehlo")		  /* EHLO sent */                          \
+	X(HELO, "helo")		  /* HELO sent (EHLO got 5xx) */           \
+	X(STARTTLS, "starttls")	  /* STARTTLS sent */                      \
+	X(TLS, "tls-handshake")	  /* 220 to STARTTLS: tls_started() next */ \
+	X(AUTH, "auth")		  /* AUTH PLAIN sent */                    \
+	X(READY, "ready")	  /* idle */                               \
+	X(TXN, "txn")		  /* RSET/MAIL/RCPT/DATA being written */  \
+	X(BODY, "body")		  /* 354 received: body in progress */     \
+	X(DOT, "dot")		  /* final dot sent */                     \
+	X(QUIT, "quit")		  /* QUIT sent */                          \
+	X(CLOSED, "closed")
+
 enum state {
-	S_GREETING = 0, /* waiting for 220 */
-	S_EHLO,		/* EHLO sent */
-	S_HELO,		/* HELO sent (EHLO got 5xx) */
-	S_STARTTLS,	/* STARTTLS sent */
-	S_TLS,		/* 220 to STARTTLS: waiting for tls_started() */
-	S_AUTH,		/* AUTH PLAIN sent */
-	S_READY,	/* idle */
-	S_TXN,		/* RSET/MAIL/RCPT/DATA written or being written */
-	S_BODY,		/* 354 received: body in progress */
-	S_DOT,		/* final dot sent */
-	S_QUIT,		/* QUIT sent */
-	S_CLOSED,
+#define SMTPC_STATE_ENUM(id, name) S_##id,
+	SMTPC_STATE_MAP(SMTPC_STATE_ENUM)
+#undef SMTPC_STATE_ENUM
 };
+
+static const char *state_name(unsigned st)
+{
+	switch ((enum state)st) {
+#define SMTPC_STATE_CASE(id, name)                                         \
+	case S_##id:                                                       \
+		return name;
+		SMTPC_STATE_MAP(SMTPC_STATE_CASE)
+#undef SMTPC_STATE_CASE
+	}
+	return "?";
+}
+
+/* Every change of c->state goes through here: one debug line
+ * "event=smtpc_state old=<state> new=<state>" per change. */
+static void set_state(struct mta_smtpc *c, enum state st)
+{
+	if (c->state != st) {
+		struct mta_logline l;
+		mta_log_begin(&l, MTA_LOG_DEBUG, "smtpc_state");
+		if (!l.skip) {
+			mta_log_str(&l, "old", state_name(c->state));
+			mta_log_str(&l, "new", state_name(st));
+			mta_log_end(&l);
+		}
+	}
+	c->state = (uint8_t)st;
+}
 
 /* pending events (c->pend), returned in this order */
 enum {
@@ -309,7 +344,7 @@ static void set_final_reply(struct mta_smtpc *c)
 
 static void go_ready(struct mta_smtpc *c)
 {
-	c->state = S_READY;
+	set_state(c, S_READY);
 	c->pend |= P_READY;
 }
 
@@ -380,7 +415,7 @@ static const char *stage(const struct mta_smtpc *c)
 
 static void to_closed(struct mta_smtpc *c)
 {
-	c->state = S_CLOSED;
+	set_state(c, S_CLOSED);
 	c->pend &= ~(unsigned)(P_READY | P_NEED_BODY);
 	c->pend |= P_CLOSED;
 }
@@ -663,7 +698,7 @@ static void send_auth(struct mta_smtpc *c)
 	explicit_bzero(raw, sizeof(raw));
 	send_now(c, &m);
 	explicit_bzero(&m, sizeof(m));
-	c->state = S_AUTH;
+	set_state(c, S_AUTH);
 }
 
 /* EHLO or HELO succeeded: STARTTLS, AUTH or READY, by the config. */
@@ -673,7 +708,7 @@ static void after_helo(struct mta_smtpc *c)
 		if (c->caps.starttls) {
 			send_str(c, "STARTTLS\r\n");
 			c->tried_tls = true;
-			c->state = S_STARTTLS;
+			set_state(c, S_STARTTLS);
 			return;
 		}
 		if (c->cfg->tls == MTA_SMTPC_TLS_REQUIRE) {
@@ -810,7 +845,7 @@ static void body_finish(struct mta_smtpc *c)
 	p[n++] = '\n';
 	c->out_len += n;
 	c->b_end = false;
-	c->state = S_DOT;
+	set_state(c, S_DOT);
 }
 
 static void pump(struct mta_smtpc *c)
@@ -889,10 +924,10 @@ static void txn_reply(struct mta_smtpc *c)
 				/* PIPE-06: nobody to deliver to */
 				send_str(c, ".\r\n");
 				c->t_lone_dot = true;
-				c->state = S_DOT;
+				set_state(c, S_DOT);
 				return;
 			}
-			c->state = S_BODY;
+			set_state(c, S_BODY);
 			c->b_bol = true;
 			c->b_cr = false;
 			c->b_end = false;
@@ -937,7 +972,7 @@ static enum mta_smtpc_ev on_reply(struct mta_smtpc *c)
 	case S_GREETING:
 		if (code == 220) {
 			send_helo(c, "EHLO");
-			c->state = S_EHLO;
+			set_state(c, S_EHLO);
 		} else if (cls >= 4) {
 			fail_reply(c, true);
 		} else {
@@ -952,7 +987,7 @@ static enum mta_smtpc_ev on_reply(struct mta_smtpc *c)
 			/* CLI-11: HELO, no extensions */
 			memset(&c->caps, 0, sizeof(c->caps));
 			send_helo(c, "HELO");
-			c->state = S_HELO;
+			set_state(c, S_HELO);
 		} else if (cls == 4) {
 			fail_reply(c, true);
 		} else {
@@ -969,7 +1004,7 @@ static enum mta_smtpc_ev on_reply(struct mta_smtpc *c)
 		break;
 	case S_STARTTLS:
 		if (code == 220) {
-			c->state = S_TLS;
+			set_state(c, S_TLS);
 			return MTA_SMTPC_EV_STARTTLS;
 		}
 		if (cls < 4) {
@@ -1031,7 +1066,7 @@ static bool ok_helo(const char *s)
 int mta_smtpc_init(struct mta_smtpc *c, const struct mta_smtpc_config *cfg)
 {
 	memset(c, 0, sizeof(*c));
-	c->state = S_CLOSED;
+	set_state(c, S_CLOSED);
 	if (cfg == NULL || !ok_helo(cfg->helo_name) ||
 	    cfg->tls < MTA_SMTPC_TLS_NONE || cfg->tls > MTA_SMTPC_TLS_REQUIRE ||
 	    (cfg->auth_user == NULL) !=
@@ -1045,14 +1080,15 @@ int mta_smtpc_init(struct mta_smtpc *c, const struct mta_smtpc_config *cfg)
 	      strlen(cfg->auth_plain) > 4 * MTA_SMTPC_AUTH_MAX)))
 		return MTA_ECONFIG;
 	c->cfg = cfg;
-	c->state = S_GREETING;
+	set_state(c, S_GREETING);
 	return 0;
 }
 
 void mta_smtpc_free(struct mta_smtpc *c)
 {
+	set_state(c, S_CLOSED);
 	explicit_bzero(c, sizeof(*c));
-	c->state = S_CLOSED;
+	c->state = S_CLOSED; /* the wiped struct stays closed: no change */
 }
 
 enum mta_smtpc_ev mta_smtpc_feed(struct mta_smtpc *c, const uint8_t *in,
@@ -1166,7 +1202,7 @@ int mta_smtpc_start_txn(struct mta_smtpc *c, const struct mta_smtpc_txn *txn)
 	}
 	c->t_rset = c->need_rset;
 	c->w_rcpt = c->r_rcpt = skip_bad(c, 0);
-	c->state = S_TXN;
+	set_state(c, S_TXN);
 	pump(c);
 	return 0;
 }
@@ -1225,7 +1261,7 @@ int mta_smtpc_quit(struct mta_smtpc *c)
 	if (c->state != S_READY || c->pend != 0)
 		return -EINVAL;
 	send_str(c, "QUIT\r\n");
-	c->state = S_QUIT;
+	set_state(c, S_QUIT);
 	return 0;
 }
 
@@ -1239,7 +1275,7 @@ int mta_smtpc_tls_started(struct mta_smtpc *c)
 	c->r_lines = 0;
 	c->r_size = 0;
 	send_helo(c, "EHLO");
-	c->state = S_EHLO;
+	set_state(c, S_EHLO);
 	return 0;
 }
 
@@ -1300,17 +1336,3 @@ bool mta_smtpc_closed(const struct mta_smtpc *c)
 	return c->state == S_CLOSED;
 }
 
-const char *mta_smtpc_state(const struct mta_smtpc *c)
-{
-	static const char *const names[] = {
-		[S_GREETING] = "greeting", [S_EHLO] = "ehlo",
-		[S_HELO] = "helo",	   [S_STARTTLS] = "starttls",
-		[S_TLS] = "tls-handshake", [S_AUTH] = "auth",
-		[S_READY] = "ready",	   [S_TXN] = "txn",
-		[S_BODY] = "body",	   [S_DOT] = "dot",
-		[S_QUIT] = "quit",	   [S_CLOSED] = "closed",
-	};
-
-	return c->state < sizeof(names) / sizeof(names[0]) ? names[c->state]
-							  : "?";
-}

@@ -140,9 +140,9 @@
  *	(all false after HELO or before EHLO); mta_smtpc_in_tls() says
  *	whether tls_started() was called; mta_smtpc_closed() whether the
  *	connection is over (FAIL or CLOSED returned or pending).
- *	mta_smtpc_state() names the engine state ("greeting", "ehlo", ...,
- *	"closed"; a static string) so the driver can trace "old -> new" at
- *	debug level: the engine itself never logs.
+ *	Every state change is logged at debug level as event=smtpc_state
+ *	old=<state> new=<state> (states "greeting", "ehlo", ..., "closed");
+ *	the engine logs nothing else.
  *
  * THREADS
  *	Loop thread (one connection, one thread).
@@ -358,6 +358,5 @@ void mta_smtpc_abort(struct mta_smtpc *c, const char *status,
 const struct mta_smtpc_caps *mta_smtpc_caps(const struct mta_smtpc *c);
 bool mta_smtpc_in_tls(const struct mta_smtpc *c);
 bool mta_smtpc_closed(const struct mta_smtpc *c);
-const char *mta_smtpc_state(const struct mta_smtpc *c);
 
 #endif

@@ -2,13 +2,16 @@
  * smtp_server.c - sans-I/O SMTP server engine.  See smtp_server.h.
  *
  * Layout: output queue, replies and events; the body checker shared by
- * DATA and BDAT; address and parameter parsers; one function per command;
+ * DATA and BDAT; one function per command (address and parameter syntax
+ * is smtp_syntax.c);
  * the three input modes (command lines, DATA, BDAT chunks) in
  * mta_smtpd_feed(); the driver calls at the end.
  */
 #include "smtp_server.h"
 
 #include "err.h"
+#include "log.h"
+#include "smtp_syntax.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -31,22 +34,52 @@
 #define MAX_HOPS 100u	      /* Received headers accepted */
 #define MAX_ERRORS 100u	      /* client-caused 5xx before 421 */
 #define REFUSED_MAX_ERRORS 3u /* the same for a refused session */
-#define LOCAL_MAX 64	      /* RFC 5321 4.5.3.1.1 */
-#define DOMAIN_MAX 255	      /* RFC 5321 4.5.3.1.2 */
-#define LABEL_MAX 63
-#define PATH_MAX_LEN 512      /* "<...>" incl. source route */
 #define ENVID_MAX 100	      /* RFC 3461 4.4 */
-#define ORCPT_MAX 500	      /* RFC 3461 4.2 */
 #define DEFAULT_MAX_RCPT 100u /* when cfg->max_recipients is 0 */
 
+/* Input modes (s->mode), named for the debug trace; MODE_CMD is 0 (the
+ * state after mta_smtpd_init()'s memset). */
+#define SMTPD_MODE_MAP(X)                                                  \
+	X(CMD, "cmd")	    /* reading command lines */                    \
+	X(DATA, "data")	    /* after 354 */                                \
+	X(BDAT, "bdat")	    /* reading a BDAT chunk */                     \
+	X(WAIT, "wait")	    /* MESSAGE emitted: message_done() next */     \
+	X(TLS, "tls")	    /* STARTTLS accepted: tls_started() next */    \
+	X(CLOSED, "closed")
+
 enum mode {
-	MODE_CMD = 0, /* reading command lines */
-	MODE_DATA,    /* after 354 */
-	MODE_BDAT,    /* reading a BDAT chunk */
-	MODE_WAIT,    /* MESSAGE emitted, waiting for message_done() */
-	MODE_TLS,     /* STARTTLS accepted, waiting for tls_started() */
-	MODE_CLOSED,
+#define SMTPD_MODE_ENUM(id, name) MODE_##id,
+	SMTPD_MODE_MAP(SMTPD_MODE_ENUM)
+#undef SMTPD_MODE_ENUM
 };
+
+static const char *mode_name(unsigned m)
+{
+	switch ((enum mode)m) {
+#define SMTPD_MODE_CASE(id, name)                                          \
+	case MODE_##id:                                                    \
+		return name;
+		SMTPD_MODE_MAP(SMTPD_MODE_CASE)
+#undef SMTPD_MODE_CASE
+	}
+	return "?";
+}
+
+/* Every change of s->mode goes through here: one debug line
+ * "event=smtpd_state old=<mode> new=<mode>" per change. */
+static void set_state(struct mta_smtpd *s, enum mode m)
+{
+	if (s->mode != m) {
+		struct mta_logline l;
+		mta_log_begin(&l, MTA_LOG_DEBUG, "smtpd_state");
+		if (!l.skip) {
+			mta_log_str(&l, "old", mode_name(s->mode));
+			mta_log_str(&l, "new", mode_name(m));
+			mta_log_end(&l);
+		}
+	}
+	s->mode = (uint8_t)m;
+}
 
 enum helo_state { HELO_NONE = 0, HELO_HELO, HELO_EHLO };
 
@@ -141,7 +174,7 @@ reject(struct mta_smtpd *s, struct mta_smtpd_event *ev, const char *verb,
 	if (code >= 500 && ++s->errors >= (s->cfg->refused ? REFUSED_MAX_ERRORS
 							  : MAX_ERRORS)) {
 		reply(s, "421 4.7.0 %.*s Too many errors", HOST_MAX, host(s));
-		s->mode = MODE_CLOSED;
+		set_state(s, MODE_CLOSED);
 		return fill_ev(s, ev, MTA_SMTPD_EV_CLOSE, 421, verb);
 	}
 	return fill_ev(s, ev, MTA_SMTPD_EV_REJECT, code, verb);
@@ -355,7 +388,7 @@ static enum mta_smtpd_ev body_end(struct mta_smtpd *s,
 		violate(s, V_BARE); /* BDAT body ending in a bare CR */
 	switch (s->b_viol) {
 	case V_NONE:
-		s->mode = MODE_WAIT;
+		set_state(s, MODE_WAIT);
 		return MTA_SMTPD_EV_MESSAGE;
 	case V_BARE:
 		code = reply(s, "550 5.6.0 Message contains bare CR or LF or "
@@ -374,11 +407,11 @@ static enum mta_smtpd_ev body_end(struct mta_smtpd *s,
 		break;
 	}
 	tx_reset(s);
-	s->mode = MODE_CMD;
+	set_state(s, MODE_CMD);
 	return fill_ev(s, ev, MTA_SMTPD_EV_ABORT, code, verb);
 }
 
-/* ---- syntax helpers -------------------------------------------------- */
+/* ---- character classes (address syntax: smtp_syntax.c) ---------------- */
 
 static bool is_alpha(uint8_t c)
 {
@@ -388,272 +421,6 @@ static bool is_alpha(uint8_t c)
 static bool is_digit(uint8_t c)
 {
 	return c >= '0' && c <= '9';
-}
-
-static bool is_atext(uint8_t c)
-{
-	return is_alpha(c) || is_digit(c) ||
-	       (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
-}
-
-static bool has_8bit(const char *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if ((uint8_t)p[i] >= 0x80)
-			return true;
-	return false;
-}
-
-/* Well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-static bool utf8_ok(const uint8_t *p, size_t n)
-{
-	size_t i = 0;
-
-	while (i < n) {
-		uint8_t c = p[i];
-		size_t k;
-		uint32_t cp, min;
-
-		if (c < 0x80) {
-			i++;
-			continue;
-		} else if (c >= 0xc2 && c <= 0xdf) {
-			k = 1, cp = c & 0x1f, min = 0x80;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			k = 2, cp = c & 0x0f, min = 0x800;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			k = 3, cp = c & 0x07, min = 0x10000;
-		} else {
-			return false;
-		}
-		if (n - i - 1 < k)
-			return false;
-		for (size_t j = 1; j <= k; j++) {
-			if ((p[i + j] & 0xc0) != 0x80)
-				return false;
-			cp = (cp << 6) | (p[i + j] & 0x3f);
-		}
-		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-			return false;
-		i += k + 1;
-	}
-	return true;
-}
-
-/* Domain = sub-domain *("." sub-domain), LDH labels (U-labels if utf8). */
-static bool domain_ok(const char *d, size_t n, bool utf8)
-{
-	size_t lab = 0;
-
-	if (n == 0 || n > DOMAIN_MAX)
-		return false;
-	for (size_t i = 0; i <= n; i++) {
-		uint8_t c = i < n ? (uint8_t)d[i] : '.';
-		if (c == '.') {
-			if (lab == 0 || lab > LABEL_MAX || d[i - 1] == '-')
-				return false;
-			lab = 0;
-			continue;
-		}
-		if (c == '-' && lab == 0)
-			return false;
-		if (!is_alpha(c) && !is_digit(c) && c != '-' &&
-		    !(utf8 && c >= 0x80))
-			return false;
-		lab++;
-	}
-	return true;
-}
-
-/* address-literal: [IPv4] or [IPv6:...] */
-static bool literal_ok(const char *d, size_t n)
-{
-	char buf[64];
-	unsigned char addr[16];
-
-	if (n < 3 || d[0] != '[' || d[n - 1] != ']' || n - 2 >= sizeof(buf))
-		return false;
-	memcpy(buf, d + 1, n - 2);
-	buf[n - 2] = '\0';
-	if (strncasecmp(buf, "IPv6:", 5) == 0)
-		return inet_pton(AF_INET6, buf + 5, addr) == 1;
-	return inet_pton(AF_INET, buf, addr) == 1;
-}
-
-/* Local-part = Dot-string / Quoted-string */
-static bool local_ok(const char *l, size_t n, bool utf8)
-{
-	if (n == 0 || n > LOCAL_MAX)
-		return false;
-	if (l[0] == '"') {
-		if (n < 2 || l[n - 1] != '"')
-			return false;
-		for (size_t i = 1; i < n - 1; i++) {
-			uint8_t c = (uint8_t)l[i];
-			if (c == '\\') {
-				if (++i >= n - 1)
-					return false;
-				c = (uint8_t)l[i];
-				if ((c < 32 || c > 126) && !(utf8 && c >= 0x80))
-					return false;
-				continue;
-			}
-			if (c == '"')
-				return false;
-			if ((c < 32 || c > 126) && !(utf8 && c >= 0x80))
-				return false;
-		}
-		return true;
-	}
-	for (size_t i = 0; i < n; i++) {
-		uint8_t c = (uint8_t)l[i];
-		if (c == '.') {
-			if (i == 0 || i == n - 1 || l[i - 1] == '.')
-				return false;
-			continue;
-		}
-		if (!is_atext(c) && !(utf8 && c >= 0x80))
-			return false;
-	}
-	return true;
-}
-
-/* Mailbox = Local-part "@" ( Domain / address-literal ); the '@' is the
- * last one outside a quoted string. */
-static bool mailbox_ok(const char *m, size_t n, bool utf8)
-{
-	size_t at = n;
-	bool q = false;
-
-	for (size_t i = 0; i < n; i++) {
-		if (q && m[i] == '\\') {
-			i++;
-			continue;
-		}
-		if (m[i] == '"')
-			q = !q;
-		else if (!q && m[i] == '@')
-			at = i;
-	}
-	if (at == n)
-		return false;
-	if (!local_ok(m, at, utf8))
-		return false;
-	if (m[at + 1] == '[')
-		return literal_ok(m + at + 1, n - at - 1);
-	return domain_ok(m + at + 1, n - at - 1, utf8);
-}
-
-/*
- * Splits "<...>" at the start of p: in/inlen get the text between the
- * brackets, rest what follows '>'.  -1 when there is no such path or
- * when the closing '>' is not followed by SP or the end.
- */
-static int path_split(char *p, char **in, size_t *inlen, char **rest)
-{
-	bool q = false;
-	size_t i;
-
-	if (p[0] != '<')
-		return -1;
-	for (i = 1; p[i] != '\0'; i++) {
-		if (q && p[i] == '\\' && p[i + 1] != '\0') {
-			i++;
-			continue;
-		}
-		if (p[i] == '"')
-			q = !q;
-		else if (!q && p[i] == '>')
-			break;
-	}
-	if (p[i] != '>' || (p[i + 1] != '\0' && p[i + 1] != ' '))
-		return -1;
-	if (i + 1 > PATH_MAX_LEN)
-		return -1;
-	*in = p + 1;
-	*inlen = i - 1;
-	*rest = p + i + 1;
-	return 0;
-}
-
-/* Strips an A-d-l source route ("@a,@b:") after checking its domains. */
-static int strip_route(char **m, size_t *n)
-{
-	char *p = *m;
-	size_t len = *n, i = 0;
-
-	if (len == 0 || p[0] != '@')
-		return 0;
-	for (;;) {
-		size_t start;
-		if (i >= len || p[i] != '@')
-			return -1;
-		start = ++i;
-		while (i < len && p[i] != ',' && p[i] != ':')
-			i++;
-		if (i >= len || !domain_ok(p + start, i - start, false))
-			return -1;
-		if (p[i++] == ':')
-			break;
-	}
-	*m = p + i;
-	*n = len - i;
-	return 0;
-}
-
-/* xtext (RFC 3461 4): chars 33..126 except '+' and '=', or "+" 2HEXUP */
-static bool xtext_ok(const char *v, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		uint8_t c = (uint8_t)v[i];
-		if (c == '+') {
-			for (size_t k = i + 1; k <= i + 2; k++) {
-				uint8_t h = k < n ? (uint8_t)v[k] : 0;
-				if (!is_digit(h) && !(h >= 'A' && h <= 'F'))
-					return false;
-			}
-			i += 2;
-			continue;
-		}
-		if (c < 33 || c > 126 || c == '=')
-			return false;
-	}
-	return true;
-}
-
-/* Next parameter of "kw[=val] kw[=val]": 1 found, 0 end, -1 bad syntax. */
-static int next_param(char **pp, char **kw, char **val)
-{
-	char *p = *pp;
-
-	while (*p == ' ')
-		p++;
-	if (*p == '\0')
-		return 0;
-	*kw = p;
-	if (!is_alpha((uint8_t)*p) && !is_digit((uint8_t)*p))
-		return -1;
-	while (is_alpha((uint8_t)*p) || is_digit((uint8_t)*p) || *p == '-')
-		p++;
-	*val = NULL;
-	if (*p == '=') {
-		*p++ = '\0';
-		*val = p;
-		while (*p != ' ' && *p != '\0') {
-			uint8_t c = (uint8_t)*p;
-			if (c == '=' || (c < 33 && c != '\0') || c == 127)
-				return -1;
-			p++;
-		}
-		if (p == *val)
-			return -1;
-	}
-	if (*p == ' ')
-		*p++ = '\0';
-	else if (*p != '\0')
-		return -1;
-	*pp = p;
-	return 1;
 }
 
 /* ---- commands -------------------------------------------------------- */
@@ -718,6 +485,75 @@ struct mail_params {
 	const char *ret_raw, *envid_raw;
 };
 
+/* What mail_param() made of one MAIL parameter. */
+enum mail_param_result { MP_OK, MP_BAD, MP_BINARY, MP_UNKNOWN };
+
+/* One MAIL FROM parameter (RFC 1870 SIZE, 6152 BODY, 6531 SMTPUTF8,
+ * 3461 RET and ENVID, 4954 AUTH) into mp; a repeated one is MP_BAD. */
+static enum mail_param_result mail_param(struct mail_params *mp,
+					 const char *kw, const char *val)
+{
+	if (strcasecmp(kw, "SIZE") == 0) {
+		size_t n = val ? strlen(val) : 0;
+		if (mp->size || n == 0 || n > 20)
+			return MP_BAD;
+		mp->size_val = 0;
+		for (size_t i = 0; i < n; i++) {
+			unsigned d;
+			if (!is_digit((uint8_t)val[i]))
+				return MP_BAD;
+			d = (unsigned)(val[i] - '0');
+			if (mp->size_val > (UINT64_MAX - d) / 10)
+				mp->size_val = UINT64_MAX;
+			else
+				mp->size_val = mp->size_val * 10 + d;
+		}
+		mp->size = true;
+	} else if (strcasecmp(kw, "BODY") == 0) {
+		if (mp->body || val == NULL)
+			return MP_BAD;
+		if (strcasecmp(val, "7BIT") == 0)
+			mp->body_val = MTA_BODY_7BIT;
+		else if (strcasecmp(val, "8BITMIME") == 0)
+			mp->body_val = MTA_BODY_8BITMIME;
+		else if (strcasecmp(val, "BINARYMIME") == 0)
+			return MP_BINARY;
+		else
+			return MP_BAD;
+		mp->body = true;
+	} else if (strcasecmp(kw, "SMTPUTF8") == 0) {
+		if (mp->utf8 || val != NULL)
+			return MP_BAD;
+		mp->utf8 = true;
+	} else if (strcasecmp(kw, "RET") == 0) {
+		if (mp->ret || val == NULL)
+			return MP_BAD;
+		if (strcasecmp(val, "FULL") == 0)
+			mp->ret_val = MTA_RET_FULL;
+		else if (strcasecmp(val, "HDRS") == 0)
+			mp->ret_val = MTA_RET_HDRS;
+		else
+			return MP_BAD;
+		mp->ret = true;
+		mp->ret_raw = val;
+	} else if (strcasecmp(kw, "ENVID") == 0) {
+		if (mp->envid || val == NULL || strlen(val) > ENVID_MAX ||
+		    !mta_smtp_xtext_ok(val, strlen(val)))
+			return MP_BAD;
+		mp->envid = true;
+		mp->envid_raw = val;
+	} else if (strcasecmp(kw, "AUTH") == 0) {
+		/* AUTH-09: accepted, ignored (we did not authenticate the
+		 * client, so it counts as AUTH=<>) */
+		if (mp->auth || val == NULL)
+			return MP_BAD;
+		mp->auth = true;
+	} else {
+		return MP_UNKNOWN;
+	}
+	return MP_OK;
+}
+
 static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 				  struct mta_smtpd_event *ev)
 {
@@ -736,69 +572,20 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 	p = arg + 5;
 	while (*p == ' ') /* SRV-13: tolerated */
 		p++;
-	if (path_split(p, &path, &plen, &p) != 0)
+	if (mta_smtp_path_split(p, &path, &plen, &p) != 0)
 		return reject(s, ev, V, "501 5.5.4 Syntax: MAIL FROM:<address>");
 
 	memset(&mp, 0, sizeof(mp));
-	while ((r = next_param(&p, &kw, &val)) == 1) {
-		if (strcasecmp(kw, "SIZE") == 0) {
-			size_t n = val ? strlen(val) : 0;
-			if (mp.size || n == 0 || n > 20)
-				goto bad_param;
-			mp.size_val = 0;
-			for (size_t i = 0; i < n; i++) {
-				unsigned d;
-				if (!is_digit((uint8_t)val[i]))
-					goto bad_param;
-				d = (unsigned)(val[i] - '0');
-				if (mp.size_val > (UINT64_MAX - d) / 10)
-					mp.size_val = UINT64_MAX;
-				else
-					mp.size_val = mp.size_val * 10 + d;
-			}
-			mp.size = true;
-		} else if (strcasecmp(kw, "BODY") == 0) {
-			if (mp.body || val == NULL)
-				goto bad_param;
-			if (strcasecmp(val, "7BIT") == 0)
-				mp.body_val = MTA_BODY_7BIT;
-			else if (strcasecmp(val, "8BITMIME") == 0)
-				mp.body_val = MTA_BODY_8BITMIME;
-			else if (strcasecmp(val, "BINARYMIME") == 0)
-				return reject(s, ev, V, "555 5.5.4 Error: "
-					      "BODY=BINARYMIME not supported");
-			else
-				goto bad_param;
-			mp.body = true;
-		} else if (strcasecmp(kw, "SMTPUTF8") == 0) {
-			if (mp.utf8 || val != NULL)
-				goto bad_param;
-			mp.utf8 = true;
-		} else if (strcasecmp(kw, "RET") == 0) {
-			if (mp.ret || val == NULL)
-				goto bad_param;
-			if (strcasecmp(val, "FULL") == 0)
-				mp.ret_val = MTA_RET_FULL;
-			else if (strcasecmp(val, "HDRS") == 0)
-				mp.ret_val = MTA_RET_HDRS;
-			else
-				goto bad_param;
-			mp.ret = true;
-			mp.ret_raw = val;
-		} else if (strcasecmp(kw, "ENVID") == 0) {
-			if (mp.envid || val == NULL ||
-			    strlen(val) > ENVID_MAX ||
-			    !xtext_ok(val, strlen(val)))
-				goto bad_param;
-			mp.envid = true;
-			mp.envid_raw = val;
-		} else if (strcasecmp(kw, "AUTH") == 0) {
-			/* AUTH-09: accepted, ignored (we did not authenticate
-			 * the client, so it counts as AUTH=<>) */
-			if (mp.auth || val == NULL)
-				goto bad_param;
-			mp.auth = true;
-		} else {
+	while ((r = mta_smtp_next_param(&p, &kw, &val)) == 1) {
+		switch (mail_param(&mp, kw, val)) {
+		case MP_OK:
+			break;
+		case MP_BAD:
+			goto bad_param;
+		case MP_BINARY:
+			return reject(s, ev, V, "555 5.5.4 Error: "
+				      "BODY=BINARYMIME not supported");
+		case MP_UNKNOWN:
 			return reject(s, ev, V, "555 5.5.4 Error: unsupported "
 				      "parameter %.*s", 64, kw);
 		}
@@ -807,14 +594,15 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 		goto bad_param;
 
 	if (plen > 0) {
-		if (strip_route(&path, &plen) != 0)
+		if (mta_smtp_strip_route(&path, &plen) != 0)
 			return reject(s, ev, V, "501 5.5.4 Error: bad sender "
 				      "address syntax");
-		if (has_8bit(path, plen) && !mp.utf8)
+		if (mta_smtp_has_8bit(path, plen) && !mp.utf8)
 			return reject(s, ev, V, "550 5.6.7 Error: non-ASCII "
 				      "address requires SMTPUTF8");
-		if ((mp.utf8 && !utf8_ok((const uint8_t *)path, plen)) ||
-		    !mailbox_ok(path, plen, mp.utf8))
+		if ((mp.utf8 &&
+		     !mta_smtp_utf8_ok((const uint8_t *)path, plen)) ||
+		    !mta_smtp_mailbox_ok(path, plen, mp.utf8))
 			return reject(s, ev, V, "501 5.5.4 Error: bad sender "
 				      "address syntax");
 	}
@@ -843,51 +631,6 @@ bad_param:
 	return reject(s, ev, V, "501 5.5.4 Error: bad parameter syntax");
 }
 
-static int notify_parse(const char *v, unsigned *out)
-{
-	unsigned bits = 0;
-
-	for (;;) {
-		size_t n = strcspn(v, ",");
-		unsigned b;
-		if (n == 5 && strncasecmp(v, "NEVER", 5) == 0)
-			b = MTA_NOTIFY_NEVER;
-		else if (n == 7 && strncasecmp(v, "SUCCESS", 7) == 0)
-			b = MTA_NOTIFY_SUCCESS;
-		else if (n == 7 && strncasecmp(v, "FAILURE", 7) == 0)
-			b = MTA_NOTIFY_FAILURE;
-		else if (n == 5 && strncasecmp(v, "DELAY", 5) == 0)
-			b = MTA_NOTIFY_DELAY;
-		else
-			return -1;
-		if (bits & b)
-			return -1;
-		bits |= b;
-		if (v[n] == '\0')
-			break;
-		v += n + 1;
-	}
-	if ((bits & MTA_NOTIFY_NEVER) && bits != MTA_NOTIFY_NEVER)
-		return -1;
-	*out = bits;
-	return 0;
-}
-
-static bool orcpt_ok(const char *v)
-{
-	const char *semi = strchr(v, ';');
-	size_t n;
-
-	if (semi == NULL || semi == v || strlen(semi + 1) == 0 ||
-	    strlen(semi + 1) > ORCPT_MAX)
-		return false;
-	for (const char *p = v; p < semi; p++)
-		if (!is_atext((uint8_t)*p))
-			return false;
-	n = strlen(semi + 1);
-	return xtext_ok(semi + 1, n);
-}
-
 static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
 				  struct mta_smtpd_event *ev)
 {
@@ -905,16 +648,17 @@ static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
 	p = arg + 3;
 	while (*p == ' ')
 		p++;
-	if (path_split(p, &path, &plen, &p) != 0 || plen == 0)
+	if (mta_smtp_path_split(p, &path, &plen, &p) != 0 || plen == 0)
 		return reject(s, ev, V, "501 5.1.3 Syntax: RCPT TO:<address>");
-	while ((r = next_param(&p, &kw, &val)) == 1) {
+	while ((r = mta_smtp_next_param(&p, &kw, &val)) == 1) {
 		if (strcasecmp(kw, "NOTIFY") == 0) {
 			if (notify_raw != NULL || val == NULL ||
-			    notify_parse(val, &notify) != 0)
+			    mta_smtp_notify_parse(val, &notify) != 0)
 				goto bad_param;
 			notify_raw = val;
 		} else if (strcasecmp(kw, "ORCPT") == 0) {
-			if (orcpt != NULL || val == NULL || !orcpt_ok(val))
+			if (orcpt != NULL || val == NULL ||
+			    !mta_smtp_orcpt_ok(val))
 				goto bad_param;
 			orcpt = val;
 		} else {
@@ -927,15 +671,15 @@ static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
 
 	postmaster = plen == 10 && strncasecmp(path, "Postmaster", 10) == 0;
 	if (!postmaster) {
-		if (strip_route(&path, &plen) != 0)
+		if (mta_smtp_strip_route(&path, &plen) != 0)
 			return reject(s, ev, V, "501 5.1.3 Error: bad recipient "
 				      "address syntax");
-		if (has_8bit(path, plen) && !s->env.smtputf8)
+		if (mta_smtp_has_8bit(path, plen) && !s->env.smtputf8)
 			return reject(s, ev, V, "553 5.6.7 Error: non-ASCII "
 				      "address requires SMTPUTF8");
 		if ((s->env.smtputf8 &&
-		     !utf8_ok((const uint8_t *)path, plen)) ||
-		    !mailbox_ok(path, plen, s->env.smtputf8))
+		     !mta_smtp_utf8_ok((const uint8_t *)path, plen)) ||
+		    !mta_smtp_mailbox_ok(path, plen, s->env.smtputf8))
 			return reject(s, ev, V, "501 5.1.3 Error: bad recipient "
 				      "address syntax");
 	}
@@ -979,7 +723,7 @@ static enum mta_smtpd_ev cmd_data(struct mta_smtpd *s, char *arg,
 			      "in the same transaction");
 	reply(s, "354 End data with <CR><LF>.<CR><LF>");
 	body_reset(s);
-	s->mode = MODE_DATA;
+	set_state(s, MODE_DATA);
 	return MTA_SMTPD_EV_DATA_START;
 }
 
@@ -987,7 +731,7 @@ static enum mta_smtpd_ev cmd_data(struct mta_smtpd *s, char *arg,
 static enum mta_smtpd_ev bdat_chunk_done(struct mta_smtpd *s,
 					 struct mta_smtpd_event *ev)
 {
-	s->mode = MODE_CMD;
+	set_state(s, MODE_CMD);
 	if (s->bdat_discard) {
 		s->bdat_discard = false;
 		return reject(s, ev, "BDAT",
@@ -1031,7 +775,7 @@ static enum mta_smtpd_ev cmd_bdat(struct mta_smtpd *s, char *arg,
 	s->bdat_size = n;
 	s->bdat_left = n;
 	s->bdat_last = last;
-	s->mode = MODE_BDAT;
+	set_state(s, MODE_BDAT);
 	/* CHK-04: the chunk is consumed even when it cannot be accepted */
 	s->bdat_discard = !s->mail_ok || s->env.nrcpt == 0;
 	if (s->bdat_discard) {
@@ -1074,7 +818,7 @@ static enum mta_smtpd_ev cmd_starttls(struct mta_smtpd *s, char *arg,
 		return reject(s, ev, V, "503 5.5.1 Error: MAIL transaction in "
 			      "progress");
 	reply(s, "220 2.0.0 Ready to start TLS");
-	s->mode = MODE_TLS;
+	set_state(s, MODE_TLS);
 	return MTA_SMTPD_EV_STARTTLS;
 }
 
@@ -1124,7 +868,7 @@ static enum mta_smtpd_ev command(struct mta_smtpd *s, char *line,
 		if (!arg_empty(arg))
 			return reject(s, ev, "QUIT", "501 5.5.4 Syntax: QUIT");
 		code = reply(s, "221 2.0.0 Bye");
-		s->mode = MODE_CLOSED;
+		set_state(s, MODE_CLOSED);
 		return fill_ev(s, ev, MTA_SMTPD_EV_CLOSE, code, "QUIT");
 	}
 	if (strcasecmp(line, "VRFY") == 0) {
@@ -1274,7 +1018,7 @@ static enum mta_smtpd_ev feed_data(struct mta_smtpd *s, const uint8_t *in,
 			break;
 		case D_DOTCR:
 			if (c == '\n') {
-				s->mode = MODE_CMD;
+				set_state(s, MODE_CMD);
 				return body_end(s, ev, "DATA");
 			}
 			/* ".<CR>x": the CR is content, and bare: a violation,
@@ -1349,7 +1093,7 @@ void mta_smtpd_init(struct mta_smtpd *s, const struct mta_smtpd_config *cfg)
 	memset(s, 0, sizeof(*s));
 	s->cfg = cfg;
 	mta_envelope_init(&s->env);
-	s->mode = MODE_CMD;
+	set_state(s, MODE_CMD);
 	tx_reset(s);
 }
 
@@ -1394,7 +1138,7 @@ enum mta_smtpd_ev mta_smtpd_feed(struct mta_smtpd *s, const uint8_t *in,
 			/* the byte kept back by cmd_bdat()/feed_bdat() */
 			s->hold = false;
 			i++;
-			s->mode = MODE_CMD;
+			set_state(s, MODE_CMD);
 			e = bdat_chunk_done(s, ev);
 			break;
 		}
@@ -1477,7 +1221,7 @@ void mta_smtpd_message_done(struct mta_smtpd *s, int result, const char *qid)
 	else
 		reply(s, "451 4.3.0 Local error in processing");
 	tx_reset(s);
-	s->mode = MODE_CMD;
+	set_state(s, MODE_CMD);
 }
 
 void mta_smtpd_tls_started(struct mta_smtpd *s, const char *tls_desc)
@@ -1501,7 +1245,7 @@ void mta_smtpd_tls_started(struct mta_smtpd *s, const char *tls_desc)
 	}
 	s->tls_desc[n] = '\0';
 	if (s->mode != MODE_CLOSED)
-		s->mode = MODE_CMD;
+		set_state(s, MODE_CMD);
 }
 
 void mta_smtpd_timeout(struct mta_smtpd *s)
@@ -1509,7 +1253,7 @@ void mta_smtpd_timeout(struct mta_smtpd *s)
 	if (s->mode == MODE_CLOSED)
 		return;
 	reply(s, "421 4.4.2 %.*s Error: timeout exceeded", HOST_MAX, host(s));
-	s->mode = MODE_CLOSED;
+	set_state(s, MODE_CLOSED);
 }
 
 void mta_smtpd_shutdown(struct mta_smtpd *s)
@@ -1517,12 +1261,7 @@ void mta_smtpd_shutdown(struct mta_smtpd *s)
 	if (s->mode == MODE_CLOSED)
 		return;
 	reply(s, "421 4.3.2 %.*s Service shutting down", HOST_MAX, host(s));
-	s->mode = MODE_CLOSED;
-}
-
-bool mta_smtpd_in_data(const struct mta_smtpd *s)
-{
-	return s->mode == MODE_DATA || s->mode == MODE_BDAT;
+	set_state(s, MODE_CLOSED);
 }
 
 bool mta_smtpd_in_message(const struct mta_smtpd *s)

@@ -94,7 +94,6 @@
  *	mta_smtpd_timeout() queues "421 4.4.2 <hostname> Error: timeout
  *	exceeded" and enters CLOSED; mta_smtpd_shutdown() queues "421 4.3.2
  *	<hostname> Service shutting down" and enters CLOSED.
- *	mta_smtpd_in_data() tells the driver which timeout applies.
  *	mta_smtpd_in_message() is true from DATA's 354 (or the first BDAT
  *	chunk) until the message ends: the span of the driver's
  *	whole-message deadline.  mta_smtpd_progress() counts completed
@@ -164,8 +163,9 @@
  *	max_message_size 0 means no limit (SIZE 0 is advertised);
  *	max_recipients 0 means 100.  MAIL parameters are accepted after HELO
  *	too.  No AUTH (the AUTH= MAIL parameter is accepted and ignored), no
- *	BINARYMIME, no REQUIRETLS.  The engine does not log; the driver logs
- *	from the events.
+ *	BINARYMIME, no REQUIRETLS.  The engine logs only its mode changes,
+ *	at debug level (event=smtpd_state old=<mode> new=<mode>, modes cmd,
+ *	data, bdat, wait, tls, closed); the driver logs from the events.
  */
 #ifndef MTA_SMTP_SERVER_H
 #define MTA_SMTP_SERVER_H
@@ -266,7 +266,6 @@ void mta_smtpd_message_done(struct mta_smtpd *s, int result, const char *qid);
 void mta_smtpd_tls_started(struct mta_smtpd *s, const char *tls_desc);
 void mta_smtpd_timeout(struct mta_smtpd *s);
 void mta_smtpd_shutdown(struct mta_smtpd *s);
-bool mta_smtpd_in_data(const struct mta_smtpd *s);
 bool mta_smtpd_in_message(const struct mta_smtpd *s);
 uint32_t mta_smtpd_progress(const struct mta_smtpd *s);
 const char *mta_smtpd_sender(const struct mta_smtpd *s);

@@ -2,6 +2,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "spool_check.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -19,7 +20,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#define SPOOL_MAXDBS 8
+#define SPOOL_MAXDBS 16
 #define SCHEMA_KEY "schema"
 #define TOTALS_KEY "totals" /* be64 messages, recipients, body bytes */
 #define CHUNK_KEY_LEN (MTA_QID_LEN + 4)
@@ -27,8 +28,9 @@
 
 struct mta_spool {
 	MDB_env *env;
-	MDB_dbi meta, messages, bodies, due, dest, sts, tlsrpt;
+	MDB_dbi meta, messages, bodies, due, dest, sts, tlsrpt, held;
 	bool have_tlsrpt; /* absent in a read-only spool made before it */
+	bool have_held;   /* likewise (spool_admin section) */
 	size_t chunk; /* body chunk size: page size - 16 */
 	bool readonly;
 	char *tmpdir;
@@ -40,6 +42,9 @@ struct mta_spool_txn {
 	MDB_txn *txn;
 	struct mta_buf rec; /* reused envelope encoding buffer */
 };
+
+/* administration section, at the end of this file */
+static bool held_in(struct mta_spool *sp, MDB_txn *txn, const char *qid);
 
 /* The one place where LMDB codes become libmta codes. */
 static int mdb_err(int rc)
@@ -386,6 +391,10 @@ static int open_dbs(struct mta_spool *sp)
 	if (rc != 0 && rc != MDB_NOTFOUND)
 		goto fail;
 	sp->have_tlsrpt = rc == 0;
+	rc = mdb_dbi_open(txn, "held", create, &sp->held);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		goto fail;
+	sp->have_held = rc == 0;
 	k.mv_size = sizeof(TOTALS_KEY) - 1;
 	k.mv_data = (void *)TOTALS_KEY;
 	if (!sp->readonly && mdb_get(txn, sp->meta, &k, &v) == MDB_NOTFOUND) {
@@ -435,185 +444,6 @@ static void why_set(const struct mta_spool_opts *o, const char *fmt, ...)
 	va_end(ap);
 }
 
-/*
- * LMDB 0.9 meta page layout (lmdb/mdb.c, native byte order; Z is
- * sizeof(size_t), the size of pgno_t and txnid_t): a page header of Z + 8
- * bytes (mp_pgno, mp_pad u16, mp_flags u16, lower/upper u16 each) then
- * MDB_meta: magic u32, version u32, address (Z), mapsize (Z), two MDB_db
- * of 8 + 5Z bytes (the first one's md_pad u32 holds the page size),
- * last_pg (Z), txnid (Z).  Meta page 0 is at offset 0, meta page 1 at
- * offset psize.
- */
-#define LMDB_MAGIC 0xBEEFC0DEu
-#define LMDB_DATA_VERSION 1u
-#define LMDB_P_META 0x08u
-#define Z sizeof(size_t)
-#define META_HDR (Z + 8)
-#define META_FLAGS_OFF (Z + 2)
-#define META_MAGIC_OFF META_HDR
-#define META_VERSION_OFF (META_HDR + 4)
-#define META_PSIZE_OFF (META_HDR + 8 + 2 * Z)
-#define META_LASTPG_OFF (META_PSIZE_OFF + 2 * (8 + 5 * Z))
-#define META_TXNID_OFF (META_LASTPG_OFF + Z)
-#define META_LEN (META_TXNID_OFF + Z)
-
-struct lmdb_meta {
-	uint32_t magic, version, psize;
-	uint64_t last_pg, txnid;
-	bool is_meta;
-};
-
-static uint64_t get_native(const uint8_t *p)
-{
-	if (Z == 8) {
-		uint64_t v;
-		memcpy(&v, p, 8);
-		return v;
-	}
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return v;
-}
-
-static void meta_parse(const uint8_t *p, struct lmdb_meta *m)
-{
-	uint16_t flags;
-
-	memcpy(&flags, p + META_FLAGS_OFF, 2);
-	memcpy(&m->magic, p + META_MAGIC_OFF, 4);
-	memcpy(&m->version, p + META_VERSION_OFF, 4);
-	memcpy(&m->psize, p + META_PSIZE_OFF, 4);
-	m->last_pg = get_native(p + META_LASTPG_OFF);
-	m->txnid = get_native(p + META_TXNID_OFF);
-	m->is_meta = (flags & LMDB_P_META) != 0;
-}
-
-static bool meta_ok(const struct lmdb_meta *m)
-{
-	return m->is_meta && m->magic == LMDB_MAGIC &&
-	       m->version == LMDB_DATA_VERSION;
-}
-
-static int pread_full(int fd, void *p, size_t n, off_t off)
-{
-	size_t done = 0;
-
-	while (done < n) {
-		ssize_t r = pread(fd, (uint8_t *)p + done, n - done,
-				  off + (off_t)done);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return MTA_ECORRUPT; /* shorter than that */
-		done += (size_t)r;
-	}
-	return 0;
-}
-
-#define SALVAGE                                                               \
-	"Do not start on this file: stop every mtad and tool using it, copy "  \
-	"the spool directory aside, then restore data.mdb from a backup (a "   \
-	"backup is made with `mdb_copy <spool.dir> <dest>`) or salvage what "  \
-	"is readable with `mdb_dump -a` into a new spool"
-
-/*
- * Checks <dir>/data.mdb against its own meta pages with plain reads,
- * before LMDB maps it: a file shorter than its last page makes every
- * access past the end a SIGBUS, and an emptied file would be taken by
- * LMDB for a new environment.  0: the file is sound; -ENOENT: there is
- * none (a new spool); MTA_ECORRUPT with o->why set: damaged or emptied;
- * another -errno when it cannot be read.
- */
-static int check_datafile(const struct mta_spool_opts *o)
-{
-	char path[4096];
-	uint8_t buf[META_LEN];
-	struct lmdb_meta m[2], *cur;
-	struct stat st;
-	int fd, err;
-
-	if (snprintf(path, sizeof(path), "%s/data.mdb", o->dir) >=
-	    (int)sizeof(path))
-		return -ENAMETOOLONG;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		err = -errno;
-		if (err != -ENOENT)
-			why_set(o, "%s: %s", path, strerror(-err));
-		return err;
-	}
-	if (fstat(fd, &st) != 0) {
-		err = -errno;
-		why_set(o, "%s: %s", path, strerror(-err));
-		goto out;
-	}
-	err = MTA_ECORRUPT;
-	if (st.st_size == 0) {
-		why_set(o,
-			"%s is empty (0 bytes): the spool file was truncated "
-			"or replaced and the messages it held are not in it. "
-			"mtad will not start an empty spool in its place. "
-			"Restore data.mdb from a backup; only if this spool "
-			"never held mail, remove data.mdb to start a new one",
-			path);
-		goto out;
-	}
-	if (pread_full(fd, buf, sizeof(buf), 0) != 0) {
-		why_set(o,
-			"%s is %jd bytes, too short to be an LMDB file. " SALVAGE,
-			path, (intmax_t)st.st_size);
-		goto out;
-	}
-	meta_parse(buf, &m[0]);
-	if (!meta_ok(&m[0]) || m[0].psize < 512 || m[0].psize > 65536 ||
-	    (m[0].psize & (m[0].psize - 1)) != 0) {
-		why_set(o,
-			"%s: meta page 0 is damaged or this is not an LMDB "
-			"data file (magic 0x%08" PRIx32 ", version %" PRIu32
-			"; expected 0x%08x, %u). " SALVAGE,
-			path, m[0].magic, m[0].version, LMDB_MAGIC,
-			LMDB_DATA_VERSION);
-		goto out;
-	}
-	if (pread_full(fd, buf, sizeof(buf), (off_t)m[0].psize) != 0) {
-		why_set(o,
-			"%s is %jd bytes, shorter than its two meta pages "
-			"(%" PRIu32 " bytes each): truncated. " SALVAGE,
-			path, (intmax_t)st.st_size, m[0].psize);
-		goto out;
-	}
-	meta_parse(buf, &m[1]);
-	/* LMDB uses the meta page with the larger txnid */
-	cur = &m[0];
-	if (meta_ok(&m[1]) && m[1].txnid > m[0].txnid)
-		cur = &m[1];
-	uint64_t need = (cur->last_pg + 1) * (uint64_t)m[0].psize;
-	if (cur->last_pg + 1 < 2 || need / m[0].psize != cur->last_pg + 1) {
-		why_set(o,
-			"%s: meta page %d is damaged (last page %" PRIu64
-			"). " SALVAGE,
-			path, cur == &m[0] ? 0 : 1, cur->last_pg);
-		goto out;
-	}
-	if ((uint64_t)st.st_size < need) {
-		why_set(o,
-			"%s is truncated: it is %jd bytes, but its meta page "
-			"(transaction %" PRIu64 ") says the data runs to page "
-			"%" PRIu64 ", %" PRIu64 " bytes. Mapping it would crash "
-			"(SIGBUS). " SALVAGE,
-			path, (intmax_t)st.st_size, cur->txnid, cur->last_pg,
-			need);
-		goto out;
-	}
-	err = 0;
-out:
-	close(fd);
-	return err;
-}
-
-#undef Z
 
 int mta_spool_lock(const char *dir, int *fd_out, long *holder)
 {
@@ -678,7 +508,7 @@ int mta_spool_open(const struct mta_spool_opts *o, struct mta_spool **out)
 			goto fail_tmpdir;
 	}
 	/* never map a damaged file, never let LMDB re-create an emptied one */
-	err = check_datafile(o);
+	err = mta_spool_check_datafile(o->dir, o->why, o->whylen);
 	if (err != 0 && !(err == -ENOENT && !o->readonly))
 		goto fail_tmpdir;
 	rc = mdb_env_create(&sp->env);
@@ -707,7 +537,7 @@ int mta_spool_open(const struct mta_spool_opts *o, struct mta_spool **out)
 	if (err == MTA_ECORRUPT)
 		why_set(o,
 			"%s/data.mdb is damaged: a page read while opening its "
-			"databases is corrupt. " SALVAGE,
+			"databases is corrupt. " MTA_SPOOL_SALVAGE,
 			o->dir);
 	if (err != 0)
 		goto fail_env_err;
@@ -737,11 +567,6 @@ void mta_spool_close(struct mta_spool *sp)
 const char *mta_spool_tmpdir(const struct mta_spool *sp)
 {
 	return sp->tmpdir;
-}
-
-size_t mta_spool_chunk_size(const struct mta_spool *sp)
-{
-	return sp->chunk;
 }
 
 /* ---- writing ------------------------------------------------------ */
@@ -1020,7 +845,8 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 			if (rc != 0)
 				err = sp_err(sp, rc);
 		}
-		if (err == 0) {
+		if (err == 0 && !held_in(sp, child, qid)) {
+			/* a held message gets no due entry (mtactl hold) */
 			due_key(dk, new_due_us, qid);
 			rc = mdb_put(child, sp->due, &k, &v, 0);
 			if (rc != 0)
@@ -1545,4 +1371,269 @@ void mta_spool_trap_sigbus(const char *prog, const char *dir)
 	sa.sa_flags = SA_RESETHAND;
 	sigemptyset(&sa.sa_mask);
 	(void)sigaction(SIGBUS, &sa, NULL);
+}
+
+/* ---- administration (mtactl through mtad's control socket) ---------- */
+
+#define HELD_MAGIC "MTAH"
+#define HELD_VERSION 1
+#define HELD_LEN 14 /* magic, be16 version, be64 held_at_us */
+
+static bool held_in(struct mta_spool *sp, MDB_txn *txn, const char *qid)
+{
+	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
+
+	return sp->have_held && mdb_get(txn, sp->held, &k, &v) == 0;
+}
+
+static int held_decode(const MDB_val *v, int64_t *since)
+{
+	const uint8_t *p = v->mv_data;
+
+	if (v->mv_size != HELD_LEN || memcmp(p, HELD_MAGIC, 4) != 0)
+		return MTA_ECORRUPT;
+	if ((p[4] << 8 | p[5]) != HELD_VERSION)
+		return MTA_ESCHEMA;
+	*since = (int64_t)get_be64(p + 6);
+	return 0;
+}
+
+/* Moves every pending recipient's next attempt to now_us. */
+static void pending_now(struct mta_envelope *e, int64_t now_us)
+{
+	for (size_t i = 0; i < e->nrcpt; i++)
+		if (e->rcpts[i].state == MTA_RCPT_QUEUED ||
+		    e->rcpts[i].state == MTA_RCPT_DEFERRED)
+			e->rcpts[i].next_attempt_us = now_us;
+}
+
+static int put_env_in(struct mta_spool_txn *t, MDB_txn *txn, const char *qid,
+		      const struct mta_envelope *e)
+{
+	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
+	int err;
+
+	t->rec.len = 0;
+	err = mta_envelope_encode(e, &t->rec);
+	if (err != 0)
+		return err;
+	v.mv_size = t->rec.len;
+	v.mv_data = t->rec.data;
+	return sp_err(t->sp, mdb_put(txn, t->sp->messages, &k, &v, 0));
+}
+
+static int due_put_del(struct mta_spool_txn *t, MDB_txn *txn, const char *qid,
+		       int64_t due_us, bool put)
+{
+	uint8_t dk[DUE_KEY_LEN];
+	MDB_val k = {sizeof(dk), dk}, v = {0, (void *)""};
+	int rc;
+
+	if (due_us == INT64_MAX)
+		return 0;
+	due_key(dk, due_us, qid);
+	rc = put ? mdb_put(txn, t->sp->due, &k, &v, 0)
+		 : mdb_del(txn, t->sp->due, &k, NULL);
+	if (rc == MDB_NOTFOUND)
+		rc = 0;
+	return sp_err(t->sp, rc);
+}
+
+static int admin_in(struct mta_spool_txn *t, MDB_txn *txn, int op,
+		    const char *qid, int64_t now_us, struct mta_envelope *e)
+{
+	struct mta_spool *sp = t->sp;
+	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
+	bool held = held_in(sp, txn, qid);
+	uint8_t rec[HELD_LEN];
+	int err;
+
+	switch (op) {
+	case MTA_SPOOL_HOLD:
+		if (held)
+			return -EALREADY;
+		if ((err = due_put_del(t, txn, qid, env_due(e), false)) != 0)
+			return err;
+		memcpy(rec, HELD_MAGIC, 4);
+		rec[4] = 0;
+		rec[5] = HELD_VERSION;
+		put_be64(rec + 6, (uint64_t)now_us);
+		v.mv_size = sizeof(rec);
+		v.mv_data = rec;
+		return sp_err(sp, mdb_put(txn, sp->held, &k, &v, 0));
+	case MTA_SPOOL_RELEASE:
+		if (!held)
+			return -EALREADY;
+		if ((err = sp_err(sp, mdb_del(txn, sp->held, &k, NULL))) != 0)
+			return err;
+		/* a released message is due now */
+		__attribute__((fallthrough));
+	case MTA_SPOOL_FLUSH:
+		if (op == MTA_SPOOL_FLUSH && held)
+			return -EPERM;
+		if ((err = due_put_del(t, txn, qid, env_due(e), false)) != 0)
+			return err;
+		pending_now(e, now_us);
+		if ((err = put_env_in(t, txn, qid, e)) != 0)
+			return err;
+		return due_put_del(t, txn, qid, env_due(e), true);
+	case MTA_SPOOL_DELETE:
+		if ((err = due_put_del(t, txn, qid, env_due(e), false)) != 0)
+			return err;
+		if (held &&
+		    (err = sp_err(sp, mdb_del(txn, sp->held, &k, NULL))) != 0)
+			return err;
+		if ((err = del_message_in(t, txn, qid, e)) != 0)
+			return err;
+		return sp_err(sp, totals_add(txn, sp->meta, -1,
+					     -(int64_t)e->nrcpt,
+					     -(int64_t)e->size));
+	default:
+		return -EINVAL;
+	}
+}
+
+int mta_spool_admin(struct mta_spool_txn *t, int op, const char *qid,
+		    int64_t now_us, const char *new_qid,
+		    const struct mta_envelope *new_env,
+		    const struct mta_body *new_body)
+{
+	struct mta_spool *sp = t->sp;
+	struct mta_envelope e;
+	MDB_txn *child;
+	int rc, err;
+
+	if (op == MTA_SPOOL_NOP)
+		return 0;
+	if (!qid_valid(qid))
+		return -EINVAL;
+	if (!sp->have_held)
+		return -EROFS;
+	rc = mdb_txn_begin(sp->env, t->txn, 0, &child);
+	if (rc != 0)
+		return sp_err(sp, rc);
+	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
+	rc = mdb_get(child, sp->messages, &k, &v);
+	if (op == MTA_SPOOL_UNDUE) {
+		/* only a due entry that outlived its message */
+		err = rc == MDB_NOTFOUND
+			      ? due_put_del(t, child, qid, now_us, false)
+			      : sp_err(sp, rc);
+		if (err != 0) {
+			mdb_txn_abort(child);
+			return err;
+		}
+		return sp_err(sp, mdb_txn_commit(child));
+	}
+	if (rc != 0) {
+		mdb_txn_abort(child);
+		return sp_err(sp, rc);
+	}
+	err = mta_envelope_decode(v.mv_data, v.mv_size, &e);
+	if (err != 0) {
+		mdb_txn_abort(child);
+		return err;
+	}
+	err = admin_in(t, child, op, qid, now_us, &e);
+	if (err == 0 && new_qid != NULL)
+		err = put_message_in(t, child, new_qid, new_env, new_body);
+	mta_envelope_free(&e);
+	if (err != 0) {
+		mdb_txn_abort(child);
+		return err;
+	}
+	return sp_err(sp, mdb_txn_commit(child));
+}
+
+int mta_spool_held_get(struct mta_spool *sp, const char *qid,
+		       int64_t *since_us)
+{
+	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
+	MDB_txn *txn;
+	int rc, err;
+
+	if (strlen(qid) != MTA_QID_LEN)
+		return MTA_ENOTFOUND;
+	if (!sp->have_held)
+		return MTA_ENOTFOUND;
+	if ((err = read_begin(sp, &txn)) != 0)
+		return err;
+	rc = mdb_get(txn, sp->held, &k, &v);
+	err = rc == 0 ? held_decode(&v, since_us) : sp_err(sp, rc);
+	mdb_txn_abort(txn);
+	return err;
+}
+
+int mta_spool_held_foreach(struct mta_spool *sp,
+			   int (*cb)(void *ud, const char *qid,
+				     int64_t since_us),
+			   void *ud)
+{
+	MDB_cursor *cur;
+	MDB_txn *txn;
+	MDB_val k, v;
+	int rc, err;
+
+	if (!sp->have_held)
+		return 0;
+	if ((err = read_begin(sp, &txn)) != 0)
+		return err;
+	rc = mdb_cursor_open(txn, sp->held, &cur);
+	if (rc != 0) {
+		mdb_txn_abort(txn);
+		return sp_err(sp, rc);
+	}
+	err = 0;
+	while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+		char qid[MTA_QID_LEN + 1];
+		int64_t since;
+		if (k.mv_size != MTA_QID_LEN || held_decode(&v, &since) != 0)
+			continue;
+		memcpy(qid, k.mv_data, MTA_QID_LEN);
+		qid[MTA_QID_LEN] = '\0';
+		if ((err = cb(ud, qid, since)) != 0)
+			break;
+	}
+	if (err == 0 && rc != MDB_NOTFOUND)
+		err = sp_err(sp, rc);
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	return err;
+}
+
+int mta_spool_dest_foreach(struct mta_spool *sp,
+			   int (*cb)(void *ud, const char *domain,
+				     const char *qid),
+			   void *ud)
+{
+	MDB_cursor *cur;
+	MDB_txn *txn;
+	MDB_val k, v;
+	char dom[512], qid[MTA_QID_LEN + 1];
+	int rc, err;
+
+	if ((err = read_begin(sp, &txn)) != 0)
+		return err;
+	rc = mdb_cursor_open(txn, sp->dest, &cur);
+	if (rc != 0) {
+		mdb_txn_abort(txn);
+		return sp_err(sp, rc);
+	}
+	err = 0;
+	dom[0] = '\0';
+	while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+		if (k.mv_size >= sizeof(dom) || v.mv_size != MTA_QID_LEN)
+			continue;
+		memcpy(dom, k.mv_data, k.mv_size);
+		dom[k.mv_size] = '\0';
+		memcpy(qid, v.mv_data, MTA_QID_LEN);
+		qid[MTA_QID_LEN] = '\0';
+		if ((err = cb(ud, dom, qid)) != 0)
+			break;
+	}
+	if (err == 0 && rc != MDB_NOTFOUND)
+		err = sp_err(sp, rc);
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	return err;
 }

@@ -22,7 +22,7 @@
  *	mta_qid_make() only formats; the caller supplies time and sequence.
  *
  *	Body chunks: every chunk but the last holds exactly
- *	mta_spool_chunk_size() bytes = page size - 16 (4080 with 4 KiB
+ *	page size - 16 bytes (4080 with 4 KiB
  *	pages).  A value that large always lives in exactly one overflow
  *	page (LMDB's page header is 16 bytes), so a freed chunk frees one
  *	page, and LMDB 0.9 - which reuses runs of contiguous free pages
@@ -109,6 +109,32 @@
  *	or mkostemp + unlink where the file system lacks it) and appends
  *	there.  mta_body_pread() copies at an offset without moving a file
  *	offset, so the writer thread may read while nobody appends.
+ *
+ *	Administration (mtactl, always through mtad's control socket and
+ *	the writer): the "held" database maps a qid to a held record
+ *	("MTAH", be16 version 1, be64 unix us when it was held; readers
+ *	check all three).  A held message has no due entry, so the
+ *	scheduler never loads it, and mta_spool_update_message() puts no
+ *	due entry back for a held qid (an attempt in flight when the hold
+ *	was committed ends without rescheduling it).  mta_spool_admin()
+ *	runs one operation in a nested transaction: HOLD (removes the due
+ *	entry, stores the held record; -EALREADY when held), RELEASE
+ *	(removes the held record, sets every pending recipient's next
+ *	attempt to now_us, due now; -EALREADY when not held), FLUSH (the
+ *	same without the held record; -EPERM when held), DELETE (removes
+ *	the message, its body, its index entries and its held record;
+ *	new_qid/new_env/new_body, when given, store a new message - the
+ *	bounce DSN - in the same nested transaction), NOP (nothing: a
+ *	barrier behind earlier requests), UNDUE (the scheduler found a due
+ *	entry whose message is gone - an admin change raced its load -:
+ *	removes the due entry (now_us = its due time, qid) when qid is not
+ *	in the spool, and does nothing, returning 0, when it is).  MTA_ENOTFOUND when qid is not
+ *	in the spool.  The due entry removed is the one the envelope
+ *	implies (earliest next attempt of a pending recipient, or arrival).
+ *	mta_spool_held_get() / _held_foreach() read held records;
+ *	mta_spool_dest_foreach() walks the dest index in (domain, qid)
+ *	order in one read transaction - qids are time-ordered, so the
+ *	first qid of a domain is its oldest message.
  *
  * THREADS
  *	An mta_spool may be used from the loop thread (readers) and the writer
@@ -204,8 +230,6 @@ int mta_spool_lock(const char *dir, int *fd, long *holder);
 bool mta_spool_corrupt(const struct mta_spool *sp);
 void mta_spool_trap_sigbus(const char *prog, const char *dir);
 const char *mta_spool_tmpdir(const struct mta_spool *sp);
-/* Bytes per body chunk (page size - 16). */
-size_t mta_spool_chunk_size(const struct mta_spool *sp);
 
 int mta_spool_begin(struct mta_spool *sp, struct mta_spool_txn **out);
 int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
@@ -276,5 +300,29 @@ int mta_spool_due(struct mta_spool *sp, int64_t from_us, const char *from_qid,
 		  int64_t now_us, size_t max,
 		  int (*cb)(void *ud, const char *qid, int64_t due_us),
 		  void *ud, int64_t *next_due_us);
+
+/* Administration: see DESCRIPTION. */
+enum mta_spool_admin_op {
+	MTA_SPOOL_NOP = 0,
+	MTA_SPOOL_HOLD = 1,
+	MTA_SPOOL_RELEASE = 2,
+	MTA_SPOOL_FLUSH = 3,
+	MTA_SPOOL_DELETE = 4,
+	MTA_SPOOL_UNDUE = 5,
+};
+int mta_spool_admin(struct mta_spool_txn *t, int op, const char *qid,
+		    int64_t now_us, const char *new_qid,
+		    const struct mta_envelope *new_env,
+		    const struct mta_body *new_body);
+int mta_spool_held_get(struct mta_spool *sp, const char *qid,
+		       int64_t *since_us);
+int mta_spool_held_foreach(struct mta_spool *sp,
+			   int (*cb)(void *ud, const char *qid,
+				     int64_t since_us),
+			   void *ud);
+int mta_spool_dest_foreach(struct mta_spool *sp,
+			   int (*cb)(void *ud, const char *domain,
+				     const char *qid),
+			   void *ud);
 
 #endif

@@ -687,12 +687,11 @@ bool mta_sts_refresh_due(const struct mta_sts_cache_rec *c, int64_t now,
 const char *mta_sts_mode_name(enum mta_sts_mode m)
 {
 	switch (m) {
-	case MTA_STS_MODE_NONE:
-		return "none";
-	case MTA_STS_MODE_TESTING:
-		return "testing";
-	case MTA_STS_MODE_ENFORCE:
-		return "enforce";
+#define MODE_CASE(e, name)                                                    \
+	case MTA_STS_MODE_##e:                                                \
+		return name;
+		MTA_STS_MODE_MAP(MODE_CASE)
+#undef MODE_CASE
 	}
 	return "?";
 }
@@ -700,14 +699,11 @@ const char *mta_sts_mode_name(enum mta_sts_mode m)
 const char *mta_sts_decision_name(enum mta_sts_decision d)
 {
 	switch (d) {
-	case MTA_STS_USE_CACHED:
-		return "use-cached";
-	case MTA_STS_FETCH:
-		return "fetch";
-	case MTA_STS_FETCH_KEEP_OLD_ON_FAIL:
-		return "fetch-keep-old-on-fail";
-	case MTA_STS_NO_POLICY:
-		return "no-policy";
+#define DECISION_CASE(e, name)                                                \
+	case MTA_STS_##e:                                                     \
+		return name;
+		MTA_STS_DECISION_MAP(DECISION_CASE)
+#undef DECISION_CASE
 	}
 	return "?";
 }

@@ -181,10 +181,16 @@ enum mta_sts_txt_verdict {
 	MTA_STS_TXT_INVALID,  /* one STSv1 record, syntactically invalid */
 };
 
+/* Policy modes (RFC 8461 §3.2): X(ENUM, "name") */
+#define MTA_STS_MODE_MAP(X)                                                   \
+	X(NONE, "none")                                                       \
+	X(TESTING, "testing")                                                 \
+	X(ENFORCE, "enforce")
+
 enum mta_sts_mode {
-	MTA_STS_MODE_NONE,
-	MTA_STS_MODE_TESTING,
-	MTA_STS_MODE_ENFORCE,
+#define MTA_STS_MODE_ENUM(e, name) MTA_STS_MODE_##e,
+	MTA_STS_MODE_MAP(MTA_STS_MODE_ENUM)
+#undef MTA_STS_MODE_ENUM
 };
 
 struct mta_sts_policy {
@@ -212,11 +218,16 @@ enum mta_sts_txt_result {
 	MTA_STS_TXT_RESULT_TEMPFAIL, /* lookup failed (SERVFAIL, timeout) */
 };
 
+#define MTA_STS_DECISION_MAP(X)                                               \
+	X(USE_CACHED, "use-cached")                                           \
+	X(FETCH, "fetch")                                                     \
+	X(FETCH_KEEP_OLD_ON_FAIL, "fetch-keep-old-on-fail")                   \
+	X(NO_POLICY, "no-policy")
+
 enum mta_sts_decision {
-	MTA_STS_USE_CACHED,
-	MTA_STS_FETCH,
-	MTA_STS_FETCH_KEEP_OLD_ON_FAIL,
-	MTA_STS_NO_POLICY,
+#define MTA_STS_DECISION_ENUM(e, name) MTA_STS_##e,
+	MTA_STS_DECISION_MAP(MTA_STS_DECISION_ENUM)
+#undef MTA_STS_DECISION_ENUM
 };
 
 int mta_sts_parse_txt(const char *txt, size_t len, struct mta_sts_txt *out,

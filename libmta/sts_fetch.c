@@ -473,6 +473,10 @@ static int curl_to_err(CURLcode rc)
 	}
 }
 
+/* Over 100 lines on purpose: one curl easy handle configured option by
+ * option, each RFC 8461 3.3 constraint (HTTPS only, no redirects, no
+ * proxy, size and time limits, the address already resolved) next to its
+ * setopt, released through one exit. */
 int mta_sts_fetch_start(struct mta_sts_fetcher *f,
 			const struct mta_sts_fetch_opts *o,
 			mta_sts_fetch_cb cb, void *ud,

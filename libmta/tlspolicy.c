@@ -17,13 +17,16 @@
 #define QUOTE_MAX 64
 
 static const char *const level_names[MTA_TLS_LEVEL_COUNT] = {
-	[MTA_TLS_NONE] = "none",
-	[MTA_TLS_MAY] = "may",
-	[MTA_TLS_ENCRYPT] = "encrypt",
-	[MTA_TLS_DANE] = "dane",
-	[MTA_TLS_DANE_ONLY] = "dane-only",
-	[MTA_TLS_VERIFY] = "verify",
+#define LEVEL_NAME(e, name, what) [MTA_TLS_##e] = name,
+	MTA_TLS_LEVEL_MAP(LEVEL_NAME)
+#undef LEVEL_NAME
 };
+
+static const char level_list[] =
+#define LEVEL_LIST(e, name, what) ", " name
+	MTA_TLS_LEVEL_MAP(LEVEL_LIST)
+#undef LEVEL_LIST
+	;
 
 struct entry {
 	const char *name;	/* normalised, in the pool */
@@ -58,6 +61,11 @@ const char *mta_tls_level_name(enum mta_tls_level level)
 	if ((unsigned)level >= MTA_TLS_LEVEL_COUNT)
 		return "?";
 	return level_names[level];
+}
+
+const char *mta_tls_level_list(void)
+{
+	return level_list + 2; /* without the first ", " */
 }
 
 /* ---- parsing ---- */

@@ -6,7 +6,11 @@
  *	enum mta_tls_level is the one list of TLS levels, shared by the
  *	configuration (tls.default_level) and delivery.
  *	mta_tls_level_parse() maps a lower-case name ("dane-only") to its
- *	level (>= 0) or returns -EINVAL; mta_tls_level_name() is the inverse.
+ *	level (>= 0) or returns -EINVAL; mta_tls_level_name() is the inverse;
+ *	mta_tls_level_list() is every name, comma-separated (error texts).
+ *	All three are generated from MTA_TLS_LEVEL_MAP: adding a level means
+ *	one line there, its rules in policy.c and its rows in
+ *	tests/unit/test_policy.c, and docs.
  *
  *	mta_tlspolicy_parse() parses a policy table from a buffer (sans-I/O);
  *	fname is used only in error messages.  The format, one entry a line:
@@ -74,18 +78,32 @@
 #define MTA_TLSPOLICY_ENTRIES 100000
 #define MTA_TLSPOLICY_FILE_MAX (16u << 20)
 
+/* The one list of TLS levels, in order of strength: X(ENUM, "name",
+ * meaning).  Names, parsing, the configuration and the policy table are
+ * generated from it; what a level does is decided in policy.c only. */
+#define MTA_TLS_LEVEL_MAP(X)                                                  \
+	X(NONE, "none", "plaintext, STARTTLS not tried")                      \
+	X(MAY, "may", "opportunistic STARTTLS")                               \
+	X(ENCRYPT, "encrypt", "TLS mandatory, certificate not checked")      \
+	X(DANE, "dane", "DANE where usable TLSA exist, else may")             \
+	X(DANE_ONLY, "dane-only", "DANE mandatory")                           \
+	X(VERIFY, "verify", "TLS with a WebPKI-valid certificate")
+
 enum mta_tls_level {
-	MTA_TLS_NONE = 0,   /* plaintext, STARTTLS not tried */
-	MTA_TLS_MAY,	    /* opportunistic STARTTLS */
-	MTA_TLS_ENCRYPT,    /* TLS mandatory, certificate not checked */
-	MTA_TLS_DANE,	    /* DANE where usable TLSA exist, else may */
-	MTA_TLS_DANE_ONLY,  /* DANE mandatory */
-	MTA_TLS_VERIFY,	    /* TLS with a WebPKI-valid certificate */
+#define MTA_TLS_LEVEL_ENUM(e, name, what) MTA_TLS_##e,
+	MTA_TLS_LEVEL_MAP(MTA_TLS_LEVEL_ENUM)
+#undef MTA_TLS_LEVEL_ENUM
 };
-#define MTA_TLS_LEVEL_COUNT 6
+enum {
+#define MTA_TLS_LEVEL_ONE(e, name, what) +1
+	MTA_TLS_LEVEL_COUNT = 0 MTA_TLS_LEVEL_MAP(MTA_TLS_LEVEL_ONE)
+#undef MTA_TLS_LEVEL_ONE
+};
 
 int mta_tls_level_parse(const char *name);
 const char *mta_tls_level_name(enum mta_tls_level level);
+/* "none, may, encrypt, dane, dane-only, verify": for error messages */
+const char *mta_tls_level_list(void);
 
 struct mta_tlspolicy;
 

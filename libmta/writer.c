@@ -31,6 +31,54 @@ static int64_t now_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* Body bytes a request writes: what makes a batch slow to commit. */
+static uint64_t req_bytes(const struct mta_commit *c)
+{
+	switch (c->kind) {
+	case MTA_COMMIT_NEW:
+		return c->u.msg.body != NULL ? c->u.msg.body->len : 0;
+	case MTA_COMMIT_UPDATE:
+		return c->u.update.dsn_body != NULL ? c->u.update.dsn_body->len
+						    : 0;
+	case MTA_COMMIT_ADMIN:
+		return c->u.admin.dsn_body != NULL ? c->u.admin.dsn_body->len
+						   : 0;
+	case MTA_COMMIT_STS_PUT:
+	case MTA_COMMIT_COUNTER:
+		return 0;
+	}
+	return 0;
+}
+
+/* Writer thread: one request in the batch's transaction. */
+static int apply(struct mta_spool_txn *txn, const struct mta_commit *c)
+{
+	switch (c->kind) {
+	case MTA_COMMIT_NEW:
+		return mta_spool_put_message(txn, c->u.msg.qid, c->u.msg.env,
+					     c->u.msg.body);
+	case MTA_COMMIT_UPDATE: {
+		const struct mta_commit_update *u = &c->u.update;
+		return mta_spool_update_message(txn, u->qid, u->env,
+						u->old_due_us, u->new_due_us,
+						u->dsn_qid, u->dsn_env,
+						u->dsn_body);
+	}
+	case MTA_COMMIT_STS_PUT:
+		return mta_spool_sts_put(txn, c->u.sts.domain, c->u.sts.rec,
+					 c->u.sts.len);
+	case MTA_COMMIT_COUNTER:
+		return mta_spool_counter_add(txn, c->u.counter.key,
+					     c->u.counter.delta);
+	case MTA_COMMIT_ADMIN: {
+		const struct mta_commit_admin *a = &c->u.admin;
+		return mta_spool_admin(txn, a->op, a->qid, a->now_us,
+				       a->dsn_qid, a->dsn_env, a->dsn_body);
+	}
+	}
+	return -EINVAL;
+}
+
 /* Writer thread: one transaction for a whole batch. */
 static void commit_batch(struct mta_writer *w, struct mta_commit *batch)
 {
@@ -50,23 +98,10 @@ static void commit_batch(struct mta_writer *w, struct mta_commit *batch)
 		goto log;
 	}
 	for (c = batch; c != NULL; c = c->next) {
-		if (c->kind == MTA_COMMIT_COUNT)
-			c->result = mta_spool_counter_add(txn, c->key,
-							  (int64_t)c->vlen);
-		else if (c->kind == MTA_COMMIT_STS)
-			c->result = mta_spool_sts_put(txn, c->key, c->val,
-						      c->vlen);
-		else if (c->kind == MTA_COMMIT_UPDATE)
-			c->result = mta_spool_update_message(
-				txn, c->qid, c->env, c->old_due_us,
-				c->new_due_us, c->new_qid, c->new_env,
-				c->new_body);
-		else
-			c->result = mta_spool_put_message(txn, c->qid, c->env,
-							  c->body);
+		c->result = apply(txn, c);
 		if (c->result == 0) {
 			ok++;
-			bytes += c->body ? c->body->len : 0;
+			bytes += req_bytes(c);
 		}
 	}
 	if (ok == 0) {
@@ -126,15 +161,6 @@ log:;
 		c->next = NULL;
 		commit_batch(w, c);
 	}
-}
-
-/* Body bytes a request writes: what makes a batch slow to commit. */
-static uint64_t req_bytes(const struct mta_commit *c)
-{
-	uint64_t n = c->body ? c->body->len : 0;
-	if (c->kind == MTA_COMMIT_UPDATE && c->new_body != NULL)
-		n += c->new_body->len;
-	return n;
 }
 
 /* Under mu: unlinks the head of *list up to max requests and max bytes
@@ -278,9 +304,12 @@ fail_w:
 	return err;
 }
 
-void mta_writer_submit(struct mta_writer *w, struct mta_commit *c)
+/* Loop thread: queues c (kind and variant already set). */
+static void submit(struct mta_writer *w, struct mta_commit *c,
+		   mta_commit_done_fn done)
 {
-	assert(c->done != NULL);
+	assert(done != NULL);
+	c->done = done;
 	c->next = NULL;
 	c->result = 0;
 	pthread_mutex_lock(&w->mu);
@@ -300,6 +329,66 @@ void mta_writer_submit(struct mta_writer *w, struct mta_commit *c)
 	}
 	pthread_cond_signal(&w->cv);
 	pthread_mutex_unlock(&w->mu);
+}
+
+void mta_writer_submit_new(struct mta_writer *w, struct mta_commit *c,
+			   const char *qid, const struct mta_envelope *env,
+			   const struct mta_body *body, mta_commit_done_fn done)
+{
+	assert(qid != NULL && env != NULL && body != NULL);
+	c->kind = MTA_COMMIT_NEW;
+	c->u.msg = (struct mta_commit_new){
+		.qid = qid, .env = env, .body = body};
+	submit(w, c, done);
+}
+
+void mta_writer_submit_update(struct mta_writer *w, struct mta_commit *c,
+			      const struct mta_commit_update *u,
+			      mta_commit_done_fn done)
+{
+	struct mta_commit_update copy = *u; /* u may point into c */
+
+	assert(copy.qid != NULL && copy.env != NULL);
+	assert(copy.dsn_qid == NULL ||
+	       (copy.dsn_env != NULL && copy.dsn_body != NULL));
+	c->kind = MTA_COMMIT_UPDATE;
+	c->u.update = copy;
+	submit(w, c, done);
+}
+
+void mta_writer_submit_sts_put(struct mta_writer *w, struct mta_commit *c,
+			       const char *domain, const void *rec,
+			       size_t len, mta_commit_done_fn done)
+{
+	assert(domain != NULL);
+	c->kind = MTA_COMMIT_STS_PUT;
+	c->u.sts = (struct mta_commit_sts_put){
+		.domain = domain, .rec = rec, .len = rec != NULL ? len : 0};
+	submit(w, c, done);
+}
+
+void mta_writer_submit_counter_add(struct mta_writer *w,
+				   struct mta_commit *c, const char *key,
+				   int64_t delta, mta_commit_done_fn done)
+{
+	assert(key != NULL);
+	c->kind = MTA_COMMIT_COUNTER;
+	c->u.counter = (struct mta_commit_counter){.key = key, .delta = delta};
+	submit(w, c, done);
+}
+
+void mta_writer_submit_admin(struct mta_writer *w, struct mta_commit *c,
+			     const struct mta_commit_admin *a,
+			     mta_commit_done_fn done)
+{
+	struct mta_commit_admin copy = *a; /* a may point into c */
+
+	assert(copy.qid != NULL);
+	assert(copy.dsn_qid == NULL ||
+	       (copy.dsn_env != NULL && copy.dsn_body != NULL));
+	c->kind = MTA_COMMIT_ADMIN;
+	c->u.admin = copy;
+	submit(w, c, done);
 }
 
 void mta_writer_stop(struct mta_writer *w)

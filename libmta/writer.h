@@ -3,8 +3,16 @@
  *
  * DESCRIPTION
  *	mta_writer_start() starts the one thread that owns every LMDB write
- *	transaction.  The loop thread hands it commit requests with
- *	mta_writer_submit() (mutex-protected FIFOs and a condition
+ *	transaction.  The loop thread hands it typed commit requests, one
+ *	submit function per kind: mta_writer_submit_new() (a received
+ *	message), mta_writer_submit_update() (a delivery outcome, with an
+ *	optional DSN), mta_writer_submit_sts_put() (MTA-STS cache entry),
+ *	mta_writer_submit_counter_add() (TLS report counter),
+ *	mta_writer_submit_admin() (hold, release, flush, delete, bounce from
+ *	the control socket).  A struct
+ *	mta_commit is a tagged union: kind says which variant of c->u the
+ *	request carries, and only the submit function sets it (mutex-
+ *	protected FIFOs and a condition
  *	variable); the writer takes a batch of waiting requests, puts them
  *	all in one transaction (each in its own nested transaction, so one
  *	failure such as MTA_EMAPFULL does not sink the others), commits and
@@ -47,9 +55,10 @@
  *	spool's write transactions: the writer thread only.
  *
  * OWNERSHIP
- *	A struct mta_commit is caller-owned (embed it in the session); qid,
- *	env and body are borrowed until done() is called and must not be
- *	touched by the loop thread meanwhile (the writer reads them; the
+ *	A struct mta_commit is caller-owned (embed it in the session); the
+ *	strings, envelopes and bodies its variant points to are borrowed
+ *	until done() is called and must not be touched by the loop thread
+ *	meanwhile (the writer reads them; the
  *	mutex hand-over orders the accesses).  The writer borrows loop and
  *	spool until stop's close callback has run.
  *
@@ -59,7 +68,7 @@
  *	loop before closing it.
  *
  * ASYNC CONTRACT
- *	mta_writer_submit() never fails and calls done exactly once, later,
+ *	mta_writer_submit_*() never fail and call done exactly once, later,
  *	on the loop thread (from the loop, or from mta_writer_stop()).
  */
 #ifndef MTA_WRITER_H
@@ -79,35 +88,105 @@ struct mta_writer;
 #define MTA_WRITER_MERGE_MAX 16
 #define MTA_WRITER_MERGE_BYTES (64u << 10)
 
+/* The kinds of request, one submit function each. */
 enum mta_commit_kind {
-	MTA_COMMIT_NEW = 0,    /* store a new message (qid, env, body) */
-	MTA_COMMIT_UPDATE = 1, /* mta_spool_update_message() */
-	MTA_COMMIT_STS = 2,    /* mta_spool_sts_put(key, val, vlen) */
-	MTA_COMMIT_COUNT = 3,  /* mta_spool_counter_add(key, vlen) */
+	MTA_COMMIT_NEW,	    /* mta_writer_submit_new() */
+	MTA_COMMIT_UPDATE,  /* mta_writer_submit_update() */
+	MTA_COMMIT_STS_PUT, /* mta_writer_submit_sts_put() */
+	MTA_COMMIT_COUNTER, /* mta_writer_submit_counter_add() */
+	MTA_COMMIT_ADMIN,   /* mta_writer_submit_admin() */
 };
 
-struct mta_commit {
-	char qid[MTA_QID_LEN + 1];
-	struct mta_envelope *env;
-	struct mta_body *body;
-	int kind; /* enum mta_commit_kind */
-	/* MTA_COMMIT_UPDATE only: */
-	int64_t old_due_us, new_due_us; /* new < 0: remove the message */
-	const char *new_qid;		/* optional DSN stored atomically */
-	struct mta_envelope *new_env;
-	struct mta_body *new_body;
-	/* MTA_COMMIT_STS only (val NULL deletes): */
+/* MTA_COMMIT_NEW: store a new message (mta_spool_put_message()). */
+struct mta_commit_new {
+	const char *qid;
+	const struct mta_envelope *env;
+	const struct mta_body *body;
+};
+
+/* MTA_COMMIT_UPDATE: a delivery outcome (mta_spool_update_message()):
+ * rewrite env of qid, move its due entry; new_due_us < 0 removes the
+ * message.  dsn_qid optional: a DSN (dsn_env, dsn_body) stored in the
+ * same nested transaction. */
+struct mta_commit_update {
+	const char *qid;
+	const struct mta_envelope *env;
+	int64_t old_due_us, new_due_us;
+	const char *dsn_qid;
+	const struct mta_envelope *dsn_env;
+	const struct mta_body *dsn_body;
+};
+
+/* MTA_COMMIT_STS_PUT: MTA-STS cache entry (mta_spool_sts_put());
+ * rec NULL deletes the domain's entry. */
+struct mta_commit_sts_put {
+	const char *domain;
+	const void *rec;
+	size_t len;
+};
+
+/* MTA_COMMIT_ADMIN: an operator's change through the control socket
+ * (mta_spool_admin()): op (enum mta_spool_admin_op) on qid at now_us;
+ * dsn_qid optional: the bounce DSN stored in the same transaction. */
+struct mta_commit_admin {
+	int op;
+	const char *qid;
+	int64_t now_us;
+	const char *dsn_qid;
+	const struct mta_envelope *dsn_env;
+	const struct mta_body *dsn_body;
+};
+
+/* MTA_COMMIT_COUNTER: TLS report counter (mta_spool_counter_add()). */
+struct mta_commit_counter {
 	const char *key;
-	const void *val;
-	size_t vlen;
+	int64_t delta;
+};
+
+/*
+ * One request.  Caller-owned; the submit functions set kind and the
+ * variant of that kind and nothing else reads another variant.  The
+ * pointers in the variant are borrowed until done() is called.  result
+ * is valid in done() only.
+ */
+struct mta_commit {
+	enum mta_commit_kind kind; /* set by the submit function */
+	union {
+		struct mta_commit_new msg;
+		struct mta_commit_update update;
+		struct mta_commit_sts_put sts;
+		struct mta_commit_counter counter;
+		struct mta_commit_admin admin;
+	} u;
 	int result;
 	void (*done)(struct mta_commit *c);
 	struct mta_commit *next; /* private */
 };
 
+typedef void (*mta_commit_done_fn)(struct mta_commit *c);
+
 int mta_writer_start(uv_loop_t *loop, struct mta_spool *sp,
 		     struct mta_writer **out);
-void mta_writer_submit(struct mta_writer *w, struct mta_commit *c);
+/* New mail: the "pending" queue, committed after waiting outcomes. */
+void mta_writer_submit_new(struct mta_writer *w, struct mta_commit *c,
+			   const char *qid, const struct mta_envelope *env,
+			   const struct mta_body *body,
+			   mta_commit_done_fn done);
+/* Delivery outcome: the "urgent" queue (see Priority above).  *u is
+ * copied into c (u may point into c). */
+void mta_writer_submit_update(struct mta_writer *w, struct mta_commit *c,
+			      const struct mta_commit_update *u,
+			      mta_commit_done_fn done);
+void mta_writer_submit_sts_put(struct mta_writer *w, struct mta_commit *c,
+			       const char *domain, const void *rec,
+			       size_t len, mta_commit_done_fn done);
+void mta_writer_submit_counter_add(struct mta_writer *w,
+				   struct mta_commit *c, const char *key,
+				   int64_t delta, mta_commit_done_fn done);
+/* Operator change: the "pending" queue, like new mail.  *a is copied. */
+void mta_writer_submit_admin(struct mta_writer *w, struct mta_commit *c,
+			     const struct mta_commit_admin *a,
+			     mta_commit_done_fn done);
 void mta_writer_stop(struct mta_writer *w);
 
 #endif

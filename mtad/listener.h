@@ -1,41 +1,38 @@
 /*
- * listener.h - mtad's inbound SMTP: listening sockets and sessions.
+ * listener.h - mtad's inbound SMTP: the listening sockets.
  *
  * DESCRIPTION
- *	mtad_listener_start() binds every server.listen address and accepts
- *	sessions on the loop.  Each session couples a TCP handle, a timer, the
- *	sans-I/O SMTP engine (smtp_server.h), an optional TLS layer (tls.h)
- *	and a body sink (spool.h); complete messages go to the writer thread
- *	(writer.h) and the 250 is sent from the commit callback.
+ *	mtad_listener_open() binds and listens on every server.listen address
+ *	(start-up, still root: ports below 1024); *out is set even on
+ *	failure, and the caller shuts it down.  No connection is accepted
+ *	before mtad_listener_start(), which comes after the privilege drop
+ *	and hands each accepted connection to the session set of
+ *	libmta/inbound.h (which holds the sessions: engine, stream, limits,
+ *	deadlines, commits).  Connections arriving in between wait in the
+ *	kernel's backlog (the loop does not run before start-up ends).
  *
- *	mtad_listener_shutdown() stops accepting, tells every idle session
- *	"421 4.3.2" and closes it; a session waiting for a commit gets its
- *	reply first.  done() is called once every session and listening
- *	socket is closed.
+ *	mtad_listener_shutdown() stops accepting and shuts the sessions down
+ *	(mta_inbound_shutdown(): "421 4.3.2" to idle sessions, a pending
+ *	commit's reply first).  done() is called once every session and
+ *	listening socket is closed.  Shutting down a listener that was
+ *	opened but never started only closes its sockets.
  *
  * THREADS
  *	Loop thread only.
  *
  * SECURITY
- *	Memory per session is bounded: the engine's fixed buffers, at most
- *	MTAD_INBUF_MAX bytes of unprocessed input (reading stops beyond it),
- *	at most MTAD_OUTBUF_MAX bytes of unsent output (the engine stops
- *	beyond it), and a body in memory up to MTAD_BODY_SPILL bytes, then in
- *	an unlinked file in the spool's tmp directory.
+ *	See inbound.h: per-session memory bounds and session limits.
  */
 #ifndef MTAD_LISTENER_H
 #define MTAD_LISTENER_H
 
 #include "config.h"
+#include "inbound.h"
 #include "spool.h"
 #include "tls.h"
 #include "writer.h"
 
 #include <uv.h>
-
-#define MTAD_INBUF_MAX (64 * 1024)
-#define MTAD_OUTBUF_MAX (256 * 1024)
-#define MTAD_BODY_SPILL (256 * 1024)
 
 struct mtad_listener;
 
@@ -49,8 +46,10 @@ struct mtad_listener_params {
 	void *on_queued_arg;
 };
 
-int mtad_listener_start(const struct mtad_listener_params *p,
-			struct mtad_listener **out);
+int mtad_listener_open(uv_loop_t *loop, const struct mta_config *cfg,
+		       struct mtad_listener **out);
+int mtad_listener_start(struct mtad_listener *l,
+			const struct mtad_listener_params *p);
 void mtad_listener_shutdown(struct mtad_listener *l, void (*done)(void *arg),
 			    void *arg);
 void mtad_listener_free(struct mtad_listener *l);

@@ -7,6 +7,7 @@
  * operational failure (spool, listen, TLS files), 2 on bad usage or config.
  */
 #include "config.h"
+#include "ctlsock.h"
 #include "delivery.h"
 #include "dns.h"
 #include "err.h"
@@ -48,6 +49,7 @@ struct daemon {
 	struct mta_delivery *delivery;
 	struct mta_tlspolicy *policy;
 	struct mta_mtasts *mtasts;
+	struct mtad_control *control;
 	char auth_user[256], auth_pass[256];
 	bool have_auth;
 	struct mta_privdrop priv; /* who we become after start-up */
@@ -57,6 +59,7 @@ struct daemon {
 	const char *config_path;
 	unsigned parts_running; /* listener, delivery */
 	uv_signal_t sigterm, sigint, sighup;
+	bool signals_started;
 	int exit_code;
 };
 
@@ -83,9 +86,11 @@ static void stop_everything(struct daemon *d)
 		mta_dns_free(d->dns);
 		d->dns = NULL;
 	}
-	uv_close((uv_handle_t *)&d->sigterm, NULL);
-	uv_close((uv_handle_t *)&d->sigint, NULL);
-	uv_close((uv_handle_t *)&d->sighup, NULL);
+	if (d->signals_started) {
+		uv_close((uv_handle_t *)&d->sigterm, NULL);
+		uv_close((uv_handle_t *)&d->sigint, NULL);
+		uv_close((uv_handle_t *)&d->sighup, NULL);
+	}
 	mta_log_begin(&ll, MTA_LOG_INFO, "stopped");
 	mta_log_end(&ll);
 }
@@ -119,6 +124,8 @@ static void delivery_done(void *arg)
 
 static void begin_shutdown(struct daemon *d)
 {
+	mtad_control_stop(d->control);
+	d->control = NULL;
 	if (d->listener != NULL)
 		mtad_listener_shutdown(d->listener, part_done, d);
 	if (d->delivery != NULL)
@@ -386,11 +393,24 @@ fail:
 #ifdef MTAD_TEST_HOOKS
 /* Test builds only: MTA_TEST_ESCAPE=shadow|write:PATH|exec makes the
  * running daemon try to leave its sandbox (tests/integration/
- * test_privsep.py asserts each is refused). */
+ * test_privsep.py asserts each is refused).  MTA_TEST_LEAK=1 loses 77
+ * bytes on purpose: the test proves LeakSanitizer still reports from
+ * inside the sandbox (sanitizer builds). */
 static void test_escape_hook(void)
 {
 	const char *v = getenv("MTA_TEST_ESCAPE");
 
+	if (getenv("MTA_TEST_LEAK") != NULL) {
+		struct mta_logline ll;
+		char *volatile lost = malloc(77);
+
+		if (lost != NULL)
+			lost[0] = 'x';
+		lost = NULL;
+		mta_log_begin(&ll, MTA_LOG_WARN, "test_leak");
+		mta_log_int(&ll, "bytes", 77);
+		mta_log_end(&ll);
+	}
 	if (v == NULL)
 		return;
 	if (strncmp(v, "write:", 6) == 0)
@@ -418,7 +438,8 @@ static void on_signal(uv_signal_t *h, int signum)
 	begin_shutdown(d);
 }
 
-int main(int argc, char **argv)
+/* Start-up step 1: arguments.  -1 to go on, else the exit code. */
+static int parse_args(int argc, char **argv, const char **path, bool *check)
 {
 	static const struct option opts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -427,20 +448,15 @@ int main(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	struct daemon d;
-	const char *path = NULL;
-	bool check = false;
-	char err[1024];
-	int c, rc;
+	int c;
 
-	memset(&d, 0, sizeof(d));
 	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
-			path = optarg;
+			*path = optarg;
 			break;
 		case 'C':
-			check = true;
+			*check = true;
 			break;
 		case 'V':
 			printf("mtad %s\n", MTAD_VERSION);
@@ -453,26 +469,273 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind != argc || path == NULL) {
+	if (optind != argc || *path == NULL) {
 		usage(stderr);
 		return 2;
 	}
+	return -1;
+}
+
+/* --check-config: the files the config names must load too; prints the
+ * effective config.  Frees what it loaded; the exit code. */
+static int check_config(struct daemon *d)
+{
+	int rc = load_config_files(d) != 0 ? 2 : 0;
+
+	if (rc == 0)
+		mta_config_print(d->cfg, stdout);
+	mta_tls_creds_free(d->tls);
+	mta_tlspolicy_free(d->policy);
+	explicit_bzero(d->auth_pass, sizeof(d->auth_pass));
+	mta_config_free(d->cfg);
+	return rc;
+}
+
+/* Start-up step: the spool, locked (one daemon per spool: the lock is
+ * held until exit, its fd left open on purpose), checked and opened.
+ * Logs and prints the reason; 0 or -1. */
+static int open_spool(struct daemon *d)
+{
+	struct mta_logline ll;
+	char why[1024] = "";
+	int lock_fd, rc;
+	long holder;
+
+	rc = mta_spool_lock(d->cfg->spool_dir, &lock_fd, &holder);
+	if (rc != 0) {
+		mta_log_begin(&ll, MTA_LOG_ERR, "spool_locked");
+		mta_log_str(&ll, "dir", d->cfg->spool_dir);
+		mta_log_str(&ll, "error", mta_errname(rc));
+		if (rc == MTA_EAGAIN)
+			mta_log_int(&ll, "holder_pid", holder);
+		mta_log_end(&ll);
+		if (rc == MTA_EAGAIN)
+			fprintf(stderr,
+				"mtad: spool %s is in use by another mtad "
+				"(pid %ld, %s/mtad.lock); one daemon per "
+				"spool\n",
+				d->cfg->spool_dir, holder, d->cfg->spool_dir);
+		else
+			fprintf(stderr, "mtad: spool %s: lock: %s\n",
+				d->cfg->spool_dir, mta_strerror(rc));
+		return -1;
+	}
+	struct mta_spool_opts so = {
+		.dir = d->cfg->spool_dir,
+		.max_size = d->cfg->spool_max_size,
+		.readonly = false,
+		.why = why,
+		.whylen = sizeof(why),
+	};
+	mta_spool_trap_sigbus("mtad", d->cfg->spool_dir);
+	rc = mta_spool_open(&so, &d->spool);
+	if (rc != 0) {
+		mta_log_begin(&ll, MTA_LOG_ERR, "spool_open_failed");
+		mta_log_str(&ll, "dir", d->cfg->spool_dir);
+		mta_log_str(&ll, "error", mta_errname(rc));
+		mta_log_str(&ll, "reason", why[0] ? why : mta_strerror(rc));
+		mta_log_end(&ll);
+		fprintf(stderr, "mtad: spool %s: %s\n", d->cfg->spool_dir,
+			why[0] ? why : mta_strerror(rc));
+		d->spool = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* Start-up step: the resolver (before any listener opens: without DNS
+ * nothing accepted could be delivered).  0 or -1, logged. */
+static int start_dns(struct daemon *d)
+{
+	struct mta_logline ll;
+	char appdata[4096];
+	int rc;
+
+	snprintf(appdata, sizeof(appdata), "%s/getdns", d->cfg->spool_dir);
+	(void)mkdir(appdata, 0700);
+	struct mta_dns_opts dopts = {
+		.resolver = d->cfg->dns_resolver,
+		.trust_anchor = d->cfg->dns_trust_anchor,
+		.appdata_dir = appdata,
+		.timeout_ms = d->cfg->dns_timeout * 1000u,
+	};
+	rc = mta_dns_init(&d->loop, &dopts, &d->dns);
+	if (rc != 0) {
+		mta_log_begin(&ll, MTA_LOG_ERR, "dns_init_failed");
+		mta_log_str(&ll, "error", mta_errname(rc));
+		mta_log_str(&ll, "resolver",
+			    d->cfg->dns_resolver ? d->cfg->dns_resolver : "");
+		mta_log_end(&ll);
+		d->dns = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* Start-up step: the writer thread.  0 or -1, logged. */
+static int start_writer(struct daemon *d)
+{
+	struct mta_logline ll;
+	int rc = mta_writer_start(&d->loop, d->spool, &d->writer);
+
+	if (rc != 0) {
+		mta_log_begin(&ll, MTA_LOG_ERR, "writer_start_failed");
+		mta_log_str(&ll, "error", mta_errname(rc));
+		mta_log_end(&ll);
+		d->writer = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void start_signals(struct daemon *d)
+{
+	uv_signal_init(&d->loop, &d->sigterm);
+	uv_signal_init(&d->loop, &d->sigint);
+	uv_signal_init(&d->loop, &d->sighup);
+	uv_signal_start(&d->sigterm, on_signal, SIGTERM);
+	uv_signal_start(&d->sigint, on_signal, SIGINT);
+	uv_signal_start(&d->sighup, on_signal, SIGHUP);
+	d->signals_started = true;
+}
+
+/* Start-up step: client TLS credentials.  Without the CA file level
+ * verify cannot be met (webpki false); delivery still runs. */
+static bool load_client_tls(struct daemon *d)
+{
+	struct mta_logline ll;
+	char err[1024];
+
+	if (mta_tls_creds_client(d->cfg->tls_ca_file, &d->client_tls, err,
+				 sizeof(err)) == 0)
+		return true;
+	mta_log_begin(&ll, MTA_LOG_WARN, "tls_ca_file");
+	mta_log_str(&ll, "error", err);
+	mta_log_str(&ll, "effect",
+		    "level verify cannot be met; opportunistic TLS still works");
+	mta_log_end(&ll);
+	return false;
+}
+
+/* Start-up step (still root): the listening sockets and the control
+ * socket are opened; they serve nothing before start_parts().  The
+ * listener counts as a part from here on: a failure after this step
+ * unwinds through begin_shutdown() and the loop.  0 or -1 (logged). */
+static int open_sockets(struct daemon *d)
+{
+	int rc = mtad_listener_open(&d->loop, d->cfg, &d->listener);
+
+	if (d->listener != NULL)
+		d->parts_running = 1;
+	if (rc != 0)
+		return -1;
+	if (mtad_control_open(&d->loop, d->cfg, &d->control) != 0)
+		return -1;
+	return 0;
+}
+
+/* Start-up step: the parts that run on the loop: listeners (opened by
+ * open_sockets()), MTA-STS, delivery, the control socket.  Each started
+ * part is counted in parts_running and reports through part_done() when
+ * stopped; on failure the caller shuts down what started.  0 or an error
+ * code. */
+static int start_parts(struct daemon *d, bool webpki)
+{
+	struct mtad_listener_params lp = {
+		.loop = &d->loop,
+		.cfg = d->cfg,
+		.spool = d->spool,
+		.writer = d->writer,
+		.tls = d->tls,
+		.on_queued = on_queued,
+		.on_queued_arg = d,
+	};
+	int rc;
+
+	rc = mtad_listener_start(d->listener, &lp);
+	if (rc != 0)
+		return rc;
+	struct mta_mtasts_params mp = {
+		.loop = &d->loop,
+		.dns = d->dns,
+		.spool = d->spool,
+		.writer = d->writer,
+		.ca_file = d->cfg->tls_ca_file,
+		.https_port = d->cfg->mta_sts_https_port,
+		.refresh_interval = d->cfg->mta_sts_refresh_interval,
+	};
+	if (mta_mtasts_start(&mp, &d->mtasts) != 0)
+		d->mtasts = NULL;
+	if (d->client_tls == NULL) {
+		rc = MTA_EDNS; /* as before: no delivery, no daemon */
+	} else {
+		struct mta_delivery_params dp = {
+			.loop = &d->loop,
+			.cfg = d->cfg,
+			.spool = d->spool,
+			.writer = d->writer,
+			.dns = d->dns,
+			.tls = d->client_tls,
+			.webpki = webpki,
+			.policy = d->policy,
+			.mtasts = d->mtasts,
+			.auth_user = d->have_auth ? d->auth_user : NULL,
+			.auth_plain = d->have_auth ? d->auth_plain : NULL,
+		};
+		rc = mta_delivery_start(&dp, &d->delivery);
+		if (rc == 0)
+			d->parts_running++;
+		else
+			d->delivery = NULL;
+	}
+	if (d->delivery == NULL && d->mtasts != NULL)
+		d->parts_running++; /* stopped through delivery_done() */
+	if (rc == 0) {
+		/* the spool tools' way in (control.socket) */
+		struct mtad_control_params cp = {
+			.loop = &d->loop,
+			.cfg = d->cfg,
+			.spool = d->spool,
+			.writer = d->writer,
+			.delivery = &d->delivery,
+			.mtasts = &d->mtasts,
+			.version = MTAD_VERSION,
+		};
+		mtad_control_start(d->control, &cp);
+	}
+	return rc;
+}
+
+/*
+ * Start-up as steps with one unwind path (acquire forward, release
+ * backward): config, who to become (server.user), config files, the key
+ * holder (forked while single-threaded; it takes the private key and
+ * the relayhost password), spool, loop, DNS, signals, client TLS, the
+ * sockets (listeners, control socket: still root), the privilege drop
+ * and sandbox, the writer thread, then the parts on the loop.  Once the parts are started
+ * (even partly) every exit goes through begin_shutdown() and the loop,
+ * which stops the writer and frees DNS when the last part is done.
+ */
+int main(int argc, char **argv)
+{
+	struct daemon d;
+	struct mta_logline ll;
+	const char *path = NULL;
+	bool check = false;
+	char err[1024];
+	int rc;
+
+	memset(&d, 0, sizeof(d));
+	rc = parse_args(argc, argv, &path, &check);
+	if (rc >= 0)
+		return rc;
 	err[0] = '\0';
 	if (mta_config_load(path, environ, &d.cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "mtad: %s\n", err);
 		return 2;
 	}
-	if (check) {
-		/* the files the config names must load too */
-		rc = load_config_files(&d) != 0 ? 2 : 0;
-		if (rc == 0)
-			mta_config_print(d.cfg, stdout);
-		mta_tls_creds_free(d.tls);
-		mta_tlspolicy_free(d.policy);
-		explicit_bzero(d.auth_pass, sizeof(d.auth_pass));
-		mta_config_free(d.cfg);
-		return rc;
-	}
+	if (check)
+		return check_config(&d);
 	mta_log_set_level((enum mta_log_level)d.cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	d.config_path = path;
@@ -483,7 +746,6 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	struct mta_logline ll;
 	mta_log_begin(&ll, MTA_LOG_INFO, "start");
 	mta_log_str(&ll, "version", MTAD_VERSION);
 	mta_log_int(&ll, "pid", (long long)getpid());
@@ -495,7 +757,7 @@ int main(int argc, char **argv)
 	d.daemon_mode = true;
 	if (load_config_files(&d) != 0 || start_keyholder(&d) != 0) {
 		d.exit_code = 2;
-		goto out_tls;
+		goto out_config;
 	}
 	/* the spool must suit the user we become (created and given to it
 	 * when missing; someone else's spool is an error naming the fix) */
@@ -503,159 +765,42 @@ int main(int argc, char **argv)
 				   sizeof(err)) != 0) {
 		key_error(d.cfg, "spool", "dir", "%s", err);
 		d.exit_code = 2;
-		goto out_tls;
+		goto out_config;
 	}
-	/* one daemon per spool: held until exit (fd left open on purpose) */
-	int lock_fd;
-	long holder;
-	rc = mta_spool_lock(d.cfg->spool_dir, &lock_fd, &holder);
-	if (rc != 0) {
-		mta_log_begin(&ll, MTA_LOG_ERR, "spool_locked");
-		mta_log_str(&ll, "dir", d.cfg->spool_dir);
+	if (open_spool(&d) != 0)
+		goto out_config;
+	if ((rc = uv_loop_init(&d.loop)) != 0) {
+		mta_log_begin(&ll, MTA_LOG_ERR, "loop_init_failed");
 		mta_log_str(&ll, "error", mta_errname(rc));
-		if (rc == MTA_EAGAIN)
-			mta_log_int(&ll, "holder_pid", holder);
 		mta_log_end(&ll);
-		if (rc == MTA_EAGAIN)
-			fprintf(stderr,
-				"mtad: spool %s is in use by another mtad "
-				"(pid %ld, %s/mtad.lock); one daemon per "
-				"spool\n",
-				d.cfg->spool_dir, holder, d.cfg->spool_dir);
-		else
-			fprintf(stderr, "mtad: spool %s: lock: %s\n",
-				d.cfg->spool_dir, mta_strerror(rc));
-		goto out_tls;
+		goto out_spool;
 	}
-	char why[1024] = "";
-	struct mta_spool_opts so = {
-		.dir = d.cfg->spool_dir,
-		.max_size = d.cfg->spool_max_size,
-		.readonly = false,
-		.why = why,
-		.whylen = sizeof(why),
-	};
-	mta_spool_trap_sigbus("mtad", d.cfg->spool_dir);
-	rc = mta_spool_open(&so, &d.spool);
-	if (rc != 0) {
-		mta_log_begin(&ll, MTA_LOG_ERR, "spool_open_failed");
-		mta_log_str(&ll, "dir", d.cfg->spool_dir);
-		mta_log_str(&ll, "error", mta_errname(rc));
-		mta_log_str(&ll, "reason", why[0] ? why : mta_strerror(rc));
-		mta_log_end(&ll);
-		fprintf(stderr, "mtad: spool %s: %s\n", d.cfg->spool_dir,
-			why[0] ? why : mta_strerror(rc));
-		goto out_tls;
-	}
-	uv_loop_init(&d.loop);
 	d.loop.data = &d;
-	char appdata[4096];
-	snprintf(appdata, sizeof(appdata), "%s/getdns", d.cfg->spool_dir);
-	(void)mkdir(appdata, 0700);
-	struct mta_dns_opts dopts = {
-		.resolver = d.cfg->dns_resolver,
-		.trust_anchor = d.cfg->dns_trust_anchor,
-		.appdata_dir = appdata,
-		.timeout_ms = d.cfg->dns_timeout * 1000u,
-	};
-	rc = mta_dns_init(&d.loop, &dopts, &d.dns);
-	if (rc != 0) {
-		mta_log_begin(&ll, MTA_LOG_ERR, "dns_init_failed");
-		mta_log_str(&ll, "error", mta_errname(rc));
-		mta_log_str(&ll, "resolver",
-			    d.cfg->dns_resolver ? d.cfg->dns_resolver : "");
-		mta_log_end(&ll);
-		d.dns = NULL;
-	}
-	bool webpki = true;
-	rc = mta_tls_creds_client(d.cfg->tls_ca_file, &d.client_tls, err,
-				  sizeof(err));
-	if (rc != 0) {
-		webpki = false;
-		mta_log_begin(&ll, MTA_LOG_WARN, "tls_ca_file");
-		mta_log_str(&ll, "error", err);
-		mta_log_str(&ll, "effect",
-			    "level verify cannot be met; opportunistic TLS "
-			    "still works");
-		mta_log_end(&ll);
-	}
-	/* everything root had to open is open: drop and sandbox before the
-	 * first thread starts */
-	if (privsep_lockdown(&d) != 0) {
-		mta_dns_free(d.dns);
-		d.dns = NULL;
+	if (start_dns(&d) != 0)
 		goto out_loop;
-	}
-	rc = mta_writer_start(&d.loop, d.spool, &d.writer);
-	if (rc != 0) {
-		mta_log_begin(&ll, MTA_LOG_ERR, "writer_start_failed");
-		mta_log_str(&ll, "error", mta_errname(rc));
-		mta_log_end(&ll);
-		goto out_loop;
-	}
-	uv_signal_init(&d.loop, &d.sigterm);
-	uv_signal_init(&d.loop, &d.sigint);
-	uv_signal_init(&d.loop, &d.sighup);
-	uv_signal_start(&d.sigterm, on_signal, SIGTERM);
-	uv_signal_start(&d.sigint, on_signal, SIGINT);
-	uv_signal_start(&d.sighup, on_signal, SIGHUP);
+	start_signals(&d);
+	bool webpki = load_client_tls(&d);
 
+	/* from here on the loop runs and stop_everything() unwinds.
+	 * Everything root had to open is open after open_sockets(): drop
+	 * and sandbox before the first thread (the writer; curl's and
+	 * libuv's come later still) starts. */
+	if (open_sockets(&d) == 0 && privsep_lockdown(&d) == 0 &&
+	    start_writer(&d) == 0) {
 #ifdef MTAD_TEST_HOOKS
-	test_escape_hook();
+		test_escape_hook();
 #endif
-	struct mtad_listener_params lp = {
-		.loop = &d.loop,
-		.cfg = d.cfg,
-		.spool = d.spool,
-		.writer = d.writer,
-		.tls = d.tls,
-		.on_queued = on_queued,
-		.on_queued_arg = &d,
-	};
-	d.parts_running = 1;
-	rc = mtad_listener_start(&lp, &d.listener);
-	if (rc == 0 && d.dns != NULL) {
-		struct mta_mtasts_params mp = {
-			.loop = &d.loop,
-			.dns = d.dns,
-			.spool = d.spool,
-			.writer = d.writer,
-			.ca_file = d.cfg->tls_ca_file,
-			.https_port = d.cfg->mta_sts_https_port,
-			.refresh_interval = d.cfg->mta_sts_refresh_interval,
-		};
-		if (mta_mtasts_start(&mp, &d.mtasts) != 0)
-			d.mtasts = NULL;
+		rc = start_parts(&d, webpki);
+	} else {
+		rc = -1;
 	}
-	if (rc == 0 && d.dns != NULL && d.client_tls != NULL) {
-		struct mta_delivery_params dp = {
-			.loop = &d.loop,
-			.cfg = d.cfg,
-			.spool = d.spool,
-			.writer = d.writer,
-			.dns = d.dns,
-			.tls = d.client_tls,
-			.webpki = webpki,
-			.policy = d.policy,
-			.mtasts = d.mtasts,
-			.auth_user = d.have_auth ? d.auth_user : NULL,
-			.auth_plain = d.have_auth ? d.auth_plain : NULL,
-		};
-		rc = mta_delivery_start(&dp, &d.delivery);
-		if (rc == 0)
-			d.parts_running++;
-		else
-			d.delivery = NULL;
-	} else if (rc == 0) {
-		rc = MTA_EDNS;
-	}
-	if (d.delivery == NULL && d.mtasts != NULL)
-		d.parts_running++; /* stopped through delivery_done() */
 	if (rc == 0) {
 		mta_log_begin(&ll, MTA_LOG_INFO, "ready");
 		mta_log_int(&ll, "pid", (long long)getpid());
 		mta_log_end(&ll);
 		d.exit_code = 0;
+	} else if (d.parts_running == 0) {
+		stop_everything(&d); /* no listener to wait for */
 	} else {
 		begin_shutdown(&d);
 	}
@@ -665,14 +810,16 @@ int main(int argc, char **argv)
 out_loop:
 	if (d.writer != NULL) {
 		mta_writer_stop(d.writer);
-		uv_run(&d.loop, UV_RUN_DEFAULT);
+		d.writer = NULL;
 	}
+	uv_run(&d.loop, UV_RUN_DEFAULT);
 	if (uv_loop_close(&d.loop) != 0) {
 		uv_run(&d.loop, UV_RUN_DEFAULT);
 		(void)uv_loop_close(&d.loop);
 	}
+out_spool:
 	mta_spool_close(d.spool);
-out_tls:
+out_config:
 	mta_tls_creds_free(d.tls);
 	mta_keyholder_free(d.holder);
 	explicit_bzero(d.auth_plain, sizeof(d.auth_plain));

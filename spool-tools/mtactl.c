@@ -1,32 +1,50 @@
 /*
- * mtactl - inspect (and, later, act on) queued messages.
- *
- * Usage: mtactl [-c FILE] cat QID     the stored message, byte for byte
- *        mtactl [-c FILE] show QID    envelope and per-recipient state
- *        mtactl [-c FILE] tlsrpt      TLS report counters (RFC 8460)
- * Exit: 0 ok, 1 operational failure (no such message, spool error),
- * 2 bad usage or config.
+ * mtactl - inspect and act on queued mail and the MTA-STS cache
+ * (docs/mtactl.8.md).  Reading commands read the spool directly, so they
+ * work while mtad is stopped; every change goes through mtad's control
+ * socket and is refused with a message when mtad is not running.
+ * Exit: 0 ok, 1 operational failure (no such message, mtad not running,
+ * spool error), 2 bad usage or config.
  */
 #include "err.h"
+#include "sts.h"
 #include "tool.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
 
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <ctype.h>
+#include <strings.h>
 #include <unistd.h>
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: mtactl [-c FILE] cat QID\n"
-		   "       mtactl [-c FILE] show QID\n"
-		   "       mtactl [-c FILE] tlsrpt\n");
+	fprintf(f,
+		"usage: mtactl [-c FILE] COMMAND ...\n"
+		"  show QID                 envelope, per-recipient history, "
+		"evidence\n"
+		"  cat QID [--headers]      the stored message\n"
+		"  hold|release|delete|bounce|flush|requeue QID\n"
+		"  hold|release|delete|bounce|flush|requeue FILTERS [--yes]\n"
+		"      FILTERS: --domain D --sender A --recipient A --reason T\n"
+		"               --state queued|deferred|held|active "
+		"--older-than AGE\n"
+		"  evacuate --to HOST:PORT [QID ...|FILTERS] [--yes] "
+		"[--verify]\n"
+		"  policy list | policy show|refresh|purge DOMAIN\n"
+		"  stats | tlsrpt\n");
 }
 
-static int cmd_cat(struct mta_spool *sp, const char *qid)
+static int cmd_cat(struct mta_spool *sp, const char *qid, bool headers)
 {
 	char buf[65536];
 	uint64_t off = 0;
+	int hstate = 0; /* --headers: bytes of "\r\n\r\n" seen */
 
 	for (;;) {
 		size_t got = 0;
@@ -39,9 +57,25 @@ static int cmd_cat(struct mta_spool *sp, const char *qid)
 		}
 		if (got == 0)
 			break;
+		if (headers) {
+			/* up to and including the empty line */
+			static const char end[] = "\r\n\r\n";
+			size_t k = 0;
+			for (; k < got && hstate < 4; k++) {
+				if (buf[k] == end[hstate])
+					hstate++;
+				else if (buf[k] == '\n' && hstate == 1)
+					hstate = 4; /* bare LF LF */
+				else
+					hstate = buf[k] == '\r' ? 1 : 0;
+			}
+			got = k;
+		}
 		if (fwrite(buf, 1, got, stdout) != got)
 			return 1;
 		off += got;
+		if (headers && hstate == 4)
+			break;
 	}
 	return fflush(stdout) == 0 ? 0 : 1;
 }
@@ -88,7 +122,8 @@ static int cmd_show(struct mta_spool *sp, const char *qid)
 	mta_envelope_init(&e);
 	rc = mta_spool_get(sp, qid, &e);
 	if (rc != 0) {
-		fprintf(stderr, "mtactl: %s: %s\n", qid, mta_strerror(rc));
+		fprintf(stderr, "mtactl: %s: %s%s\n", qid, mta_strerror(rc),
+			rc == MTA_ENOTFOUND ? " (mtaq lists the queue)" : "");
 		return 1;
 	}
 	time_t t = (time_t)(e.arrival_us / 1000000);
@@ -104,6 +139,13 @@ static int cmd_show(struct mta_spool *sp, const char *qid)
 		printf("envid: %s\n", e.envid);
 	if (e.ret_raw)
 		printf("ret: %s\n", e.ret_raw);
+	int64_t since;
+	if (mta_spool_held_get(sp, qid, &since) == 0) {
+		time_t hs = (time_t)(since / 1000000);
+		gmtime_r(&hs, &tm);
+		strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		printf("held: since %s (mtactl release %s)\n", ts, qid);
+	}
 	for (size_t i = 0; i < e.nrcpt; i++) {
 		const struct mta_rcpt *r = &e.rcpts[i];
 		printf("recipient: <%s> state=%s attempts=%u", r->addr,
@@ -114,14 +156,618 @@ static int cmd_show(struct mta_spool *sp, const char *qid)
 			printf(" orcpt=%s", r->orcpt);
 		if (r->relay)
 			printf(" relay=%s", r->relay);
-		if (r->evidence)
-			printf(" evidence=\"%s\"", r->evidence);
-		if (r->last_response)
-			printf(" last=\"%s\"", r->last_response);
 		printf("\n");
+		if (r->next_attempt_us > 0 &&
+		    (r->state == MTA_RCPT_DEFERRED ||
+		     r->state == MTA_RCPT_QUEUED)) {
+			time_t na = (time_t)(r->next_attempt_us / 1000000);
+			gmtime_r(&na, &tm);
+			strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+			printf("    next attempt: %s\n", ts);
+		}
+		if (r->last_response)
+			printf("    last: %s\n", r->last_response);
+		if (r->evidence)
+			printf("    policy evidence: %s\n", r->evidence);
 	}
 	mta_envelope_free(&e);
 	return 0;
+}
+
+
+/* ---- changes through mtad ------------------------------------------ */
+
+static const struct {
+	const char *name;
+	enum mta_ctl_verb verb;
+	const char *done; /* for the count line */
+} actions[] = {
+	{"hold", MTA_CTL_HOLD, "held"},
+	{"release", MTA_CTL_RELEASE, "released"},
+	{"delete", MTA_CTL_DELETE, "deleted"},
+	{"bounce", MTA_CTL_BOUNCE, "bounced"},
+	{"flush", MTA_CTL_FLUSH, "flushed"},
+	{"requeue", MTA_CTL_FLUSH, "requeued"},
+};
+
+static bool qid_syntax(const char *s)
+{
+	static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+	if (strlen(s) != MTA_QID_LEN)
+		return false;
+	for (; *s; s++)
+		if (strchr(b32, *s) == NULL)
+			return false;
+	return true;
+}
+
+/* One request; prints ERR text; 0 ok, 1 failed. */
+static int ctl_one(struct tool_ctl *c, enum mta_ctl_verb verb,
+		   const char *arg, bool quiet)
+{
+	char code[32], text[1100];
+	bool ok = false;
+
+	if (tool_ctl_request(c, verb, arg, NULL, NULL, &ok, code,
+			     sizeof(code), text, sizeof(text)) != 0) {
+		fprintf(stderr, "mtactl: %s: connection to mtad lost; see the "
+				"mtad log\n", arg ? arg : "");
+		return 1;
+	}
+	if (!ok) {
+		fprintf(stderr, "mtactl: %s: %s\n", arg ? arg : "", text);
+		return 1;
+	}
+	if (!quiet)
+		printf("%s: %s\n", arg ? arg : "", text);
+	return 0;
+}
+
+struct sel {
+	struct tool_filter f;
+	struct tool_qidset held, active, out;
+	int64_t now;
+};
+
+static int qidset_push(struct tool_qidset *o, const char *qid)
+{
+	if (o->n == o->cap) {
+		size_t cap = o->cap ? o->cap * 2 : 256;
+		void *v = realloc(o->v, cap * sizeof(*o->v));
+		if (v == NULL)
+			return -ENOMEM;
+		o->v = v;
+		o->cap = cap;
+	}
+	snprintf(o->v[o->n++], MTA_QID_LEN + 1, "%s", qid);
+	return 0;
+}
+
+static int on_select(void *ud, const struct mta_spool_entry *en)
+{
+	struct sel *s = ud;
+	const char *st = tool_msg_state(en->env,
+					tool_qidset_has(&s->held, en->qid),
+					tool_qidset_has(&s->active, en->qid));
+	if (!tool_filter_match(&s->f, en->qid, en->env, st, s->now))
+		return 0;
+	return qidset_push(&s->out, en->qid);
+}
+
+/* Fills s->out with the qids that pass s->f; 0, or 1 after a message. */
+static int select_all(const struct mta_config *cfg, struct sel *s)
+{
+	struct mta_spool *sp;
+	int rc = tool_open_spool("mtactl", cfg, true, &sp);
+	if (rc != 0)
+		return rc;
+	s->now = tool_now_us();
+	rc = tool_qidset_load_held(sp, &s->held);
+	if (rc == 0)
+		rc = tool_qidset_load_active(cfg, &s->active);
+	if (rc == 0)
+		rc = mta_spool_foreach(sp, on_select, s);
+	mta_spool_close(sp);
+	tool_qidset_free(&s->held);
+	tool_qidset_free(&s->active);
+	if (rc != 0) {
+		fprintf(stderr, "mtactl: spool %s: %s\n", cfg->spool_dir,
+			mta_strerror(rc));
+		tool_qidset_free(&s->out);
+		return 1;
+	}
+	return 0;
+}
+
+static int cmd_action(const struct mta_config *cfg, int ai, int argc,
+		      char **argv)
+{
+	static const struct option fopts[] = {
+		{"domain", required_argument, NULL, 'f'},
+		{"sender", required_argument, NULL, 'f'},
+		{"recipient", required_argument, NULL, 'f'},
+		{"reason", required_argument, NULL, 'f'},
+		{"state", required_argument, NULL, 'f'},
+		{"older-than", required_argument, NULL, 'f'},
+		{"yes", no_argument, NULL, 'y'},
+		{NULL, 0, NULL, 0},
+	};
+	struct sel s;
+	struct tool_ctl c;
+	bool yes = false;
+	int opt, li = 0, rc;
+
+	memset(&s, 0, sizeof(s));
+	optind = 0; /* restart getopt on the command's arguments */
+	while ((opt = getopt_long(argc, argv, "+", fopts, &li)) != -1) {
+		if (opt == 'y')
+			yes = true;
+		else if (opt != 'f' ||
+			 tool_filter_parse_opt("mtactl", &s.f,
+					       fopts[li].name, optarg) != 0) {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!s.f.any) {
+		/* one or more IDs */
+		if (optind >= argc) {
+			fprintf(stderr, "mtactl: %s: give a queue ID or "
+					"filters (--domain ...)\n",
+				actions[ai].name);
+			return 2;
+		}
+		for (int i = optind; i < argc; i++)
+			if (!qid_syntax(argv[i])) {
+				fprintf(stderr,
+					"mtactl: %s is not a queue ID (16 "
+					"characters as mtaq shows them)\n",
+					argv[i]);
+				return 2;
+			}
+		if (tool_ctl_open("mtactl", cfg, false, &c) != 0)
+			return 1;
+		rc = 0;
+		for (int i = optind; i < argc; i++)
+			rc |= ctl_one(&c, actions[ai].verb, argv[i], false);
+		tool_ctl_close(&c);
+		return rc;
+	}
+	if (optind != argc) {
+		fprintf(stderr, "mtactl: %s: give either queue IDs or filters, "
+				"not both\n", actions[ai].name);
+		return 2;
+	}
+	rc = select_all(cfg, &s);
+	if (rc != 0)
+		return rc;
+	if (!yes) {
+		size_t n = s.out.n;
+		printf("%zu messages match; add --yes to %s them\n", n,
+		       actions[ai].name);
+		tool_qidset_free(&s.out);
+		return n ? 2 : 0;
+	}
+	if (s.out.n == 0) {
+		printf("0 messages match; nothing %s\n", actions[ai].done);
+		return 0;
+	}
+	if (tool_ctl_open("mtactl", cfg, false, &c) != 0) {
+		tool_qidset_free(&s.out);
+		return 1;
+	}
+	size_t good = 0;
+	for (size_t i = 0; i < s.out.n; i++)
+		if (ctl_one(&c, actions[ai].verb, s.out.v[i], true) == 0)
+			good++;
+	tool_ctl_close(&c);
+	size_t n = s.out.n;
+	printf("%zu of %zu messages %s\n", good, n, actions[ai].done);
+	tool_qidset_free(&s.out);
+	return good == n ? 0 : 1;
+}
+
+
+/* ---- evacuate ------------------------------------------------------- */
+
+/* One request; *code gets the ERR code word ("" on OK), text the rest.
+ * 0 when a reply came, 1 when the connection broke. */
+static int ctl_ask(struct tool_ctl *c, enum mta_ctl_verb verb,
+		   const char *qid, bool *ok, char *code, size_t codelen,
+		   char *text, size_t textlen)
+{
+	code[0] = text[0] = '\0';
+	return tool_ctl_request(c, verb, qid, NULL, NULL, ok, code, codelen,
+				text, textlen);
+}
+
+/* "[host]:port" or "host:port" (an IPv6 literal needs the brackets). */
+static int parse_target(const char *to, char *host, size_t hlen, char *port,
+			size_t plen)
+{
+	const char *colon = strrchr(to, ':');
+	const char *h = to;
+	size_t n;
+
+	if (colon == NULL || colon[1] == '\0' ||
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
+	    strlen(colon + 1) >= plen || atoi(colon + 1) < 1 ||
+	    atoi(colon + 1) > 65535)
+		return -1;
+	n = (size_t)(colon - to);
+	if (n > 0 && to[0] == '[') {
+		if (to[n - 1] != ']')
+			return -1;
+		h = to + 1;
+		n -= 2;
+	} else if (memchr(to, ':', n) != NULL) {
+		return -1; /* IPv6 without brackets */
+	}
+	if (n == 0 || n >= hlen)
+		return -1;
+	memcpy(host, h, n);
+	host[n] = '\0';
+	snprintf(port, plen, "%s", colon + 1);
+	return 0;
+}
+
+/* Holds qid through mtad, sends it, deletes it on 250 or releases it.
+ * Returns 0 moved, 1 left queued, 2 target unreachable (left queued),
+ * 3 gone (delivered or deleted meanwhile), 4 mtad lost. */
+static int evacuate_one(struct tool_ctl *c, struct mta_spool *sp,
+			struct tool_evac *ev, const char *qid)
+{
+	char code[32], text[1100], why[1200];
+	struct mta_envelope e;
+	bool ok = false, held_here;
+	int rc, sent;
+
+	if (ctl_ask(c, MTA_CTL_HOLD, qid, &ok, code, sizeof(code), text,
+		    sizeof(text)) != 0)
+		return 4;
+	if (!ok && strcmp(code, "notfound") == 0)
+		return 3;
+	if (!ok && strcmp(code, "state") != 0) {
+		printf("%s: left queued: cannot hold it: %s\n", qid, text);
+		return 1;
+	}
+	held_here = ok; /* "state": held before, and stays held on failure */
+	mta_envelope_init(&e);
+	rc = mta_spool_get(sp, qid, &e);
+	if (rc == MTA_ENOTFOUND) {
+		mta_envelope_free(&e);
+		return 3;
+	}
+	if (rc != 0) {
+		snprintf(why, sizeof(why), "spool: %s", mta_strerror(rc));
+		sent = 1;
+	} else {
+		sent = tool_evac_send(ev, sp, qid, &e, why, sizeof(why));
+	}
+	mta_envelope_free(&e);
+	if (sent == 0) {
+		if (ctl_ask(c, MTA_CTL_DELETE, qid, &ok, code, sizeof(code),
+			    text, sizeof(text)) != 0 ||
+		    !ok) {
+			printf("%s: accepted by the target but NOT removed "
+			       "here (%s): delete it (mtactl delete %s) or it "
+			       "is delivered twice\n",
+			       qid, text[0] ? text : "connection to mtad lost",
+			       qid);
+			return 1;
+		}
+		return 0;
+	}
+	if (held_here &&
+	    (ctl_ask(c, MTA_CTL_RELEASE, qid, &ok, code, sizeof(code), text,
+		     sizeof(text)) != 0 ||
+	     !ok)) {
+		printf("%s: left queued but still held (release failed: %s; "
+		       "mtactl release %s)\n",
+		       qid, text[0] ? text : "connection to mtad lost", qid);
+		return sent;
+	}
+	printf("%s: left queued%s: %s\n", qid, held_here ? "" : " (held)",
+	       why);
+	return sent;
+}
+
+static int cmd_evacuate(const struct mta_config *cfg, int argc, char **argv)
+{
+	static const struct option fopts[] = {
+		{"domain", required_argument, NULL, 'f'},
+		{"sender", required_argument, NULL, 'f'},
+		{"recipient", required_argument, NULL, 'f'},
+		{"reason", required_argument, NULL, 'f'},
+		{"state", required_argument, NULL, 'f'},
+		{"older-than", required_argument, NULL, 'f'},
+		{"yes", no_argument, NULL, 'y'},
+		{"to", required_argument, NULL, 't'},
+		{"verify", no_argument, NULL, 'v'},
+		{NULL, 0, NULL, 0},
+	};
+	struct sel s;
+	struct tool_ctl c;
+	struct tool_evac *ev = NULL;
+	struct mta_spool *sp = NULL;
+	const char *to = NULL;
+	char host[256], port[16], why[600];
+	bool yes = false, verify = false;
+	int opt, li = 0, rc;
+	size_t moved = 0, left = 0, gone = 0, i;
+
+	memset(&s, 0, sizeof(s));
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "+", fopts, &li)) != -1) {
+		if (opt == 'y')
+			yes = true;
+		else if (opt == 't')
+			to = optarg;
+		else if (opt == 'v')
+			verify = true;
+		else if (opt != 'f' ||
+			 tool_filter_parse_opt("mtactl", &s.f,
+					       fopts[li].name, optarg) != 0) {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (to == NULL || parse_target(to, host, sizeof(host), port,
+				       sizeof(port)) != 0) {
+		fprintf(stderr, "mtactl: evacuate: give the target relay as "
+				"--to HOST:PORT or --to [ADDRESS]:PORT\n");
+		return 2;
+	}
+	if (s.f.any && optind != argc) {
+		fprintf(stderr, "mtactl: evacuate: give either queue IDs or "
+				"filters, not both\n");
+		return 2;
+	}
+	for (int k = optind; k < argc; k++)
+		if (!qid_syntax(argv[k])) {
+			fprintf(stderr,
+				"mtactl: %s is not a queue ID (16 characters "
+				"as mtaq shows them)\n", argv[k]);
+			return 2;
+		}
+	/* every step goes through mtad: check it is there first */
+	if (tool_ctl_open("mtactl", cfg, false, &c) != 0)
+		return 1;
+	if (optind == argc) {
+		/* filters, or none: the whole queue */
+		rc = select_all(cfg, &s);
+		if (rc != 0) {
+			tool_ctl_close(&c);
+			return rc;
+		}
+		if (!yes || s.out.n == 0) {
+			printf("%zu messages match; %s\n", s.out.n,
+			       s.out.n ? "add --yes to evacuate them"
+				       : "nothing evacuated");
+			tool_ctl_close(&c);
+			rc = s.out.n ? 2 : 0;
+			tool_qidset_free(&s.out);
+			return rc;
+		}
+	} else {
+		for (int k = optind; k < argc; k++) {
+			rc = qidset_push(&s.out, argv[k]);
+			if (rc != 0) {
+				tool_ctl_close(&c);
+				tool_qidset_free(&s.out);
+				return 1;
+			}
+		}
+	}
+	rc = tool_open_spool("mtactl", cfg, true, &sp);
+	if (rc == 0 &&
+	    tool_evac_new(host, port, cfg->server_hostname, verify,
+			  cfg->tls_ca_file, &ev, why, sizeof(why)) != 0) {
+		fprintf(stderr, "mtactl: evacuate: TLS setup: %s\n", why);
+		rc = 1;
+	}
+	for (i = 0; rc == 0 && i < s.out.n; i++) {
+		int r = evacuate_one(&c, sp, ev, s.out.v[i]);
+		if (r == 0)
+			moved++;
+		else if (r == 3)
+			gone++;
+		else
+			left++;
+		if (r == 2) {
+			fprintf(stderr, "mtactl: evacuate: stopped: the "
+					"target cannot be reached; nothing "
+					"more was held\n");
+			break;
+		}
+		if (r == 4) {
+			fprintf(stderr, "mtactl: evacuate: stopped: the "
+					"connection to mtad was lost (see the "
+					"mtad log)\n");
+			break;
+		}
+	}
+	if (ev != NULL)
+		printf("%zu of %zu messages evacuated to %s (tls %s); %zu left "
+		       "queued%s; %zu gone meanwhile\n",
+		       moved, s.out.n, to, tool_evac_tls(ev),
+		       s.out.n - moved - gone, i < s.out.n ? " (stopped)" : "",
+		       gone);
+	(void)left;
+	tool_evac_free(ev);
+	if (sp != NULL)
+		mta_spool_close(sp);
+	tool_ctl_close(&c);
+	size_t n = s.out.n;
+	tool_qidset_free(&s.out);
+	if (rc != 0)
+		return rc;
+	return moved + gone == n ? 0 : 1;
+}
+
+/* ---- policy cache --------------------------------------------------- */
+
+static void fmt_ts(char out[32], int64_t s)
+{
+	time_t t = (time_t)s;
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int print_policy_row(void *ud, const char *domain, const uint8_t *rec,
+			    size_t len)
+{
+	struct mta_sts_cache_rec r;
+	char f[32], e[32];
+	(void)ud;
+	if (mta_sts_cache_decode(rec, len, &r) != 0) {
+		printf("%-40.40s  (undecodable record)\n", domain);
+		return 0;
+	}
+	fmt_ts(f, r.fetched_at);
+	fmt_ts(e, r.expires_at);
+	printf("%-36.36s %-8s %-20s %-20s %.12s\n", domain,
+	       mta_sts_mode_name(r.policy.mode), f, e, r.id);
+	return 0;
+}
+
+struct evid {
+	const char *domain;
+	char last[600];
+	int64_t when;
+};
+
+static int find_evidence(void *ud, const struct mta_spool_entry *en)
+{
+	struct evid *v = ud;
+	for (size_t i = 0; i < en->env->nrcpt; i++) {
+		const struct mta_rcpt *r = &en->env->rcpts[i];
+		const char *at = strrchr(r->addr, '@');
+		if (r->evidence == NULL || at == NULL ||
+		    strcasecmp(at + 1, v->domain) != 0)
+			continue;
+		if (r->next_attempt_us >= v->when) {
+			v->when = r->next_attempt_us;
+			snprintf(v->last, sizeof(v->last), "%s", r->evidence);
+		}
+	}
+	return 0;
+}
+
+static int cmd_policy(const struct mta_config *cfg, int argc, char **argv)
+{
+	struct mta_spool *sp;
+	struct tool_ctl c;
+	int rc;
+
+	if (argc == 1 && strcmp(argv[0], "list") == 0) {
+		rc = tool_open_spool("mtactl", cfg, true, &sp);
+		if (rc != 0)
+			return rc;
+		printf("%-36s %-8s %-20s %-20s %s\n", "DOMAIN", "MODE",
+		       "FETCHED", "EXPIRES", "ID");
+		rc = mta_spool_sts_foreach(sp, print_policy_row, NULL);
+		mta_spool_close(sp);
+		if (rc != 0) {
+			fprintf(stderr, "mtactl: policy list: %s\n",
+				mta_strerror(rc));
+			return 1;
+		}
+		return 0;
+	}
+	if (argc != 2 || (strcmp(argv[0], "show") && strcmp(argv[0], "purge") &&
+			  strcmp(argv[0], "refresh"))) {
+		usage(stderr);
+		return 2;
+	}
+	char dom[256];
+	snprintf(dom, sizeof(dom), "%s", argv[1]);
+	for (char *p = dom; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	if (strcmp(argv[0], "show") != 0) {
+		if (tool_ctl_open("mtactl", cfg, false, &c) != 0)
+			return 1;
+		rc = ctl_one(&c, argv[0][0] == 'p' ? MTA_CTL_POLICY_PURGE
+						   : MTA_CTL_POLICY_REFRESH,
+			     dom, false);
+		tool_ctl_close(&c);
+		return rc;
+	}
+	struct mta_buf raw = {0};
+	struct mta_sts_cache_rec r;
+	rc = tool_open_spool("mtactl", cfg, true, &sp);
+	if (rc != 0)
+		return rc;
+	rc = mta_spool_sts_get(sp, dom, &raw);
+	if (rc == 0 && mta_sts_cache_decode(raw.data, raw.len, &r) == 0) {
+		char f[32], e[32];
+		fmt_ts(f, r.fetched_at);
+		fmt_ts(e, r.expires_at);
+		printf("domain: %s\nmta-sts id: %s\nmode: %s\nmax_age: %u\n"
+		       "fetched: %s\nexpires: %s\n",
+		       dom, r.id, mta_sts_mode_name(r.policy.mode),
+		       r.policy.max_age, f, e);
+		for (size_t i = 0; i < r.policy.nmx; i++)
+			printf("mx: %s\n", r.policy.mx[i]);
+	} else if (rc == MTA_ENOTFOUND) {
+		printf("domain: %s\nmta-sts: no cached policy\n", dom);
+		rc = 0;
+	} else {
+		fprintf(stderr, "mtactl: policy show %s: %s\n", dom,
+			mta_strerror(rc ? rc : MTA_ECORRUPT));
+		rc = 1;
+	}
+	mta_buf_free(&raw);
+	if (rc == 0) {
+		/* DANE and the rest of the decision: the evidence recorded
+		 * with the last attempt to this domain */
+		struct evid v = {.domain = dom, .when = -1};
+		(void)mta_spool_foreach(sp, find_evidence, &v);
+		printf("last decision seen: %s\n",
+		       v.last[0] ? v.last : "none (no queued mail to it)");
+	}
+	mta_spool_close(sp);
+	return rc;
+}
+
+/* ---- stats ------------------------------------------------------------ */
+
+static void print_data(void *ud, const char *t)
+{
+	(void)ud;
+	printf("%s\n", t);
+}
+
+static int cmd_stats(const struct mta_config *cfg)
+{
+	struct tool_ctl c;
+	struct mta_spool *sp;
+	uint64_t m = 0, r = 0, b = 0;
+	bool ok = false;
+	int rc;
+
+	if (tool_ctl_open("mtactl", cfg, true, &c) == 0) {
+		rc = tool_ctl_request(&c, MTA_CTL_STATS, NULL, print_data, NULL,
+				      &ok, NULL, 0, NULL, 0);
+		tool_ctl_close(&c);
+		if (rc == 0 && ok)
+			return 0;
+	}
+	/* mtad is not running: what the spool says */
+	rc = tool_open_spool("mtactl", cfg, true, &sp);
+	if (rc != 0)
+		return rc;
+	struct tool_qidset held = {0};
+	(void)tool_qidset_load_held(sp, &held);
+	rc = mta_spool_totals(sp, &m, &r, &b);
+	if (rc == MTA_ENOTFOUND)
+		rc = mta_spool_stat(sp, &m);
+	printf("mtad not running\nmessages %" PRIu64 "\nrecipients %" PRIu64
+	       "\nbytes %" PRIu64 "\nheld %zu\n", m, r, b, held.n);
+	tool_qidset_free(&held);
+	mta_spool_close(sp);
+	return rc == 0 ? 0 : 1;
 }
 
 int main(int argc, char **argv)
@@ -131,7 +777,7 @@ int main(int argc, char **argv)
 	struct mta_spool *sp = NULL;
 	int c, rc;
 
-	while ((c = getopt(argc, argv, "c:h")) != -1) {
+	while ((c = getopt(argc, argv, "+c:h")) != -1) {
 		switch (c) {
 		case 'c':
 			path = optarg;
@@ -144,25 +790,63 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	bool tlsrpt = argc - optind == 1 && strcmp(argv[optind], "tlsrpt") == 0;
-	if (!tlsrpt &&
-	    (argc - optind != 2 || (strcmp(argv[optind], "cat") != 0 &&
-				    strcmp(argv[optind], "show") != 0))) {
+	if (optind >= argc) {
 		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[optind];
+	int nargs = argc - optind - 1;
+	char **args = argv + optind + 1;
+	int ai = -1;
+	for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++)
+		if (strcmp(cmd, actions[i].name) == 0)
+			ai = (int)i;
+	bool known = ai >= 0 || !strcmp(cmd, "policy") ||
+		     !strcmp(cmd, "evacuate") ||
+		     !strcmp(cmd, "stats") || !strcmp(cmd, "tlsrpt") ||
+		     !strcmp(cmd, "cat") || !strcmp(cmd, "show");
+	if (!known) {
+		fprintf(stderr, "mtactl: unknown command %s\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+	if ((!strcmp(cmd, "show") && nargs != 1) ||
+	    (!strcmp(cmd, "cat") &&
+	     !(nargs == 1 || (nargs == 2 && !strcmp(args[1], "--headers")))) ||
+	    ((!strcmp(cmd, "stats") || !strcmp(cmd, "tlsrpt")) && nargs != 0)) {
+		usage(stderr);
+		return 2;
+	}
+	if ((!strcmp(cmd, "show") || !strcmp(cmd, "cat")) &&
+	    !qid_syntax(args[0])) {
+		fprintf(stderr,
+			"mtactl: %s is not a queue ID (16 characters as mtaq "
+			"shows them)\n", args[0]);
 		return 2;
 	}
 	rc = tool_load_config("mtactl", path, &cfg);
 	if (rc != 0)
 		return rc;
-	rc = tool_open_spool("mtactl", cfg, true, &sp);
-	if (rc == 0) {
-		if (tlsrpt)
-			rc = cmd_tlsrpt(sp);
-		else if (strcmp(argv[optind], "cat") == 0)
-			rc = cmd_cat(sp, argv[optind + 1]);
-		else
-			rc = cmd_show(sp, argv[optind + 1]);
-		mta_spool_close(sp);
+	if (ai >= 0) {
+		/* getopt_long over the command's own arguments */
+		rc = cmd_action(cfg, ai, nargs + 1, argv + optind);
+	} else if (!strcmp(cmd, "evacuate")) {
+		rc = cmd_evacuate(cfg, nargs + 1, argv + optind);
+	} else if (!strcmp(cmd, "policy")) {
+		rc = cmd_policy(cfg, nargs, args);
+	} else if (!strcmp(cmd, "stats")) {
+		rc = cmd_stats(cfg);
+	} else {
+		rc = tool_open_spool("mtactl", cfg, true, &sp);
+		if (rc == 0) {
+			if (!strcmp(cmd, "tlsrpt"))
+				rc = cmd_tlsrpt(sp);
+			else if (!strcmp(cmd, "cat"))
+				rc = cmd_cat(sp, args[0], nargs == 2);
+			else
+				rc = cmd_show(sp, args[0]);
+			mta_spool_close(sp);
+		}
 	}
 	mta_config_free(cfg);
 	return rc;

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,11 +43,18 @@ struct ctx {
 	bool json;
 	bool summary;
 	struct totals t;
+	struct tool_filter filt;
+	struct tool_qidset held, active;
+	int64_t now;
 };
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: mtaq [-c FILE] [--json] [--summary]\n");
+	fprintf(f, "usage: mtaq [-c FILE] [--json] [--summary | --destinations]\n"
+		   "            [--domain DOMAIN] [--sender ADDR|@DOMAIN]\n"
+		   "            [--recipient ADDR|@DOMAIN] [--reason TEXT]\n"
+		   "            [--state queued|deferred|held|active] "
+		   "[--older-than AGE]\n");
 }
 
 static const char *rcpt_state_name(uint8_t s)
@@ -227,6 +235,14 @@ static void json_notify(FILE *f, const struct mta_rcpt *r)
 	fputc('"', f);
 }
 
+static const char *state_of(struct ctx *c, const char *qid,
+			    const struct mta_envelope *e)
+{
+	bool held = tool_qidset_has(&c->held, qid);
+	bool active = tool_qidset_has(&c->active, qid);
+	return held || active ? tool_msg_state(e, held, active) : msg_state(e);
+}
+
 static void print_json(struct ctx *c, const char *qid,
 		       const struct mta_envelope *e)
 {
@@ -242,7 +258,7 @@ static void print_json(struct ctx *c, const char *qid,
 		   ",\"size\":%" PRIu64 ",\"sender\":",
 		ts, e->arrival_us, e->size);
 	json_str(f, e->sender);
-	fprintf(f, ",\"state\":\"%s\",\"client\":", msg_state(e));
+	fprintf(f, ",\"state\":\"%s\",\"client\":", state_of(c, qid, e));
 	json_str(f, e->client_addr);
 	fputs(",\"helo\":", f);
 	json_str(f, e->helo);
@@ -285,7 +301,7 @@ static void print_row(struct ctx *c, const char *qid,
 
 	fmt_time(ts, e->arrival_us);
 	fprintf(f, "%-16s  %-20s  %10" PRIu64 "  %5zu  %-8s  ", qid, ts,
-		e->size, e->nrcpt, msg_state(e));
+		e->size, e->nrcpt, state_of(c, qid, e));
 	if (e->sender[0] == '\0')
 		fputs("<>", f);
 	else
@@ -311,6 +327,14 @@ static int on_message(void *ud, const struct mta_spool_entry *en)
 	struct ctx *c = ud;
 	const struct mta_envelope *e = en->env;
 
+	if (c->filt.any &&
+	    !tool_filter_match(&c->filt, en->qid, e,
+			       tool_msg_state(e, tool_qidset_has(&c->held,
+								 en->qid),
+					      tool_qidset_has(&c->active,
+							      en->qid)),
+			       c->now))
+		return 0;
 	c->t.messages++;
 	c->t.rcpts += e->nrcpt;
 	c->t.bytes += e->size;
@@ -323,12 +347,161 @@ static int on_message(void *ud, const struct mta_spool_entry *en)
 	return 0;
 }
 
+/* ---- per-destination summary ----------------------------------------
+ * No envelope is decoded: counts come from the dest index (domain ->
+ * qids, the first qid being the oldest), the due index (a message due
+ * later than now waits for a retry: deferred), the held index and mtad's
+ * list of messages in delivery. */
+
+struct dsum {
+	struct ctx *c;
+	struct tool_qidset later; /* due after now */
+	char dom[512];
+	uint64_t total, held, active, deferred;
+	char oldest[MTA_QID_LEN + 1];
+	bool first_row;
+};
+
+static int64_t qid_time(const char *qid)
+{
+	static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+	uint64_t v = 0;
+	for (int i = 0; i < 11; i++) {
+		const char *p = strchr(b32, qid[i]);
+		if (p == NULL || qid[i] == '\0')
+			return -1;
+		v = v << 5 | (uint64_t)(p - b32);
+	}
+	return (int64_t)v;
+}
+
+static int on_due_entry(void *ud, const char *qid, int64_t due_us)
+{
+	struct dsum *d = ud;
+	if (due_us > d->c->now) {
+		if (d->later.n == d->later.cap) {
+			size_t cap = d->later.cap ? d->later.cap * 2 : 1024;
+			void *v = realloc(d->later.v, cap * sizeof(*d->later.v));
+			if (v == NULL)
+				return -ENOMEM;
+			d->later.v = v;
+			d->later.cap = cap;
+		}
+		memcpy(d->later.v[d->later.n], qid, MTA_QID_LEN);
+		d->later.v[d->later.n++][MTA_QID_LEN] = '\0';
+	}
+	return 0;
+}
+
+static int qcmp(const void *a, const void *b)
+{
+	return memcmp(a, b, MTA_QID_LEN);
+}
+
+static void dsum_flush(struct dsum *d)
+{
+	struct ctx *c = d->c;
+	char ts[32];
+	uint64_t other = d->held + d->active + d->deferred;
+	uint64_t queued = d->total > other ? d->total - other : 0;
+
+	if (d->total == 0)
+		return;
+	fmt_time(ts, qid_time(d->oldest));
+	if (c->json) {
+		fputs(d->first_row ? "" : ",", stdout);
+		fputs("{\"destination\":", stdout);
+		json_str(stdout, d->dom);
+		printf(",\"total\":%" PRIu64 ",\"queued\":%" PRIu64
+		       ",\"deferred\":%" PRIu64 ",\"held\":%" PRIu64
+		       ",\"active\":%" PRIu64 ",\"oldest\":\"%s\","
+		       "\"oldest_qid\":\"%s\"}",
+		       d->total, queued, d->deferred, d->held, d->active, ts,
+		       d->oldest);
+	} else {
+		fputs("", stdout);
+		char name[41];
+		snprintf(name, sizeof(name), "%.40s", d->dom);
+		put_plain(stdout, name);
+		printf("%*s %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %6" PRIu64
+		       " %6" PRIu64 "  %s\n",
+		       (int)(40 - strlen(name)), "", d->total, queued,
+		       d->deferred, d->held, d->active, ts);
+	}
+	d->first_row = false;
+	d->c->t.messages += d->total;
+	d->total = d->held = d->active = d->deferred = 0;
+}
+
+static int on_dest(void *ud, const char *domain, const char *qid)
+{
+	struct dsum *d = ud;
+	if (strcmp(domain, d->dom) != 0) {
+		dsum_flush(d);
+		snprintf(d->dom, sizeof(d->dom), "%s", domain);
+		memcpy(d->oldest, qid, MTA_QID_LEN + 1);
+	}
+	if (d->c->filt.domain && strcasecmp(d->c->filt.domain, domain) != 0)
+		return 0;
+	d->total++;
+	if (tool_qidset_has(&d->c->held, qid))
+		d->held++;
+	else if (tool_qidset_has(&d->c->active, qid))
+		d->active++;
+	else if (d->later.n > 0 &&
+		 bsearch(qid, d->later.v, d->later.n, sizeof(*d->later.v),
+			 qcmp) != NULL)
+		d->deferred++;
+	return 0;
+}
+
+static int print_destinations(struct ctx *c, struct mta_spool *sp,
+			      const struct mta_config *cfg)
+{
+	struct dsum d;
+	int64_t next;
+	int rc;
+
+	(void)cfg;
+	memset(&d, 0, sizeof(d));
+	d.c = c;
+	d.first_row = true;
+	rc = mta_spool_due(sp, -1, NULL, INT64_MAX, SIZE_MAX, on_due_entry, &d,
+			   &next);
+	if (rc == 0 && d.later.n > 1)
+		qsort(d.later.v, d.later.n, sizeof(*d.later.v), qcmp);
+	if (c->json)
+		fputs("{\"destinations\":[", stdout);
+	else
+		printf("%-40s %8s %8s %8s %6s %6s  %s\n", "DESTINATION",
+		       "TOTAL", "QUEUED", "DEFERRED", "HELD", "ACTIVE",
+		       "OLDEST");
+	if (rc == 0)
+		rc = mta_spool_dest_foreach(sp, on_dest, &d);
+	if (rc == 0)
+		dsum_flush(&d);
+	if (c->json)
+		printf("]}\n");
+	free(d.later.v);
+	if (rc != 0)
+		fprintf(stderr, "mtaq: spool %s: %s\n", cfg->spool_dir,
+			mta_strerror(rc));
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"json", no_argument, NULL, 'j'},
 		{"summary", no_argument, NULL, 's'},
+		{"destinations", no_argument, NULL, 'D'},
+		{"domain", required_argument, NULL, 'f'},
+		{"sender", required_argument, NULL, 'f'},
+		{"recipient", required_argument, NULL, 'f'},
+		{"reason", required_argument, NULL, 'f'},
+		{"state", required_argument, NULL, 'f'},
+		{"older-than", required_argument, NULL, 'f'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -336,10 +509,20 @@ int main(int argc, char **argv)
 	const char *cfile = NULL;
 	struct mta_config *cfg;
 	struct mta_spool *sp;
-	int opt, rc;
+	int opt, rc, li = 0;
+	bool dests = false;
 
-	while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:h", longopts, &li)) != -1) {
 		switch (opt) {
+		case 'f':
+			if (tool_filter_parse_opt("mtaq", &c.filt,
+						  longopts[li].name,
+						  optarg) != 0)
+				return 2;
+			break;
+		case 'D':
+			dests = true;
+			break;
 		case 'c':
 			cfile = optarg;
 			break;
@@ -370,8 +553,31 @@ int main(int argc, char **argv)
 		mta_config_free(cfg);
 		return rc;
 	}
+	c.now = tool_now_us();
+	if (tool_qidset_load_held(sp, &c.held) != 0 ||
+	    tool_qidset_load_active(cfg, &c.active) != 0) {
+		fprintf(stderr, "mtaq: spool %s: cannot read the held index\n",
+			cfg->spool_dir);
+		mta_spool_close(sp);
+		mta_config_free(cfg);
+		return 1;
+	}
+	if (dests) {
+		rc = print_destinations(&c, sp, cfg);
+		goto out;
+	}
+	if (c.summary && c.filt.any)
+		c.summary = false, c.f = fopen("/dev/null", "w");
 
-	if (c.summary) {
+	if (c.f == NULL) {
+		rc = -errno;
+	} else if (c.f != stdout) {
+		/* a filtered summary: walk, print only the totals */
+		rc = mta_spool_foreach(sp, on_message, &c);
+		fclose(c.f);
+		c.f = stdout;
+		c.summary = true;
+	} else if (c.summary) {
 		/* the message count from the B-tree header, no decoding;
 		 * recipients and bytes need the envelopes */
 		uint64_t n = 0;
@@ -425,6 +631,9 @@ int main(int argc, char **argv)
 		printf("%" PRIu64 " messages, %" PRIu64 " recipients, %" PRIu64
 		       " bytes\n",
 		       c.t.messages, c.t.rcpts, c.t.bytes);
+out:
+	tool_qidset_free(&c.held);
+	tool_qidset_free(&c.active);
 	mta_spool_close(sp);
 	mta_config_free(cfg);
 	if (fflush(stdout) != 0 || ferror(stdout))

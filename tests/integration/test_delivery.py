@@ -846,6 +846,32 @@ def test_cli06_drop_or_421_defers(env, knob):
     assert mtad.events("dsn") == []
 
 
+def test_cli06_reset_mid_data_defers_at_once(env):
+    """CLI-06, issue 10: the peer resets the connection (RST) while the
+    body is being written.  The write or read failure ends the connection
+    at once with the reason logged (event=conn_error reason=write_error, or
+    the engine's "connection lost"): deferred with 4.x.x within seconds,
+    not after the 3-minute data block timeout; nothing delivered."""
+    raw = env.raw("drop", reset_at="BODY")
+    mtad = env.start()
+    body = b"".join(b"line %07d of a long body to keep the writer busy\r\n" % i
+                    for i in range(40000))
+    t0 = time.monotonic()
+    qid = submit(mtad, SENDER, ["bob@drop.s.test"], msg("reset", body=body))
+    (ev,) = wait_delivery(mtad, qid, timeout=15.0, status="deferred")
+    assert time.monotonic() - t0 < 15.0
+    assert ev["dsn"].startswith("4."), ev
+    assert re.search(r"connection (lost|failed: (write_error|tls_error))",
+                     ev["response"]), ev
+    for ce in mtad.events("conn_error"):
+        assert ce["reason"] in ("write_error", "out_of_memory", "tls_error"), ce
+        assert ce["qid"] == qid, ce
+    assert raw.messages() == []
+    st = wait_rcpt(mtad, qid, "bob@drop.s.test")
+    assert st["state"] == "deferred", st
+    assert mtad.events("dsn") == []
+
+
 def test_cli09_mail_5xx_not_cached(env):
     """CLI-09: 550 to MAIL once (first message bounces, with a DSN); the
     next message is attempted normally and delivered."""

@@ -203,3 +203,28 @@ def test_foreign_spool_is_refused_with_fix(mtad_factory):
     m.exit_codes.append(rc)
     assert rc == 2
     assert "chown -R mtad:mtad %s" % m.spool in m.log_text(), m.log_tail()
+
+
+def _asan_build():
+    import subprocess
+    out = subprocess.run(["ldd", mtadtest.MTAD], stdout=subprocess.PIPE).stdout
+    return b"libasan" in out
+
+
+def test_leak_check_still_reports_under_sandbox(mtad_factory):
+    """The sanitizer-build relaxation (docs/security.md) lets
+    LeakSanitizer stop the world at exit: a deliberate leak is reported
+    and fails the exit status, so the harness's leak gate is real."""
+    if not _asan_build():
+        pytest.skip("not an ASan build")
+    m = mtad_factory(env={"MTA_TEST_LEAK": "1"})
+    if not m.wait_event("test_leak", timeout=3):
+        pytest.skip("build without -Dtest_hooks=true (MTAD_TEST_HOOKS)")
+    m.expect_sanitizer_report = True
+    layers = {e["layer"]: e for e in m.events("sandbox")}
+    assert layers["seccomp"]["active"] == "yes"
+    rc = m.stop()
+    log = m.log_text()
+    assert "ERROR: LeakSanitizer: detected memory leaks" in log, m.log_tail()
+    assert "77 byte(s) leaked" in log, m.log_tail()
+    assert rc not in (0, -9), (rc, m.log_tail())  # reported, not hung

@@ -552,6 +552,8 @@ class RawSink(_ProcSink, _MessageReader):
                         RSET NOOP QUIT VRFY; DATA replaces the 354),
             rcpt_replies={}, max_rcpts=None,
             close_at=None (command, "CONNECT", "DOT" or "TLS": close, no reply),
+            reset_at=None (the same steps, "BODY" after the 354: reset the
+                           connection, RST via SO_LINGER 0, no reply),
             reply_421_at=None (command or "CONNECT": 421 and close),
             stall_at=None (command, "CONNECT", "BODY" (after 354), "DOT",
                            "TLS" (after the 220 to STARTTLS)),
@@ -1071,6 +1073,11 @@ class _RawConn:
         if cfg.get("close_at") == name:
             self.ev("close_at", conn=self.seq, step=name)
             raise self.Closed("close_at " + name)
+        if cfg.get("reset_at") == name:
+            self.ev("reset_at", conn=self.seq, step=name)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 struct.pack("ii", 1, 0))
+            raise self.Closed("reset_at " + name)
         if cfg.get("reply_421_at") == name:
             self.ev("reply_421", conn=self.seq, step=name)
             self.reply(cfg.get("reply_421", "421 4.3.2 %s closing connection" % self.hostname))

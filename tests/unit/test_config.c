@@ -126,7 +126,7 @@ static void test_defaults(void **state)
 	assert_string_equal(c->tls_ca_file,
 			    "/etc/ssl/certs/ca-certificates.crt");
 	assert_null(c->tls_policy_file);
-	assert_string_equal(c->tls_default_level, "may");
+	assert_int_equal(c->tls_default_level, MTA_TLS_MAY);
 	assert_int_equal(c->mta_sts_https_port, 443);
 	assert_string_equal(c->control_socket,
 			    "/var/spool/mtad/control.sock");
@@ -223,7 +223,7 @@ static void test_full_file(void **state)
 	assert_int_equal(c->queue_lifetime, 2 * 86400);
 	assert_string_equal(c->tls_ca_file, "/etc/mtad/ca.pem");
 	assert_string_equal(c->tls_policy_file, "/etc/mtad/tls-policy");
-	assert_string_equal(c->tls_default_level, "dane-only");
+	assert_int_equal(c->tls_default_level, MTA_TLS_DANE_ONLY);
 	assert_int_equal(c->mta_sts_https_port, 8443);
 	assert_string_equal(c->control_socket, "/run/mtad/control.sock");
 	assert_string_equal(c->http_listen, "[::1]:9100");
@@ -851,7 +851,7 @@ static void assert_config_equal(const struct mta_config *a,
 	assert_int_equal(a->queue_lifetime, b->queue_lifetime);
 	assert_string_equal(a->tls_ca_file, b->tls_ca_file);
 	assert_str_eq_null(a->tls_policy_file, b->tls_policy_file);
-	assert_string_equal(a->tls_default_level, b->tls_default_level);
+	assert_int_equal(a->tls_default_level, b->tls_default_level);
 	assert_int_equal(a->mta_sts_https_port, b->mta_sts_https_port);
 	assert_string_equal(a->control_socket, b->control_socket);
 	assert_string_equal(a->http_listen, b->http_listen);

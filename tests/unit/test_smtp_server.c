@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "err.h"
+#include "log.h"
 #include "smtp_server.h"
 
 #include <errno.h>
@@ -335,7 +336,6 @@ static void do_run(const struct tcase *tc, struct run *r, size_t chunk,
 	else
 		assert_string_equal(r->lines[0], "220 " HOST " ESMTP mtad");
 	if (feed_all(&s, r, in, inlen, chunk, &qseq)) {
-		assert_false(mta_smtpd_in_data(&s));
 		mta_smtpd_tls_started(&s, TLSDESC);
 		drain(&s, r);
 		feed_all(&s, r, post, postlen, chunk, &qseq);
@@ -1327,7 +1327,7 @@ static void test_timeout_shutdown(void **state)
 					 "DATA\r\nabc",
 					 strlen(EH MF RT "DATA\r\nabc"), &n, &e),
 			 MTA_SMTPD_EV_DATA_START);
-	assert_true(mta_smtpd_in_data(&s));
+	assert_true(mta_smtpd_in_message(&s));
 	out_take(&s, out, sizeof(out));
 	mta_smtpd_timeout(&s);
 	out_take(&s, out, sizeof(out));
@@ -1343,13 +1343,73 @@ static void test_timeout_shutdown(void **state)
 
 	mta_smtpd_init(&s, &base_cfg);
 	mta_smtpd_greet(&s);
-	assert_false(mta_smtpd_in_data(&s));
+	assert_false(mta_smtpd_in_message(&s));
 	mta_smtpd_shutdown(&s);
 	out_take(&s, out, sizeof(out));
 	assert_string_equal(out, "220 " HOST " ESMTP mtad\r\n421 4.3.2 " HOST
 				 " Service shutting down\r\n");
 	assert_true(mta_smtpd_closed(&s));
 	mta_smtpd_free(&s);
+}
+
+/* Traced state machine: every mode change is one debug line
+ * "event=smtpd_state old=<a> new=<b>", in order (STYLE.md). */
+static void test_state_trace(void **state)
+{
+	static struct mta_smtpd s;
+	static const char in[] = EH MF RT "DATA\r\nx\r\n.\r\n";
+	struct mta_smtpd_event e;
+	char out[4096], log[8192];
+	size_t n, off = 0, got;
+	FILE *f = tmpfile();
+	enum mta_smtpd_ev ev;
+	(void)state;
+
+	assert_non_null(f);
+	mta_log_set_fd(fileno(f));
+	mta_log_set_level(MTA_LOG_DEBUG);
+	mta_smtpd_init(&s, &base_cfg);
+	mta_smtpd_greet(&s);
+	do {
+		ev = mta_smtpd_feed(&s, (const uint8_t *)in + off,
+				    sizeof(in) - 1 - off, &n, &e);
+		off += n;
+		out_take(&s, out, sizeof(out));
+	} while (ev != MTA_SMTPD_EV_MESSAGE && off < sizeof(in) - 1);
+	assert_int_equal(ev, MTA_SMTPD_EV_MESSAGE);
+	mta_smtpd_message_done(&s, 0, "Q1");
+	ev = mta_smtpd_feed(&s, (const uint8_t *)"QUIT\r\n", 6, &n, &e);
+	assert_int_equal(ev, MTA_SMTPD_EV_CLOSE);
+	assert_true(mta_smtpd_closed(&s));
+	mta_smtpd_free(&s);
+	mta_log_set_level(MTA_LOG_INFO);
+	mta_log_set_fd(2);
+	rewind(f);
+	got = fread(log, 1, sizeof(log) - 1, f);
+	log[got] = '\0';
+	fclose(f);
+
+	static const char *const want[] = {
+		/* the final dot ends DATA, then the body checks pass */
+		"old=cmd new=data", "old=data new=cmd", "old=cmd new=wait",
+		"old=wait new=cmd", "old=cmd new=closed"};
+	const char *p = log;
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		const char *q = strstr(p, want[i]);
+		if (q == NULL)
+			fail_msg("missing \"%s\" (in order) in:\n%s", want[i],
+				 log);
+		const char *bol = q;
+		while (bol > log && bol[-1] != '\n')
+			bol--;
+		assert_non_null(strstr(bol, "level=debug"));
+		assert_true(strstr(bol, "event=smtpd_state") < q);
+		p = q;
+	}
+	size_t lines = 0;
+	for (const char *r = log; (r = strstr(r, "event=smtpd_state")); r++)
+		lines++;
+	assert_int_equal(lines, sizeof(want) / sizeof(want[0]));
 }
 
 /* Output high-water: without draining, the engine stops consuming; after
@@ -1698,7 +1758,7 @@ static void test_chunking_differential(void **state)
 int main(void)
 {
 	enum { N = sizeof(cases) / sizeof(cases[0]) };
-	struct CMUnitTest t[N + 4];
+	struct CMUnitTest t[N + 5];
 
 	for (size_t i = 0; i < N; i++) {
 		t[i].name = cases[i].name;
@@ -1712,5 +1772,6 @@ int main(void)
 	t[N + 2] = (struct CMUnitTest)cmocka_unit_test(test_received_small);
 	t[N + 3] = (struct CMUnitTest)cmocka_unit_test(
 		test_chunking_differential);
-	return _cmocka_run_group_tests("smtp_server", t, N + 4, NULL, NULL);
+	t[N + 4] = (struct CMUnitTest)cmocka_unit_test(test_state_trace);
+	return _cmocka_run_group_tests("smtp_server", t, N + 5, NULL, NULL);
 }

@@ -25,6 +25,8 @@ struct fx;
 
 struct req {
 	struct mta_commit c; /* first: done() gets back the req */
+	char qid[MTA_QID_LEN + 1];
+	mta_commit_done_fn done;
 	struct mta_envelope env;
 	struct mta_body body;
 	int ndone;
@@ -148,11 +150,16 @@ static void req_init(struct fx *fx, size_t i, uint64_t body_len)
 							: sizeof(buf);
 		assert_int_equal(mta_body_append(&r->body, buf, n), 0);
 	}
-	mta_qid_make(r->c.qid, (uint64_t)r->env.arrival_us, (uint32_t)i);
-	r->c.env = &r->env;
-	r->c.body = &r->body;
-	r->c.done = on_done;
+	mta_qid_make(r->qid, (uint64_t)r->env.arrival_us, (uint32_t)i);
+	r->done = on_done;
 	r->c.result = 12345;
+}
+
+/* Submits the new message of req r. */
+static void submit_req(struct fx *fx, struct req *r)
+{
+	mta_writer_submit_new(fx->w, &r->c, r->qid, &r->env, &r->body,
+			      r->done);
 }
 
 /* logfmt lines "event=commit n=N ok=K ..." -> counts */
@@ -180,7 +187,7 @@ static void on_tick(uv_timer_t *t)
 	struct fx *fx = t->data;
 	/* a burst of 50 at a time */
 	for (int k = 0; k < 50 && fx->submitted < fx->nreq; k++)
-		mta_writer_submit(fx->w, &fx->reqs[fx->submitted++].c);
+		submit_req(fx, &fx->reqs[fx->submitted++]);
 	if (fx->ndone == fx->nreq && !fx->stopped) {
 		fx->stopped = true;
 		mta_writer_stop(fx->w);
@@ -215,7 +222,7 @@ static void test_many(void **state)
 	for (size_t i = 0; i < N; i += 37) {
 		uint8_t buf[9000];
 		size_t got = 0;
-		assert_int_equal(mta_spool_read_body(fx.sp, fx.reqs[i].c.qid, 0,
+		assert_int_equal(mta_spool_read_body(fx.sp, fx.reqs[i].qid, 0,
 						     buf, sizeof(buf), &got),
 				 0);
 		assert_int_equal(got, fx.reqs[i].body.len);
@@ -253,7 +260,7 @@ static void test_mapfull_batch(void **state)
 	for (size_t i = 0; i < 6; i++) {
 		/* 2 MiB: over the map, within MTA_WRITER_BATCH_BYTES */
 		req_init(&fx, i, i == 2 ? 2u << 20 : 3000);
-		fx.reqs[i].c.done = stop_when_all_done;
+		fx.reqs[i].done = stop_when_all_done;
 	}
 	/*
 	 * Make the batch deterministic: with the log pipe full, the writer
@@ -269,9 +276,9 @@ static void test_mapfull_batch(void **state)
 	assert_int_equal(errno, EAGAIN);
 	assert_int_equal(fcntl(fx.logpipe[1], F_SETFL, fl), 0);
 
-	mta_writer_submit(fx.w, &fx.reqs[0].c);
+	submit_req(&fx, &fx.reqs[0]);
 	for (int tries = 0;; tries++) {
-		int rc = mta_spool_get(fx.sp, fx.reqs[0].c.qid, &e);
+		int rc = mta_spool_get(fx.sp, fx.reqs[0].qid, &e);
 		if (rc == 0) {
 			mta_envelope_free(&e);
 			break;
@@ -281,7 +288,7 @@ static void test_mapfull_batch(void **state)
 		usleep(1000);
 	}
 	for (size_t i = 1; i < 6; i++)
-		mta_writer_submit(fx.w, &fx.reqs[i].c);
+		submit_req(&fx, &fx.reqs[i]);
 	drain_start(&fx);
 
 	assert_int_equal(uv_run(&fx.loop, UV_RUN_DEFAULT), 0);
@@ -294,7 +301,7 @@ static void test_mapfull_batch(void **state)
 	uint64_t n = 0;
 	assert_int_equal(mta_spool_stat(fx.sp, &n), 0);
 	assert_int_equal(n, 5);
-	assert_int_equal(mta_spool_get(fx.sp, fx.reqs[2].c.qid, &e),
+	assert_int_equal(mta_spool_get(fx.sp, fx.reqs[2].qid, &e),
 			 MTA_ENOTFOUND);
 	drain_stop(&fx);
 	assert_non_null(strstr(fx.log, "event=commit n=1 ok=1 "));
@@ -349,24 +356,27 @@ static void run_priority(struct fx *fx, size_t nnew, uint64_t body_len)
 	assert_non_null(fx->order);
 	for (size_t i = 0; i <= nnew; i++) {
 		req_init(fx, i, i == 0 ? 3000 : body_len);
-		fx->reqs[i].c.done = stop_when_all_done;
+		fx->reqs[i].done = stop_when_all_done;
 	}
 	struct req *u = &fx->reqs[up];
 	u->fx = fx;
 	mta_envelope_init(&u->env);
-	memcpy(u->c.qid, fx->reqs[0].c.qid, sizeof(u->c.qid));
-	u->c.kind = MTA_COMMIT_UPDATE;
-	u->c.env = &fx->reqs[0].env;
-	u->c.old_due_us = fx->reqs[0].env.arrival_us; /* new: due on arrival */
-	u->c.new_due_us = -1;
-	u->c.done = stop_when_all_done;
+	memcpy(u->qid, fx->reqs[0].qid, sizeof(u->qid));
+	struct mta_commit_update upd = {
+		.qid = u->qid,
+		.env = &fx->reqs[0].env,
+		/* new: due on arrival */
+		.old_due_us = fx->reqs[0].env.arrival_us,
+		.new_due_us = -1,
+	};
 
 	block_log(fx);
-	mta_writer_submit(fx->w, &fx->reqs[0].c);
-	wait_stored(fx, fx->reqs[0].c.qid);
+	submit_req(fx, &fx->reqs[0]);
+	wait_stored(fx, fx->reqs[0].qid);
 	for (size_t i = 1; i <= nnew; i++)
-		mta_writer_submit(fx->w, &fx->reqs[i].c);
-	mta_writer_submit(fx->w, &u->c); /* submitted last */
+		submit_req(fx, &fx->reqs[i]);
+	/* submitted last */
+	mta_writer_submit_update(fx->w, &u->c, &upd, stop_when_all_done);
 	drain_start(fx);
 
 	assert_int_equal(uv_run(&fx->loop, UV_RUN_DEFAULT), 0);
@@ -455,7 +465,7 @@ static void test_stop_pending(void **state)
 	drain_start(&fx);
 	for (size_t i = 0; i < N; i++) {
 		req_init(&fx, i, 100 + i);
-		mta_writer_submit(fx.w, &fx.reqs[i].c);
+		submit_req(&fx, &fx.reqs[i]);
 	}
 	mta_writer_stop(fx.w); /* runs every done() before it returns */
 	assert_int_equal(fx.ndone, N);

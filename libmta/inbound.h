@@ -1,0 +1,90 @@
+/*
+ * inbound.h - inbound SMTP sessions: the SMTP server engine
+ * (smtp_server.h) on a stream (stream.h), with deadlines, session limits
+ * and the hand-over of complete messages to the writer thread.
+ *
+ * DESCRIPTION
+ *	mta_inbound_new() makes an empty set of sessions.  The daemon binds
+ *	the listening sockets (mtad/listener.c) and calls mta_inbound_accept()
+ *	for each incoming connection: it accepts the socket, applies the
+ *	session limits (a "421 4.7.0" and a close when one is exceeded) and
+ *	greets.  Each session couples a stream (socket, timer, optional TLS,
+ *	write queue, read buffer), the sans-I/O SMTP engine and a body sink
+ *	(spool.h); complete messages go to the writer thread (writer.h) and the
+ *	250 is sent from the commit callback.
+ *
+ *	Limits: server.max_sessions in all, server.max_sessions_per_client
+ *	from one client (IPv4 address or IPv6 /64), a quarter of
+ *	server.max_sessions shared by clients outside relay_networks;
+ *	sessions already closing do not count.  Deadlines: a whole-command
+ *	deadline (server.command_timeout, at most 10 s for a refused client),
+ *	server.data_timeout of silence and server.message_timeout in all
+ *	inside a message.  The timer never fires against the client while a
+ *	commit is pending.
+ *
+ *	mta_inbound_shutdown() refuses new sessions, tells every idle
+ *	session "421 4.3.2" and closes it; a session waiting for a commit
+ *	gets its reply first.  done(arg) is called exactly once, when every
+ *	session is gone (possibly before mta_inbound_shutdown() returns).
+ *
+ * THREADS
+ *	Loop thread only.
+ *
+ * OWNERSHIP
+ *	The set is owned by the caller: mta_inbound_free() after done ran.
+ *	cfg, spool, writer and tls are borrowed for its life.
+ *
+ * ERRORS
+ *	mta_inbound_accept(): 0 when the connection was taken (it may be
+ *	refused by a limit, which is not an error); -ENOMEM, MTA_ECLOSED
+ *	while shutting down, or a libuv code when accepting failed.  Session
+ *	failures (write or TLS errors, resets) close that session with a
+ *	reason in its disconnect line (stream.h, ERROR POLICY).
+ *
+ * SECURITY
+ *	Everything the client sends is untrusted.  Memory per session is
+ *	bounded: the engine's fixed buffers, at most MTA_INBOUND_INBUF_MAX
+ *	bytes of unprocessed input (reading stops beyond it), at most
+ *	MTA_INBOUND_OUTBUF_MAX bytes of unsent output (the engine stops
+ *	beyond it), and a body in memory up to MTA_INBOUND_BODY_SPILL bytes,
+ *	then in an unlinked file in the spool's tmp directory.
+ *
+ * STANDARDS
+ *	RFC 5321 (through smtp_server.h), RFC 3207 §4.2 (input after
+ *	STARTTLS is discarded: TLS-04).
+ */
+#ifndef MTA_INBOUND_H
+#define MTA_INBOUND_H
+
+#include "config.h"
+#include "spool.h"
+#include "stream.h"
+#include "tls.h"
+#include "writer.h"
+
+#include <uv.h>
+
+#define MTA_INBOUND_INBUF_MAX (64 * 1024)
+#define MTA_INBOUND_OUTBUF_MAX (256 * 1024)
+#define MTA_INBOUND_BODY_SPILL (256 * 1024)
+
+struct mta_inbound;
+
+struct mta_inbound_params {
+	uv_loop_t *loop;
+	const struct mta_config *cfg;
+	struct mta_spool *spool;
+	struct mta_writer *writer;
+	const struct mta_tls_creds *tls; /* NULL: no STARTTLS */
+	void (*on_queued)(void *arg);	 /* after each committed message */
+	void *on_queued_arg;
+};
+
+int mta_inbound_new(const struct mta_inbound_params *p,
+		    struct mta_inbound **out);
+int mta_inbound_accept(struct mta_inbound *in, uv_stream_t *server);
+void mta_inbound_shutdown(struct mta_inbound *in, void (*done)(void *arg),
+			  void *arg);
+void mta_inbound_free(struct mta_inbound *in);
+
+#endif
