@@ -637,7 +637,8 @@ int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 	s->scfg.hostname = l->cfg->server_hostname;
 	s->scfg.max_message_size = l->cfg->max_message_size;
 	s->scfg.max_recipients = l->cfg->max_recipients;
-	s->scfg.starttls = l->tls != NULL;
+	/* not offered once the key holder died (keyholder.h) */
+	s->scfg.starttls = l->tls != NULL && mta_tls_creds_usable(l->tls);
 	s->scfg.relay_allowed =
 		mta_config_relay_allowed(l->cfg, (struct sockaddr *)&ss);
 	s->trusted = s->scfg.relay_allowed;

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -285,6 +286,22 @@ int mta_keyholder_start(const char *key_file, const char *auth_user,
 
 /* One request, one answer.  The answer's payload goes to *out (gnutls
  * memory) or, when out is NULL, into raw[0..rawlen). */
+/* Logged once: from here on every request fails at once. */
+static void mark_dead(struct mta_keyholder *kh)
+{
+	struct mta_logline ll;
+
+	if (kh->dead)
+		return;
+	kh->dead = true;
+	mta_log_begin(&ll, MTA_LOG_ERR, "keyholder_died");
+	mta_log_int(&ll, "pid", (long long)kh->pid);
+	mta_log_str(&ll, "effect",
+		    "STARTTLS is no longer offered and relayhost AUTH fails "
+		    "until mtad is restarted; queued mail is kept");
+	mta_log_end(&ll);
+}
+
 static int roundtrip(struct mta_keyholder *kh, uint32_t type, uint32_t algo,
 		     uint32_t flags, const gnutls_datum_t *in,
 		     gnutls_datum_t *out, size_t *outlen, char *raw,
@@ -338,16 +355,7 @@ static int roundtrip(struct mta_keyholder *kh, uint32_t type, uint32_t algo,
 	return 0;
 
 dead:
-	if (!kh->dead) {
-		struct mta_logline ll;
-		kh->dead = true;
-		mta_log_begin(&ll, MTA_LOG_ERR, "keyholder_died");
-		mta_log_int(&ll, "pid", (long long)kh->pid);
-		mta_log_str(&ll, "effect",
-			    "STARTTLS handshakes and relayhost AUTH fail until "
-			    "mtad is restarted; queued mail is kept");
-		mta_log_end(&ll);
-	}
+	mark_dead(kh);
 	return GNUTLS_E_PK_SIGN_FAILED;
 }
 
@@ -421,7 +429,23 @@ int mta_keyholder_auth(struct mta_keyholder *kh, char *buf, size_t len)
 
 bool mta_keyholder_alive(struct mta_keyholder *kh)
 {
-	return kh != NULL && !kh->dead;
+	struct pollfd p;
+	char c;
+
+	if (kh == NULL || kh->dead)
+		return false;
+	/* between round trips nothing is due from the holder: a readable
+	 * socket is its end of file (or junk: either way not trusted) */
+	p.fd = kh->fd;
+	p.events = POLLIN;
+	p.revents = 0;
+	if (poll(&p, 1, 0) == 1 &&
+	    ((p.revents & (POLLHUP | POLLERR)) ||
+	     recv(kh->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0)) {
+		mark_dead(kh);
+		return false;
+	}
+	return true;
 }
 
 pid_t mta_keyholder_pid(const struct mta_keyholder *kh)

@@ -25,8 +25,13 @@
  *	with gnutls_privkey_import_ext4(): its sign and decrypt callbacks
  *	make a synchronous round trip to the holder.  mta_keyholder_auth()
  *	asks for the AUTH PLAIN blob.  mta_keyholder_alive() says whether
- *	the holder still answers; after it died every request fails
- *	(MTA_ETLS / -EPIPE) and STARTTLS handshakes fail cleanly.
+ *	the holder still answers: false once a request found it gone, or
+ *	when its end of the socket is closed (a poll with no wait, cheap
+ *	enough for every new session); the death is logged once as
+ *	event=keyholder_died.  After it died every request fails
+ *	(MTA_ETLS / -EPIPE), inbound sessions no longer offer STARTTLS
+ *	(mta_tls_creds_usable()) and a handshake already under way fails
+ *	cleanly.
  *
  * THREADS
  *	Loop thread (the socket is used by one thread at a time; the

@@ -15,7 +15,6 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 /* ASan/LSan or TSan build (GCC's macros, clang's __has_feature) */
@@ -82,6 +81,22 @@ static int add_rule(int ruleset, const char *path, uint64_t want,
 	return 0;
 }
 
+/* Threads of this process per /proc/self/status, or 0 when unknown. */
+static long thread_count(void)
+{
+	char line[128];
+	long n = 0;
+	FILE *f = fopen("/proc/self/status", "re");
+
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (sscanf(line, "Threads: %ld", &n) == 1)
+			break;
+	fclose(f);
+	return n;
+}
+
 int mta_sandbox_landlock(const char *const *rw, size_t nrw,
 			 const char *const *ro, size_t nro, int *abi,
 			 char *err, size_t errlen)
@@ -92,6 +107,15 @@ int mta_sandbox_landlock(const char *const *rw, size_t nrw,
 	int rs;
 
 	*abi = 0;
+	/* Landlock and Landlock alone binds only the calling thread: a
+	 * thread started before this would stay outside (seccomp's TSYNC
+	 * would cover it, Landlock not) */
+	if (thread_count() > 1) {
+		snprintf(err, errlen,
+			 "landlock: %ld threads already running (the sandbox "
+			 "must come before the first thread)", thread_count());
+		return -1;
+	}
 	v = syscall(SYS_landlock_create_ruleset, NULL, 0,
 		    LANDLOCK_CREATE_RULESET_VERSION);
 	if (v < 1)
@@ -139,7 +163,8 @@ fail:
 /* seccomp */
 
 /* Found by running the integration tests with the filter in force (the
- * log_only switch printed every call missing); see docs/security.md. */
+ * log_only switch had the kernel log every call missing); see
+ * docs/security.md. */
 static const char *const daemon_calls[] = {
 	/* files (Landlock decides which) */
 	"read", "write", "readv", "writev", "pread64", "pwrite64", "preadv",
@@ -185,21 +210,6 @@ static const char *const holder_calls[] = {
 	"gettid", "fstat", "newfstatat", "poll", "ppoll", "restart_syscall",
 };
 
-#if defined(MTAD_TEST_HOOKS) && defined(__x86_64__)
-static void on_sigsys(int sig, siginfo_t *si, void *uc_)
-{
-	ucontext_t *uc = uc_;
-	char buf[64];
-	int n = snprintf(buf, sizeof(buf), "seccomp: would kill syscall %d\n",
-			 si->si_syscall);
-
-	(void)sig;
-	if (n > 0)
-		(void)!write(2, buf, (size_t)n);
-	uc->uc_mcontext.gregs[REG_RAX] = -ENOSYS;
-}
-#endif
-
 static int allow(scmp_filter_ctx ctx, const char *name)
 {
 	int nr = seccomp_syscall_resolve_name(name);
@@ -218,15 +228,12 @@ int mta_sandbox_seccomp(enum mta_sandbox_role role, bool log_only, char *err,
 	scmp_filter_ctx ctx;
 	int rc;
 
-#if defined(MTAD_TEST_HOOKS) && defined(__x86_64__)
-	if (log_only) {
-		struct sigaction sa;
-		memset(&sa, 0, sizeof(sa));
-		sa.sa_sigaction = on_sigsys;
-		sa.sa_flags = SA_SIGINFO;
-		sigaction(SIGSYS, &sa, NULL);
-		def = SCMP_ACT_TRAP;
-	}
+#ifdef MTAD_TEST_HOOKS
+	/* developing the list: a call not on it is allowed and the kernel
+	 * writes an audit record (dmesg: type=1326 ... syscall=N
+	 * code=0x7ffc0000); docs/security.md says how it is used */
+	if (log_only)
+		def = SCMP_ACT_LOG;
 #else
 	(void)log_only;
 #endif

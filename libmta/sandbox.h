@@ -22,8 +22,9 @@
  *	spool writer, getdns, GnuTLS and curl use; MTA_SANDBOX_HOLDER
  *	allows little more than reading and writing its socket and memory.
  *	log_only (honoured only in MTAD_TEST_HOOKS builds, for developing
- *	the list) reports a refused call on stderr as
- *	"seccomp: would kill syscall N" and fails it with ENOSYS instead.
+ *	the list) lets a call not on the list through and has the kernel
+ *	log it instead (SECCOMP_RET_LOG: an audit record type=1326 with
+ *	the syscall number in dmesg), so one run finds every missing call.
  *	It must be called after mta_privdrop_apply() (no_new_privs set).
  *
  *	mta_sandbox_test_escape() exists only in MTAD_TEST_HOOKS builds:
@@ -34,7 +35,9 @@
  *
  * THREADS
  *	Start-up only.  Landlock covers the calling thread and what it
- *	starts later: call it before any other thread exists.
+ *	starts later: call it before any other thread exists
+ *	(mta_sandbox_landlock() checks /proc/self/status and fails when
+ *	another thread is running).
  *
  * ERRORS
  *	0 or -1 with one line in err.

@@ -73,6 +73,7 @@ int mta_tls_creds_load_held(const char *cert, struct mta_keyholder *kh,
 		goto fail_pcerts;
 	}
 	free(pcerts); /* the array only: its contents moved */
+	c->holder = kh;
 	*out = c;
 	return 0;
 
@@ -87,6 +88,11 @@ fail_alloc:
 	free(pcerts);
 	free(c);
 	return MTA_ETLS;
+}
+
+bool mta_tls_creds_usable(const struct mta_tls_creds *c)
+{
+	return c->holder == NULL || mta_keyholder_alive(c->holder);
 }
 
 void mta_tls_creds_free(struct mta_tls_creds *c)

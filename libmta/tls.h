@@ -52,8 +52,11 @@
 /* non-fatal handshake errors (warning alerts) tolerated in a row */
 #define MTA_TLS_WARNINGS_MAX 8
 
+struct mta_keyholder;
+
 struct mta_tls_creds {
 	gnutls_certificate_credentials_t cred;
+	struct mta_keyholder *holder; /* the key's process, or NULL */
 };
 
 struct mta_tls {
@@ -70,10 +73,12 @@ int mta_tls_creds_load(const char *cert, const char *key,
 /* The same with the private key kept in the key holder (keyholder.h): the
  * certificate chain is read here, the key is an external GnuTLS key whose
  * operations are requests to the holder; this process never sees it. */
-struct mta_keyholder;
 int mta_tls_creds_load_held(const char *cert, struct mta_keyholder *kh,
 			    struct mta_tls_creds **out, char *err,
 			    size_t errlen);
+/* False when the private key's holder is gone (server credentials loaded
+ * with mta_tls_creds_load_held()): STARTTLS must not be offered. */
+bool mta_tls_creds_usable(const struct mta_tls_creds *c);
 void mta_tls_creds_free(struct mta_tls_creds *c);
 
 int mta_tls_server_init(struct mta_tls *t, const struct mta_tls_creds *c);

@@ -378,7 +378,7 @@ static int privsep_lockdown(struct daemon *d)
 	mta_log_begin(&ll, MTA_LOG_INFO, "sandbox");
 	mta_log_str(&ll, "layer", "seccomp");
 	mta_log_str(&ll, "active", log_only ? "log-only" : "yes");
-	mta_log_str(&ll, "action", log_only ? "trap-log" : "kill-process");
+	mta_log_str(&ll, "action", log_only ? "log" : "kill-process");
 	mta_log_end(&ll);
 	return 0;
 

@@ -27,6 +27,9 @@ setup() { # dir, meson options...
 	shift
 	if [ ! -f "$dir/build.ninja" ]; then
 		meson setup "$dir" -Dwerror=true "$@" >/dev/null || return 1
+	else
+		# an existing dir gets the options too (e.g. test_hooks)
+		meson configure "$dir" -Dwerror=true "$@" >/dev/null || return 1
 	fi
 	ninja -C "$dir"
 }

@@ -290,6 +290,7 @@ def dane():
     if missing:
         pytest.skip("%s missing (Debian knot, unbound, ldnsutils)" % missing)
     certdir = tempfile.mkdtemp(prefix="mtit-dane-", dir="/tmp")
+    os.chmod(certdir, 0o711)  # reachable after mtad's privilege drop
     dns = delivlab.start_dns_lab()
     try:
         yield DaneLab(dns, certdir)

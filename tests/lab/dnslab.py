@@ -231,6 +231,9 @@ class DnsLab:
         self.resp_port = port + 2
         self.dir = workdir or tempfile.mkdtemp(prefix="dnslab-", dir="/tmp")
         os.makedirs(self.dir, exist_ok=True)
+        # mtad drops root after start-up and reads root.ds (its
+        # dns.trust_anchor) through here: searchable, not listable
+        os.chmod(self.dir, 0o711)
         self.keep = keep
         self.zones = _base_zones(addr)
         self.keys = {}

@@ -90,6 +90,9 @@ class HttpsLab:
         self.dir = str(workdir) if workdir else tempfile.mkdtemp(
             prefix="mtlab-https-", dir="/tmp")
         os.makedirs(self.dir, exist_ok=True)
+        # mtad (after dropping root) reads ca.pem (its tls.ca_file) at
+        # each fetch: the directory is searchable, the CA file 0644
+        os.chmod(self.dir, 0o711)
         self.ca = sinks.make_ca("STS Lab Root CA")
         self.ca_file = self.ca.write_ca(os.path.join(self.dir, "ca.pem"))
         self._int = None

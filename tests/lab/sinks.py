@@ -341,6 +341,9 @@ class _ProcSink:
         self.dir = str(workdir) if workdir else tempfile.mkdtemp(
             prefix="mtlab-%s-" % self.kind, dir="/tmp")
         os.makedirs(self.dir, exist_ok=True)
+        # reachable by a daemon that dropped root (public files 0644,
+        # private keys stay 0600)
+        os.chmod(self.dir, 0o711)
         self.opts = opts
         self.proc = None
 

@@ -19,7 +19,7 @@ def small_fs():
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     d = tempfile.mkdtemp(prefix="mtit-fullfs-", dir="/tmp")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700",
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0711",
                         "tmpfs", d], stderr=subprocess.PIPE)
     if p.returncode != 0:
         os.rmdir(d)
