@@ -187,7 +187,7 @@ static const char *const daemon_calls[] = {
 	"epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait",
 	"epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect6",
 	"eventfd", "eventfd2", "timerfd_create", "timerfd_settime",
-	"timerfd_gettime", "signalfd", "signalfd4", "io_uring_setup",
+	"timerfd_gettime", "signalfd", "signalfd4",
 	/* threads, signals, time, ids */
 	"futex", "set_robust_list", "get_robust_list", "rseq", "sched_yield",
 	"sched_getaffinity", "set_tid_address", "gettid", "getpid",
@@ -262,6 +262,11 @@ int mta_sandbox_seccomp(enum mta_sandbox_role role, bool log_only, char *err,
 		if (rc == 0)
 			rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS),
 					      SCMP_SYS(clone3), 0);
+		/* io_uring's submissions are not seen by seccomp: refused
+		 * (libuv >= 1.45 then falls back to its thread pool) */
+		if (rc == 0)
+			rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS),
+					      SCMP_SYS(io_uring_setup), 0);
 #if SANITIZER_BUILD
 		/* Test-build relaxation (docs/security.md), never in a
 		 * production build: LeakSanitizer's exit-time check stops
