@@ -17,11 +17,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* ASan/LSan or TSan build (GCC's macros, clang's __has_feature) */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+/* ASan build, with its LeakSanitizer (GCC's macro, clang's
+ * __has_feature): the only builds that get the relaxation below */
+#if defined(__SANITIZE_ADDRESS__)
 #define SANITIZER_BUILD 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#if __has_feature(address_sanitizer)
 #define SANITIZER_BUILD 1
 #endif
 #endif

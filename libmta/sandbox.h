@@ -48,9 +48,12 @@
  *	cannot execute a program or trace another process.
  *
  * CAVEATS
- *	Sanitizer builds (ASan/LSan) additionally allow ptrace and non-thread
- *	clone (LeakSanitizer stops the world with them at exit) and read
- *	/proc/self: the production build does not.  The seccomp list is
+ *	ASan builds (and only they) additionally allow what LeakSanitizer's
+ *	exit-time stop-the-world needs: clone with exactly
+ *	CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_UNTRACED, ptrace, getdents, a
+ *	dumpable process and reading /proc/self; the holder sigaltstack
+ *	(docs/security.md, "Sanitizer builds").  The production build does
+ *	not.  The seccomp list is
  *	x86_64 / aarch64 Linux; calls named but unknown to the running
  *	architecture are skipped.
  */
