@@ -733,6 +733,24 @@ void mta_delivery_kick(struct mta_delivery *d)
 	schedule_scan(d, dlv_now_us() + 5000);
 }
 
+void mta_delivery_env(const struct mta_delivery *d,
+		      struct mta_delivery_env *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->cfg = d->cfg;
+	out->dns = d->dns;
+	out->tls = d->tls;
+	out->webpki = d->webpki;
+	out->policy = d->policy;
+	out->mtasts = d->mtasts;
+	out->default_level = d->level;
+	out->dnssec_ok = d->dnssec_ok;
+	out->selftest_done = d->selftest_done;
+	out->relay_host = d->relay_host[0] != '\0' ? d->relay_host : NULL;
+	out->relay_port = d->relay_port;
+	out->relay_auth = d->auth_user != NULL;
+}
+
 /* ---- start and stop ------------------------------------------------- */
 
 static int parse_relayhost(const char *spec, unsigned defport, char *host,

@@ -104,6 +104,24 @@ void mta_delivery_kick(struct mta_delivery *d);
 bool mta_delivery_active(struct mta_delivery *d, const char *qid);
 int mta_delivery_foreach_active(struct mta_delivery *d,
 				int (*cb)(void *ud, const char *qid), void *ud);
+/* What delivery decides with, for mtactl explain (explain.h): borrowed
+ * pointers valid while the delivery runs, and the DNSSEC self-test state
+ * now. */
+struct mta_delivery_env {
+	const struct mta_config *cfg;
+	struct mta_dns *dns;
+	const struct mta_tls_creds *tls;
+	bool webpki;
+	const struct mta_tlspolicy *policy;
+	struct mta_mtasts *mtasts;
+	enum mta_tls_level default_level;
+	bool dnssec_ok, selftest_done;
+	const char *relay_host; /* NULL: MX delivery */
+	unsigned relay_port;
+	bool relay_auth;
+};
+void mta_delivery_env(const struct mta_delivery *d,
+		      struct mta_delivery_env *out);
 void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		       void *arg);
 

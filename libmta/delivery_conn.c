@@ -373,60 +373,25 @@ static void tlsrpt_count(struct conn *c, const char *ptype,
  * (the DANE matcher or the WebPKI check) and applies its verdict. */
 static bool verify_tls(struct conn *c, const char *host)
 {
+	const char *nexthop[2] = {c->dest->name, c->nexthop_cname};
+	struct mta_route_verify q = {
+		.verifier = c->pol.verifier,
+		.tls = &c->st.tls,
+		.tlsa = c->tlsa,
+		.ntlsa = c->ntlsa,
+		.base = c->tlsa_base,
+		.nexthop = c->dest->relay ? NULL : nexthop,
+		.nnexthop = c->nexthop_cname[0] != '\0' ? 2 : 1,
+		.webpki = c->d->webpki,
+		.host = host,
+	};
 	struct mta_policy_check chk;
 	struct mta_policy_verdict v;
 	struct mta_policy_in in;
 	struct mta_dane_result r;
 	char why[512];
 
-	memset(&chk, 0, sizeof(chk));
-	why[0] = '\0';
-	switch (c->pol.verifier) {
-	case MTA_POLICY_V_DANE: {
-		const char *nexthop[2] = {c->dest->name, c->nexthop_cname};
-		struct mta_dane_query q = {0};
-		size_t n = 0;
-
-		q.chain = mta_tls_peer_chain(&c->st.tls, &n);
-		q.nchain = n;
-		q.tlsa = c->tlsa;
-		q.ntlsa = c->ntlsa;
-		q.base = c->tlsa_base;
-		q.nexthop = c->dest->relay ? NULL : nexthop;
-		q.nnexthop = c->dest->relay		 ? 0
-			     : c->nexthop_cname[0] != '\0' ? 2
-							   : 1;
-		q.now = time(NULL);
-		memset(&r, 0, sizeof(r));
-		(void)mta_dane_verify(&q, &r);
-		chk.dane_match = r.outcome == MTA_DANE_MATCH;
-		chk.usage = r.usage;
-		chk.selector = r.selector;
-		chk.mtype = r.mtype;
-		chk.dane_rpt = mta_dane_fail_rpt(r.fail);
-		chk.dane_reason = r.reason;
-		break;
-	}
-	case MTA_POLICY_V_WEBPKI:
-	case MTA_POLICY_V_STS:
-	case MTA_POLICY_V_STS_TESTING: {
-		const char *rpt = "certificate-not-trusted";
-		int rc = MTA_ETLS;
-
-		if (c->d->webpki)
-			rc = mta_tls_verify_webpki(&c->st.tls, host, &rpt, why,
-						   sizeof(why));
-		else
-			snprintf(why, sizeof(why), "no usable tls.ca_file");
-		chk.webpki_ok = rc == 0;
-		chk.webpki_rpt = rpt;
-		chk.webpki_why = why;
-		break;
-	}
-	case MTA_POLICY_V_NONE:
-	case MTA_POLICY_V_TLSA_UNUSABLE:
-		break;
-	}
+	mta_route_check(&q, &r, &chk, why, sizeof(why));
 	policy_in(c, &in);
 	mta_policy_verdict(&in, &c->pol, &chk, &v);
 	if (v.count_rpt != NULL)
@@ -877,47 +842,22 @@ static void tlsa_lookup(struct conn *c);
 static void on_tlsa(const struct mta_dns_result *res, void *ud)
 {
 	struct conn *c = ud;
-	size_t total = 0, off = 0;
 
 	c->q = NULL;
-	if (res->status == MTA_DNS_OK && res->dnssec == MTA_DNSSEC_SECURE) {
-		size_t n = res->count;
-
-		c->tlsa_state = MTA_POLICY_TLSA_SECURE;
-		c->ntlsa = n;
-		if (n > MTA_DANE_TLSA_MAX) {
-			host_ready(c); /* refused there: too many */
-			return;
-		}
-		for (size_t i = 0; i < n; i++)
-			total += res->tlsa[i].len;
+	c->tlsa_state = mta_route_tlsa_status(res, &c->why);
+	if (c->tlsa_state == MTA_POLICY_TLSA_SECURE) {
 		free(c->tlsa_data);
-		c->tlsa_data = malloc(total + 1);
-		if (c->tlsa_data == NULL) {
+		if (mta_route_tlsa_copy(res, c->tlsa, &c->ntlsa,
+					&c->tlsa_data) != 0) {
 			set_error(c, 0, "4.3.0", "out of memory");
 			host_skip(c, "no-memory");
 			return;
 		}
-		for (size_t i = 0; i < n; i++) {
-			c->tlsa[i] = res->tlsa[i];
-			memcpy(c->tlsa_data + off, res->tlsa[i].data,
-			       res->tlsa[i].len);
-			c->tlsa[i].data = c->tlsa_data + off;
-			off += res->tlsa[i].len;
-		}
-		host_ready(c);
+		host_ready(c); /* more than MTA_DANE_TLSA_MAX: refused there */
 		return;
 	}
-	if (res->status == MTA_DNS_TEMPFAIL || res->status == MTA_DNS_BOGUS ||
-	    (res->status == MTA_DNS_OK &&
-	     res->dnssec != MTA_DNSSEC_INSECURE)) {
-		/* RFC 7672 §2.1.1: no connection to this host (policy.c) */
-		c->tlsa_state = res->status == MTA_DNS_BOGUS ||
-					res->dnssec == MTA_DNSSEC_BOGUS
-				? MTA_POLICY_TLSA_BOGUS
-				: MTA_POLICY_TLSA_FAILED;
-		c->why = res->why ? res->why : mta_dnssec_name(res->dnssec);
-		host_ready(c);
+	if (c->tlsa_state != MTA_POLICY_TLSA_NONE) {
+		host_ready(c); /* no connection to this host (policy.c) */
 		return;
 	}
 	/* no TLSA here (or an insecure answer): the other candidate, else
@@ -928,7 +868,6 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 		tlsa_lookup(c);
 		return;
 	}
-	c->tlsa_state = MTA_POLICY_TLSA_NONE;
 	host_ready(c);
 }
 
@@ -958,29 +897,14 @@ static void host_policy_start(struct conn *c, const struct mta_dns_result *res)
 	c->tlsa_state = MTA_POLICY_TLSA_NONE;
 	c->ntlsa = 0;
 	c->tlsa_base[0] = c->tlsa_alt[0] = '\0';
-	if (res->dnssec == MTA_DNSSEC_SECURE)
-		c->addr = MTA_POLICY_ADDR_SECURE;
-	else if (res->cname && res->canonical != NULL &&
-		 res->initial_dnssec == MTA_DNSSEC_SECURE)
-		c->addr = MTA_POLICY_ADDR_CNAME_INSECURE;
-	else
-		c->addr = MTA_POLICY_ADDR_INSECURE;
+	c->addr = mta_route_addr_status(res);
 	policy_in(c, &in);
 	if (!mta_policy_want_tlsa(&in)) {
 		host_ready(c);
 		return;
 	}
-	if (res->cname && res->canonical != NULL &&
-	    c->addr == MTA_POLICY_ADDR_SECURE) {
-		/* expanded name first, then the original */
-		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
-			 res->canonical);
-		snprintf(c->tlsa_alt, sizeof(c->tlsa_alt), "%s", host);
-	} else {
-		/* no CNAME, or a secure CNAME to an insecure target: the
-		 * original name */
-		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s", host);
-	}
+	mta_route_tlsa_bases(res, host, c->addr, c->tlsa_base, c->tlsa_alt,
+			     sizeof(c->tlsa_base));
 	tlsa_lookup(c);
 }
 
@@ -1021,32 +945,6 @@ static void on_addr(const struct mta_dns_result *res, void *ud)
 	host_policy_start(c, res);
 }
 
-static bool parse_literal(const char *host, struct sockaddr_storage *ss)
-{
-	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
-	char buf[64];
-	size_t n = strlen(host);
-
-	memset(ss, 0, sizeof(*ss));
-	if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n < sizeof(buf)) {
-		memcpy(buf, host + 1, n - 2);
-		buf[n - 2] = '\0';
-		host = buf;
-		if (strncasecmp(host, "IPv6:", 5) == 0)
-			host += 5;
-	}
-	if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-		a4->sin_family = AF_INET;
-		return true;
-	}
-	if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-		a6->sin6_family = AF_INET6;
-		return true;
-	}
-	return false;
-}
-
 static void conn_next_host(struct conn *c)
 {
 	struct mta_delivery *d = c->d;
@@ -1080,7 +978,7 @@ static void conn_next_host(struct conn *c)
 	 * an address ("192.0.2.1.") is a host name (RFC 5321 §5.1, RFC
 	 * 7672): names from DNS never carry '[' (dns.c escapes it). */
 	if ((c->dest->relay || c->hosts[c->hi].name[0] == '[') &&
-	    parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
+	    mta_route_literal(c->hosts[c->hi].name, &c->addrs[0])) {
 		c->naddrs = 1;
 		c->ai = 0;
 		c->addr = MTA_POLICY_ADDR_LITERAL;
@@ -1115,50 +1013,18 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 	/* the destination stage of policy.c: MX status, DNSSEC self-test,
 	 * an MTA-STS policy that could not be held */
 	policy_in(c, &in);
-	in.mx = res->status == MTA_DNS_BOGUS	  ? MTA_POLICY_MX_BOGUS
-		: res->status == MTA_DNS_TEMPFAIL ? MTA_POLICY_MX_FAILED
-		: c->mx_secure			  ? MTA_POLICY_MX_SECURE
-						  : MTA_POLICY_MX_INSECURE;
+	in.mx = mta_route_mx_status(res);
 	in.why = res->why ? res->why : "error";
 	mta_policy_check_dest(&in, &c->pol);
 	if (c->pol.action != MTA_POLICY_CONNECT) {
 		set_error(c, 0, c->pol.status, "%s", c->pol.reason);
 		goto fail_all;
 	}
-	switch (res->status) {
-	case MTA_DNS_OK:
-		if (res->null_mx) {
-			set_error(c, 0, "5.1.10",
-				  "domain %s does not accept mail (null MX)",
-				  ds->name);
-			goto fail_all;
-		}
-		for (size_t i = 0; i < res->count && c->nhosts < MAX_HOSTS;
-		     i++) {
-			snprintf(c->hosts[c->nhosts].name,
-				 sizeof(c->hosts[0].name), "%s",
-				 res->mx[i].host);
-			c->hosts[c->nhosts++].port = port;
-		}
-		break;
-	case MTA_DNS_NODATA: /* no MX: the domain itself (RFC 5321 §5.1) */
-		snprintf(c->hosts[0].name, sizeof(c->hosts[0].name), "%s",
-			 ds->name);
-		c->hosts[0].port = port;
-		c->nhosts = 1;
-		break;
-	case MTA_DNS_NXDOMAIN:
-		set_error(c, 0, "5.1.2", "domain %s not found", ds->name);
-		goto fail_all;
-	case MTA_DNS_TEMPFAIL: /* deferred by policy.c above */
-	case MTA_DNS_BOGUS:
-	default:
-		set_error(c, 0, "4.4.3", "MX lookup for %s failed: %s",
-			  ds->name, res->why ? res->why : "error");
-		goto fail_all;
-	}
-	if (c->nhosts == 0) {
-		set_error(c, 0, "4.4.4", "no mail servers for %s", ds->name);
+	if (mta_route_hosts(res, ds->name, port, c->hosts, MAX_HOSTS,
+			    &c->nhosts, c->lstatus, c->ltext,
+			    sizeof(c->ltext)) != 0) {
+		c->lcode = 0;
+		c->ltls[0] = c->lauth[0] = '\0';
 		goto fail_all;
 	}
 	c->hi = 0;
@@ -1245,14 +1111,9 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 	d->nconn++;
 	ds->nconn++;
 	c->scfg.helo_name = d->cfg->server_hostname;
-	if (d->policy != NULL) {
-		int lv = mta_tlspolicy_lookup(
-			d->policy, ds->relay ? d->relay_host : ds->name, NULL);
-		if (lv >= 0) {
-			c->has_table = true;
-			c->table_level = (enum mta_tls_level)lv;
-		}
-	}
+	c->has_table = mta_route_table(d->policy,
+				       ds->relay ? d->relay_host : ds->name,
+				       &c->table_level);
 	if (ds->relay) {
 		c->scfg.auth_user = d->auth_user;
 		c->scfg.auth_pass = d->auth_pass;

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "policy.h"
 #include "queue.h"
+#include "route.h"
 #include "smtp_client.h"
 #include "stream.h"
 #include "tlspolicy.h"
@@ -103,10 +104,7 @@ struct conn {
 	struct dest *dest;
 	enum cphase phase;
 	struct mta_dns_query *q;
-	struct {
-		char name[MTA_DNS_NAME_MAX];
-		unsigned port;
-	} hosts[MAX_HOSTS];
+	struct mta_route_host hosts[MAX_HOSTS];
 	size_t nhosts, hi;
 	struct sockaddr_storage addrs[MAX_ADDRS];
 	size_t naddrs, ai;

@@ -379,3 +379,34 @@ const gnutls_datum_t *mta_tls_peer_chain(const struct mta_tls *t, size_t *n)
 	*n = c != NULL ? count : 0;
 	return c;
 }
+
+int mta_tls_cert_info(const gnutls_datum_t *der, struct mta_tls_certinfo *out)
+{
+	gnutls_x509_crt_t crt;
+	unsigned char id[32];
+	size_t len;
+	int rc = MTA_ETLS;
+
+	memset(out, 0, sizeof(*out));
+	if (gnutls_x509_crt_init(&crt) < 0)
+		return MTA_ETLS;
+	if (gnutls_x509_crt_import(crt, der, GNUTLS_X509_FMT_DER) < 0)
+		goto out;
+	len = sizeof(out->subject);
+	if (gnutls_x509_crt_get_dn(crt, out->subject, &len) < 0)
+		snprintf(out->subject, sizeof(out->subject), "?");
+	len = sizeof(out->issuer);
+	if (gnutls_x509_crt_get_issuer_dn(crt, out->issuer, &len) < 0)
+		snprintf(out->issuer, sizeof(out->issuer), "?");
+	len = sizeof(id);
+	if (gnutls_x509_crt_get_key_id(crt, GNUTLS_KEYID_USE_SHA256, id,
+				       &len) == 0 && len == sizeof(id))
+		for (size_t i = 0; i < len; i++)
+			snprintf(out->spki_sha256 + 2 * i, 3, "%02x", id[i]);
+	out->not_before = (int64_t)gnutls_x509_crt_get_activation_time(crt);
+	out->not_after = (int64_t)gnutls_x509_crt_get_expiration_time(crt);
+	rc = 0;
+out:
+	gnutls_x509_crt_deinit(crt);
+	return rc;
+}

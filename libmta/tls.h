@@ -106,4 +106,16 @@ void mta_tls_bye(struct mta_tls *t);
 void mta_tls_take_output(struct mta_tls *t, struct mta_buf *dst);
 void mta_tls_describe(const struct mta_tls *t, char *buf, size_t n);
 
+/* One certificate of a chain, for mtactl explain --connect: subject and
+ * issuer DNs (RFC 4514 text, truncated), the SHA-256 of its
+ * SubjectPublicKeyInfo in hex (what TLSA "3 1 1" / "2 1 1" publish) and
+ * its validity (unix seconds).  0, or MTA_ETLS when der does not parse. */
+struct mta_tls_certinfo {
+	char subject[256];
+	char issuer[256];
+	char spki_sha256[65];
+	int64_t not_before, not_after;
+};
+int mta_tls_cert_info(const gnutls_datum_t *der, struct mta_tls_certinfo *out);
+
 #endif

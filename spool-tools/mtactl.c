@@ -37,6 +37,8 @@ static void usage(FILE *f)
 		"  evacuate --to HOST:PORT [QID ...|FILTERS] [--yes] "
 		"[--verify]\n"
 		"  policy list | policy show|refresh|purge DOMAIN\n"
+		"  explain DOMAIN [--connect] [--json]   what mtad decides "
+		"for DOMAIN now, and why\n"
 		"  stats | tlsrpt\n");
 }
 
@@ -739,6 +741,132 @@ static void print_data(void *ud, const char *t)
 	printf("%s\n", t);
 }
 
+/* ---- explain ------------------------------------------------------- */
+
+#define COLS 100
+
+struct xout {
+	bool json;
+	size_t n;
+};
+
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			printf("\\%c", *p);
+		else if (*p < 0x20)
+			printf("\\u%04x", *p);
+		else
+			putchar(*p);
+	}
+	putchar('"');
+}
+
+/* One trace line "<tag> <text>": wrapped at COLS columns (continuation
+ * lines indented under the text), or one JSON object. */
+static void explain_line(void *ud, const char *t)
+{
+	struct xout *o = ud;
+	size_t tag = strcspn(t, " ");
+	const char *text = t + tag;
+	size_t indent = 9, width = COLS - indent;
+
+	while (*text == ' ')
+		text++;
+	if (o->json) {
+		printf("%s\n    {\"tag\": ", o->n ? "," : "");
+		char tagbuf[32];
+		snprintf(tagbuf, sizeof(tagbuf), "%.*s", (int)tag, t);
+		json_str(tagbuf);
+		printf(", \"text\": ");
+		json_str(text);
+		putchar('}');
+		o->n++;
+		return;
+	}
+	printf("%-8.*s ", (int)tag, t);
+	for (;;) {
+		size_t len = strlen(text), cut;
+		if (len <= width) {
+			printf("%s\n", text);
+			return;
+		}
+		cut = width;
+		while (cut > width / 2 && text[cut] != ' ')
+			cut--;
+		if (text[cut] != ' ')
+			cut = width;
+		printf("%.*s\n%*s", (int)cut, text, (int)indent, "");
+		text += cut;
+		while (*text == ' ')
+			text++;
+	}
+}
+
+static int cmd_explain(const struct mta_config *cfg, int argc, char **argv)
+{
+	const char *domain = NULL, *args[2];
+	struct xout o = {0};
+	struct tool_ctl c;
+	bool connect = false, ok = false;
+	char code[32], text[600];
+	int rc;
+
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--connect"))
+			connect = true;
+		else if (!strcmp(argv[i], "--json"))
+			o.json = true;
+		else if (argv[i][0] != '-' && domain == NULL)
+			domain = argv[i];
+		else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (domain == NULL || strlen(domain) > MTA_CTL_ARG_MAX ||
+	    strspn(domain, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			   "0123456789-._[]:") != strlen(domain)) {
+		fprintf(stderr, "mtactl: explain DOMAIN [--connect] [--json]: "
+				"DOMAIN is a domain name (A-labels)\n");
+		return 2;
+	}
+	if (tool_ctl_open("mtactl", cfg, true, &c) != 0) {
+		fprintf(stderr,
+			"mtactl: explain runs inside mtad (its resolver, trust "
+			"anchor, DNSSEC self-test, MTA-STS cache and policy "
+			"table), and mtad is not running (control socket %s): "
+			"start it and retry\n", cfg->control_socket);
+		return 1;
+	}
+	args[0] = domain;
+	args[1] = "CONNECT";
+	if (o.json) {
+		printf("{\"domain\": ");
+		json_str(domain);
+		printf(", \"connect\": %s, \"lines\": [", connect ? "true"
+								   : "false");
+	}
+	rc = tool_ctl_request_args(&c, MTA_CTL_EXPLAIN, args, connect ? 2 : 1,
+				   explain_line, &o, &ok, code, sizeof(code),
+				   text, sizeof(text));
+	tool_ctl_close(&c);
+	if (o.json)
+		printf("\n  ], \"ok\": %s}\n", rc == 0 && ok ? "true" : "false");
+	if (rc != 0) {
+		fprintf(stderr, "mtactl: the connection to mtad broke during "
+				"explain; see the mtad log\n");
+		return 1;
+	}
+	if (!ok) {
+		fprintf(stderr, "mtactl: explain %s: %s\n", domain, text);
+		return !strcmp(code, "usage") ? 2 : 1;
+	}
+	return 0;
+}
+
 static int cmd_stats(const struct mta_config *cfg)
 {
 	struct tool_ctl c;
@@ -802,7 +930,7 @@ int main(int argc, char **argv)
 		if (strcmp(cmd, actions[i].name) == 0)
 			ai = (int)i;
 	bool known = ai >= 0 || !strcmp(cmd, "policy") ||
-		     !strcmp(cmd, "evacuate") ||
+		     !strcmp(cmd, "evacuate") || !strcmp(cmd, "explain") ||
 		     !strcmp(cmd, "stats") || !strcmp(cmd, "tlsrpt") ||
 		     !strcmp(cmd, "cat") || !strcmp(cmd, "show");
 	if (!known) {
@@ -832,6 +960,8 @@ int main(int argc, char **argv)
 		rc = cmd_action(cfg, ai, nargs + 1, argv + optind);
 	} else if (!strcmp(cmd, "evacuate")) {
 		rc = cmd_evacuate(cfg, nargs + 1, argv + optind);
+	} else if (!strcmp(cmd, "explain")) {
+		rc = cmd_explain(cfg, nargs, args);
 	} else if (!strcmp(cmd, "policy")) {
 		rc = cmd_policy(cfg, nargs, args);
 	} else if (!strcmp(cmd, "stats")) {
