@@ -104,6 +104,8 @@ void dlv_record(struct msg *m, size_t r, int code, const char *status,
 		mta_log_str(&ll, "mx_skipped", skipped);
 	mta_log_str(&ll, "response", text);
 	mta_log_end(&ll);
+	if (st >= 0)
+		mta_metrics_delivery(d->metrics, state_word(st), auth, fs);
 }
 
 /* ---- jobs ----------------------------------------------------------- */
@@ -793,6 +795,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	d->level = p->cfg->tls_default_level;
 	d->policy = p->policy;
 	d->mtasts = p->mtasts;
+	d->metrics = p->metrics;
 	if (p->cfg->delivery_relayhost != NULL &&
 	    parse_relayhost(p->cfg->delivery_relayhost, p->cfg->delivery_port,
 			    d->relay_host, sizeof(d->relay_host),
@@ -885,6 +888,40 @@ void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		dlv_conn_close(c, dlv_after_close_end);
 	}
 	dlv_maybe_stopped(d);
+}
+
+/* ---- for the health endpoint and reload ----------------------------- */
+
+int mta_delivery_dnssec_state(const struct mta_delivery *d)
+{
+	if (!d->selftest_done)
+		return -1;
+	return d->dnssec_ok ? 1 : 0;
+}
+
+size_t mta_delivery_nactive(const struct mta_delivery *d)
+{
+	return d->ninflight;
+}
+
+size_t mta_delivery_nconn(const struct mta_delivery *d)
+{
+	return d->nconn;
+}
+
+void mta_delivery_reconfigure(struct mta_delivery *d,
+			      const struct mta_delivery_params *p)
+{
+	d->cfg = p->cfg;
+	d->tls = p->tls;
+	d->webpki = p->webpki;
+	d->policy = p->policy;
+	d->auth_user = p->auth_user;
+	d->auth_pass = p->auth_pass;
+	d->pol.min_backoff_us = (uint64_t)p->cfg->min_backoff * 1000000u;
+	d->pol.max_backoff_us = (uint64_t)p->cfg->max_backoff * 1000000u;
+	d->pol.queue_lifetime_us = (uint64_t)p->cfg->queue_lifetime * 1000000u;
+	d->level = p->cfg->tls_default_level;
 }
 
 /* ---- for the control socket ------------------------------------------ */
