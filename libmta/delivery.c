@@ -680,6 +680,11 @@ static void schedule_scan(struct mta_delivery *d, int64_t at_us)
 	uv_timer_start(&d->scan_timer, on_scan_timer, ms, 0);
 }
 
+#define SELFTEST_EVERY_MS (3600u * 1000u)
+#define SELFTEST_RETRY_MS (5u * 1000u)
+
+static void on_selftest_timer(uv_timer_t *t);
+
 /* DNSSEC self-test: the root must validate as secure (it is signed
  * under every trust anchor we accept: the real root's or the lab's). */
 static void on_selftest(const struct mta_dns_result *res, void *ud)
@@ -690,7 +695,9 @@ static void on_selftest(const struct mta_dns_result *res, void *ud)
 		  (res->status == MTA_DNS_OK || res->status == MTA_DNS_NODATA);
 
 	d->selftest_q = NULL;
-	if (!ok || !d->selftest_done || !d->dnssec_ok) {
+	/* logged at the first verdict and at every change (a failing test
+	 * is retried every few seconds) */
+	if (!d->selftest_done || ok != d->dnssec_ok) {
 		mta_log_begin(&ll, ok ? MTA_LOG_INFO : MTA_LOG_ERR,
 			      "dnssec_selftest");
 		mta_log_str(&ll, "status", ok ? "ok" : "failed");
@@ -705,6 +712,12 @@ static void on_selftest(const struct mta_dns_result *res, void *ud)
 		mta_log_end(&ll);
 	}
 	d->dnssec_ok = ok;
+	/* failing: try again soon, so readiness (/readyz) and delivery
+	 * follow a resolver that comes back; passing: hourly */
+	if (!d->stopping)
+		uv_timer_start(&d->selftest_timer, on_selftest_timer,
+			       ok ? SELFTEST_EVERY_MS : SELFTEST_RETRY_MS,
+			       SELFTEST_EVERY_MS);
 	if (!d->selftest_done) {
 		/* the first scan waits for the first verdict, so no mail
 		 * goes out before we know whether validation works */
@@ -809,7 +822,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	uv_timer_init(d->loop, &d->selftest_timer);
 	d->selftest_timer.data = d;
 	uv_timer_start(&d->selftest_timer, on_selftest_timer, 0,
-		       3600 * 1000);
+		       SELFTEST_EVERY_MS);
 	*out = d;
 	return 0;
 }
