@@ -131,7 +131,8 @@ static void on_conn_eof(struct mta_stream *st, int status)
 {
 	struct conn *c = st->data;
 
-	mta_stream_close(&c->st, false);
+	if (!c->answered) /* else the reply is on its way (graceful close) */
+		mta_stream_close(&c->st, false);
 }
 
 static void on_conn_timeout(struct mta_stream *st)
