@@ -935,6 +935,13 @@ void mta_delivery_reconfigure(struct mta_delivery *d,
 	d->pol.max_backoff_us = (uint64_t)p->cfg->max_backoff * 1000000u;
 	d->pol.queue_lifetime_us = (uint64_t)p->cfg->queue_lifetime * 1000000u;
 	d->level = p->cfg->tls_default_level;
+	/* the relayhost (checked at load); destinations already queued
+	 * for the old one connect to the new one from now on */
+	if (p->cfg->delivery_relayhost != NULL &&
+	    parse_relayhost(p->cfg->delivery_relayhost, p->cfg->delivery_port,
+			    d->relay_host, sizeof(d->relay_host),
+			    &d->relay_port) != 0)
+		d->relay_host[0] = '\0';
 }
 
 /* ---- for the control socket ------------------------------------------ */

@@ -116,9 +116,9 @@ size_t mta_delivery_nconn(const struct mta_delivery *d);
  * connections already open go on with what they started with where they
  * keep it (their TLS session holds its credentials).  The caller keeps
  * the old pointers alive until mta_delivery_nconn() has been 0 once
- * after the call.  loop, spool, writer, dns, mtasts, metrics and
- * delivery.relayhost do not change (the caller refuses a change of
- * relayhost as needing a restart). */
+ * after the call.  delivery.relayhost is parsed again (jobs already
+ * queued for the old relayhost go to the new one).  loop, spool, writer,
+ * dns, mtasts and metrics do not change. */
 void mta_delivery_reconfigure(struct mta_delivery *d,
 			      const struct mta_delivery_params *p);
 void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
