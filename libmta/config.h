@@ -117,6 +117,7 @@ struct mta_config {
 	unsigned command_timeout;     /* server.command_timeout s, 300 */
 	unsigned data_timeout;	      /* server.data_timeout s, 600 */
 	unsigned message_timeout;     /* server.message_timeout s, 1800 */
+	unsigned shutdown_grace;      /* server.shutdown_grace s, 30 */
 	char *server_postmaster;      /* server.postmaster or NULL */
 	char *tls_cert;		      /* server.tls_cert or NULL */
 	char *tls_key;		      /* server.tls_key or NULL (both or none) */

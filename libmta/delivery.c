@@ -104,6 +104,8 @@ void dlv_record(struct msg *m, size_t r, int code, const char *status,
 		mta_log_str(&ll, "mx_skipped", skipped);
 	mta_log_str(&ll, "response", text);
 	mta_log_end(&ll);
+	if (st >= 0)
+		mta_metrics_delivery(d->metrics, state_word(st), auth, fs);
 }
 
 /* ---- jobs ----------------------------------------------------------- */
@@ -678,6 +680,11 @@ static void schedule_scan(struct mta_delivery *d, int64_t at_us)
 	uv_timer_start(&d->scan_timer, on_scan_timer, ms, 0);
 }
 
+#define SELFTEST_EVERY_MS (3600u * 1000u)
+#define SELFTEST_RETRY_MS (5u * 1000u)
+
+static void on_selftest_timer(uv_timer_t *t);
+
 /* DNSSEC self-test: the root must validate as secure (it is signed
  * under every trust anchor we accept: the real root's or the lab's). */
 static void on_selftest(const struct mta_dns_result *res, void *ud)
@@ -688,7 +695,9 @@ static void on_selftest(const struct mta_dns_result *res, void *ud)
 		  (res->status == MTA_DNS_OK || res->status == MTA_DNS_NODATA);
 
 	d->selftest_q = NULL;
-	if (!ok || !d->selftest_done || !d->dnssec_ok) {
+	/* logged at the first verdict and at every change (a failing test
+	 * is retried every few seconds) */
+	if (!d->selftest_done || ok != d->dnssec_ok) {
 		mta_log_begin(&ll, ok ? MTA_LOG_INFO : MTA_LOG_ERR,
 			      "dnssec_selftest");
 		mta_log_str(&ll, "status", ok ? "ok" : "failed");
@@ -703,6 +712,12 @@ static void on_selftest(const struct mta_dns_result *res, void *ud)
 		mta_log_end(&ll);
 	}
 	d->dnssec_ok = ok;
+	/* failing: try again soon, so readiness (/readyz) and delivery
+	 * follow a resolver that comes back; passing: hourly */
+	if (!d->stopping)
+		uv_timer_start(&d->selftest_timer, on_selftest_timer,
+			       ok ? SELFTEST_EVERY_MS : SELFTEST_RETRY_MS,
+			       SELFTEST_EVERY_MS);
 	if (!d->selftest_done) {
 		/* the first scan waits for the first verdict, so no mail
 		 * goes out before we know whether validation works */
@@ -811,6 +826,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	d->level = p->cfg->tls_default_level;
 	d->policy = p->policy;
 	d->mtasts = p->mtasts;
+	d->metrics = p->metrics;
 	if (p->cfg->delivery_relayhost != NULL &&
 	    parse_relayhost(p->cfg->delivery_relayhost, p->cfg->delivery_port,
 			    d->relay_host, sizeof(d->relay_host),
@@ -824,7 +840,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	uv_timer_init(d->loop, &d->selftest_timer);
 	d->selftest_timer.data = d;
 	uv_timer_start(&d->selftest_timer, on_selftest_timer, 0,
-		       3600 * 1000);
+		       SELFTEST_EVERY_MS);
 	*out = d;
 	return 0;
 }
@@ -903,6 +919,47 @@ void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		dlv_conn_close(c, dlv_after_close_end);
 	}
 	dlv_maybe_stopped(d);
+}
+
+/* ---- for the health endpoint and reload ----------------------------- */
+
+int mta_delivery_dnssec_state(const struct mta_delivery *d)
+{
+	if (!d->selftest_done)
+		return -1;
+	return d->dnssec_ok ? 1 : 0;
+}
+
+size_t mta_delivery_nactive(const struct mta_delivery *d)
+{
+	return d->ninflight;
+}
+
+size_t mta_delivery_nconn(const struct mta_delivery *d)
+{
+	return d->nconn;
+}
+
+void mta_delivery_reconfigure(struct mta_delivery *d,
+			      const struct mta_delivery_params *p)
+{
+	d->cfg = p->cfg;
+	d->tls = p->tls;
+	d->webpki = p->webpki;
+	d->policy = p->policy;
+	d->auth_user = p->auth_user;
+	d->auth_pass = p->auth_pass;
+	d->pol.min_backoff_us = (uint64_t)p->cfg->min_backoff * 1000000u;
+	d->pol.max_backoff_us = (uint64_t)p->cfg->max_backoff * 1000000u;
+	d->pol.queue_lifetime_us = (uint64_t)p->cfg->queue_lifetime * 1000000u;
+	d->level = p->cfg->tls_default_level;
+	/* the relayhost (checked at load); destinations already queued
+	 * for the old one connect to the new one from now on */
+	if (p->cfg->delivery_relayhost != NULL &&
+	    parse_relayhost(p->cfg->delivery_relayhost, p->cfg->delivery_port,
+			    d->relay_host, sizeof(d->relay_host),
+			    &d->relay_port) != 0)
+		d->relay_host[0] = '\0';
 }
 
 /* ---- for the control socket ------------------------------------------ */

@@ -71,6 +71,7 @@
 
 #include "config.h"
 #include "dns.h"
+#include "metrics.h"
 #include "mtasts.h"
 #include "tlspolicy.h"
 #include "spool.h"
@@ -94,6 +95,7 @@ struct mta_delivery_params {
 	struct mta_mtasts *mtasts;	    /* MTA-STS resolver, or NULL */
 	const char *auth_user;		 /* relayhost AUTH, or NULL */
 	const char *auth_pass;
+	struct mta_metrics *metrics;	 /* counters (metrics.h), or NULL */
 };
 
 int mta_delivery_start(const struct mta_delivery_params *p,
@@ -122,6 +124,21 @@ struct mta_delivery_env {
 };
 void mta_delivery_env(const struct mta_delivery *d,
 		      struct mta_delivery_env *out);
+/* DNSSEC self-test: 1 passing, 0 failing, -1 no verdict yet. */
+int mta_delivery_dnssec_state(const struct mta_delivery *d);
+/* Messages loaded for delivery now; connections open now. */
+size_t mta_delivery_nactive(const struct mta_delivery *d);
+size_t mta_delivery_nconn(const struct mta_delivery *d);
+/* Reload (SIGHUP): from now on new decisions use p's cfg, tls, webpki,
+ * policy (and the backoff, lifetime and default level of p->cfg);
+ * connections already open go on with what they started with where they
+ * keep it (their TLS session holds its credentials).  The caller keeps
+ * the old pointers alive until mta_delivery_nconn() has been 0 once
+ * after the call.  delivery.relayhost is parsed again (jobs already
+ * queued for the old relayhost go to the new one).  loop, spool, writer,
+ * dns, mtasts and metrics do not change. */
+void mta_delivery_reconfigure(struct mta_delivery *d,
+			      const struct mta_delivery_params *p);
 void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		       void *arg);
 

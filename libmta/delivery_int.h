@@ -8,6 +8,7 @@
 #define MTA_DELIVERY_INT_H
 
 #include "delivery.h"
+#include "metrics.h"
 
 #include "dane.h"
 #include "dsn.h"
@@ -195,6 +196,7 @@ struct mta_delivery {
 	struct mta_dns_query *selftest_q;
 	bool dnssec_ok;	      /* last DNSSEC self-test passed */
 	bool selftest_done;   /* at least one result */
+	struct mta_metrics *metrics; /* or NULL */
 	char relay_host[MTA_DNS_NAME_MAX];
 	unsigned relay_port;
 	struct mta_stream_scratch scratch; /* receive buffer of every conn */

@@ -22,6 +22,10 @@
 struct session {
 	struct session *prev, *next;
 	struct mta_inbound *l;
+	/* the snapshot the session started with (kept alive by the owner
+	 * until mta_inbound_nsessions() was 0 after a reconfigure) */
+	const struct mta_config *cfg;
+	const struct mta_tls_creds *tls;
 	struct mta_stream st; /* socket, timer, TLS, buffers */
 	bool stream_closed;   /* ops.closed ran */
 	uint64_t sid;
@@ -59,6 +63,7 @@ struct mta_inbound {
 	const struct mta_tls_creds *tls;
 	void (*on_queued)(void *arg);
 	void *on_queued_arg;
+	struct mta_metrics *metrics;
 	struct session *sessions;
 	size_t nsessions;
 	size_t nuntrusted; /* sessions from outside relay_networks */
@@ -137,6 +142,7 @@ static void session_free(struct session *s)
 	if (s->next != NULL)
 		s->next->prev = s->prev;
 	l->nsessions--;
+	mta_metrics_session(l->metrics, -1);
 	if (s->counted_untrusted)
 		l->nuntrusted--;
 	if (s->closing)
@@ -199,6 +205,8 @@ static void log_reject(struct session *s, const struct mta_smtpd_event *e)
 	const char *t = e->text != NULL ? e->text : "";
 	size_t tl = strlen(t);
 
+	char dsn[MTA_METRICS_LABEL_LEN] = "";
+
 	mta_log_begin(&ll, MTA_LOG_INFO, "reject");
 	mta_log_int(&ll, "sid", (long long)s->sid);
 	mta_log_str(&ll, "client", s->client);
@@ -207,9 +215,14 @@ static void log_reject(struct session *s, const struct mta_smtpd_event *e)
 	/* "550 5.6.0 text": the enhanced code is the second word */
 	if (tl > 4 && (t[4] == '2' || t[4] == '4' || t[4] == '5') &&
 	    t[5] == '.') {
-		size_t n = strcspn(t + 4, " ");
+		size_t n = strcspn(t + 4, " \r\n");
 		mta_log_strn(&ll, "dsn", t + 4, n);
+		if (n < sizeof(dsn)) {
+			memcpy(dsn, t + 4, n);
+			dsn[n] = '\0';
+		}
 	}
+	mta_metrics_rejected(s->l->metrics, dsn);
 	while (tl > 0 && (t[tl - 1] == '\r' || t[tl - 1] == '\n'))
 		tl--;
 	mta_log_strn(&ll, "text", t, tl);
@@ -233,6 +246,7 @@ static void on_commit_done(struct mta_commit *c)
 		mta_log_str(&ll, "client", s->client);
 		mta_log_str(&ll, "tls", s->env.tls ? s->env.tls : "none");
 		mta_log_end(&ll);
+		mta_metrics_accepted(s->l->metrics);
 		if (s->l->on_queued != NULL)
 			s->l->on_queued(s->l->on_queued_arg);
 	} else {
@@ -335,7 +349,7 @@ static void start_tls(struct session *s, size_t discarded)
 	flush_engine(s); /* the 220 goes out in plaintext */
 	if (s->closing)
 		return;
-	if (mta_stream_starttls_server(&s->st, s->l->tls, &dropped) != 0) {
+	if (mta_stream_starttls_server(&s->st, s->tls, &dropped) != 0) {
 		session_close(s, "tls_error", false);
 		return;
 	}
@@ -345,6 +359,14 @@ static void start_tls(struct session *s, size_t discarded)
 	mta_log_int(&ll, "sid", (long long)s->sid);
 	mta_log_int(&ll, "discarded", (long long)discarded);
 	mta_log_end(&ll);
+}
+
+/* A transaction is in flight: MAIL given, a message being received, or
+ * its commit pending.  Shutdown lets it finish (server.shutdown_grace). */
+static bool in_transaction(const struct session *s)
+{
+	return s->commit_pending || mta_smtpd_in_message(&s->smtpd) ||
+	       mta_smtpd_sender(&s->smtpd) != NULL;
 }
 
 /* Runs the engine over buffered input until it blocks or input ends. */
@@ -411,6 +433,11 @@ out:
 		flush_engine(s);
 		if (mta_smtpd_closed(&s->smtpd))
 			session_close(s, "closed", true);
+	}
+	if (!s->closing && s->shutdown_pending && !in_transaction(s)) {
+		/* draining: the transaction in flight has ended */
+		mta_smtpd_shutdown(&s->smtpd);
+		session_close(s, "shutdown", true);
 	}
 	if (!s->closing) {
 		const uint8_t *in;
@@ -516,7 +543,7 @@ static const struct mta_stream_ops session_ops = {
  */
 static void arm_timer(struct session *s)
 {
-	const struct mta_config *cfg = s->l->cfg;
+	const struct mta_config *cfg = s->cfg;
 	uint64_t now = uv_now(s->l->loop), due;
 	uint32_t prog = mta_smtpd_progress(&s->smtpd);
 
@@ -600,6 +627,8 @@ int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 		return rc;
 	}
 	s->l = l;
+	s->cfg = l->cfg;
+	s->tls = l->tls;
 	s->sid = ++l->next_sid;
 	s->st.write_low = MTA_INBOUND_OUTBUF_MAX / 2;
 	s->next = l->sessions;
@@ -607,6 +636,7 @@ int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 		l->sessions->prev = s;
 	l->sessions = s;
 	l->nsessions++;
+	mta_metrics_session(l->metrics, 1);
 	s->close_reason = "unknown";
 
 	rc = mta_stream_accept(&s->st, server);
@@ -637,7 +667,7 @@ int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 	s->scfg.hostname = l->cfg->server_hostname;
 	s->scfg.max_message_size = l->cfg->max_message_size;
 	s->scfg.max_recipients = l->cfg->max_recipients;
-	s->scfg.starttls = l->tls != NULL;
+	s->scfg.starttls = s->tls != NULL;
 	s->scfg.relay_allowed =
 		mta_config_relay_allowed(l->cfg, (struct sockaddr *)&ss);
 	s->trusted = s->scfg.relay_allowed;
@@ -700,6 +730,7 @@ int mta_inbound_new(const struct mta_inbound_params *p,
 	l->tls = p->tls;
 	l->on_queued = p->on_queued;
 	l->on_queued_arg = p->on_queued_arg;
+	l->metrics = p->metrics;
 	*out = l;
 	return 0;
 }
@@ -718,7 +749,8 @@ void mta_inbound_shutdown(struct mta_inbound *l, void (*done)(void *arg),
 		next = s->next;
 		if (s->closing)
 			continue;
-		if (s->commit_pending) {
+		if (in_transaction(s)) {
+			/* finishes its transaction first (drain) */
 			s->shutdown_pending = true;
 			continue;
 		}
@@ -726,6 +758,37 @@ void mta_inbound_shutdown(struct mta_inbound *l, void (*done)(void *arg),
 		session_close(s, "shutdown", true);
 	}
 	maybe_done(l);
+}
+
+void mta_inbound_shutdown_now(struct mta_inbound *l)
+{
+	struct session *s, *next;
+
+	for (s = l->sessions; s != NULL; s = next) {
+		next = s->next;
+		if (s->closing)
+			continue;
+		if (s->commit_pending) {
+			/* its reply comes with the commit, then the 421 */
+			s->shutdown_pending = true;
+			continue;
+		}
+		mta_smtpd_shutdown(&s->smtpd);
+		session_close(s, "shutdown_grace_over", true);
+	}
+}
+
+void mta_inbound_reconfigure(struct mta_inbound *l,
+			     const struct mta_config *cfg,
+			     const struct mta_tls_creds *tls)
+{
+	l->cfg = cfg;
+	l->tls = tls;
+}
+
+size_t mta_inbound_nsessions(const struct mta_inbound *l)
+{
+	return l->nsessions;
 }
 
 void mta_inbound_free(struct mta_inbound *l)

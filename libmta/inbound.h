@@ -22,9 +22,13 @@
  *	inside a message.  The timer never fires against the client while a
  *	commit is pending.
  *
- *	mta_inbound_shutdown() refuses new sessions, tells every idle
- *	session "421 4.3.2" and closes it; a session waiting for a commit
- *	gets its reply first.  done(arg) is called exactly once, when every
+ *	mta_inbound_shutdown() refuses new sessions, tells every session not
+ *	in a transaction "421 4.3.2" and closes it; a session in a
+ *	transaction (MAIL given, a message coming in, its commit pending)
+ *	finishes it first and gets the 421 after its reply, whenever the
+ *	transaction ends.  mta_inbound_shutdown_now() ends the wait (the
+ *	daemon's server.shutdown_grace): every session left is told 421 and
+ *	closed, a pending commit's reply first.  done(arg) is called exactly once, when every
  *	session is gone (possibly before mta_inbound_shutdown() returns).
  *
  * THREADS
@@ -57,6 +61,7 @@
 #define MTA_INBOUND_H
 
 #include "config.h"
+#include "metrics.h"
 #include "spool.h"
 #include "stream.h"
 #include "tls.h"
@@ -78,6 +83,7 @@ struct mta_inbound_params {
 	const struct mta_tls_creds *tls; /* NULL: no STARTTLS */
 	void (*on_queued)(void *arg);	 /* after each committed message */
 	void *on_queued_arg;
+	struct mta_metrics *metrics;	 /* counters (metrics.h), or NULL */
 };
 
 int mta_inbound_new(const struct mta_inbound_params *p,
@@ -85,6 +91,16 @@ int mta_inbound_new(const struct mta_inbound_params *p,
 int mta_inbound_accept(struct mta_inbound *in, uv_stream_t *server);
 void mta_inbound_shutdown(struct mta_inbound *in, void (*done)(void *arg),
 			  void *arg);
+/* Drain over (server.shutdown_grace): every session still open gets
+ * "421 4.3.2" and is closed, a pending commit's reply first. */
+void mta_inbound_shutdown_now(struct mta_inbound *in);
+/* Reload: sessions accepted from now on use cfg and tls; open sessions
+ * keep the snapshot they started with.  The caller keeps the old ones
+ * alive until mta_inbound_nsessions() has been 0 once after the call. */
+void mta_inbound_reconfigure(struct mta_inbound *in,
+			     const struct mta_config *cfg,
+			     const struct mta_tls_creds *tls);
+size_t mta_inbound_nsessions(const struct mta_inbound *in);
 void mta_inbound_free(struct mta_inbound *in);
 
 #endif

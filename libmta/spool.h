@@ -289,6 +289,16 @@ int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages);
  * MTA_ENOTFOUND on a spool never opened for writing by this version. */
 int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
 		     uint64_t *rcpts, uint64_t *bytes);
+/* Figures for the metrics endpoint, from one short read transaction:
+ * the LMDB map's size and the bytes in use (last page + 1), the held
+ * and MTA-STS cache entries (-1 when the database is absent), the
+ * arrival time of the oldest message (-1 when the spool is empty). */
+struct mta_spool_info {
+	uint64_t map_size, map_used;
+	int64_t held, sts_policies;
+	int64_t oldest_arrival_us;
+};
+int mta_spool_info(struct mta_spool *sp, struct mta_spool_info *out);
 /* Walks the due index in time order, after the entry (from_us, from_qid)
  * or from the start when from_qid is NULL, and calls cb(ud, qid, due_us)
  * for each entry due at now_us, at most max of them (cb returns non-zero

@@ -22,6 +22,8 @@ struct mta_writer {
 	struct mta_commit *pending, *pending_tail;
 	struct mta_commit *done, *done_tail;
 	bool stopping;
+	struct mta_metrics *metrics; /* under mu; the registry is atomic */
+	struct mta_metrics *metrics_now; /* writer thread's copy */
 };
 
 static int64_t now_us(void)
@@ -108,7 +110,10 @@ static void commit_batch(struct mta_writer *w, struct mta_commit *batch)
 		mta_spool_abort(txn);
 	} else {
 		/* see mta_spool_commit(): returns after the sync */
+		int64_t tc = now_us();
 		err = mta_spool_commit(txn);
+		mta_metrics_commit(w->metrics_now, err == 0,
+				   (uint64_t)(now_us() - tc));
 		if (err != 0)
 			for (c = batch; c != NULL; c = c->next)
 				c->result = err;
@@ -217,7 +222,9 @@ static void *writer_main(void *arg)
 		struct mta_commit *news = take(&w->pending, &w->pending_tail,
 					       MTA_WRITER_BATCH_MAX,
 					       MTA_WRITER_BATCH_BYTES, &nn, &bn);
+		w->metrics_now = w->metrics;
 		pthread_mutex_unlock(&w->mu);
+		mta_metrics_writer_busy(w->metrics_now, now_us());
 		if (up != NULL && news != NULL && nn <= MTA_WRITER_MERGE_MAX &&
 		    bn <= MTA_WRITER_MERGE_BYTES) {
 			struct mta_commit *c = up;
@@ -230,6 +237,7 @@ static void *writer_main(void *arg)
 			commit_batch(w, up);
 		if (news != NULL)
 			commit_batch(w, news);
+		mta_metrics_writer_busy(w->metrics_now, 0);
 		pthread_mutex_lock(&w->mu);
 	}
 	pthread_mutex_unlock(&w->mu);
@@ -400,4 +408,11 @@ void mta_writer_stop(struct mta_writer *w)
 	pthread_join(w->thread, NULL);
 	run_done(w);
 	uv_close((uv_handle_t *)&w->async, on_close);
+}
+
+void mta_writer_set_metrics(struct mta_writer *w, struct mta_metrics *m)
+{
+	pthread_mutex_lock(&w->mu);
+	w->metrics = m;
+	pthread_mutex_unlock(&w->mu);
 }

@@ -74,6 +74,7 @@
 #ifndef MTA_WRITER_H
 #define MTA_WRITER_H
 
+#include "metrics.h"
 #include "spool.h"
 
 #include <uv.h>
@@ -187,6 +188,10 @@ void mta_writer_submit_counter_add(struct mta_writer *w,
 void mta_writer_submit_admin(struct mta_writer *w, struct mta_commit *c,
 			     const struct mta_commit_admin *a,
 			     mta_commit_done_fn done);
+/* Counters of the writer (metrics.h: commits, their commit-and-sync
+ * time, the start of the batch in progress for the stuck check); taken
+ * by the thread at its next batch.  m must outlive the writer. */
+void mta_writer_set_metrics(struct mta_writer *w, struct mta_metrics *m);
 void mta_writer_stop(struct mta_writer *w);
 
 #endif

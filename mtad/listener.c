@@ -84,6 +84,7 @@ int mtad_listener_start(const struct mtad_listener_params *p,
 		.tls = p->tls,
 		.on_queued = p->on_queued,
 		.on_queued_arg = p->on_queued_arg,
+		.metrics = p->metrics,
 	};
 	rc = mta_inbound_new(&ip, &l->in);
 	if (rc != 0) {
@@ -146,4 +147,22 @@ void mtad_listener_free(struct mtad_listener *l)
 {
 	mta_inbound_free(l->in);
 	free(l);
+}
+
+void mtad_listener_shutdown_now(struct mtad_listener *l)
+{
+	if (l->shutting_down && !l->sessions_done)
+		mta_inbound_shutdown_now(l->in);
+}
+
+void mtad_listener_reconfigure(struct mtad_listener *l,
+			       const struct mta_config *cfg,
+			       const struct mta_tls_creds *tls)
+{
+	mta_inbound_reconfigure(l->in, cfg, tls);
+}
+
+size_t mtad_listener_nsessions(const struct mtad_listener *l)
+{
+	return mta_inbound_nsessions(l->in);
 }

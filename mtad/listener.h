@@ -9,7 +9,8 @@
  *	mtad_listener_shutdown() stops accepting and shuts the sessions down
  *	(mta_inbound_shutdown(): "421 4.3.2" to idle sessions, a pending
  *	commit's reply first).  done() is called once every session and
- *	listening socket is closed.
+ *	listening socket is closed.  Sessions in a transaction finish it
+ *	first; mtad_listener_shutdown_now() ends that wait.
  *
  * THREADS
  *	Loop thread only.
@@ -38,12 +39,22 @@ struct mtad_listener_params {
 	const struct mta_tls_creds *tls; /* NULL: no STARTTLS */
 	void (*on_queued)(void *arg);	 /* after each committed message */
 	void *on_queued_arg;
+	struct mta_metrics *metrics;	 /* or NULL */
 };
 
 int mtad_listener_start(const struct mtad_listener_params *p,
 			struct mtad_listener **out);
 void mtad_listener_shutdown(struct mtad_listener *l, void (*done)(void *arg),
 			    void *arg);
+/* After mtad_listener_shutdown(): the drain is over (shutdown_grace),
+ * close the sessions still in a transaction (inbound.h). */
+void mtad_listener_shutdown_now(struct mtad_listener *l);
+/* SIGHUP: new sessions use cfg and tls (inbound.h); the listening
+ * sockets stay as they are. */
+void mtad_listener_reconfigure(struct mtad_listener *l,
+			       const struct mta_config *cfg,
+			       const struct mta_tls_creds *tls);
+size_t mtad_listener_nsessions(const struct mtad_listener *l);
 void mtad_listener_free(struct mtad_listener *l);
 
 #endif

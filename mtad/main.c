@@ -11,8 +11,11 @@
 #include "delivery.h"
 #include "dns.h"
 #include "err.h"
+#include "health.h"
+#include "http.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "mtasts.h"
 #include "spool.h"
 #include "tls.h"
@@ -51,6 +54,19 @@ struct daemon {
 	unsigned parts_running; /* listener, delivery */
 	uv_signal_t sigterm, sigint, sighup;
 	int exit_code;
+	/* HTTP endpoint (health, metrics) */
+	struct mta_metrics metrics;
+	struct mtad_http *http;
+	struct mtad_health health;
+	bool accepting; /* listeners bound, not draining: /readyz */
+	/* SIGTERM drain */
+	uv_timer_t grace_timer;
+	bool shutting_down;
+	/* SIGHUP reload: generations replaced and still in use */
+	struct generation *retired;
+	uv_timer_t retire_timer;
+	bool webpki;
+	bool reloaded_once; /* the start-up generation is retired (pinned) */
 };
 
 static void usage(FILE *f)
@@ -63,6 +79,8 @@ static struct daemon *the_daemon(uv_loop_t *loop)
 {
 	return loop->data;
 }
+
+static void stop_lifecycle(struct daemon *d);
 
 static void stop_everything(struct daemon *d)
 {
@@ -79,6 +97,7 @@ static void stop_everything(struct daemon *d)
 	uv_close((uv_handle_t *)&d->sigterm, NULL);
 	uv_close((uv_handle_t *)&d->sigint, NULL);
 	uv_close((uv_handle_t *)&d->sighup, NULL);
+	stop_lifecycle(d);
 	mta_log_begin(&ll, MTA_LOG_INFO, "stopped");
 	mta_log_end(&ll);
 }
@@ -110,8 +129,15 @@ static void delivery_done(void *arg)
 	part_done(d);
 }
 
+static void start_grace(struct daemon *d);
+
 static void begin_shutdown(struct daemon *d)
 {
+	if (d->shutting_down)
+		return;
+	d->shutting_down = true;
+	d->accepting = false;
+	start_grace(d);
 	mtad_control_stop(d->control);
 	d->control = NULL;
 	if (d->listener != NULL)
@@ -235,16 +261,15 @@ static int load_config_files(struct daemon *d)
 	return 0;
 }
 
+static void reload(struct daemon *d);
+
 static void on_signal(uv_signal_t *h, int signum)
 {
 	struct daemon *d = the_daemon(h->loop);
 	struct mta_logline ll;
 
 	if (signum == SIGHUP) {
-		mta_log_begin(&ll, MTA_LOG_WARN, "sighup");
-		mta_log_str(&ll, "reason",
-			    "configuration reload is not supported; restart");
-		mta_log_end(&ll);
+		reload(d);
 		return;
 	}
 	mta_log_begin(&ll, MTA_LOG_INFO, "shutdown");
@@ -445,6 +470,7 @@ static int start_parts(struct daemon *d, bool webpki)
 		.tls = d->tls,
 		.on_queued = on_queued,
 		.on_queued_arg = d,
+		.metrics = &d->metrics,
 	};
 	int rc;
 
@@ -460,6 +486,7 @@ static int start_parts(struct daemon *d, bool webpki)
 		.ca_file = d->cfg->tls_ca_file,
 		.https_port = d->cfg->mta_sts_https_port,
 		.refresh_interval = d->cfg->mta_sts_refresh_interval,
+		.metrics = &d->metrics,
 	};
 	if (mta_mtasts_start(&mp, &d->mtasts) != 0)
 		d->mtasts = NULL;
@@ -478,6 +505,7 @@ static int start_parts(struct daemon *d, bool webpki)
 			.mtasts = d->mtasts,
 			.auth_user = d->have_auth ? d->auth_user : NULL,
 			.auth_pass = d->have_auth ? d->auth_pass : NULL,
+			.metrics = &d->metrics,
 		};
 		rc = mta_delivery_start(&dp, &d->delivery);
 		if (rc == 0)
@@ -503,6 +531,324 @@ static int start_parts(struct daemon *d, bool webpki)
 	return rc;
 }
 
+/* ---- HTTP endpoint, drain and reload (issue 13) ---------------------- */
+
+/*
+ * One generation of what SIGHUP replaces: the config snapshot and what it
+ * names (inbound certificate, client credentials with the CA file, the
+ * policy table).  The current one lives in struct daemon's fields; a
+ * replaced one waits on d->retired until its users are gone: inbound
+ * sessions keep the snapshot they started with, delivery connections the
+ * credentials their TLS session holds.  "Gone" is checked conservatively
+ * (no inbound session and no delivery connection open at one moment).
+ * The start-up generation is pinned: the control socket and the
+ * listener keep pointers into its config for the daemon's life.
+ */
+struct generation {
+	struct generation *next;
+	bool pinned;
+	struct mta_config *cfg;
+	struct mta_tls_creds *tls, *client_tls;
+	struct mta_tlspolicy *policy;
+};
+
+static void free_generation(struct generation *g)
+{
+	mta_tls_creds_free(g->tls);
+	mta_tls_creds_free(g->client_tls);
+	mta_tlspolicy_free(g->policy);
+	mta_config_free(g->cfg);
+	free(g);
+}
+
+/* Frees the retired generations nobody can use any more (all of them
+ * when the daemon is done). */
+static void free_retired(struct daemon *d, bool all)
+{
+	struct generation **pp = &d->retired, *g;
+
+	if (!all) {
+		if (d->listener != NULL &&
+		    mtad_listener_nsessions(d->listener) > 0)
+			return;
+		if (d->delivery != NULL && mta_delivery_nconn(d->delivery) > 0)
+			return;
+	}
+	while ((g = *pp) != NULL) {
+		if (g->pinned && !all) {
+			pp = &g->next;
+			continue;
+		}
+		*pp = g->next;
+		free_generation(g);
+	}
+}
+
+static void on_retire_timer(uv_timer_t *t)
+{
+	free_retired(the_daemon(t->loop), false);
+}
+
+static void on_grace_timer(uv_timer_t *t)
+{
+	struct daemon *d = the_daemon(t->loop);
+	struct mta_logline ll;
+
+	mta_log_begin(&ll, MTA_LOG_WARN, "shutdown_grace_over");
+	mta_log_int(&ll, "grace_s", d->cfg->shutdown_grace);
+	mta_log_end(&ll);
+	if (d->listener != NULL)
+		mtad_listener_shutdown_now(d->listener);
+}
+
+/* Start-up step: the lifecycle timers (drain, retired generations). */
+static void start_lifecycle(struct daemon *d)
+{
+	uv_timer_init(&d->loop, &d->grace_timer);
+	uv_timer_init(&d->loop, &d->retire_timer);
+	uv_timer_start(&d->retire_timer, on_retire_timer, 5000, 5000);
+	uv_unref((uv_handle_t *)&d->retire_timer);
+}
+
+static void stop_lifecycle(struct daemon *d)
+{
+	if (d->http != NULL)
+		mtad_http_stop(d->http, NULL, NULL);
+	if (d->grace_timer.loop != NULL) {
+		uv_close((uv_handle_t *)&d->grace_timer, NULL);
+		uv_close((uv_handle_t *)&d->retire_timer, NULL);
+	}
+}
+
+/* SIGTERM: listeners stop accepting at once (begin_shutdown()); SMTP
+ * transactions in flight get server.shutdown_grace to finish. */
+static void start_grace(struct daemon *d)
+{
+	if (d->grace_timer.loop == NULL)
+		return;
+	uv_timer_start(&d->grace_timer, on_grace_timer,
+		       (uint64_t)d->cfg->shutdown_grace * 1000u, 0);
+	uv_unref((uv_handle_t *)&d->grace_timer);
+}
+
+/* Start-up step: the HTTP endpoint on http.listen.  0 or -1 (logged). */
+static int start_http(struct daemon *d)
+{
+	d->health.spool = d->spool;
+	d->health.metrics = &d->metrics;
+	d->health.delivery = &d->delivery;
+	d->health.accepting = &d->accepting;
+	struct mtad_http_params hp = {
+		.loop = &d->loop,
+		.addr = &d->cfg->http_addr,
+		.name = d->cfg->http_listen,
+		.handle = mtad_health_handle,
+		.arg = &d->health,
+	};
+	return mtad_http_start(&hp, &d->http) == 0 ? 0 : -1;
+}
+
+/* Keys the running daemon cannot change: a new value is reported and
+ * takes effect at the next restart. */
+static const char *const not_live[] = {
+	"server.listen",      "spool.dir",	  "spool.max_size",
+	"dns.resolver",	      "dns.trust_anchor", "dns.timeout",
+	"mta_sts.https_port", "mta_sts.refresh_interval",
+	"control.socket",     "control.group",	  "http.listen",
+	"server.shutdown_grace",
+};
+
+/* The value line of section.key in mta_config_print() output, or NULL. */
+static const char *printed_value(const char *text, const char *dotted,
+				 size_t *len)
+{
+	const char *dot = strchr(dotted, '.'), *p = text, *sect = "";
+	size_t sl = (size_t)(dot - dotted), kl = strlen(dot + 1);
+
+	while (*p != '\0') {
+		const char *e = strchr(p, '\n');
+		size_t n = e ? (size_t)(e - p) : strlen(p);
+		if (p[0] == '[') {
+			sect = p + 1;
+		} else if (strncmp(sect, dotted, sl) == 0 && sect[sl] == ']' &&
+			   n > kl && strncmp(p, dotted + sl + 1, kl) == 0 &&
+			   (p[kl] == ' ' || p[kl] == '=')) {
+			/* continuation lines belong to the value */
+			const char *q = e;
+			while (q != NULL && (q[1] == ' ' || q[1] == '\t'))
+				q = strchr(q + 1, '\n');
+			*len = (q ? (size_t)(q - p) : strlen(p));
+			return p;
+		}
+		if (e == NULL)
+			break;
+		p = e + 1;
+	}
+	return NULL;
+}
+
+static char *print_config(const struct mta_config *c)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	if (f == NULL)
+		return NULL;
+	mta_config_print(c, f);
+	fclose(f);
+	return buf;
+}
+
+/* Logs every key of not_live whose value differs; the count. */
+static int report_not_live(const struct mta_config *old,
+			   const struct mta_config *nw)
+{
+	char *a = print_config(old), *b = print_config(nw);
+	struct mta_logline ll;
+	int n = 0;
+
+	for (size_t i = 0; a && b && i < sizeof(not_live) / sizeof(*not_live);
+	     i++) {
+		size_t la = 0, lb = 0;
+		const char *va = printed_value(a, not_live[i], &la);
+		const char *vb = printed_value(b, not_live[i], &lb);
+		if ((va == NULL) == (vb == NULL) &&
+		    (va == NULL || (la == lb && memcmp(va, vb, la) == 0)))
+			continue;
+		n++;
+		mta_log_begin(&ll, MTA_LOG_WARN, "reload_not_live");
+		mta_log_str(&ll, "key", not_live[i]);
+		mta_log_str(&ll, "effect",
+			    "changed in the file; the running daemon keeps the "
+			    "old value until a restart");
+		mta_log_end(&ll);
+	}
+	free(a);
+	free(b);
+	return n;
+}
+
+static void reload_failed(const char *why)
+{
+	struct mta_logline ll;
+
+	mta_log_begin(&ll, MTA_LOG_ERR, "reload_failed");
+	mta_log_str(&ll, "error", why);
+	mta_log_str(&ll, "effect", "the configuration in force is unchanged");
+	mta_log_end(&ll);
+}
+
+/*
+ * SIGHUP: a new snapshot of the config file (and the environment of the
+ * start), with the files it names loaded again through the start-up
+ * functions (load_config_files(): inbound certificate and key via
+ * load_server_tls(), policy table, relayhost credentials; then the CA
+ * file).  Anything that fails refuses the whole reload, logged, and the
+ * old generation stays in force.  Otherwise the new one is handed to the
+ * listener (new sessions), delivery (new decisions and connections) and
+ * MTA-STS (CA file), log.level applies at once, and the old generation
+ * is retired (freed when its users are gone).
+ */
+static void reload(struct daemon *d)
+{
+	struct mta_logline ll;
+	struct mta_config *ncfg = NULL;
+	struct mta_tls_creds *nclient = NULL;
+	char err[1024] = "";
+	const char *path = d->cfg->origin_path;
+
+	mta_log_begin(&ll, MTA_LOG_INFO, "reload");
+	mta_log_str(&ll, "config", path ? path : "");
+	mta_log_end(&ll);
+	if (d->shutting_down) {
+		reload_failed("shutting down");
+		return;
+	}
+	if (mta_config_load(path, environ, &ncfg, err, sizeof(err)) != 0) {
+		reload_failed(err);
+		return;
+	}
+	if (mta_tls_creds_client(ncfg->tls_ca_file, &nclient, err,
+				 sizeof(err)) != 0) {
+		char why[1200];
+		snprintf(why, sizeof(why), "tls.ca_file: %s", err);
+		mta_config_free(ncfg);
+		reload_failed(why);
+		return;
+	}
+	struct generation *old = calloc(1, sizeof(*old));
+	if (old == NULL) {
+		mta_tls_creds_free(nclient);
+		mta_config_free(ncfg);
+		reload_failed("out of memory");
+		return;
+	}
+	/* load the named files into d as at start-up; put back on failure */
+	char save_user[sizeof(d->auth_user)], save_pass[sizeof(d->auth_pass)];
+	bool save_have = d->have_auth;
+	memcpy(save_user, d->auth_user, sizeof(save_user));
+	memcpy(save_pass, d->auth_pass, sizeof(save_pass));
+	old->cfg = d->cfg;
+	old->tls = d->tls;
+	old->client_tls = d->client_tls;
+	old->policy = d->policy;
+	old->pinned = !d->reloaded_once;
+	d->cfg = ncfg;
+	d->tls = NULL;
+	d->policy = NULL;
+	d->have_auth = false;
+	if (load_config_files(d) != 0) {
+		mta_tls_creds_free(d->tls);
+		mta_tlspolicy_free(d->policy);
+		mta_tls_creds_free(nclient);
+		mta_config_free(ncfg);
+		d->cfg = old->cfg;
+		d->tls = old->tls;
+		d->policy = old->policy;
+		d->have_auth = save_have;
+		memcpy(d->auth_user, save_user, sizeof(save_user));
+		memcpy(d->auth_pass, save_pass, sizeof(save_pass));
+		explicit_bzero(save_pass, sizeof(save_pass));
+		free(old);
+		reload_failed("a file named by the new configuration does not "
+			      "load (see the line before)");
+		return;
+	}
+	explicit_bzero(save_pass, sizeof(save_pass));
+	d->client_tls = nclient;
+	d->webpki = true;
+	d->reloaded_once = true;
+	int nl = report_not_live(old->cfg, ncfg);
+
+	/* hand the new generation over */
+	mta_log_set_level((enum mta_log_level)ncfg->log_level);
+	if (d->listener != NULL)
+		mtad_listener_reconfigure(d->listener, ncfg, d->tls);
+	if (d->delivery != NULL) {
+		struct mta_delivery_params dp = {
+			.cfg = ncfg,
+			.tls = d->client_tls,
+			.webpki = d->webpki,
+			.policy = d->policy,
+			.auth_user = d->have_auth ? d->auth_user : NULL,
+			.auth_pass = d->have_auth ? d->auth_pass : NULL,
+		};
+		mta_delivery_reconfigure(d->delivery, &dp);
+	}
+	if (d->mtasts != NULL)
+		mta_mtasts_set_ca_file(d->mtasts, ncfg->tls_ca_file);
+	old->next = d->retired;
+	d->retired = old;
+	free_retired(d, false);
+
+	mta_log_begin(&ll, MTA_LOG_INFO, "reloaded");
+	mta_log_int(&ll, "log_level", ncfg->log_level);
+	mta_log_str(&ll, "tls_cert", ncfg->tls_cert ? ncfg->tls_cert : "");
+	mta_log_int(&ll, "not_live", nl);
+	mta_log_end(&ll);
+}
+
 /*
  * Start-up as steps with one unwind path (acquire forward, release
  * backward): config, config files, spool, loop, DNS, writer, signals,
@@ -520,6 +866,7 @@ int main(int argc, char **argv)
 	int rc;
 
 	memset(&d, 0, sizeof(d));
+	mta_metrics_init(&d.metrics);
 	rc = parse_args(argc, argv, &path, &check);
 	if (rc >= 0)
 		return rc;
@@ -561,8 +908,13 @@ int main(int argc, char **argv)
 	start_signals(&d);
 	bool webpki = load_client_tls(&d);
 
+	d.webpki = webpki;
+	mta_writer_set_metrics(d.writer, &d.metrics);
+	start_lifecycle(&d);
+
 	/* from here on the loop runs and stop_everything() unwinds */
-	if (start_parts(&d, webpki) == 0) {
+	if (start_parts(&d, webpki) == 0 && start_http(&d) == 0) {
+		d.accepting = true;
 		mta_log_begin(&ll, MTA_LOG_INFO, "ready");
 		mta_log_int(&ll, "pid", (long long)getpid());
 		mta_log_end(&ll);
@@ -573,6 +925,8 @@ int main(int argc, char **argv)
 	/* Runs until every handle is closed after a signal. */
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 	mtad_listener_free(d.listener);
+	mtad_http_free(d.http);
+	free_retired(&d, true);
 out_dns:
 	if (d.dns != NULL) {
 		mta_dns_free(d.dns);

@@ -21,6 +21,7 @@ declare -A extra=(
 	[spool_records]=" "
 	[config]="libmta/config.c libmta/log.c $(pkg-config --libs inih)"
 	[dns]="libmta/dns.c $(pkg-config --libs getdns libuv)"
+	[http]="libmta/http_request.c"
 )
 status=0
 for f in tests/fuzz/fuzz_*.c; do
