@@ -16,6 +16,7 @@ sources only recompiles).  MTAD_IMAGE_MIRROR names another Debian mirror
 (default: mmdebstrap's, deb.debian.org with updates and security).
 """
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -95,7 +96,7 @@ def fresh(path):
 
 def make_minbase(path):
     tmp = path + ".tmp"
-    cmd = ["mmdebstrap", "--variant=minbase", "--mode=root",
+    cmd = ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
            "--dpkgopt=force-unsafe-io", "--aptopt=Acquire::Retries \"3\"",
            SUITE, tmp]
     if MIRROR:
@@ -130,8 +131,11 @@ def make_slim(src, path):
 class Buildah:
     def __init__(self, driver):
         self.driver = driver
+        # runroot on /run (cleared at boot, as buildah expects), one per
+        # cache directory
+        tag = hashlib.sha1(os.path.abspath(CACHE).encode()).hexdigest()[:8]
         self.args = ["buildah", "--root", os.path.join(CACHE, "storage-" + driver),
-                     "--runroot", "/run/mtad-image-" + driver,
+                     "--runroot", "/run/mtad-image-%s-%s" % (tag, driver),
                      "--storage-driver", driver]
 
     def __call__(self, *args, **kw):
