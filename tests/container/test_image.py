@@ -196,13 +196,16 @@ def image():
         for name, tar in BASES.items():
             import_base(b, name, os.path.join(CACHE, tar))
         t1 = time.monotonic()
-        build = ["build", "--isolation", "chroot", "--pull=never", "--layers",
+        build = ["build", "--isolation", "chroot", "--pull=never",
                  "--format", "docker", "-f", os.path.join(ROOT, "Containerfile")]
-        # The build stage tagged on its own, so that pruning keeps its
-        # layers (the toolchain install) as the cache of the next build;
-        # the full build then reuses them.
-        b(*build, "--target", "build", "-t", IMAGE + "-build", ROOT,
-          timeout=1500)
+        if b.driver == "overlay":
+            # Layer cache: the build stage tagged on its own, so that
+            # pruning keeps its layers (the toolchain install) for the next
+            # build; the full build then reuses them.  Not with vfs, where
+            # every cached step is a full copy of the tree (gigabytes).
+            build.append("--layers")
+            b(*build, "--target", "build", "-t", IMAGE + "-build", ROOT,
+              timeout=1500)
         b(*build, "-t", IMAGE, ROOT, timeout=1500)
         # what earlier builds left untagged
         b("rmi", "--prune", check=False, timeout=300)
