@@ -20,7 +20,7 @@ DEB_PACKAGES := gcc clang libclang-rt-14-dev meson ninja-build pkg-config \
 	libgnutls28-dev gnutls-bin libcurl4-gnutls-dev libcmocka-dev openssl \
 	swaks libnet-ssleay-perl python3-pytest python3-aiosmtpd python3-dnspython \
 	python3-cryptography postfix knot ldnsutils unbound \
-	prometheus
+	prometheus buildah mmdebstrap
 
 .PHONY: all deps build run test certs fuzz bench clean
 
