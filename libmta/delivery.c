@@ -337,6 +337,23 @@ static int read_original(void *ud, uint64_t off, void *buf, size_t len,
 	return mta_spool_read_body(m->d->spool, m->qid, off, buf, len, got);
 }
 
+/* delivery.delay_warning: recipient i is still queued, has waited that
+ * long and was never warned; never for the null sender (DSN-06) or
+ * NOTIFY=NEVER; with NOTIFY given, only when it names DELAY. */
+static bool delay_warning_due(const struct msg *m, size_t i, int64_t now)
+{
+	const struct mta_rcpt *r = &m->env.rcpts[i];
+	unsigned warn = m->d->cfg->delay_warning;
+
+	if (warn == 0 || r->state != MTA_RCPT_DEFERRED ||
+	    (r->flags & MTA_RCPT_F_DELAY_WARNED) != 0 ||
+	    m->env.sender == NULL || m->env.sender[0] == '\0' ||
+	    (r->notify & MTA_NOTIFY_NEVER) != 0 ||
+	    (r->notify != 0 && (r->notify & MTA_NOTIFY_DELAY) == 0))
+		return false;
+	return now - m->env.arrival_us >= (int64_t)warn * 1000000;
+}
+
 /* Builds the DSN of this attempt, if one is owed; 0 = none needed. */
 static int build_dsn(struct msg *m, char *dsn_qid)
 {
@@ -362,10 +379,19 @@ static int build_dsn(struct msg *m, char *dsn_qid)
 			act = MTA_DSN_FAILED;
 		else if (r->state == MTA_RCPT_SENT && m->relayed[i])
 			act = MTA_DSN_RELAYED;
+		else if (delay_warning_due(m, i, now))
+			act = MTA_DSN_DELAYED;
 		else
 			continue;
-		if (!mta_dsn_needed(&m->env, i, act))
+		if (act != MTA_DSN_DELAYED && !mta_dsn_needed(&m->env, i, act))
 			continue;
+		if (act == MTA_DSN_DELAYED) {
+			/* at most once: the flag is stored with the DSN */
+			m->env.rcpts[i].flags |= MTA_RCPT_F_DELAY_WARNED;
+			rs[n].will_retry_until_us =
+				m->env.arrival_us +
+				(int64_t)d->cfg->queue_lifetime * 1000000;
+		}
 		const char *remote = NULL;
 		if (r->relay != NULL && n < 64) {
 			size_t k = strcspn(r->relay, "[");

@@ -10,6 +10,8 @@ routes/shaping file.
 Conformance: DANE-05 (a dane-only hop without usable TLSA gets no
 connection), RFC 3463 4.7.x throttling replies.
 """
+import email
+import email.policy
 import os
 import sys
 import time
@@ -26,7 +28,7 @@ from sinks import sink_lab  # noqa: E402,F401  (fixture)
 
 SENDER = "alice@client.test"
 DOMAINS = ["mx", "rel", "snd", "fb", "bind", "helo", "rate", "conc", "thr",
-           "dro", "refu", "hold"]
+           "dro", "refu", "hold", "dsn"]
 
 
 class Lab:
@@ -230,3 +232,34 @@ def test_throttle_halves_rate_and_recovers(env):
     gaps = _gaps(thr)
     # right after the throttle the spacing is 2 s (half of 60/m)
     assert gaps[0] >= 1.7, gaps
+
+
+def test_delay_warning_once_and_parsed(env):
+    # DSN-05/06: a held recipient waits; after delivery.delay_warning one
+    # "delayed" DSN goes to the sender, never a second, never for <>
+    snd = env.aio("dsn")
+    m = env.start(routes="hold.rt.s.test hold\n",
+                  **{"delivery.delay_warning": "2s"})
+    q = submit(m, "alice@dsn.rt.s.test", ["w@hold.rt.s.test"], msg("late"))
+    qn = submit(m, "", ["v@hold.rt.s.test"], msg("null-sender"))
+    (d,) = snd.wait_messages(1, timeout=20)
+    # several more attempts: still one DSN
+    wait_until(lambda: len(deliveries(m, q, status="deferred")) >= 4, 20,
+               "more attempts")
+    wait_until(lambda: len(deliveries(m, qn, status="deferred")) >= 4, 20,
+               "more attempts of the null-sender message")
+    time.sleep(1.0)
+    assert len(snd.messages()) == 1, snd.messages()
+    assert d["mail_from"] in ("", "<>") and d["rcpt_tos"] == ["alice@dsn.rt.s.test"]
+    em = email.message_from_bytes(d["data"], policy=email.policy.default)
+    assert em.get_content_type() == "multipart/report"
+    assert em.get_param("report-type") == "delivery-status"
+    parts = list(em.iter_parts())
+    assert parts[1].get_content_type() == "message/delivery-status"
+    fields = parts[1].as_string()
+    assert "Action: delayed" in fields, fields
+    assert "Final-Recipient: rfc822;w@hold.rt.s.test" in fields.replace("; ", ";"), fields
+    assert "Status: 4.3.2" in fields, fields
+    assert "Will-Retry-Until:" in fields, fields
+    # the message is still queued, the warning remembered in the spool
+    assert q in m.queue() and qn in m.queue()
