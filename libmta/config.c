@@ -49,6 +49,7 @@ enum key_type {
 	T_ADDRPORT,  /* one addr:port -> char * (+ http_addr) */
 	T_LOGLEVEL,  /* debug info warn error -> int */
 	T_MAILBOX,   /* local@domain or empty -> char * or NULL */
+	T_IPVER,     /* any ipv4 ipv6 prefer-ipv4 prefer-ipv6 -> int */
 };
 
 struct key {
@@ -97,6 +98,10 @@ static const struct key keys[] = {
 	KEY("delivery", "max_per_destination", "10", T_COUNT, max_per_destination, 1, 1000),
 	KEY("delivery", "connect_timeout", "30s", T_DURATION, connect_timeout, 1, 300),
 	KEY("delivery", "relayhost_auth_file", "", T_OPTPATH, relayhost_auth_file, 0, 0),
+	KEY("delivery", "routes_file", "", T_OPTPATH, routes_file, 0, 0),
+	KEY("delivery", "shaping_file", "", T_OPTPATH, shaping_file, 0, 0),
+	KEY("delivery", "delay_warning", "0", T_DURATION, delay_warning, 0, 365 * 86400),
+	KEY("delivery", "ip_version", "any", T_IPVER, ip_version, 0, 0),
 	KEY("tls", "ca_file", "/etc/ssl/certs/ca-certificates.crt", T_PATH, tls_ca_file, 0, 0),
 	KEY("tls", "policy_file", "", T_OPTPATH, tls_policy_file, 0, 0),
 	KEY("tls", "default_level", "may", T_TLSLEVEL, tls_default_level, 0, 0),
@@ -109,6 +114,9 @@ static const struct key keys[] = {
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+const char *const mta_config_ipver_names[5] = {
+	"any", "ipv4", "ipv6", "prefer-ipv4", "prefer-ipv6"};
 
 enum origin { O_DEFAULT, O_FILE, O_ENV };
 
@@ -831,6 +839,17 @@ static int check_key(struct loader *ld, struct mta_config *c, size_t i,
 		c->http_addr = ss;
 		format_addrport(&ss, host, sizeof(host));
 		return set_str(ld, c, i, host);
+	case T_IPVER:
+		for (int n = 0; n < 5; n++) {
+			if (strcmp(v, mta_config_ipver_names[n]) == 0) {
+				*FIELD(c, k, int) = n;
+				return 0;
+			}
+		}
+		value_err(ld, i, v,
+			  "not one of any, ipv4, ipv6, prefer-ipv4, "
+			  "prefer-ipv6");
+		return -1;
 	case T_LOGLEVEL:
 		if (mta_log_parse_level(v, &lvl) < 0) {
 			value_err(ld, i, v,
@@ -1304,6 +1323,14 @@ void mta_config_print(const struct mta_config *c, FILE *f)
 				mta_tls_level_name(*(const enum mta_tls_level *)(
 					const void *)((const char *)c + k->off)));
 			break;
+		case T_IPVER: {
+			int l = *(const int *)(const void *)((const char *)c +
+							     k->off);
+			fprintf(f, "%s = %s\n", k->name,
+				l >= 0 && l < 5 ? mta_config_ipver_names[l]
+						: "any");
+			break;
+		}
 		case T_LOGLEVEL: {
 			int l = *(const int *)(const void *)((const char *)c +
 							     k->off);

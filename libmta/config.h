@@ -95,6 +95,16 @@
 #define MTA_CONFIG_MAX_NETWORKS 64
 #define MTA_CONFIG_MAX_KEYS 96 /* room in the origin table below */
 
+/* delivery.ip_version */
+enum mta_ipver {
+	MTA_IPVER_ANY,
+	MTA_IPVER_4,
+	MTA_IPVER_6,
+	MTA_IPVER_PREFER_4,
+	MTA_IPVER_PREFER_6,
+};
+extern const char *const mta_config_ipver_names[5];
+
 struct mta_cidr {
 	int family; /* AF_INET or AF_INET6 */
 	uint8_t addr[16];
@@ -138,6 +148,10 @@ struct mta_config {
 	unsigned max_per_destination; /* delivery.max_per_destination */
 	unsigned connect_timeout; /* delivery.connect_timeout, seconds */
 	char *relayhost_auth_file; /* NULL = no AUTH to the relayhost */
+	char *routes_file;	   /* NULL = no routing table (routes.h) */
+	char *shaping_file;	   /* NULL = no shaping (shaping.h) */
+	unsigned delay_warning;	   /* seconds; 0 = no delayed DSNs */
+	int ip_version;		   /* enum mta_ipver */
 	/* [tls] */
 	char *tls_ca_file;
 	char *tls_policy_file; /* NULL = none */

@@ -186,19 +186,35 @@ size_t dlv_job_undecided(const struct job *j, size_t *out)
 
 /* ---- destinations --------------------------------------------------- */
 
+/* The destination of a job: name (the recipient domain, or the relay's
+ * host), whether it is a relay, and the route that chose it. */
 static struct dest *dest_get(struct mta_delivery *d, const char *name,
-			     bool relay)
+			     bool relay, const struct mta_routes_rule *route,
+			     bool fallback)
 {
 	struct dest *ds;
 
 	for (ds = d->dests; ds; ds = ds->next)
-		if (strcmp(ds->name, name) == 0)
+		if (strcmp(ds->name, name) == 0 && ds->relay == relay &&
+		    ds->route == route && ds->fallback == fallback)
 			return ds;
 	ds = calloc(1, sizeof(*ds));
 	if (ds == NULL)
 		return NULL;
 	snprintf(ds->name, sizeof(ds->name), "%s", name);
 	ds->relay = relay;
+	ds->route = route;
+	ds->fallback = fallback;
+	if (relay && route == NULL) {
+		snprintf(ds->host, sizeof(ds->host), "%s", d->relay_host);
+		ds->port = d->relay_port;
+	} else if (relay) {
+		snprintf(ds->host, sizeof(ds->host), "%s",
+			 fallback ? route->fb_host : route->host);
+		ds->port = fallback ? route->fb_port : route->port;
+		if (ds->port == 0)
+			ds->port = d->cfg->delivery_port;
+	}
 	ds->next = d->dests;
 	d->dests = ds;
 	return ds;
@@ -245,8 +261,20 @@ void dlv_dest_pump(struct mta_delivery *d, struct dest *ds)
 	while (ds->nq > 0 && !d->stopping &&
 	       d->nconn < d->cfg->max_connections &&
 	       ds->nconn < d->cfg->max_per_destination &&
-	       ds->nconn < 1 + ds->nq / JOBS_PER_CONN)
+	       ds->nconn < 1 + ds->nq / JOBS_PER_CONN &&
+	       dlv_dest_may_connect(d, ds))
 		dlv_conn_start(d, ds);
+}
+
+/* Shaping: until a connection has found the destination's site (after
+ * its MX lookup), one connection at a time; then the site's limit. */
+bool dlv_dest_may_connect(const struct mta_delivery *d, const struct dest *ds)
+{
+	if (d->shaping == NULL)
+		return true;
+	if (!ds->site_known)
+		return ds->nconn == 0;
+	return ds->site == NULL || mta_shaping_conn_ok(ds->site);
 }
 
 /* ---- messages ------------------------------------------------------- */
@@ -311,6 +339,23 @@ static int read_original(void *ud, uint64_t off, void *buf, size_t len,
 	return mta_spool_read_body(m->d->spool, m->qid, off, buf, len, got);
 }
 
+/* delivery.delay_warning: recipient i is still queued, has waited that
+ * long and was never warned; never for the null sender (DSN-06) or
+ * NOTIFY=NEVER; with NOTIFY given, only when it names DELAY. */
+static bool delay_warning_due(const struct msg *m, size_t i, int64_t now)
+{
+	const struct mta_rcpt *r = &m->env.rcpts[i];
+	unsigned warn = m->d->cfg->delay_warning;
+
+	if (warn == 0 || r->state != MTA_RCPT_DEFERRED ||
+	    (r->flags & MTA_RCPT_F_DELAY_WARNED) != 0 ||
+	    m->env.sender == NULL || m->env.sender[0] == '\0' ||
+	    (r->notify & MTA_NOTIFY_NEVER) != 0 ||
+	    (r->notify != 0 && (r->notify & MTA_NOTIFY_DELAY) == 0))
+		return false;
+	return now - m->env.arrival_us >= (int64_t)warn * 1000000;
+}
+
 /* Builds the DSN of this attempt, if one is owed; 0 = none needed. */
 static int build_dsn(struct msg *m, char *dsn_qid)
 {
@@ -336,10 +381,19 @@ static int build_dsn(struct msg *m, char *dsn_qid)
 			act = MTA_DSN_FAILED;
 		else if (r->state == MTA_RCPT_SENT && m->relayed[i])
 			act = MTA_DSN_RELAYED;
+		else if (delay_warning_due(m, i, now))
+			act = MTA_DSN_DELAYED;
 		else
 			continue;
-		if (!mta_dsn_needed(&m->env, i, act))
+		if (act != MTA_DSN_DELAYED && !mta_dsn_needed(&m->env, i, act))
 			continue;
+		if (act == MTA_DSN_DELAYED) {
+			/* at most once: the flag is stored with the DSN */
+			m->env.rcpts[i].flags |= MTA_RCPT_F_DELAY_WARNED;
+			rs[n].will_retry_until_us =
+				m->env.arrival_us +
+				(int64_t)d->cfg->queue_lifetime * 1000000;
+		}
 		const char *remote = NULL;
 		if (r->relay != NULL && n < 64) {
 			size_t k = strcspn(r->relay, "[");
@@ -498,6 +552,78 @@ static void on_undue_done(struct mta_commit *cm)
 	dlv_maybe_stopped(d);
 }
 
+/*
+ * The routing table's decision for recipient i (routes.h): 0 = MX to the
+ * domain in dname, 1 = to the relay named in dname (*route says which),
+ * -1 = decided here (refuse bounces, hold defers; recorded).  No rule:
+ * what delivery does without a table (delivery.relayhost, else MX).
+ */
+static int route_rcpt(struct msg *m, size_t i, int64_t now, char *dname,
+		      size_t dlen, const struct mta_routes_rule **route,
+		      bool *fallback)
+{
+	struct mta_delivery *d = m->d;
+	struct mta_rcpt *r = &m->env.rcpts[i];
+	const char *at = strrchr(r->addr, '@');
+	const char *sat = strrchr(m->env.sender, '@');
+	const struct mta_routes_rule *x;
+	char text[320];
+
+	*route = NULL;
+	*fallback = false;
+	if (mta_queue_destination(r, NULL, dname, dlen) != 0 || at == NULL ||
+	    dname[0] == '\0') {
+		m->jobs_open++;
+		dlv_record(m, i, 0, "5.1.3", "recipient address has no domain",
+			   NULL, NULL, NULL, NULL);
+		m->jobs_open--;
+		return -1;
+	}
+	x = mta_routes_match(d->routes, dname, sat ? sat + 1 : "");
+	if (x == NULL) {
+		if (d->relay_host[0] == '\0')
+			return 0;
+		snprintf(dname, dlen, "%s", d->cfg->delivery_relayhost);
+		for (char *p = dname; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		return 1;
+	}
+	switch (x->action) {
+	case MTA_ROUTES_REFUSE:
+	case MTA_ROUTES_HOLD:
+		m->jobs_open++;
+		if (x->action == MTA_ROUTES_REFUSE)
+			dlv_record(m, i, 550, x->status, x->text, NULL, NULL,
+				   NULL, NULL);
+		else {
+			snprintf(text, sizeof(text),
+				 "held by the routing table (line %u)",
+				 x->line);
+			dlv_record(m, i, 0, "4.3.2", text, NULL, NULL, NULL,
+				   NULL);
+		}
+		m->jobs_open--;
+		return -1;
+	case MTA_ROUTES_RELAY:
+		*route = x;
+		snprintf(dname, dlen, "%s", x->host);
+		return 1;
+	case MTA_ROUTES_MX:
+		*route = x;
+		if (x->fb_host[0] != '\0' &&
+		    ((x->fb_attempts > 0 && r->attempts >= x->fb_attempts) ||
+		     (x->fb_age > 0 &&
+		      now - m->env.arrival_us >=
+			      (int64_t)x->fb_age * 1000000))) {
+			*fallback = true;
+			snprintf(dname, dlen, "%s", x->fb_host);
+			return 1;
+		}
+		return 0;
+	}
+	return 0;
+}
+
 /* Loads one due message and queues a job per destination. */
 static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 		      int64_t now)
@@ -563,13 +689,21 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 		struct mta_rcpt *r = &m->env.rcpts[i];
 		struct job *j = NULL;
 		bool relay = d->cfg->delivery_relayhost != NULL;
+		const struct mta_routes_rule *route = NULL;
+		bool fallback = false;
 
 		m->was_pending[i] = mta_queue_pending(r);
 		if (!mta_queue_due(r, now))
 			continue;
-		if (mta_queue_destination(r, d->cfg->delivery_relayhost, dname,
-					  sizeof(dname)) != 0 ||
-		    dname[0] == '\0') {
+		if (d->routes != NULL) {
+			int act = route_rcpt(m, i, now, dname, sizeof(dname),
+					     &route, &fallback);
+			if (act < 0)
+				continue; /* decided here (refuse, hold) */
+			relay = act > 0;
+		} else if (mta_queue_destination(r, d->cfg->delivery_relayhost,
+						 dname, sizeof(dname)) != 0 ||
+			   dname[0] == '\0') {
 			/* no domain and no relayhost: nowhere to go */
 			m->jobs_open++;
 			dlv_record(m, i, 0, "5.1.3",
@@ -579,10 +713,14 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 			continue;
 		}
 		for (size_t k = 0; k < njobs; k++)
-			if (strcmp(jobs[k]->dest->name, dname) == 0)
+			if (strcmp(jobs[k]->dest->name, dname) == 0 &&
+			    jobs[k]->dest->relay == relay &&
+			    jobs[k]->dest->route == route &&
+			    jobs[k]->dest->fallback == fallback)
 				j = jobs[k];
 		if (j == NULL) {
-			struct dest *ds = dest_get(d, dname, relay);
+			struct dest *ds = dest_get(d, dname, relay, route,
+						   fallback);
 			if (ds == NULL || (j = job_new(m, ds, m->env.nrcpt)) ==
 						  NULL)
 				continue;
@@ -800,6 +938,59 @@ static int parse_relayhost(const char *spec, unsigned defport, char *host,
 	return 0;
 }
 
+/* delivery.routes_file and delivery.shaping_file: an error is logged
+ * (the daemon refuses to start). */
+static int load_tables(struct mta_delivery *d)
+{
+	char err[512];
+	int rc;
+
+	if (d->cfg->routes_file != NULL) {
+		rc = mta_routes_load(d->cfg->routes_file, &d->routes, err,
+				     sizeof(err));
+		if (rc != 0)
+			goto fail;
+		for (size_t i = 0; i < mta_routes_count(d->routes); i++) {
+			const struct mta_routes_rule *x =
+				mta_routes_get(d->routes, i);
+			if (x->auth[0] != '\0' &&
+			    (strcmp(x->auth, "default") != 0 ||
+			     d->auth_user == NULL)) {
+				snprintf(err, sizeof(err),
+					 "%s:%u: auth=%s: only \"default\" "
+					 "(delivery.relayhost_auth_file, "
+					 "which must be set)",
+					 d->cfg->routes_file, x->line, x->auth);
+				goto fail;
+			}
+		}
+	}
+	if (d->cfg->shaping_file != NULL) {
+		rc = mta_shaping_load(d->cfg->shaping_file, &d->shaping, err,
+				      sizeof(err));
+		if (rc != 0)
+			goto fail;
+		size_t n = mta_shaping_count(d->shaping);
+		d->sites = calloc(n + 1, sizeof(*d->sites));
+		if (d->sites == NULL) {
+			snprintf(err, sizeof(err), "out of memory");
+			goto fail;
+		}
+		for (size_t i = 0; i < n; i++)
+			mta_shaping_site_init(&d->sites[i],
+					      mta_shaping_get(d->shaping, i),
+					      dlv_now_us());
+	}
+	return 0;
+fail: {
+	struct mta_logline ll;
+	mta_log_begin(&ll, MTA_LOG_ERR, "config_error");
+	mta_log_str(&ll, "error", err);
+	mta_log_end(&ll);
+	return MTA_ECONFIG;
+}
+}
+
 int mta_delivery_start(const struct mta_delivery_params *p,
 		       struct mta_delivery **out)
 {
@@ -834,6 +1025,13 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 		free(d);
 		return MTA_ECONFIG;
 	}
+	if (load_tables(d) != 0) {
+		mta_routes_free(d->routes);
+		mta_shaping_free(d->shaping);
+		free(d->sites);
+		free(d);
+		return MTA_ECONFIG;
+	}
 	uv_timer_init(d->loop, &d->scan_timer);
 	d->scan_timer.data = d;
 	d->dnssec_ok = true; /* until the first self-test says otherwise */
@@ -855,6 +1053,9 @@ static void on_scan_timer_closed(uv_handle_t *h)
 		n = ds->next;
 		free(ds);
 	}
+	mta_routes_free(d->routes);
+	mta_shaping_free(d->shaping);
+	free(d->sites);
 	free(d);
 	if (done)
 		done(arg);

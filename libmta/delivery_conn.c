@@ -28,6 +28,8 @@ static void conn_free(struct conn *c)
 		c->next->prev = c->prev;
 	d->nconn--;
 	ds->nconn--;
+	if (c->site != NULL)
+		c->site->nconn--;
 	free(c->tlsa_data);
 	free(c->sts);
 	free(c);
@@ -125,7 +127,7 @@ static void policy_in(const struct conn *c, struct mta_policy_in *in)
 	in->has_table = c->has_table;
 	in->table_level = c->table_level;
 	in->default_level = c->d->level;
-	in->relay_auth = c->dest->relay && c->d->auth_user != NULL;
+	in->relay_auth = c->relay_auth;
 	in->dnssec_ok = c->d->dnssec_ok;
 	in->mx = c->mx_secure ? MTA_POLICY_MX_SECURE : MTA_POLICY_MX_INSECURE;
 	in->addr = c->addr;
@@ -245,6 +247,138 @@ static void flush_engine(struct conn *c)
 }
 
 static void arm_timer(struct conn *c, uint64_t ms);
+
+/* ---- shaping (shaping.h) --------------------------------------------- */
+
+static void shape_log(struct conn *c, const char *event, const char *reply)
+{
+	struct mta_logline ll;
+	struct mta_shaping_site *st = c->site;
+
+	mta_log_begin(&ll, MTA_LOG_WARN, event);
+	mta_log_str(&ll, "site", st->rule->site);
+	mta_log_str(&ll, "domain", c->dest->name);
+	if (st->rate > 0)
+		mta_log_fmt(&ll, "rate", "%.1f/m", st->rate);
+	else
+		mta_log_str(&ll, "rate", "unlimited");
+	if (reply != NULL)
+		mta_log_str(&ll, "reply", reply);
+	mta_log_end(&ll);
+}
+
+/* The destination's site is known (its MX hosts, or the relay): the
+ * connection holds one of the site's slots, or, at the site's limit,
+ * gives its job back to the queue and ends.  false: c is ending. */
+static bool shape_attach(struct conn *c)
+{
+	struct mta_delivery *d = c->d;
+	struct dest *ds = c->dest;
+	const char *names[MAX_HOSTS];
+	struct mta_shaping_site *site = NULL;
+	long i;
+
+	if (d->shaping == NULL)
+		return true;
+	for (size_t k = 0; k < c->nhosts && k < MAX_HOSTS; k++)
+		names[k] = c->hosts[k].name;
+	i = mta_shaping_find(d->shaping, ds->relay ? ds->host : ds->name,
+			     names, c->nhosts);
+	if (i >= 0)
+		site = &d->sites[i];
+	ds->site_known = true;
+	ds->site = site;
+	if (c->site == site)
+		return true; /* reserved at the start */
+	if (c->site != NULL) {
+		c->site->nconn--;
+		c->site = NULL;
+	}
+	if (site == NULL)
+		return true;
+	if (!mta_shaping_conn_ok(site)) {
+		struct job *j = c->job;
+		struct mta_logline ll;
+
+		c->job = NULL;
+		if (j != NULL) {
+			j->skipped = NULL;
+			j->next = ds->q_head;
+			ds->q_head = j;
+			if (ds->q_tail == NULL)
+				ds->q_tail = j;
+			ds->nq++;
+		}
+		mta_log_begin(&ll, MTA_LOG_DEBUG, "shaping_wait");
+		mta_log_str(&ll, "site", site->rule->site);
+		mta_log_str(&ll, "domain", ds->name);
+		mta_log_fmt(&ll, "connections", "%u", site->nconn);
+		mta_log_end(&ll);
+		conn_end(c);
+		return false;
+	}
+	c->site = site;
+	site->nconn++;
+	return true;
+}
+
+/* The connection has sent what its site allows per connection. */
+static bool shape_conn_spent(const struct conn *c)
+{
+	return c->site != NULL && c->site->rule->msgs_per_conn > 0 &&
+	       c->nmsgs >= c->site->rule->msgs_per_conn;
+}
+
+static void start_job(struct conn *c);
+static void on_shape_timer(uv_timer_t *t);
+
+/* Before a message: the site's rate.  true = wait (the timer resumes). */
+static bool shape_wait(struct conn *c)
+{
+	int64_t now = dlv_now_us(), w;
+
+	if (c->site == NULL) {
+		c->nmsgs++;
+		return false;
+	}
+	if (mta_shaping_tick(c->site, now))
+		shape_log(c, "shaping_recover", NULL);
+	w = mta_shaping_take(c->site, now);
+	if (w == 0) {
+		c->nmsgs++;
+		return false;
+	}
+	uv_timer_start(&c->timer, on_shape_timer, (uint64_t)(w + 999) / 1000,
+		       0);
+	return true;
+}
+
+static void on_shape_timer(uv_timer_t *t)
+{
+	struct conn *c = t->data;
+
+	if (c->phase != C_SMTP || !c->smtpc_live || c->job == NULL ||
+	    c->txn_started || c->d->stopping)
+		return;
+	if (shape_wait(c))
+		return;
+	start_job(c);
+	conn_drive(c);
+}
+
+/* A reply from the site: 421 or 4.7.x throttling halves its rate. */
+static void shape_reply(struct conn *c, int code, const char *status,
+			const char *text)
+{
+	char reply[200];
+
+	if (c->site == NULL || !mta_shaping_is_throttle(code, status))
+		return;
+	snprintf(reply, sizeof(reply), "%d %s %.150s", code,
+		 status ? status : "", text ? text : "");
+	if (mta_shaping_throttled(c->site, dlv_now_us()))
+		shape_log(c, "shaping_throttle", reply);
+}
 
 /* ---- connections: SMTP session -------------------------------------- */
 
@@ -428,13 +562,14 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		break;
 	case MTA_SMTPC_EV_READY:
 		c->any_session = true;
-		if (c->job == NULL && !c->d->stopping) {
+		if (c->job == NULL && !c->d->stopping && !shape_conn_spent(c)) {
 			c->job = dlv_dest_take(c->dest);
 			if (c->job != NULL)
 				c->job->skipped = c->skipped;
 		}
 		if (c->job != NULL) {
-			start_job(c);
+			if (!shape_wait(c))
+				start_job(c);
 		} else {
 			mta_smtpc_quit(&c->smtpc);
 		}
@@ -450,6 +585,8 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		int cls = e->status ? e->status[0] - '0' : e->code / 100;
 		if (pos >= j->nrcpt)
 			break;
+		if (cls == 4)
+			shape_reply(c, e->code, e->status, e->text);
 		if (cls == 4) {
 			j->rstate[pos] = R_TENTATIVE;
 			j->tcode[pos] = e->code;
@@ -475,6 +612,8 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		c->txn_done = true;
 		break;
 	case MTA_SMTPC_EV_FAIL:
+		if (e->code != 0)
+			shape_reply(c, e->code, e->status, e->text);
 		if (e->status != NULL && strcmp(e->status, "4.7.4") == 0 &&
 		    c->pol.ptype != MTA_POLICY_PT_NO_POLICY)
 			tlsrpt_count(c, mta_policy_ptype_name(c->pol.ptype),
@@ -767,6 +906,36 @@ static void on_connect(struct mta_stream *st, int status)
 	arm_timer(c, mta_smtpc_timeout_ms(&c->smtpc));
 }
 
+/* The route's source address for this family (bind=), before connect:
+ * 0, or the host failed (set and handled here). */
+static int bind_source(struct conn *c, const struct sockaddr_storage *to)
+{
+	const struct mta_routes_rule *x = c->dest->route;
+	const struct sockaddr_storage *from = NULL;
+	char ip[INET6_ADDRSTRLEN] = "";
+	int rc;
+
+	if (x == NULL)
+		return 0;
+	if (to->ss_family == AF_INET && x->has_bind4)
+		from = &x->bind4;
+	else if (to->ss_family == AF_INET6 && x->has_bind6)
+		from = &x->bind6;
+	if (from == NULL)
+		return 0;
+	rc = uv_tcp_bind(&c->st.tcp, (const struct sockaddr *)from, 0);
+	if (rc == 0)
+		return 0;
+	if (from->ss_family == AF_INET)
+		uv_ip4_name((const struct sockaddr_in *)from, ip, sizeof(ip));
+	else
+		uv_ip6_name((const struct sockaddr_in6 *)from, ip, sizeof(ip));
+	set_error(c, 0, "4.4.1", "cannot bind source address %s: %s", ip,
+		  uv_strerror(rc));
+	conn_host_failed(c);
+	return -1;
+}
+
 static void conn_next_addr(struct conn *c)
 {
 	struct mta_delivery *d = c->d;
@@ -804,6 +973,8 @@ static void conn_next_addr(struct conn *c)
 	c->st.write_low = WRITE_HIGH / 2;
 	c->tcp_open = true;
 	c->phase = C_CONNECTING;
+	if (bind_source(c, sa) != 0)
+		return;
 	if (mta_stream_connect(&c->st, (struct sockaddr *)sa) != 0) {
 		set_error(c, 0, "4.4.1", "connect to %s failed", c->relay);
 		conn_host_failed(c);
@@ -908,6 +1079,45 @@ static void host_policy_start(struct conn *c, const struct mta_dns_result *res)
 	tlsa_lookup(c);
 }
 
+/* The host's addresses in the order delivery.ip_version asks for:
+ * ipv4/ipv6 keep one family, prefer-* put one family first. */
+static void pick_addrs(struct conn *c, const struct mta_dns_result *res)
+{
+	int v = c->d->cfg->ip_version;
+
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < res->count && c->naddrs < MAX_ADDRS;
+		     i++) {
+			int fam = res->addr[i].ss_family;
+			bool first;
+
+			switch (v) {
+			case MTA_IPVER_4:
+				first = fam == AF_INET;
+				if (pass == 1)
+					continue;
+				break;
+			case MTA_IPVER_6:
+				first = fam == AF_INET6;
+				if (pass == 1)
+					continue;
+				break;
+			case MTA_IPVER_PREFER_4:
+				first = fam == AF_INET;
+				break;
+			case MTA_IPVER_PREFER_6:
+				first = fam == AF_INET6;
+				break;
+			default:
+				first = true;
+				break;
+			}
+			if (first == (pass == 0))
+				c->addrs[c->naddrs++] = res->addr[i];
+		}
+	}
+}
+
 static void on_addr(const struct mta_dns_result *res, void *ud)
 {
 	struct conn *c = ud;
@@ -915,11 +1125,8 @@ static void on_addr(const struct mta_dns_result *res, void *ud)
 
 	c->q = NULL;
 	c->naddrs = c->ai = 0;
-	if (res->status == MTA_DNS_OK) {
-		for (size_t i = 0; i < res->count && c->naddrs < MAX_ADDRS;
-		     i++)
-			c->addrs[c->naddrs++] = res->addr[i];
-	}
+	if (res->status == MTA_DNS_OK)
+		pick_addrs(c, res);
 	if (c->naddrs == 0) {
 		const char *reason = "no-address";
 
@@ -1028,6 +1235,8 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 		goto fail_all;
 	}
 	c->hi = 0;
+	if (!shape_attach(c))
+		return;
 	conn_next_host(c);
 	return;
 
@@ -1111,20 +1320,41 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 	d->nconn++;
 	ds->nconn++;
 	c->scfg.helo_name = d->cfg->server_hostname;
-	c->has_table = mta_route_table(d->policy,
-				       ds->relay ? d->relay_host : ds->name,
+	if (ds->route != NULL && ds->route->helo[0] != '\0')
+		c->scfg.helo_name = ds->route->helo;
+	/* a relay's own name is looked up in tls.policy_file (as in
+	 * Postfix, the policy of the next hop applies); a route's level=
+	 * is the entry for its hop and wins over the table */
+	c->has_table = mta_route_table(d->policy, ds->relay ? ds->host
+							    : ds->name,
 				       &c->table_level);
+	if (ds->route != NULL && ds->route->has_level) {
+		c->has_table = true;
+		c->table_level = ds->route->level;
+	}
+	/* a known site: take its slot now (shape_attach() checks again) */
+	if (ds->site_known && ds->site != NULL) {
+		c->site = ds->site;
+		c->site->nconn++;
+	}
 	if (ds->relay) {
-		c->scfg.auth_user = d->auth_user;
-		c->scfg.auth_pass = d->auth_pass;
+		c->relay_auth = d->auth_user != NULL &&
+				(ds->route == NULL ||
+				 strcmp(ds->route->auth, "default") == 0);
+		if (c->relay_auth) {
+			c->scfg.auth_user = d->auth_user;
+			c->scfg.auth_pass = d->auth_pass;
+		}
 		snprintf(c->hosts[0].name, sizeof(c->hosts[0].name), "%s",
-			 d->relay_host);
-		c->hosts[0].port = d->relay_port;
+			 ds->host);
+		c->hosts[0].port = ds->port;
 		c->nhosts = 1;
 		c->hi = 0;
 		/* a relayhost is a non-MX destination: DANE applies when its
 		 * own address records are secure (RFC 7672 §2.2.2) */
 		c->mx_secure = true;
+		if (!shape_attach(c))
+			return;
 		conn_next_host(c);
 		return;
 	}

@@ -18,6 +18,8 @@
 #include "policy.h"
 #include "queue.h"
 #include "route.h"
+#include "routes.h"
+#include "shaping.h"
 #include "smtp_client.h"
 #include "stream.h"
 #include "tlspolicy.h"
@@ -86,6 +88,15 @@ struct dest {
 	struct dest *next;
 	char name[300];
 	bool relay;
+	/* routing (routes.h): the rule that sent the jobs here, or NULL for
+	 * the plain MX / delivery.relayhost destination; a relay's host */
+	const struct mta_routes_rule *route;
+	bool fallback;	     /* the route's fallback relay */
+	char host[MTA_DNS_NAME_MAX]; /* relay: host name or [literal] */
+	unsigned port;	     /* relay: port */
+	/* shaping (shaping.h): the site, once a connection found it */
+	bool site_known;
+	struct mta_shaping_site *site;
 	struct job *q_head, *q_tail;
 	size_t nq;
 	unsigned nconn;
@@ -157,6 +168,10 @@ struct conn {
 	bool hs_failed;	    /* this connection's TLS handshake failed */
 	bool clear_retry;   /* the current attempt is that retry */
 	char hs_error[200]; /* why the handshake failed */
+	/* routing and shaping */
+	bool relay_auth;		/* AUTH PLAIN on this hop */
+	struct mta_shaping_site *site; /* holds one of its connections */
+	unsigned nmsgs;			/* messages started on this conn */
 };
 
 struct mta_delivery {
@@ -200,6 +215,9 @@ struct mta_delivery {
 	char relay_host[MTA_DNS_NAME_MAX];
 	unsigned relay_port;
 	struct mta_stream_scratch scratch; /* receive buffer of every conn */
+	struct mta_routes *routes;	   /* delivery.routes_file, or NULL */
+	struct mta_shaping *shaping;	   /* delivery.shaping_file, or NULL */
+	struct mta_shaping_site *sites;	   /* one per shaping rule */
 };
 
 int64_t dlv_now_us(void);
@@ -223,5 +241,7 @@ void dlv_maybe_stopped(struct mta_delivery *d);
 void dlv_conn_close(struct conn *c, void (*after)(struct conn *c));
 void dlv_after_close_end(struct conn *c);
 void dlv_conn_start(struct mta_delivery *d, struct dest *ds);
+bool dlv_dest_may_connect(const struct mta_delivery *d,
+			  const struct dest *ds);
 
 #endif

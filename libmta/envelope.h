@@ -85,7 +85,12 @@ struct mta_rcpt {
 	char *last_response;	 /* last reply or reason, or NULL */
 	char *relay;		 /* host[ip]:port of last attempt, or NULL */
 	char *evidence; /* last attempt's policy decision: "tls=... auth=..." */
+	uint8_t flags;	/* MTA_RCPT_F_* */
 };
+
+/* A "delayed" DSN was sent for this recipient (delivery.delay_warning):
+ * never a second one. */
+#define MTA_RCPT_F_DELAY_WARNED 0x01
 
 struct mta_envelope {
 	char *sender;	    /* reverse-path mailbox; "" = null sender */

@@ -47,7 +47,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check(&e);
 	if (mta_envelope_encode(&e, &b1) != 0)
 		abort();
-	if (b1.len != size || memcmp(b1.data, data, size) != 0)
+	/* a record of the current version (3) re-encodes to the same bytes;
+	 * an older one is upgraded (then stable, below) */
+	if (size > 5 && data[4] == 0 && data[5] == 3 &&
+	    (b1.len != size || memcmp(b1.data, data, size) != 0))
 		abort();
 	if (mta_envelope_decode(b1.data, b1.len, &again) != 0)
 		abort();

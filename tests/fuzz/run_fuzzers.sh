@@ -16,6 +16,7 @@ declare -A extra=(
 	[smtp_client]="libmta/smtp_client.c"
 	[dane]="libmta/dane.c $(pkg-config --libs gnutls)"
 	[tlspolicy]="libmta/tlspolicy.c"
+	[routes]="libmta/routes.c libmta/shaping.c libmta/tlspolicy.c"
 	[policy]="libmta/policy.c libmta/dane.c libmta/sts.c libmta/tlspolicy.c $(pkg-config --libs gnutls)"
 	[sts]="libmta/sts.c"
 	[spool_records]=" "
