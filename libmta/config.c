@@ -34,7 +34,7 @@
 
 enum key_type {
 	T_HOSTNAME,  /* domain name; empty = gethostname() */
-	T_LISTEN,    /* addr:port list -> listen[] */
+	T_LISTEN,    /* addr:port list -> listen[] (submission[], ...) */
 	T_CIDRS,     /* CIDR list -> relay_networks[]; empty = none */
 	T_SIZE,      /* bytes, k/M/G suffix -> uint64_t */
 	T_COUNT,     /* decimal -> unsigned */
@@ -110,6 +110,11 @@ static const struct key keys[] = {
 	KEY("control", "socket", "", T_SOCKET, control_socket, 0, 0),
 	KEY("control", "group", "", T_OPTPATH, control_group, 0, 0),
 	KEY("http", "listen", "127.0.0.1:9025", T_ADDRPORT, http_listen, 0, 0),
+	KEY("submission", "listen", "", T_LISTEN, submission_listen, 0, 0),
+	KEY("submissions", "listen", "", T_LISTEN, submissions_listen, 0, 0),
+	KEY("auth", "users_file", "", T_OPTPATH, auth_users_file, 0, 0),
+	KEY("auth", "max_failures", "5", T_COUNT, auth_max_failures, 1, 1000),
+	KEY("auth", "failure_delay", "1s", T_DURATION, auth_failure_delay, 0, 30),
 	KEY("log", "level", "info", T_LOGLEVEL, log_level, 0, 0),
 };
 
@@ -592,45 +597,67 @@ static int set_str(struct loader *ld, struct mta_config *c, size_t i,
 	return 0;
 }
 
+/* server.listen (at least one address), submission.listen and
+ * submissions.listen (empty = none): the parsed array of key i. */
+static struct sockaddr_storage *listen_array(struct mta_config *c, size_t i,
+					     size_t **count, bool *optional)
+{
+	*optional = true;
+	if (keys[i].off == offsetof(struct mta_config, submission_listen)) {
+		*count = &c->nsubmission;
+		return c->submission;
+	}
+	if (keys[i].off == offsetof(struct mta_config, submissions_listen)) {
+		*count = &c->nsubmissions;
+		return c->submissions;
+	}
+	*optional = false;
+	*count = &c->nlisten;
+	return c->listen;
+}
+
 static int check_listen(struct loader *ld, struct mta_config *c, size_t i,
 			const char *v)
 {
 	char item[128], fmt[128], why[192];
 	const char *p = v;
 	char *norm = NULL;
+	bool optional;
+	size_t *count;
+	struct sockaddr_storage *arr = listen_array(c, i, &count, &optional);
 	int n;
 
-	c->nlisten = 0;
+	*count = 0;
 	while ((n = next_item(&p, item, sizeof(item))) != 0) {
 		if (n < 0) {
 			value_err(ld, i, v, "address too long");
 			goto fail;
 		}
-		if (c->nlisten == MTA_CONFIG_MAX_LISTEN) {
+		if (*count == MTA_CONFIG_MAX_LISTEN) {
 			snprintf(why, sizeof(why), "too many addresses (max %d)",
 				 MTA_CONFIG_MAX_LISTEN);
 			value_err(ld, i, v, why);
 			goto fail;
 		}
-		if (parse_addrport(item, &c->listen[c->nlisten]) < 0) {
+		if (parse_addrport(item, &arr[*count]) < 0) {
 			snprintf(why, sizeof(why),
 				 "not addr:port or [v6]:port: %s", item);
 			value_err(ld, i, v, why);
 			goto fail;
 		}
-		format_addrport(&c->listen[c->nlisten], fmt, sizeof(fmt));
+		format_addrport(&arr[*count], fmt, sizeof(fmt));
 		if (append(&norm, ", ", fmt) < 0) {
 			seterr(ld, "out of memory");
 			goto fail;
 		}
-		c->nlisten++;
+		(*count)++;
 	}
-	if (c->nlisten == 0) {
+	if (*count == 0 && !optional) {
 		value_err(ld, i, v, "no address");
 		goto fail;
 	}
-	free(c->server_listen);
-	c->server_listen = norm;
+	free(*FIELD(c, &keys[i], char *));
+	*FIELD(c, &keys[i], char *) = norm;
 	return 0;
 fail:
 	free(norm);
@@ -908,6 +935,22 @@ static int finish(struct loader *ld, struct mta_config *c)
 			 keys[unset].section, keys[unset].name);
 		value_err(ld, set, raw_value(ld, set), why);
 		return -1;
+	}
+	if (c->nsubmission + c->nsubmissions > 0) {
+		/* AUTH only over TLS (587: after STARTTLS; 465: implicit) */
+		size_t isub = find_key(c->nsubmission ? "submission"
+						      : "submissions", "listen");
+		if (c->tls_cert == NULL) {
+			value_err(ld, isub, raw_value(ld, isub),
+				  "needs server.tls_cert and server.tls_key "
+				  "(AUTH is only offered over TLS)");
+			return -1;
+		}
+		if (c->auth_users_file == NULL) {
+			value_err(ld, isub, raw_value(ld, isub),
+				  "needs auth.users_file");
+			return -1;
+		}
 	}
 	if (c->control_socket == NULL) {
 		size_t dl = strlen(c->spool_dir);

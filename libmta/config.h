@@ -165,6 +165,17 @@ struct mta_config {
 	/* [http] */
 	char *http_listen;		     /* normalised addr:port */
 	struct sockaddr_storage http_addr; /* http.listen, parsed */
+	/* [submission], [submissions]: listeners with AUTH (empty: none) */
+	struct sockaddr_storage submission[MTA_CONFIG_MAX_LISTEN];
+	size_t nsubmission;	 /* 587-style: STARTTLS, then AUTH */
+	char *submission_listen; /* normalised, for printing */
+	struct sockaddr_storage submissions[MTA_CONFIG_MAX_LISTEN];
+	size_t nsubmissions;	  /* 465-style: implicit TLS (RFC 8314) */
+	char *submissions_listen; /* normalised, for printing */
+	/* [auth] */
+	char *auth_users_file;	     /* NULL = none */
+	unsigned auth_max_failures;  /* then 421 until the window passed */
+	unsigned auth_failure_delay; /* seconds, doubled per failure */
 	/* [log] */
 	int log_level; /* enum mta_log_level */
 	/* where each value came from (mta_config_where) */

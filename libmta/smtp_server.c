@@ -45,6 +45,7 @@
 	X(BDAT, "bdat")	    /* reading a BDAT chunk */                     \
 	X(WAIT, "wait")	    /* MESSAGE emitted: message_done() next */     \
 	X(TLS, "tls")	    /* STARTTLS accepted: tls_started() next */    \
+	X(AUTH, "auth")	    /* AUTH event emitted: auth_done() next */     \
 	X(CLOSED, "closed")
 
 enum mode {
@@ -181,6 +182,13 @@ reject(struct mta_smtpd *s, struct mta_smtpd_event *ev, const char *verb,
 }
 
 /* ---- transaction ----------------------------------------------------- */
+
+/* The client may relay: inside relay_networks, or authenticated (AUTH);
+ * every postmaster-only and null-sender rule keys on this. */
+static bool relay_ok(const struct mta_smtpd *s)
+{
+	return s->cfg->relay_allowed || s->authed;
+}
 
 static void body_reset(struct mta_smtpd *s)
 {
@@ -467,6 +475,8 @@ static enum mta_smtpd_ev cmd_helo(struct mta_smtpd *s, char *arg,
 	reply(s, "250-SMTPUTF8");
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-DSN");
+	if (s->cfg->auth && s->tls)
+		reply(s, "250-AUTH PLAIN LOGIN");
 	if (s->cfg->starttls && !s->tls) {
 		reply(s, "250-CHUNKING");
 		reply(s, "250 STARTTLS");
@@ -567,6 +577,8 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 		return reject(s, ev, V, "503 5.5.1 Error: send HELO/EHLO first");
 	if (s->mail_ok)
 		return reject(s, ev, V, "503 5.5.1 Error: nested MAIL command");
+	if (s->cfg->auth && !relay_ok(s)) /* RFC 4954 6 */
+		return reject(s, ev, V, "530 5.7.0 Authentication required");
 	if (arg == NULL || strncasecmp(arg, "FROM:", 5) != 0)
 		return reject(s, ev, V, "501 5.5.4 Syntax: MAIL FROM:<address>");
 	p = arg + 5;
@@ -684,7 +696,7 @@ static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
 				      "address syntax");
 	}
 	path[plen] = '\0';
-	if (!postmaster && !s->cfg->relay_allowed)
+	if (!postmaster && !relay_ok(s))
 		return reject(s, ev, V, "554 5.7.1 <%.*s>: Relay access denied",
 			      ECHO_MAX, path);
 	max = s->cfg->max_recipients ? s->cfg->max_recipients
@@ -695,7 +707,7 @@ static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
 		path = (char *)s->cfg->postmaster; /* SRV-18: routed there */
 	else if (postmaster)
 		path = (char *)"Postmaster";
-	if (!s->cfg->relay_allowed) {
+	if (!relay_ok(s)) {
 		/* no DSN may ever go to a sender a non-relay client claims */
 		orcpt = notify_raw = NULL;
 		notify = 0;
@@ -822,6 +834,179 @@ static enum mta_smtpd_ev cmd_starttls(struct mta_smtpd *s, char *arg,
 	return MTA_SMTPD_EV_STARTTLS;
 }
 
+/* ---- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) --------------------------- */
+
+/* s->auth_step: which response line the engine waits for */
+enum { AUTH_NONE = 0, AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
+
+static void auth_wipe(struct mta_smtpd *s)
+{
+	explicit_bzero(s->auth_user, sizeof(s->auth_user));
+	explicit_bzero(s->auth_pass, sizeof(s->auth_pass));
+	explicit_bzero(s->line, sizeof(s->line)); /* the base64 response */
+	s->auth_step = AUTH_NONE;
+}
+
+/* The credentials are complete: the driver verifies them. */
+static enum mta_smtpd_ev auth_event(struct mta_smtpd *s,
+				    struct mta_smtpd_event *ev)
+{
+	explicit_bzero(s->line, sizeof(s->line));
+	s->auth_step = AUTH_NONE;
+	set_state(s, MODE_AUTH);
+	ev->user = s->auth_user;
+	ev->pass = s->auth_pass;
+	ev->verb = "AUTH";
+	return MTA_SMTPD_EV_AUTH;
+}
+
+static enum mta_smtpd_ev auth_fail(struct mta_smtpd *s,
+				   struct mta_smtpd_event *ev, int kind)
+{
+	auth_wipe(s);
+	if (kind == 0)
+		return reject(s, ev, "AUTH",
+			      "501 5.5.2 Error: cannot decode response");
+	if (kind == 1)
+		return reject(s, ev, "AUTH",
+			      "501 5.0.0 Error: authentication cancelled");
+	return reject(s, ev, "AUTH",
+		      "535 5.7.8 Error: authentication credentials invalid");
+}
+
+/* Decodes one base64 response into a NUL-free string dst (cap octets +
+ * NUL); false on bad syntax, a NUL or too long. */
+static bool b64_string(const char *in, char *dst, size_t cap)
+{
+	size_t n;
+
+	if (mta_smtp_b64_decode(in, strlen(in), (uint8_t *)dst, cap, &n) != 0)
+		return false;
+	dst[n] = '\0';
+	return memchr(dst, '\0', n) == NULL && n > 0;
+}
+
+/* RFC 4616: [authzid] NUL authcid NUL passwd; the decoded bytes go
+ * through auth_pass as scratch. */
+static enum mta_smtpd_ev auth_plain(struct mta_smtpd *s, const char *resp,
+				    struct mta_smtpd_event *ev)
+{
+	uint8_t buf[3 * MTA_SMTPD_AUTH_MAX + 3];
+	const uint8_t *z, *c, *p, *end;
+	size_t n;
+
+	if (mta_smtp_b64_decode(resp, strlen(resp), buf, sizeof(buf), &n) != 0)
+		return auth_fail(s, ev, 0);
+	end = buf + n;
+	z = buf;
+	c = memchr(z, '\0', n);
+	p = c != NULL ? memchr(c + 1, '\0', (size_t)(end - c - 1)) : NULL;
+	if (c == NULL || p == NULL ||
+	    memchr(p + 1, '\0', (size_t)(end - p - 1)) != NULL ||
+	    p - c - 1 == 0 || p - c - 1 > MTA_SMTPD_AUTH_MAX ||
+	    end - p - 1 > MTA_SMTPD_AUTH_MAX) {
+		explicit_bzero(buf, sizeof(buf));
+		return auth_fail(s, ev, 0);
+	}
+	memcpy(s->auth_user, c + 1, (size_t)(p - c - 1));
+	s->auth_user[p - c - 1] = '\0';
+	memcpy(s->auth_pass, p + 1, (size_t)(end - p - 1));
+	s->auth_pass[end - p - 1] = '\0';
+	/* an authorization identity other than our own: not supported */
+	if (c != z && ((size_t)(c - z) != strlen(s->auth_user) ||
+		       memcmp(z, s->auth_user, (size_t)(c - z)) != 0)) {
+		explicit_bzero(buf, sizeof(buf));
+		return auth_fail(s, ev, 2);
+	}
+	explicit_bzero(buf, sizeof(buf));
+	return auth_event(s, ev);
+}
+
+/* A response line to a 334 challenge (NUL-terminated in s->line). */
+static enum mta_smtpd_ev auth_line(struct mta_smtpd *s, bool bad,
+				   struct mta_smtpd_event *ev)
+{
+	const char *resp = s->line;
+
+	if (bad)
+		return auth_fail(s, ev, 0);
+	if (strcmp(resp, "*") == 0)
+		return auth_fail(s, ev, 1);
+	switch (s->auth_step) {
+	case AUTH_PLAIN:
+		return auth_plain(s, resp, ev);
+	case AUTH_LOGIN_USER:
+		if (!b64_string(resp, s->auth_user, MTA_SMTPD_AUTH_MAX))
+			return auth_fail(s, ev, 0);
+		explicit_bzero(s->line, sizeof(s->line));
+		s->auth_step = AUTH_LOGIN_PASS;
+		reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+		return MTA_SMTPD_EV_NONE;
+	default:
+		if (!b64_string(resp, s->auth_pass, MTA_SMTPD_AUTH_MAX))
+			return auth_fail(s, ev, 0);
+		return auth_event(s, ev);
+	}
+}
+
+static enum mta_smtpd_ev cmd_auth(struct mta_smtpd *s, char *arg,
+				  struct mta_smtpd_event *ev)
+{
+	const char *V = "AUTH";
+	char *mech = arg, *ir = NULL, *sp;
+
+	if (!s->cfg->auth)
+		return reject(s, ev, V,
+			      "502 5.5.1 Error: command not implemented");
+	if (!s->tls) /* RFC 3207 4, RFC 4954 4: no credentials in clear */
+		return reject(s, ev, V, "530 5.7.0 Must issue a STARTTLS "
+			      "command first");
+	if (s->helo_state != HELO_EHLO)
+		return reject(s, ev, V, "503 5.5.1 Error: send EHLO first");
+	if (s->authed)
+		return reject(s, ev, V, "503 5.5.1 Error: already "
+			      "authenticated");
+	if (s->mail_ok)
+		return reject(s, ev, V, "503 5.5.1 Error: MAIL transaction in "
+			      "progress");
+	if (arg_empty(mech))
+		return reject(s, ev, V, "501 5.5.4 Syntax: AUTH mechanism "
+			      "[initial-response]");
+	sp = strchr(mech, ' ');
+	if (sp != NULL) {
+		*sp = '\0';
+		ir = sp + 1;
+		if (arg_empty(ir) || strchr(ir, ' ') != NULL) {
+			auth_wipe(s);
+			return reject(s, ev, V, "501 5.5.4 Syntax: AUTH "
+				      "mechanism [initial-response]");
+		}
+	}
+	if (strcasecmp(mech, "PLAIN") == 0) {
+		if (ir != NULL)
+			return auth_plain(s, ir, ev);
+		s->auth_step = AUTH_PLAIN;
+		reply(s, "334 ");
+		return MTA_SMTPD_EV_NONE;
+	}
+	if (strcasecmp(mech, "LOGIN") == 0) {
+		if (ir != NULL) {
+			if (!b64_string(ir, s->auth_user, MTA_SMTPD_AUTH_MAX))
+				return auth_fail(s, ev, 0);
+			explicit_bzero(s->line, sizeof(s->line));
+			s->auth_step = AUTH_LOGIN_PASS;
+			reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+			return MTA_SMTPD_EV_NONE;
+		}
+		s->auth_step = AUTH_LOGIN_USER;
+		reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
+		return MTA_SMTPD_EV_NONE;
+	}
+	auth_wipe(s);
+	return reject(s, ev, V, "504 5.5.4 Error: unrecognized "
+		      "authentication type");
+}
+
 /* Dispatches one complete command line (NUL-terminated, no CRLF). */
 static enum mta_smtpd_ev command(struct mta_smtpd *s, char *line,
 				 struct mta_smtpd_event *ev)
@@ -884,12 +1069,15 @@ static enum mta_smtpd_ev command(struct mta_smtpd *s, char *line,
 			      "502 5.5.1 Error: command not implemented");
 	if (strcasecmp(line, "HELP") == 0) {
 		reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT "
-			 "RSET NOOP QUIT VRFY HELP%s",
-		      s->cfg->starttls && !s->tls ? " STARTTLS" : "");
+			 "RSET NOOP QUIT VRFY HELP%s%s",
+		      s->cfg->starttls && !s->tls ? " STARTTLS" : "",
+		      s->cfg->auth ? " AUTH" : "");
 		return MTA_SMTPD_EV_NONE;
 	}
 	if (strcasecmp(line, "STARTTLS") == 0)
 		return cmd_starttls(s, arg, ev);
+	if (strcasecmp(line, "AUTH") == 0)
+		return cmd_auth(s, arg, ev);
 	return reject(s, ev, "UNKNOWN",
 		      "500 5.5.2 Error: command not recognized");
 }
@@ -921,6 +1109,8 @@ static enum mta_smtpd_ev line_done(struct mta_smtpd *s,
 	s->progress++;
 	s->line[s->l_len] = '\0';
 	line_reset(s);
+	if (s->auth_step != AUTH_NONE)
+		return auth_line(s, toolong || bad, ev);
 	if (toolong)
 		return reject(s, ev, "UNKNOWN",
 			      "500 5.5.2 Error: line too long");
@@ -1099,6 +1289,7 @@ void mta_smtpd_init(struct mta_smtpd *s, const struct mta_smtpd_config *cfg)
 
 void mta_smtpd_free(struct mta_smtpd *s)
 {
+	auth_wipe(s);
 	mta_envelope_free(&s->env);
 }
 
@@ -1132,7 +1323,8 @@ enum mta_smtpd_ev mta_smtpd_feed(struct mta_smtpd *s, const uint8_t *in,
 		return MTA_SMTPD_EV_NONE;
 	}
 	while (i < len && e == MTA_SMTPD_EV_NONE) {
-		if (out_free(s) < OUT_RESERVE || s->mode == MODE_WAIT)
+		if (out_free(s) < OUT_RESERVE || s->mode == MODE_WAIT ||
+		    s->mode == MODE_AUTH)
 			break; /* blocked: drain output / message_done() */
 		if (s->hold) {
 			/* the byte kept back by cmd_bdat()/feed_bdat() */
@@ -1187,7 +1379,7 @@ void mta_smtpd_take_envelope(struct mta_smtpd *s, struct mta_envelope *out)
 {
 	*out = s->env;
 	mta_envelope_init(&s->env);
-	if (!s->cfg->relay_allowed) {
+	if (!relay_ok(s)) {
 		/* mail from outside relay_networks (only to Postmaster) is
 		 * relayed with the null reverse-path: no DSN, no bounce from
 		 * further on, ever reaches the sender it claims
@@ -1230,6 +1422,7 @@ void mta_smtpd_tls_started(struct mta_smtpd *s, const char *tls_desc)
 
 	tx_reset(s);
 	line_reset(s);
+	auth_wipe(s);
 	s->helo_state = HELO_NONE;
 	s->helo[0] = '\0';
 	s->tls = true;
@@ -1283,6 +1476,43 @@ const char *mta_smtpd_sender(const struct mta_smtpd *s)
 bool mta_smtpd_closed(const struct mta_smtpd *s)
 {
 	return s->mode == MODE_CLOSED;
+}
+
+void mta_smtpd_auth_done(struct mta_smtpd *s,
+			 enum mta_smtpd_auth_verdict verdict)
+{
+	if (s->mode != MODE_AUTH)
+		return;
+	auth_wipe(s);
+	s->progress++;
+	set_state(s, MODE_CMD);
+	switch (verdict) {
+	case MTA_SMTPD_AUTH_OK:
+		s->authed = true;
+		reply(s, "235 2.7.0 Authentication successful");
+		break;
+	case MTA_SMTPD_AUTH_FAIL:
+		reply(s, "535 5.7.8 Error: authentication credentials invalid");
+		if (++s->errors >= MAX_ERRORS) {
+			reply(s, "421 4.7.0 %.*s Too many errors", HOST_MAX,
+			      host(s));
+			set_state(s, MODE_CLOSED);
+		}
+		break;
+	case MTA_SMTPD_AUTH_TEMP:
+		reply(s, "454 4.7.0 Temporary authentication failure");
+		break;
+	case MTA_SMTPD_AUTH_LIMIT:
+		reply(s, "421 4.7.0 %.*s Error: too many failed "
+			 "authentications; try again later", HOST_MAX, host(s));
+		set_state(s, MODE_CLOSED);
+		break;
+	}
+}
+
+bool mta_smtpd_authenticated(const struct mta_smtpd *s)
+{
+	return s->authed;
 }
 
 /* ---- Received -------------------------------------------------------- */

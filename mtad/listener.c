@@ -13,7 +13,9 @@ struct mtad_listener {
 	uv_loop_t *loop;
 	const struct mta_config *cfg;
 	struct mta_inbound *in;
-	uv_tcp_t servers[MTA_CONFIG_MAX_LISTEN];
+	/* server.listen, submission.listen, submissions.listen */
+	uv_tcp_t servers[3 * MTA_CONFIG_MAX_LISTEN];
+	enum mta_inbound_kind kinds[3 * MTA_CONFIG_MAX_LISTEN];
 	size_t nservers_open;
 	bool sessions_done; /* mta_inbound_shutdown() finished */
 	bool shutting_down;
@@ -37,7 +39,8 @@ static void on_connection(uv_stream_t *server, int status)
 
 	if (status < 0 || l->shutting_down)
 		return;
-	(void)mta_inbound_accept(l->in, server);
+	(void)mta_inbound_accept_kind(
+		l->in, server, l->kinds[(uv_tcp_t *)server - l->servers]);
 }
 
 static void on_server_closed(uv_handle_t *h)
@@ -85,18 +88,35 @@ int mtad_listener_start(const struct mtad_listener_params *p,
 		.on_queued = p->on_queued,
 		.on_queued_arg = p->on_queued_arg,
 		.metrics = p->metrics,
+		.users = p->users,
 	};
 	rc = mta_inbound_new(&ip, &l->in);
 	if (rc != 0) {
 		free(l);
 		return rc;
 	}
-	for (size_t i = 0; i < p->cfg->nlisten; i++) {
-		uv_tcp_t *t = &l->servers[i];
-		const struct sockaddr *sa =
-			(const struct sockaddr *)&p->cfg->listen[i];
+	const struct {
+		const struct sockaddr_storage *addrs;
+		size_t n;
+		enum mta_inbound_kind kind;
+		const char *name;
+	} sets[] = {
+		{p->cfg->listen, p->cfg->nlisten, MTA_INBOUND_SMTP, "smtp"},
+		{p->cfg->submission, p->cfg->nsubmission,
+		 MTA_INBOUND_SUBMISSION, "submission"},
+		{p->cfg->submissions, p->cfg->nsubmissions,
+		 MTA_INBOUND_SUBMISSIONS, "submissions"},
+	};
+	size_t ns = 0;
 
-		format_addr(&p->cfg->listen[i], addr, sizeof(addr));
+	for (size_t k = 0; k < 3 && rc == 0; k++) {
+	for (size_t j = 0; j < sets[k].n; j++, ns++) {
+		uv_tcp_t *t = &l->servers[ns];
+		const struct sockaddr *sa =
+			(const struct sockaddr *)&sets[k].addrs[j];
+
+		l->kinds[ns] = sets[k].kind;
+		format_addr(&sets[k].addrs[j], addr, sizeof(addr));
 		uv_tcp_init(l->loop, t);
 		t->data = l;
 		l->nservers_open++;
@@ -112,7 +132,9 @@ int mtad_listener_start(const struct mtad_listener_params *p,
 		}
 		mta_log_begin(&ll, MTA_LOG_INFO, "listen");
 		mta_log_str(&ll, "addr", addr);
+		mta_log_str(&ll, "kind", sets[k].name);
 		mta_log_end(&ll);
+	}
 	}
 	*out = l; /* even on failure: the caller shuts it down */
 	return rc; /* libuv codes are -errno on Unix */
@@ -134,7 +156,7 @@ void mtad_listener_shutdown(struct mtad_listener *l, void (*done)(void *arg),
 	l->shutting_down = true;
 	l->done = done;
 	l->done_arg = arg;
-	for (size_t i = 0; i < MTA_CONFIG_MAX_LISTEN; i++) {
+	for (size_t i = 0; i < 3 * MTA_CONFIG_MAX_LISTEN; i++) {
 		uv_handle_t *h = (uv_handle_t *)&l->servers[i];
 		if (h->loop != NULL && !uv_is_closing(h))
 			uv_close(h, on_server_closed);
@@ -160,6 +182,12 @@ void mtad_listener_reconfigure(struct mtad_listener *l,
 			       const struct mta_tls_creds *tls)
 {
 	mta_inbound_reconfigure(l->in, cfg, tls);
+}
+
+void mtad_listener_set_users(struct mtad_listener *l,
+			     struct mta_auth_users *users)
+{
+	mta_inbound_set_users(l->in, users);
 }
 
 size_t mtad_listener_nsessions(const struct mtad_listener *l)

@@ -2,8 +2,9 @@
  * listener.h - mtad's inbound SMTP: the listening sockets.
  *
  * DESCRIPTION
- *	mtad_listener_start() binds every server.listen address and hands each
- *	accepted connection to the session set of libmta/inbound.h (which
+ *	mtad_listener_start() binds every server.listen, submission.listen and
+ *	submissions.listen address and hands each accepted connection, with
+ *	its listener kind (inbound.h), to the session set of libmta/inbound.h (which
  *	holds the sessions: engine, stream, limits, deadlines, commits).
  *
  *	mtad_listener_shutdown() stops accepting and shuts the sessions down
@@ -40,6 +41,8 @@ struct mtad_listener_params {
 	void (*on_queued)(void *arg);	 /* after each committed message */
 	void *on_queued_arg;
 	struct mta_metrics *metrics;	 /* or NULL */
+	struct mta_auth_users *users;	 /* AUTH table for the submission
+					    listeners (referenced), or NULL */
 };
 
 int mtad_listener_start(const struct mtad_listener_params *p,
@@ -54,6 +57,9 @@ void mtad_listener_shutdown_now(struct mtad_listener *l);
 void mtad_listener_reconfigure(struct mtad_listener *l,
 			       const struct mta_config *cfg,
 			       const struct mta_tls_creds *tls);
+/* SIGHUP: new sessions verify AUTH against users (inbound.h). */
+void mtad_listener_set_users(struct mtad_listener *l,
+			     struct mta_auth_users *users);
 size_t mtad_listener_nsessions(const struct mtad_listener *l);
 void mtad_listener_free(struct mtad_listener *l);
 

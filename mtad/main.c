@@ -13,6 +13,7 @@
 #include "err.h"
 #include "health.h"
 #include "http.h"
+#include "auth.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -51,6 +52,7 @@ struct daemon {
 	struct mtad_control *control;
 	char auth_user[256], auth_pass[256];
 	bool have_auth;
+	struct mta_auth_users *users; /* auth.users_file (submission AUTH) */
 	unsigned parts_running; /* listener, delivery */
 	uv_signal_t sigterm, sigint, sighup;
 	int exit_code;
@@ -241,6 +243,27 @@ static int read_auth_file(struct daemon *d, const char *path)
 	return 0;
 }
 
+/* Step (issue 13, submission): auth.users_file, read now, while mtad may
+ * still be root: the table lives in memory from here on, so the file need
+ * not be readable by the unprivileged user (a SIGHUP reload reads it
+ * again, as that user: make it readable by server.group, mode 0640, to
+ * change users without a restart).  0 or -1, printed. */
+static int load_auth_users(struct daemon *d)
+{
+	char err[1024];
+	int rc;
+
+	if (d->cfg->auth_users_file == NULL)
+		return 0;
+	rc = mta_auth_users_load(d->cfg->auth_users_file, &d->users, err,
+				 sizeof(err));
+	if (rc != 0) {
+		key_error(d->cfg, "auth", "users_file", "%s", err);
+		return -1;
+	}
+	return 0;
+}
+
 /* Everything the config names that can be checked before start-up; also
  * what --check-config checks.  Prints the error; 0 or -1. */
 static int load_config_files(struct daemon *d)
@@ -257,6 +280,8 @@ static int load_config_files(struct daemon *d)
 	}
 	if (d->cfg->relayhost_auth_file != NULL &&
 	    read_auth_file(d, d->cfg->relayhost_auth_file) != 0)
+		return -1;
+	if (load_auth_users(d) != 0)
 		return -1;
 	return 0;
 }
@@ -327,6 +352,7 @@ static int check_config(struct daemon *d)
 	mta_tls_creds_free(d->tls);
 	mta_tlspolicy_free(d->policy);
 	explicit_bzero(d->auth_pass, sizeof(d->auth_pass));
+	mta_auth_users_unref(d->users);
 	mta_config_free(d->cfg);
 	return rc;
 }
@@ -468,6 +494,7 @@ static int start_parts(struct daemon *d, bool webpki)
 		.spool = d->spool,
 		.writer = d->writer,
 		.tls = d->tls,
+		.users = d->users,
 		.on_queued = on_queued,
 		.on_queued_arg = d,
 		.metrics = &d->metrics,
@@ -655,7 +682,7 @@ static const char *const not_live[] = {
 	"dns.resolver",	      "dns.trust_anchor", "dns.timeout",
 	"mta_sts.https_port", "mta_sts.refresh_interval",
 	"control.socket",     "control.group",	  "http.listen",
-	"server.shutdown_grace",
+	"server.shutdown_grace", "submission.listen",	  "submissions.listen",
 };
 
 /* The value line of section.key in mta_config_print() output, or NULL. */
@@ -794,13 +821,17 @@ static void reload(struct daemon *d)
 	old->client_tls = d->client_tls;
 	old->policy = d->policy;
 	old->pinned = !d->reloaded_once;
+	struct mta_auth_users *save_users = d->users;
 	d->cfg = ncfg;
 	d->tls = NULL;
 	d->policy = NULL;
+	d->users = NULL;
 	d->have_auth = false;
 	if (load_config_files(d) != 0) {
 		mta_tls_creds_free(d->tls);
 		mta_tlspolicy_free(d->policy);
+		mta_auth_users_unref(d->users);
+		d->users = save_users;
 		mta_tls_creds_free(nclient);
 		mta_config_free(ncfg);
 		d->cfg = old->cfg;
@@ -825,6 +856,10 @@ static void reload(struct daemon *d)
 	mta_log_set_level((enum mta_log_level)ncfg->log_level);
 	if (d->listener != NULL)
 		mtad_listener_reconfigure(d->listener, ncfg, d->tls);
+	/* AUTH users: sessions and verifications hold their own reference */
+	if (d->listener != NULL)
+		mtad_listener_set_users(d->listener, d->users);
+	mta_auth_users_unref(save_users);
 	if (d->delivery != NULL) {
 		struct mta_delivery_params dp = {
 			.cfg = ncfg,
@@ -949,6 +984,7 @@ out_config:
 	mta_tls_creds_free(d.client_tls);
 	mta_tlspolicy_free(d.policy);
 	explicit_bzero(d.auth_pass, sizeof(d.auth_pass));
+	mta_auth_users_unref(d.users);
 	mta_config_free(d.cfg);
 	return d.exit_code;
 }

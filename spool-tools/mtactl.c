@@ -6,9 +6,12 @@
  * Exit: 0 ok, 1 operational failure (no such message, mtad not running,
  * spool error), 2 bad usage or config.
  */
+#include "auth.h"
 #include "err.h"
 #include "sts.h"
 #include "tool.h"
+
+#include <termios.h>
 
 #include <errno.h>
 #include <inttypes.h>
@@ -39,7 +42,111 @@ static void usage(FILE *f)
 		"  policy list | policy show|refresh|purge DOMAIN\n"
 		"  explain DOMAIN [--connect] [--json]   what mtad decides "
 		"for DOMAIN now, and why\n"
-		"  stats | tlsrpt\n");
+		"  stats | tlsrpt\n"
+		"  passwd USER [--file F]   set USER's AUTH password (read "
+		"from stdin) in\n"
+		"                           F or auth.users_file\n");
+}
+
+/* passwd: one line from stdin (no echo on a terminal), NUL-terminated
+ * into pw; 0 or 2 (usage: empty, too long). */
+static int read_password(char *pw, size_t cap)
+{
+	struct termios old, quiet;
+	bool tty = isatty(STDIN_FILENO) &&
+		   tcgetattr(STDIN_FILENO, &old) == 0;
+	size_t n;
+	int rc = 0;
+
+	if (tty) {
+		fprintf(stderr, "Password: ");
+		quiet = old;
+		quiet.c_lflag &= ~(tcflag_t)ECHO;
+		(void)tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+	}
+	if (fgets(pw, (int)cap, stdin) == NULL)
+		pw[0] = '\0';
+	if (tty) {
+		(void)tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+		fputc('\n', stderr);
+	}
+	n = strlen(pw);
+	if (n > 0 && pw[n - 1] == '\n')
+		pw[--n] = '\0';
+	else if (n == cap - 1)
+		rc = 2; /* longer than the buffer */
+	if (n > 0 && pw[n - 1] == '\r')
+		pw[--n] = '\0';
+	if (rc == 0 && (n == 0 || n > MTA_AUTH_PASS_MAX))
+		rc = 2;
+	if (rc != 0)
+		fprintf(stderr, "mtactl: passwd: the password must be one line "
+			"of 1..%d octets on stdin\n", MTA_AUTH_PASS_MAX);
+	return rc;
+}
+
+/* mtactl passwd USER [--file F]: a new yescrypt hash for USER in F
+ * (default auth.users_file), written atomically (auth.h).  mtad reads the
+ * file at start-up and on SIGHUP. */
+static int cmd_passwd(const char *path, int nargs, char **args)
+{
+	struct mta_config *cfg = NULL;
+	const char *file = NULL, *user = NULL;
+	char pw[MTA_AUTH_PASS_MAX + 3], hash[512];
+	int rc;
+
+	for (int i = 0; i < nargs; i++) {
+		if (strcmp(args[i], "--file") == 0 && i + 1 < nargs)
+			file = args[++i];
+		else if (args[i][0] != '-' && user == NULL)
+			user = args[i];
+		else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (user == NULL) {
+		usage(stderr);
+		return 2;
+	}
+	if (!mta_auth_name_ok(user)) {
+		fprintf(stderr, "mtactl: passwd: bad user name (1..%d printable "
+			"octets, no ':' or blanks)\n", MTA_AUTH_NAME_MAX);
+		return 2;
+	}
+	if (file == NULL) {
+		rc = tool_load_config("mtactl", path, &cfg);
+		if (rc != 0)
+			return rc;
+		if (cfg->auth_users_file == NULL) {
+			fprintf(stderr, "mtactl: passwd: auth.users_file is not "
+				"set; give --file\n");
+			mta_config_free(cfg);
+			return 2;
+		}
+		file = cfg->auth_users_file;
+	}
+	rc = read_password(pw, sizeof(pw));
+	if (rc == 0) {
+		rc = mta_auth_hash(pw, hash, sizeof(hash));
+		if (rc != 0)
+			fprintf(stderr, "mtactl: passwd: cannot hash: %s\n",
+				mta_strerror(rc));
+	}
+	explicit_bzero(pw, sizeof(pw));
+	if (rc == 0) {
+		rc = mta_auth_users_file_set(file, user, hash);
+		if (rc != 0)
+			fprintf(stderr, "mtactl: passwd: %s: %s\n", file,
+				mta_strerror(rc));
+		else
+			printf("%s: password set for %s (reload mtad: "
+			       "SIGHUP)\n", file, user);
+	}
+	if (rc != 0 && rc != 2)
+		rc = 1;
+	mta_config_free(cfg);
+	return rc;
 }
 
 static int cmd_cat(struct mta_spool *sp, const char *qid, bool headers)
@@ -925,6 +1032,8 @@ int main(int argc, char **argv)
 	const char *cmd = argv[optind];
 	int nargs = argc - optind - 1;
 	char **args = argv + optind + 1;
+	if (!strcmp(cmd, "passwd")) /* needs no spool, maybe no config */
+		return cmd_passwd(path, nargs, args);
 	int ai = -1;
 	for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++)
 		if (strcmp(cmd, actions[i].name) == 0)

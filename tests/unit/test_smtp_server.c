@@ -51,6 +51,7 @@ struct tcase {
 	unsigned max_rcpt; /* 0: 100 */
 	int tls, norelay; /* tls: cfg->starttls */
 	int refused;	  /* cfg->refused: 554 greeting */
+	int auth;	  /* cfg->auth: AUTH after TLS (alice / s3cret) */
 	const char *postmaster; /* cfg->postmaster */
 	int results[MAXMSG]; /* message_done() result per message */
 	long tls_discard;    /* expected STARTTLS ev.len (one chunk), 0: any */
@@ -224,6 +225,29 @@ static int feed_all(struct mta_smtpd *s, struct run *r, const uint8_t *in,
 			assert_int_equal(n, w);
 			r->closed = 1;
 			break;
+		case MTA_SMTPD_EV_AUTH: {
+			/* the driver's verification; nothing is consumed
+			 * until the verdict */
+			size_t n2 = 7;
+			struct mta_smtpd_event e2;
+			bool ok = strcmp(e.user, "alice") == 0 &&
+				  strcmp(e.pass, "s3cret") == 0;
+			add_ev(r, ok ? 'U' : 'u');
+			if (off < len) {
+				assert_int_equal(mta_smtpd_feed(s, in + off,
+								len - off, &n2,
+								&e2),
+						 MTA_SMTPD_EV_NONE);
+				assert_int_equal(n2, 0);
+			}
+			mta_smtpd_auth_done(s, ok ? MTA_SMTPD_AUTH_OK
+						  : MTA_SMTPD_AUTH_FAIL);
+			assert_false(mta_smtpd_authenticated(s) != ok);
+			drain(s, r);
+			if (mta_smtpd_closed(s))
+				r->closed = 1;
+			break;
+		}
 		}
 		stall = 0;
 	}
@@ -247,7 +271,7 @@ static void check_esc(const struct run *r)
 			assert_memory_equal(l, "250", 3);
 			continue;
 		}
-		if (strncmp(l, "354 ", 4) == 0 ||
+		if (strncmp(l, "354 ", 4) == 0 || strncmp(l, "334 ", 4) == 0 ||
 		    strcmp(l, "250 " HOST) == 0)
 			continue;
 		int a, b, c, n = 0;
@@ -319,6 +343,7 @@ static void do_run(const struct tcase *tc, struct run *r, size_t chunk,
 		.refused = tc->refused,
 		.postmaster = tc->postmaster,
 		.client_addr = "192.0.2.1",
+		.auth = tc->auth,
 	};
 	static struct mta_smtpd s; /* 36 KiB: not on the stack */
 	int qseq = 1;
@@ -814,6 +839,36 @@ static void chk_tls_esmtps(const struct tcase *tc, const void *rv)
 	assert_non_null(strstr(r->rcv[0], " with ESMTPS (" TLSDESC ")\r\n"));
 }
 
+/* AUTH-02: an authenticated client from outside relay_networks keeps
+ * its sender (no postmaster-only/null-sender rules); AUTH is offered
+ * only after TLS. */
+static void chk_auth_sender(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	int offered = 0;
+
+	assert_int_equal(r->nmsg, 1);
+	assert_string_equal(r->env[0].sender, "a@x.test");
+	assert_string_equal(r->env[0].rcpts[0].addr, "b@y.test");
+	for (size_t i = 0; i < r->nlines; i++) {
+		if (strcmp(r->lines[i], "250-AUTH PLAIN LOGIN") == 0) {
+			offered++;
+			/* after the 220 of STARTTLS only */
+			assert_true(i > 0);
+		}
+		if (strncmp(r->lines[i], "250 STARTTLS", 12) == 0)
+			assert_int_equal(offered, 0);
+	}
+	assert_int_equal(offered, 1);
+}
+
+static void chk_no_auth_offer(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	for (size_t i = 0; i < r->nlines; i++)
+		assert_null(strstr(r->lines[i], "AUTH"));
+}
+
 static void chk_notls(const struct tcase *tc, const void *rv)
 {
 	const struct run *r = R(rv);
@@ -1121,6 +1176,50 @@ static const struct tcase cases[] = {
 	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|503 5.5.1|250 2.0.0",
 	  .ev = "TR",
 	  .tls_discard = sizeof("RSET\r\nMAIL FROM:<inj@x.test>\r\n") - 1),
+	C(.name = "AUTH-01 AUTH before STARTTLS -> 530 5.7.0, not offered",
+	  .tls = 1, .auth = 1, .norelay = 1,
+	  .in = EH "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n" MF "STARTTLS\r\n",
+	  .post = EH MF,
+	  .exp = "250 STARTTLS|530 5.7.0|530 5.7.0|220 2.0.0|250 CHUNKING|"
+		 "530 5.7.0",
+	  .ev = "RRTR"),
+	C(.name = "AUTH-02 PLAIN with initial response; relays after it",
+	  .tls = 1, .auth = 1, .norelay = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nAUTH PLAIN x\r\n"
+		  MF RT "DATA\r\nx\r\n.\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|235 2.7.0|503 5.5.1|"
+		 "250 2.1.0|250 2.1.5|354|250 2.0.0",
+	  .ev = "TURDM", .check = chk_auth_sender),
+	C(.name = "AUTH-03 PLAIN by challenge; authzid = authcid",
+	  .tls = 1, .auth = 1, .norelay = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH PLAIN\r\nYWxpY2UAYWxpY2UAczNjcmV0\r\n" MF RT,
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|334 |235 2.7.0|"
+		 "250 2.1.0|250 2.1.5",
+	  .ev = "TU"),
+	C(.name = "AUTH-04 LOGIN, with and without initial response",
+	  .tls = 1, .auth = 1, .norelay = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH LOGIN\r\nYWxpY2U=\r\nd3Jvbmc=\r\n"
+		  "AUTH LOGIN YWxpY2U=\r\nczNjcmV0\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|334 VXNlcm5hbWU6|"
+		 "334 UGFzc3dvcmQ6|535 5.7.8|334 UGFzc3dvcmQ6|235 2.7.0",
+	  .ev = "TuU"),
+	C(.name = "AUTH-05 wrong password 535 5.7.8; unauthenticated MAIL "
+		 "530; other authzid 535; cancel 501; bad base64 501; "
+		 "unknown mechanism 504",
+	  .tls = 1, .auth = 1, .norelay = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH PLAIN AGFsaWNlAHdyb25n\r\n" MF
+		  "AUTH PLAIN Ym9iAGFsaWNlAHMzY3JldA==\r\n"
+		  "AUTH LOGIN\r\n*\r\nAUTH PLAIN !!!!\r\n"
+		  "AUTH PLAIN AGFsaWNl\r\nAUTH CRAM-MD5\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|535 5.7.8|530 5.7.0|"
+		 "535 5.7.8|334 VXNlcm5hbWU6|501 5.0.0|501 5.5.2|501 5.5.2|"
+		 "504 5.5.4",
+	  .ev = "TuRRRRRR"),
+	C(.name = "AUTH-06 no AUTH on a listener without it (port 25)",
+	  .tls = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|502 5.5.1",
+	  .ev = "TR", .check = chk_no_auth_offer),
 	C(.name = "PIPE-01 replies in command order",
 	  .in = EH MF RT "RCPT TO:<bad>\r\nRCPT TO:<c@y.test>\r\nDATA\r\nx\r\n"
 		".\r\n",
