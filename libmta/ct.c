@@ -1032,10 +1032,15 @@ static bool rfc3339_ms(const char *s, int64_t *ms)
 
 static bool b64(const char *s, gnutls_datum_t *out)
 {
-	gnutls_datum_t in = {(unsigned char *)s, (unsigned)strlen(s)};
+	gnutls_datum_t in;
+
 	out->data = NULL;
-	return s != NULL && s[0] != '\0' &&
-	       gnutls_base64_decode2(&in, out) >= 0;
+	out->size = 0;
+	if (s == NULL || s[0] == '\0')
+		return false;
+	in.data = (unsigned char *)s;
+	in.size = (unsigned)strlen(s);
+	return gnutls_base64_decode2(&in, out) >= 0;
 }
 
 static bool read_log(struct jdoc *d, int o, struct mta_ct_log *lg,
