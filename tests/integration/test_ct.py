@@ -170,3 +170,29 @@ def test_issue16_require_sct_needs_log_list(env):
                   {"tls__ct_log_list": bad, "tls__require_sct": "2"}):
         with pytest.raises(Exception):
             env.start(**extra)
+
+
+def test_issue16_log_list_stale_and_sighup(env):
+    """A list older than tls.ct_log_list_max_age is logged as stale at
+    start; SIGHUP re-reads the list: without log B, the ok2 certificate's
+    SCT from B no longer counts (ct=invalid)."""
+    import signal
+    import time
+    s = env.s
+    path = os.path.join(s.dir, "reload_list.json")
+    logs = list(s.logs.values())
+    ctlab.write_log_list(path, logs, list_ms=ctlab._now_ms() - 10 * 86400000)
+    m = env.start(tls__ct_log_list=path, tls__require_sct="2",
+                  tls__ct_log_list_max_age="1d")
+    st = (m.wait_event("ct_log_list_stale", timeout=5) or [None])[0]
+    assert st is not None and int(st["age_s"]) >= 10 * 86400 - 60, st
+    sink = env.sink("mx1.ct-ok2.u.test", kind="ct")
+    qid, _ = T.send(m, "ct-ok2.u.test")
+    T.expect_sent(m, qid, sink, "mta-sts id=1")
+    ctlab.write_log_list(path, [lg for lg in logs if lg.description != "Test Log B"])
+    m.signal(signal.SIGHUP)
+    assert m.wait_event("reloaded", timeout=5)
+    time.sleep(0.2)
+    qid2, _ = T.send(m, "ct-ok2.u.test", tag="after reload")
+    ev = T.expect_deferred(m, qid2, r"4\.7\.5", reason="ct=invalid")
+    assert "log not in the list" in m.events("ct")[-1]["detail"], ev["_line"]
