@@ -50,6 +50,7 @@ enum key_type {
 	T_LOGLEVEL,  /* debug info warn error -> int */
 	T_MAILBOX,   /* local@domain or empty -> char * or NULL */
 	T_IPVER,     /* any ipv4 ipv6 prefer-ipv4 prefer-ipv6 -> int */
+	T_CONTMODE,  /* off log hold -> enum mta_policy_cont_mode */
 };
 
 struct key {
@@ -105,8 +106,14 @@ static const struct key keys[] = {
 	KEY("tls", "ca_file", "/etc/ssl/certs/ca-certificates.crt", T_PATH, tls_ca_file, 0, 0),
 	KEY("tls", "policy_file", "", T_OPTPATH, tls_policy_file, 0, 0),
 	KEY("tls", "default_level", "may", T_TLSLEVEL, tls_default_level, 0, 0),
+	KEY("tls", "ct_log_list", "", T_OPTPATH, tls_ct_log_list, 0, 0),
+	KEY("tls", "require_sct", "0", T_COUNT, tls_require_sct, 0, 16),
+	KEY("tls", "ct_log_list_max_age", "70d", T_DURATION, tls_ct_log_list_max_age, 1, 3650 * 86400),
 	KEY("mta_sts", "https_port", "443", T_PORT, mta_sts_https_port, 1, 65535),
 	KEY("mta_sts", "refresh_interval", "600s", T_DURATION, mta_sts_refresh_interval, 1, 86400),
+	KEY("mta_sts", "continuity", "log", T_CONTMODE, mta_sts_continuity, 0, 0),
+	KEY("mta_sts", "continuity_window", "30d", T_DURATION, mta_sts_continuity_window, 1, 3650 * 86400),
+	KEY("mta_sts", "continuity_hold", "7d", T_DURATION, mta_sts_continuity_hold, 1, 365 * 86400),
 	KEY("control", "socket", "", T_SOCKET, control_socket, 0, 0),
 	KEY("control", "group", "", T_OPTPATH, control_group, 0, 0),
 	KEY("http", "listen", "127.0.0.1:9025", T_ADDRPORT, http_listen, 0, 0),
@@ -877,6 +884,22 @@ static int check_key(struct loader *ld, struct mta_config *c, size_t i,
 			  "not one of any, ipv4, ipv6, prefer-ipv4, "
 			  "prefer-ipv6");
 		return -1;
+	case T_CONTMODE: {
+		bool found = false;
+#define CONT_E(e, name)                                                       \
+	if (!found && strcmp(v, name) == 0) {                                 \
+		*FIELD(c, k, enum mta_policy_cont_mode) =                     \
+			MTA_POLICY_CONT_MODE_##e;                             \
+		found = true;                                                 \
+	}
+		MTA_POLICY_CONT_MODE_MAP(CONT_E)
+#undef CONT_E
+		if (!found) {
+			value_err(ld, i, v, "not one of off, log, hold");
+			return -1;
+		}
+		return 0;
+	}
 	case T_LOGLEVEL:
 		if (mta_log_parse_level(v, &lvl) < 0) {
 			value_err(ld, i, v,
@@ -926,6 +949,12 @@ static int finish(struct loader *ld, struct mta_config *c)
 				 "min_backoff (%us < %us)", c->max_backoff,
 				 c->min_backoff);
 		value_err(ld, bad, raw_value(ld, bad), why);
+		return -1;
+	}
+	if (c->tls_require_sct > 0 && c->tls_ct_log_list == NULL) {
+		size_t ireq = find_key("tls", "require_sct");
+		value_err(ld, ireq, raw_value(ld, ireq),
+			  "set without tls.ct_log_list");
 		return -1;
 	}
 	if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
@@ -1374,6 +1403,13 @@ void mta_config_print(const struct mta_config *c, FILE *f)
 						: "any");
 			break;
 		}
+		case T_CONTMODE:
+			fprintf(f, "%s = %s\n", k->name,
+				mta_policy_cont_mode_name(
+					*(const enum mta_policy_cont_mode *)(
+						const void *)((const char *)c +
+							      k->off)));
+			break;
 		case T_LOGLEVEL: {
 			int l = *(const int *)(const void *)((const char *)c +
 							     k->off);

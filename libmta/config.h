@@ -83,6 +83,7 @@
 #ifndef MTA_CONFIG_H
 #define MTA_CONFIG_H
 
+#include "policy.h"    /* enum mta_policy_cont_mode */
 #include "tlspolicy.h" /* enum mta_tls_level */
 
 #include <stdbool.h>
@@ -156,9 +157,15 @@ struct mta_config {
 	char *tls_ca_file;
 	char *tls_policy_file; /* NULL = none */
 	enum mta_tls_level tls_default_level; /* MTA_TLS_LEVEL_MAP */
+	char *tls_ct_log_list;	   /* NULL = none */
+	unsigned tls_require_sct;  /* 0 = CT off */
+	unsigned tls_ct_log_list_max_age; /* seconds: older is stale */
 	/* [mta_sts] */
 	unsigned mta_sts_https_port;
 	unsigned mta_sts_refresh_interval; /* seconds between cache sweeps */
+	enum mta_policy_cont_mode mta_sts_continuity; /* off, log, hold */
+	unsigned mta_sts_continuity_window; /* seconds */
+	unsigned mta_sts_continuity_hold;   /* seconds */
 	/* [control] */
 	char *control_socket; /* resolved: never NULL */
 	char *control_group;  /* group name or number for the socket, or NULL */

@@ -1016,6 +1016,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	d->seq = dlv_rnd() & 0xffff;
 	d->level = p->cfg->tls_default_level;
 	d->policy = p->policy;
+	d->ct = p->ct;
 	d->mtasts = p->mtasts;
 	d->metrics = p->metrics;
 	if (p->cfg->delivery_relayhost != NULL &&
@@ -1148,6 +1149,7 @@ void mta_delivery_reconfigure(struct mta_delivery *d,
 	d->tls = p->tls;
 	d->webpki = p->webpki;
 	d->policy = p->policy;
+	d->ct = p->ct;
 	d->auth_user = p->auth_user;
 	d->auth_pass = p->auth_pass;
 	d->pol.min_backoff_us = (uint64_t)p->cfg->min_backoff * 1000000u;

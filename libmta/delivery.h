@@ -92,6 +92,7 @@ struct mta_delivery_params {
 	const struct mta_tls_creds *tls; /* client credentials */
 	bool webpki;			 /* tls has tls.ca_file's trust */
 	const struct mta_tlspolicy *policy; /* tls.policy_file, or NULL */
+	const struct mta_ct_loglist *ct;    /* tls.ct_log_list, or NULL */
 	struct mta_mtasts *mtasts;	    /* MTA-STS resolver, or NULL */
 	const char *auth_user;		 /* relayhost AUTH, or NULL */
 	const char *auth_pass;
@@ -130,7 +131,7 @@ int mta_delivery_dnssec_state(const struct mta_delivery *d);
 size_t mta_delivery_nactive(const struct mta_delivery *d);
 size_t mta_delivery_nconn(const struct mta_delivery *d);
 /* Reload (SIGHUP): from now on new decisions use p's cfg, tls, webpki,
- * policy (and the backoff, lifetime and default level of p->cfg);
+ * policy, ct (and the backoff, lifetime and default level of p->cfg);
  * connections already open go on with what they started with where they
  * keep it (their TLS session holds its credentials).  The caller keeps
  * the old pointers alive until mta_delivery_nconn() has been 0 once

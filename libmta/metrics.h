@@ -18,6 +18,8 @@
  *	authentication text of the channel, whose first word names the
  *	method: "dane ...", "mta-sts ...", "verify ...", else none; a
  *	deferral also counts under its enhanced status code),
+ *	mta_metrics_ct() and mta_metrics_continuity() (one CT or key
+ *	continuity verdict after a handshake, by verdict name),
  *	mta_metrics_sts_fetch() (one MTA-STS policy fetch by result: "ok" or
  *	the failure class).
  *
@@ -98,6 +100,8 @@ struct mta_metrics {
 	uint64_t deliveries[MTA_METRICS_NSTATUS][MTA_METRICS_NAUTH];
 	struct mta_metrics_labeled deferrals;
 	struct mta_metrics_labeled sts_fetches;
+	struct mta_metrics_labeled ct_verdicts;	  /* ok, missing, ... */
+	struct mta_metrics_labeled continuity;	  /* first, new_key, ... */
 	/* writer thread */
 	atomic_uint_fast64_t commits, commit_failures;
 	atomic_uint_fast64_t fsync_bucket[MTA_METRICS_FSYNC_BUCKETS];
@@ -124,6 +128,10 @@ void mta_metrics_rejected(struct mta_metrics *m, const char *dsn);
 void mta_metrics_delivery(struct mta_metrics *m, const char *status,
 			  const char *auth, const char *dsn);
 void mta_metrics_sts_fetch(struct mta_metrics *m, const char *result);
+/* One Certificate Transparency verdict (ct.h names) and one key
+ * continuity verdict (policy.h MTA_POLICY_CONT_MAP names, "held") */
+void mta_metrics_ct(struct mta_metrics *m, const char *verdict);
+void mta_metrics_continuity(struct mta_metrics *m, const char *verdict);
 void mta_metrics_commit(struct mta_metrics *m, bool ok, uint64_t usec);
 void mta_metrics_writer_busy(struct mta_metrics *m, int64_t since_us);
 bool mta_metrics_writer_stuck(struct mta_metrics *m, int64_t now_us,

@@ -60,6 +60,16 @@ NAME_FN(mta_policy_verifier_name, enum mta_policy_verifier,
 NAME_FN(mta_policy_ptype_name, enum mta_policy_ptype, MTA_POLICY_PTYPE_MAP,
 	CASE_PTYPE)
 NAME_FN(mta_rpt_name, enum mta_rpt, MTA_RPT_MAP, CASE_RPT)
+#define CASE_CONT_MODE(e, name)                                               \
+	case MTA_POLICY_CONT_MODE_##e:                                        \
+		return name;
+#define CASE_CONT(e, name)                                                    \
+	case MTA_POLICY_CONT_##e:                                             \
+		return name;
+NAME_FN(mta_policy_cont_mode_name, enum mta_policy_cont_mode,
+	MTA_POLICY_CONT_MODE_MAP, CASE_CONT_MODE)
+NAME_FN(mta_policy_cont_name, enum mta_policy_cont, MTA_POLICY_CONT_MAP,
+	CASE_CONT)
 
 static const char *str(const char *s)
 {
@@ -389,6 +399,68 @@ void mta_policy_verdict(const struct mta_policy_in *in,
 		break;
 	}
 	required = p->verifier != MTA_POLICY_V_STS_TESTING;
+	if (chk->webpki_ok && required && in->require_sct > 0) {
+		/* CT: only a required WebPKI check, never DANE or testing */
+		v->ct = chk->ct;
+		if (chk->ct != MTA_CT_OK) {
+			const char *ct = mta_ct_verdict_name(
+				chk->ct == MTA_CT_NOT_CHECKED ? MTA_CT_MISSING
+							     : chk->ct);
+			v->ct_refused = true;
+			v->accept = false;
+			v->status = "4.7.5";
+			if (p->sts_host)
+				v->count_rpt =
+					mta_rpt_name(MTA_RPT_VALIDATION_FAILURE);
+			if (p->verifier == MTA_POLICY_V_STS)
+				snprintf(v->auth, sizeof(v->auth),
+					 "mta-sts-failed id=%s ct=%s",
+					 str(in->sts_id), ct);
+			else
+				snprintf(v->auth, sizeof(v->auth),
+					 "verify-failed ct=%s", ct);
+			snprintf(v->reason, sizeof(v->reason),
+				 "certificate of %s lacks Certificate "
+				 "Transparency: ct=%s (%s)",
+				 str(in->host), ct, str(chk->ct_why));
+			return;
+		}
+	}
+	if (chk->webpki_ok && p->sts_host &&
+	    in->continuity != MTA_POLICY_CONT_MODE_OFF) {
+		switch (chk->cont) {
+		case MTA_POLICY_CONT_NEW_ISSUER:
+			v->cont_log = true;
+			if (in->continuity == MTA_POLICY_CONT_MODE_HOLD &&
+			    required) {
+				v->cont_held = true;
+				v->accept = false;
+				v->status = "4.7.5";
+				snprintf(v->auth, sizeof(v->auth),
+					 "mta-sts-held id=%s "
+					 "continuity=new_issuer",
+					 str(in->sts_id));
+				snprintf(v->reason, sizeof(v->reason),
+					 "certificate of %s from an issuer "
+					 "never seen for %s: continuity="
+					 "new_issuer, held until accepted "
+					 "(mtactl policy accept %s)",
+					 str(in->host), str(in->domain),
+					 str(in->domain));
+				return;
+			}
+			break;
+		case MTA_POLICY_CONT_NEW_KEY:
+			v->cont_log = true;
+			break;
+		case MTA_POLICY_CONT_NONE:
+		case MTA_POLICY_CONT_FIRST:
+		case MTA_POLICY_CONT_KNOWN:
+		case MTA_POLICY_CONT_ACCEPTED:
+			break;
+		}
+		v->cont_learn = chk->cont != MTA_POLICY_CONT_NONE;
+	}
 	if (chk->webpki_ok) {
 		if (p->sts_host)
 			v->count_rpt = mta_rpt_name(MTA_RPT_SUCCESS);

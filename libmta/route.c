@@ -183,6 +183,45 @@ int mta_route_tlsa_copy(const struct mta_dns_result *res,
 	return 0;
 }
 
+static void spki_hex(const gnutls_datum_t *der, char (*out)[65])
+{
+	struct mta_tls_certinfo ci;
+
+	(*out)[0] = '\0';
+	if (der != NULL && mta_tls_cert_info(der, &ci) == 0)
+		snprintf(*out, sizeof(*out), "%s", ci.spki_sha256);
+}
+
+/* CT and the continuity hashes, once the WebPKI check passed */
+static void after_webpki(const struct mta_route_verify *q,
+			 struct mta_policy_check *chk)
+{
+	gnutls_datum_t iss = {NULL, 0};
+	const gnutls_datum_t *chain;
+	size_t n = 0;
+	bool have_iss;
+	struct timespec ts;
+
+	chain = mta_tls_peer_chain(q->tls, &n);
+	if (n == 0)
+		return;
+	have_iss = mta_tls_peer_issuer(q->tls, &iss) == 0;
+	if (q->require_sct > 0 && q->verifier != MTA_POLICY_V_STS_TESTING) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		mta_ct_check(q->ct_list, &chain[0], have_iss ? &iss : NULL,
+			     q->require_sct,
+			     (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+			     q->ct_res);
+		chk->ct = q->ct_res->verdict;
+		chk->ct_why = q->ct_res->why;
+	}
+	if (q->leaf_spki != NULL)
+		spki_hex(&chain[0], q->leaf_spki);
+	if (q->issuer_spki != NULL)
+		spki_hex(have_iss ? &iss : NULL, q->issuer_spki);
+	gnutls_free(iss.data);
+}
+
 void mta_route_check(const struct mta_route_verify *q,
 		     struct mta_dane_result *r, struct mta_policy_check *chk,
 		     char *why, size_t whylen)
@@ -226,6 +265,8 @@ void mta_route_check(const struct mta_route_verify *q,
 		chk->webpki_ok = rc == 0;
 		chk->webpki_rpt = rpt;
 		chk->webpki_why = why;
+		if (rc == 0)
+			after_webpki(q, chk);
 		break;
 	}
 	case MTA_POLICY_V_NONE:

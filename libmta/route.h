@@ -37,7 +37,11 @@
  *	decision names: the DANE matcher over the peer's chain (base = the
  *	TLSA base, nexthop the reference names of RFC 7672 §3.2.3) or the
  *	WebPKI check of the host name, and fills struct mta_policy_check for
- *	mta_policy_verdict(); why receives the WebPKI failure text.
+ *	mta_policy_verdict(); why receives the WebPKI failure text.  After a
+ *	WebPKI check that passed it also runs the SCT check of ct.h (when
+ *	require_sct > 0 and the verifier is WEBPKI or STS, never DANE nor
+ *	STS_TESTING) and computes the leaf's and issuer's SPKI hashes for
+ *	key continuity.
  *
  * THREADS
  *	Any (no state); the DNS results are the callback's, on the loop.
@@ -63,6 +67,7 @@
 #ifndef MTA_ROUTE_H
 #define MTA_ROUTE_H
 
+#include "ct.h"
 #include "dane.h"
 #include "dns.h"
 #include "policy.h"
@@ -111,6 +116,15 @@ struct mta_route_verify {
 	size_t nnexthop;
 	bool webpki;			/* the creds carry tls.ca_file */
 	const char *host;		/* WebPKI reference name */
+	/* CT (tls.require_sct > 0, a required WebPKI check that passed):
+	 * the list (may be NULL: no SCT counts) and the result storage */
+	const struct mta_ct_loglist *ct_list;
+	unsigned require_sct;
+	struct mta_ct_result *ct_res;	/* required when require_sct > 0 */
+	/* key continuity: when not NULL and the WebPKI check passed, the
+	 * SPKI SHA-256 (hex) of the leaf and of its issuer ("" unknown) */
+	char (*leaf_spki)[65];
+	char (*issuer_spki)[65];
 };
 
 void mta_route_check(const struct mta_route_verify *q,

@@ -410,3 +410,46 @@ out:
 	gnutls_x509_crt_deinit(crt);
 	return rc;
 }
+
+int mta_tls_peer_issuer(const struct mta_tls *t, gnutls_datum_t *out)
+{
+	gnutls_x509_crt_t leaf = NULL, iss = NULL;
+	const gnutls_datum_t *chain;
+	size_t n = 0;
+	void *cred = NULL;
+	int rc = MTA_ENOTFOUND;
+
+	out->data = NULL;
+	out->size = 0;
+	chain = mta_tls_peer_chain(t, &n);
+	if (n == 0 || gnutls_x509_crt_init(&leaf) < 0)
+		return MTA_ENOTFOUND;
+	if (gnutls_x509_crt_import(leaf, &chain[0], GNUTLS_X509_FMT_DER) < 0)
+		goto out;
+	/* the peer's chain first, then the trust store (the lab's and
+	 * many servers' chains stop at the leaf) */
+	for (size_t i = 1; i < n && rc != 0; i++) {
+		gnutls_x509_crt_t c;
+		if (gnutls_x509_crt_init(&c) < 0)
+			break;
+		if (gnutls_x509_crt_import(c, &chain[i], GNUTLS_X509_FMT_DER) >=
+			    0 &&
+		    gnutls_x509_crt_check_issuer(leaf, c) &&
+		    gnutls_x509_crt_export2(c, GNUTLS_X509_FMT_DER, out) >= 0)
+			rc = 0;
+		gnutls_x509_crt_deinit(c);
+	}
+	if (rc != 0 &&
+	    gnutls_credentials_get(t->session, GNUTLS_CRD_CERTIFICATE, &cred) >=
+		    0 &&
+	    cred != NULL &&
+	    gnutls_certificate_get_issuer(cred, leaf, &iss,
+					  GNUTLS_TL_GET_COPY) >= 0) {
+		if (gnutls_x509_crt_export2(iss, GNUTLS_X509_FMT_DER, out) >= 0)
+			rc = 0;
+		gnutls_x509_crt_deinit(iss);
+	}
+out:
+	gnutls_x509_crt_deinit(leaf);
+	return rc;
+}

@@ -96,6 +96,11 @@ int mta_tls_verify_webpki(struct mta_tls *t, const char *host,
 /* The certificate chain the peer sent (DER, leaf first), valid until the
  * session is freed; NULL and *n = 0 when there is none. */
 const gnutls_datum_t *mta_tls_peer_chain(const struct mta_tls *t, size_t *n);
+/* The DER of the certificate that issued the peer's leaf: from the
+ * peer's chain, else from the trust of the session's credentials (call
+ * after mta_tls_verify_webpki() passed).  0 and out (gnutls_free() its
+ * data), or MTA_ENOTFOUND. */
+int mta_tls_peer_issuer(const struct mta_tls *t, gnutls_datum_t *out);
 void mta_tls_free(struct mta_tls *t);
 int mta_tls_feed(struct mta_tls *t, const void *p, size_t n);
 int mta_tls_handshake(struct mta_tls *t);

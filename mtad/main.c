@@ -7,6 +7,7 @@
  * operational failure (spool, listen, TLS files), 2 on bad usage or config.
  */
 #include "config.h"
+#include "ct.h"
 #include "ctlsock.h"
 #include "delivery.h"
 #include "dns.h"
@@ -26,6 +27,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -48,6 +50,8 @@ struct daemon {
 	struct mta_tls_creds *client_tls;
 	struct mta_delivery *delivery;
 	struct mta_tlspolicy *policy;
+	struct mta_ct_loglist *ct; /* tls.ct_log_list, or NULL */
+	uv_timer_t ct_timer;	   /* hourly: is the log list stale? */
 	struct mta_mtasts *mtasts;
 	struct mtad_control *control;
 	char auth_user[256], auth_pass[256];
@@ -283,7 +287,43 @@ static int load_config_files(struct daemon *d)
 		return -1;
 	if (load_auth_users(d) != 0)
 		return -1;
+	if (d->cfg->tls_ct_log_list != NULL &&
+	    mta_ct_loglist_load(d->cfg->tls_ct_log_list, &d->ct, err,
+				sizeof(err)) != 0) {
+		key_error(d->cfg, "tls", "ct_log_list", "%s", err);
+		return -1;
+	}
 	return 0;
+}
+
+/* Logs event=ct_log_list_stale when the list's log_list_timestamp (or,
+ * without one, the file's mtime) is older than tls.ct_log_list_max_age:
+ * at start, on reload and hourly. */
+static void ct_check_stale(struct daemon *d)
+{
+	struct mta_logline ll;
+	struct stat sb;
+	int64_t at, now = (int64_t)time(NULL);
+
+	if (d->ct == NULL || d->cfg->tls_ct_log_list == NULL)
+		return;
+	at = d->ct->list_ms / 1000;
+	if (at == 0 && stat(d->cfg->tls_ct_log_list, &sb) == 0)
+		at = (int64_t)sb.st_mtime;
+	if (now - at <= (int64_t)d->cfg->tls_ct_log_list_max_age)
+		return;
+	mta_log_begin(&ll, MTA_LOG_WARN, "ct_log_list_stale");
+	mta_log_str(&ll, "file", d->cfg->tls_ct_log_list);
+	mta_log_int(&ll, "age_s", now - at);
+	mta_log_int(&ll, "max_age_s", d->cfg->tls_ct_log_list_max_age);
+	mta_log_str(&ll, "effect", "logs retired or added since are not "
+				   "known; update the file and send SIGHUP");
+	mta_log_end(&ll);
+}
+
+static void on_ct_timer(uv_timer_t *t)
+{
+	ct_check_stale(t->loop->data);
 }
 
 static void reload(struct daemon *d);
@@ -529,6 +569,7 @@ static int start_parts(struct daemon *d, bool webpki)
 			.tls = d->client_tls,
 			.webpki = webpki,
 			.policy = d->policy,
+			.ct = d->ct,
 			.mtasts = d->mtasts,
 			.auth_user = d->have_auth ? d->auth_user : NULL,
 			.auth_pass = d->have_auth ? d->auth_pass : NULL,
@@ -577,10 +618,12 @@ struct generation {
 	struct mta_config *cfg;
 	struct mta_tls_creds *tls, *client_tls;
 	struct mta_tlspolicy *policy;
+	struct mta_ct_loglist *ct;
 };
 
 static void free_generation(struct generation *g)
 {
+	mta_ct_loglist_free(g->ct);
 	mta_tls_creds_free(g->tls);
 	mta_tls_creds_free(g->client_tls);
 	mta_tlspolicy_free(g->policy);
@@ -635,6 +678,10 @@ static void start_lifecycle(struct daemon *d)
 	uv_timer_init(&d->loop, &d->retire_timer);
 	uv_timer_start(&d->retire_timer, on_retire_timer, 5000, 5000);
 	uv_unref((uv_handle_t *)&d->retire_timer);
+	uv_timer_init(&d->loop, &d->ct_timer);
+	uv_timer_start(&d->ct_timer, on_ct_timer, 3600 * 1000, 3600 * 1000);
+	uv_unref((uv_handle_t *)&d->ct_timer);
+	ct_check_stale(d);
 }
 
 static void stop_lifecycle(struct daemon *d)
@@ -644,6 +691,7 @@ static void stop_lifecycle(struct daemon *d)
 	if (d->grace_timer.loop != NULL) {
 		uv_close((uv_handle_t *)&d->grace_timer, NULL);
 		uv_close((uv_handle_t *)&d->retire_timer, NULL);
+		uv_close((uv_handle_t *)&d->ct_timer, NULL);
 	}
 }
 
@@ -820,23 +868,27 @@ static void reload(struct daemon *d)
 	old->tls = d->tls;
 	old->client_tls = d->client_tls;
 	old->policy = d->policy;
+	old->ct = d->ct;
 	old->pinned = !d->reloaded_once;
 	struct mta_auth_users *save_users = d->users;
 	d->cfg = ncfg;
 	d->tls = NULL;
 	d->policy = NULL;
 	d->users = NULL;
+	d->ct = NULL;
 	d->have_auth = false;
 	if (load_config_files(d) != 0) {
 		mta_tls_creds_free(d->tls);
 		mta_tlspolicy_free(d->policy);
 		mta_auth_users_unref(d->users);
 		d->users = save_users;
+		mta_ct_loglist_free(d->ct);
 		mta_tls_creds_free(nclient);
 		mta_config_free(ncfg);
 		d->cfg = old->cfg;
 		d->tls = old->tls;
 		d->policy = old->policy;
+		d->ct = old->ct;
 		d->have_auth = save_have;
 		memcpy(d->auth_user, save_user, sizeof(save_user));
 		memcpy(d->auth_pass, save_pass, sizeof(save_pass));
@@ -866,6 +918,7 @@ static void reload(struct daemon *d)
 			.tls = d->client_tls,
 			.webpki = d->webpki,
 			.policy = d->policy,
+			.ct = d->ct,
 			.auth_user = d->have_auth ? d->auth_user : NULL,
 			.auth_pass = d->have_auth ? d->auth_pass : NULL,
 		};
@@ -882,6 +935,7 @@ static void reload(struct daemon *d)
 	mta_log_str(&ll, "tls_cert", ncfg->tls_cert ? ncfg->tls_cert : "");
 	mta_log_int(&ll, "not_live", nl);
 	mta_log_end(&ll);
+	ct_check_stale(d);
 }
 
 /*
@@ -983,6 +1037,7 @@ out_config:
 	mta_tls_creds_free(d.tls);
 	mta_tls_creds_free(d.client_tls);
 	mta_tlspolicy_free(d.policy);
+	mta_ct_loglist_free(d.ct);
 	explicit_bzero(d.auth_pass, sizeof(d.auth_pass));
 	mta_auth_users_unref(d.users);
 	mta_config_free(d.cfg);

@@ -141,12 +141,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	chk.webpki_ok = b & 2;
 	chk.usage = 3;
 	chk.webpki_why = "fuzz";
+	/* issue 16: CT and continuity inputs */
+	in.require_sct = (b >> 2) & 3;
+	chk.ct = (enum mta_ct_verdict)((b >> 4) % 5);
+	in.continuity = (enum mta_policy_cont_mode)(take(&p, end) % 3);
+	chk.cont = (enum mta_policy_cont)(take(&p, end) % 6);
 	mta_policy_verdict(&in, &out, &chk, &v);
+	/* CT never applies to DANE (nor to testing, nor without require) */
+	if (v.ct_refused && (out.verifier == MTA_POLICY_V_DANE ||
+			     out.verifier == MTA_POLICY_V_STS_TESTING ||
+			     in.require_sct == 0 || chk.ct == MTA_CT_OK))
+		abort();
+	/* continuity never holds a DANE host nor in log/off mode */
+	if (v.cont_held && (out.verifier == MTA_POLICY_V_DANE ||
+			    in.continuity != MTA_POLICY_CONT_MODE_HOLD))
+		abort();
 	if (out.verifier == MTA_POLICY_V_DANE && v.accept != chk.dane_match)
 		abort();
 	if ((out.verifier == MTA_POLICY_V_STS ||
-	     out.verifier == MTA_POLICY_V_WEBPKI) &&
-	    v.accept != chk.webpki_ok)
+	     out.verifier == MTA_POLICY_V_WEBPKI) && !chk.webpki_ok && v.accept)
+		abort();
+	if ((out.verifier == MTA_POLICY_V_STS ||
+	     out.verifier == MTA_POLICY_V_WEBPKI) && chk.webpki_ok &&
+	    v.accept != !(v.ct_refused || v.cont_held))
+		abort();
+	if (v.accept && (v.ct_refused || v.cont_held))
 		abort();
 	if (!v.accept && (v.status[0] != '4' || v.reason[0] == '\0'))
 		abort();
