@@ -86,6 +86,7 @@ struct dest {
 	struct dest *next;
 	char name[300];
 	bool relay;
+	uint8_t tlsreq; /* enum mta_tlsreq of its messages */
 	struct job *q_head, *q_tail;
 	size_t nq;
 	unsigned nconn;
@@ -157,6 +158,7 @@ struct conn {
 	bool hs_failed;	    /* this connection's TLS handshake failed */
 	bool clear_retry;   /* the current attempt is that retry */
 	char hs_error[200]; /* why the handshake failed */
+	uint32_t rtls_failed; /* hosts (bits) refused for REQUIRETLS */
 };
 
 struct mta_delivery {
