@@ -190,12 +190,16 @@ def test_rtls02_20_sent_with_parameter(env):
 
 def test_rtls02_tagged_in_spool(env):
     """RTLS-02: mtaq --json shows requiretls=true while the message waits
-    (the relayhost is a closed port)."""
-    mtad = env.start(**{"delivery.relayhost": "[127.0.0.1]:9"})
+    (the relayhost, a secure name, has a closed port: deferred).  An
+    address-literal relayhost could never authenticate: that bounces."""
+    mtad = env.start(**{"delivery.relayhost": "mx.ok.rt.s.test:9"})
     qid = submit_tls(mtad, "bob@ok.rt.s.test", msg("rtls02"))
     assert mtad.queue()[qid]["requiretls"] is True
     qid2 = submit_tls(mtad, "bob@ok.rt.s.test", msg("plain"), requiretls=False)
     assert mtad.queue()[qid2]["requiretls"] is False
+    (ev,) = wait_delivery(mtad, qid, status="deferred", timeout=15)
+    assert ev["dsn"].startswith("4."), ev["_line"]
+    assert mtad.queue()[qid]["requiretls"] is True
 
 
 def test_rtls21_insecure_mx_bounced(env):
