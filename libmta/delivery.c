@@ -186,17 +186,31 @@ size_t dlv_job_undecided(const struct job *j, size_t *out)
 
 /* ---- destinations --------------------------------------------------- */
 
+/* The TLS requirement class of a message's destinations: a REQUIRETLS
+ * message with the null reverse-path (an NDR) is not held to RFC 8689
+ * §4.2.1 (RTLS-29/30) but passes the parameter on where it can. */
+#define DEST_NDR_REQUIRETLS 3
+static uint8_t dest_class(const struct mta_envelope *e)
+{
+	if (e->tlsreq == MTA_TLSREQ_REQUIRETLS && e->sender[0] == '\0')
+		return DEST_NDR_REQUIRETLS;
+	return e->tlsreq;
+}
+
 /* The destination of a job: name (the recipient domain, or the relay's
- * host), whether it is a relay, and the route that chose it. */
+ * host), whether it is a relay, the route that chose it, and the TLS
+ * requirement class (RFC 8689: REQUIRETLS and TLS-Required: No messages
+ * never share a connection with others, whose policy is per host). */
 static struct dest *dest_get(struct mta_delivery *d, const char *name,
 			     bool relay, const struct mta_routes_rule *route,
-			     bool fallback)
+			     bool fallback, uint8_t tlsreq)
 {
 	struct dest *ds;
 
 	for (ds = d->dests; ds; ds = ds->next)
 		if (strcmp(ds->name, name) == 0 && ds->relay == relay &&
-		    ds->route == route && ds->fallback == fallback)
+		    ds->route == route && ds->fallback == fallback &&
+		    ds->tlsreq == tlsreq)
 			return ds;
 	ds = calloc(1, sizeof(*ds));
 	if (ds == NULL)
@@ -215,6 +229,7 @@ static struct dest *dest_get(struct mta_delivery *d, const char *name,
 		if (ds->port == 0)
 			ds->port = d->cfg->delivery_port;
 	}
+	ds->tlsreq = tlsreq;
 	ds->next = d->dests;
 	d->dests = ds;
 	return ds;
@@ -448,6 +463,9 @@ static int build_dsn(struct msg *m, char *dsn_qid)
 	}
 	m->dsn_env.body = info.eightbit ? MTA_BODY_8BITMIME : MTA_BODY_NONE;
 	m->dsn_env.smtputf8 = info.smtputf8;
+	if (m->env.tlsreq == MTA_TLSREQ_REQUIRETLS)
+		/* RFC 8689 §5 (RTLS-28): the NDR itself carries REQUIRETLS */
+		m->dsn_env.tlsreq = MTA_TLSREQ_REQUIRETLS;
 	m->dsn_env.arrival_us = now;
 	m->dsn_env.size = out.len;
 	mta_body_init(&m->dsn_body, mta_spool_tmpdir(d->spool), SIZE_MAX);
@@ -720,7 +738,8 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 				j = jobs[k];
 		if (j == NULL) {
 			struct dest *ds = dest_get(d, dname, relay, route,
-						   fallback);
+						   fallback,
+						   dest_class(&m->env));
 			if (ds == NULL || (j = job_new(m, ds, m->env.nrcpt)) ==
 						  NULL)
 				continue;

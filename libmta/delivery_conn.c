@@ -75,6 +75,15 @@ static void conn_end(struct conn *c)
 	uv_close((uv_handle_t *)&c->timer, on_timer_closed);
 }
 
+/* A REQUIRETLS refusal of the current host (RFC 8689 §4.2.1: 5.7.10 no
+ * authenticated channel, 5.7.30 no REQUIRETLS at the peer). */
+static bool rtls_code(const struct conn *c, const char *status)
+{
+	return c->dest->tlsreq == MTA_TLSREQ_REQUIRETLS &&
+	       (strcmp(status, "5.7.10") == 0 ||
+		strcmp(status, "5.7.30") == 0);
+}
+
 static void set_error(struct conn *c, int code, const char *status,
 		      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void set_error(struct conn *c, int code, const char *status,
@@ -86,6 +95,8 @@ static void set_error(struct conn *c, int code, const char *status,
 		 mta_stream_tls_done(&c->st) ? c->tls_desc : "");
 	snprintf(c->lauth, sizeof(c->lauth), "%s", c->auth);
 	snprintf(c->lstatus, sizeof(c->lstatus), "%s", status);
+	if (rtls_code(c, status) && c->hi < 32)
+		c->rtls_failed |= 1u << c->hi; /* this host cannot do it */
 	va_start(ap, fmt);
 	vsnprintf(c->ltext, sizeof(c->ltext), fmt, ap);
 	va_end(ap);
@@ -141,6 +152,8 @@ static void policy_in(const struct conn *c, struct mta_policy_in *in)
 	in->why = c->why;
 	in->require_sct = c->d->cfg->tls_require_sct;
 	in->continuity = c->d->cfg->mta_sts_continuity;
+	in->requiretls = c->dest->tlsreq == MTA_TLSREQ_REQUIRETLS;
+	in->tls_optional = c->dest->tlsreq == MTA_TLSREQ_OPTIONAL;
 }
 
 /* ops.closed: this attempt's socket is gone (TLS and buffers freed). */
@@ -668,8 +681,16 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		    c->pol.ptype != MTA_POLICY_PT_NO_POLICY)
 			tlsrpt_count(c, mta_policy_ptype_name(c->pol.ptype),
 				     mta_rpt_name(MTA_RPT_STARTTLS_NOT_SUPPORTED));
-		set_error(c, e->code, e->status ? e->status : "4.4.2", "%s",
-			  e->text ? e->text : "connection failed");
+		if (e->status != NULL && strcmp(e->status, "4.7.4") == 0 &&
+		    c->pol.requiretls)
+			/* RTLS-26: no TLS, no REQUIRETLS delivery */
+			set_error(c, e->code, "5.7.10",
+				  "REQUIRETLS: %s",
+				  e->text ? e->text : "STARTTLS failed");
+		else
+			set_error(c, e->code,
+				  e->status ? e->status : "4.4.2", "%s",
+				  e->text ? e->text : "connection failed");
 		if (j != NULL)
 			dlv_job_reopen(j);
 		c->txn_done = false;
@@ -1053,6 +1074,18 @@ static void host_ready(struct conn *c)
 	if (c->pol.sts_testing_mismatch)
 		sts_testing_failure(c, mta_rpt_name(c->pol.rpt),
 				    "MX host not in the policy");
+	if (in.tls_optional) {
+		/* RFC 8689 §4.2.2 (RTLS-31): logged per host */
+		struct mta_logline ll;
+
+		mta_log_begin(&ll, MTA_LOG_INFO, "tls_policy_lowered");
+		if (c->job != NULL)
+			mta_log_str(&ll, "qid", c->job->m->qid);
+		mta_log_str(&ll, "domain", c->dest->name);
+		mta_log_str(&ll, "host", c->hosts[c->hi].name);
+		mta_log_str(&ll, "reason", "tls-required-no");
+		mta_log_end(&ll);
+	}
 	c->scfg.tls = c->pol.starttls;
 	snprintf(c->auth, sizeof(c->auth), "none");
 	conn_next_addr(c);
@@ -1217,6 +1250,11 @@ static void conn_next_host(struct conn *c)
 		c->job = NULL;
 		if (c->lstatus[0] == '\0')
 			set_error(c, 0, "4.4.1", "no usable mail server");
+		if (rtls_code(c, c->lstatus) &&
+		    (size_t)__builtin_popcount(c->rtls_failed) < c->nhosts)
+			/* RTLS-27: bounce only when every host failed the
+			 * REQUIRETLS requirements; TCP/DNS failures defer */
+			c->lstatus[0] = '4';
 		if (j != NULL)
 			dlv_job_finish(j, c->lcode, c->lstatus, c->ltext,
 				   c->relay[0] ? c->relay : NULL, c->ltls,
@@ -1370,6 +1408,7 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 	d->nconn++;
 	ds->nconn++;
 	c->scfg.helo_name = d->cfg->server_hostname;
+	c->scfg.requiretls = ds->tlsreq == MTA_TLSREQ_REQUIRETLS;
 	if (ds->route != NULL && ds->route->helo[0] != '\0')
 		c->scfg.helo_name = ds->route->helo;
 	/* a relay's own name is looked up in tls.policy_file (as in
@@ -1410,6 +1449,7 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 	}
 	c->phase = C_RESOLVE;
 	if (d->mtasts != NULL && !c->has_table &&
+	    ds->tlsreq != MTA_TLSREQ_OPTIONAL &&
 	    mta_mtasts_lookup(d->mtasts, ds->name, on_sts, c, &c->sq) == 0)
 		return;
 	conn_resolve_mx(c);

@@ -97,6 +97,7 @@ struct dest {
 	/* shaping (shaping.h): the site, once a connection found it */
 	bool site_known;
 	struct mta_shaping_site *site;
+	uint8_t tlsreq; /* enum mta_tlsreq of its messages */
 	struct job *q_head, *q_tail;
 	size_t nq;
 	unsigned nconn;
@@ -172,6 +173,7 @@ struct conn {
 	bool relay_auth;		/* AUTH PLAIN on this hop */
 	struct mta_shaping_site *site; /* holds one of its connections */
 	unsigned nmsgs;			/* messages started on this conn */
+	uint32_t rtls_failed; /* hosts (bits) refused for REQUIRETLS */
 };
 
 struct mta_delivery {

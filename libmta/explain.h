@@ -50,8 +50,8 @@
  *
  * CAVEATS
  *	A REQUIRETLS message or TLS-Required: No changes a delivery's level;
- *	explain shows the destination's decision without them (policy.c does
- *	not take them either yet).  Up to 16 MX hosts and the first 8
+ *	explain shows the destination's decision for an ordinary message
+ *	(policy.c's requiretls and tls_optional inputs false).  Up to 16 MX hosts and the first 8
  *	addresses of each, as delivery.
  */
 #ifndef MTA_EXPLAIN_H

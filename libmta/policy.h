@@ -47,6 +47,21 @@
  *	whose WebPKI check passed: NEW_KEY and NEW_ISSUER are logged unless
  *	the mode is off; NEW_ISSUER refuses (4.7.5, continuity=new_issuer)
  *	in mode hold; an accepted channel on such a host is learnt.
+ *	REQUIRETLS (RFC 8689 §4.2.1; in.requiretls, which the caller sets
+ *	only for a non-null reverse-path, RTLS-29/30): the host is used only
+ *	over an authenticated channel: DANE (usable TLSA), MTA-STS (enforce
+ *	or testing, the host matching the mx patterns: RTLS-22), or a
+ *	DNSSEC-secure MX (or relayhost) name with a WebPKI-valid certificate;
+ *	otherwise it is skipped with 5.7.10 (reason token "requiretls").  The
+ *	level is then at least verify, never a cleartext retry, and
+ *	out.requiretls asks the client for the post-STARTTLS REQUIRETLS
+ *	keyword.  A refused verdict has status 5.7.10.  The delivery turns
+ *	the 5.7.x of a destination whose every host failed so into a bounce.
+ *
+ *	TLS-Required: No (in.tls_optional, RFC 8689 §4.2.2): DANE and
+ *	MTA-STS are ignored (no TLSA lookup, no policy, no report: RTLS-33);
+ *	the operator's level (table entry or default) still holds, so the
+ *	default may gives opportunistic STARTTLS with a cleartext retry.
  *
  *	The *_name() functions return static names from the X-macro lists
  *	below ("?" for a value outside them).
@@ -71,7 +86,10 @@
  *	a usable TLSA record applies; never WebPKI-only when DANE applies;
  *	never a connection after a bogus answer; never a level below the
  *	operator's (table entry or, without one, tls.default_level), except
- *	that DANE replaces verify/encrypt by authentication through DNSSEC.
+ *	that DANE replaces verify/encrypt by authentication through DNSSEC;
+ *	never a connection for a REQUIRETLS message other than an
+ *	authenticated one (DANE, MTA-STS, or verify after a secure MX), with
+ *	STARTTLS required, no cleartext retry and the keyword checked.
  *	Host and domain names are quoted into the reason as given (they come
  *	from DNS and the envelope; the logger escapes them).
  *
@@ -80,12 +98,12 @@
  *	authentication mandatory; only unusable: TLS mandatory), §2.2.1-2.2.2
  *	(secure MX and addresses, CNAME), §6/§9.1 (local policy wins);
  *	RFC 8461 §4.1-§5.1 (enforce: MX pattern and WebPKI; testing: report
- *	only); RFC 8460 §4.3 (result types); RFC 7435 (opportunistic TLS).
+ *	only); RFC 8460 §4.3 (result types); RFC 7435 (opportunistic TLS);
+ *	RFC 8689 §4.2.1-§4.2.2 (REQUIRETLS, TLS-Required: No).
  *	Conformance ids in tests/unit/test_policy.c.
  *
  * CAVEATS
- *	REQUIRETLS (RFC 8689) and TLS-Required: No are not inputs yet.  The
- *	TLSA base-name choice (CNAME expansion) stays with the caller, which
+ *	The TLSA base-name choice (CNAME expansion) stays with the caller, which
  *	knows the names; the decision needs only the address status.
  */
 #ifndef MTA_POLICY_H
@@ -255,6 +273,8 @@ struct mta_policy_in {
 			  * ("servfail"), for the reason; may be NULL */
 	unsigned require_sct;	/* tls.require_sct (0: CT off) */
 	enum mta_policy_cont_mode continuity; /* mta_sts.continuity */
+	bool requiretls;   /* RFC 8689 REQUIRETLS message, non-null sender */
+	bool tls_optional; /* RFC 8689 "TLS-Required: No" message */
 };
 
 struct mta_policy {
@@ -272,6 +292,8 @@ struct mta_policy {
 	bool count;		 /* count rpt under ptype before connecting */
 	const char *status;	 /* refusal: "4.7.5", "4.4.3" */
 	const char *skip;	 /* refusal: mx_skipped reason token */
+	bool requiretls; /* the peer must list REQUIRETLS after STARTTLS and
+			  * gets the MAIL parameter (else 5.7.30) */
 	char reason[MTA_POLICY_REASON_MAX];
 };
 

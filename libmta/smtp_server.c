@@ -196,6 +196,10 @@ static void body_reset(struct mta_smtpd *s)
 	s->b_linelen = 0;
 	s->b_rcvd = 0;
 	s->b_rmatch = 0;
+	s->b_tmatch = 0;
+	s->b_tcapt = s->b_tpend = s->b_tno = false;
+	s->b_tcount = 0;
+	s->b_tlen = 0;
 	s->b_cr = false;
 	s->b_hdr_done = false;
 	s->b_viol = V_NONE;
@@ -239,6 +243,78 @@ static void rcvd_step(struct mta_smtpd *s, uint8_t c)
 	}
 }
 
+/* The "TLS-Required:" header (RFC 8689 §3): its value is collected
+ * (unfolded, at most sizeof(b_tval) octets) and judged when the field
+ * ends; b_tcount counts the fields, b_tno says the last one was "No". */
+static void tlsr_final(struct mta_smtpd *s)
+{
+	size_t a = 0, b = s->b_tlen;
+
+	s->b_tpend = s->b_tcapt = false;
+	if (s->b_tlen > sizeof(s->b_tval)) {
+		s->b_tno = false; /* too long to be "No" */
+		return;
+	}
+	while (a < b && (s->b_tval[a] == ' ' || s->b_tval[a] == '\t'))
+		a++;
+	while (b > a && (s->b_tval[b - 1] == ' ' || s->b_tval[b - 1] == '\t'))
+		b--;
+	s->b_tno = b - a == 2 && (s->b_tval[a] | 0x20) == 'n' &&
+		   (s->b_tval[a + 1] | 0x20) == 'o';
+}
+
+/* One header-section byte other than CR/LF; bol: the first of its line. */
+static void hdr_byte(struct mta_smtpd *s, uint8_t c, bool bol)
+{
+	static const char treq[] = "tls-required:";
+	char l = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+
+	if (bol && s->b_tpend) {
+		s->b_tpend = false;
+		if (c == ' ' || c == '\t')
+			s->b_tcapt = true; /* folded continuation */
+		else
+			tlsr_final(s);
+	}
+	if (s->b_rmatch >= 0)
+		rcvd_step(s, c);
+	if (s->b_tcapt) {
+		if (s->b_tlen < sizeof(s->b_tval))
+			s->b_tval[s->b_tlen] = (char)c;
+		if (s->b_tlen <= sizeof(s->b_tval))
+			s->b_tlen++;
+		return;
+	}
+	if (s->b_tmatch < 0)
+		return;
+	if (l != treq[s->b_tmatch]) {
+		s->b_tmatch = -1;
+	} else if (++s->b_tmatch == (int)sizeof(treq) - 1) {
+		s->b_tmatch = -1;
+		if (s->b_tcount < UINT8_MAX)
+			s->b_tcount++;
+		s->b_tcapt = true;
+		s->b_tlen = 0;
+	}
+}
+
+/* A CRLF in the header section; empty: it ended the section. */
+static void hdr_eol(struct mta_smtpd *s, bool empty)
+{
+	if (empty && s->b_tpend)
+		tlsr_final(s);
+	if (s->b_tcapt) {
+		s->b_tcapt = false;
+		s->b_tpend = true; /* a continuation line may follow */
+	}
+	s->b_tmatch = 0;
+}
+
+static bool hdr_active(const struct mta_smtpd *s)
+{
+	return s->b_rmatch >= 0 || s->b_tmatch >= 0 || s->b_tcapt;
+}
+
 /* Feeds one content byte (after dot-unstuffing) to the checks; true when
  * it was the LF of a CRLF. */
 static bool chk_byte(struct mta_smtpd *s, uint8_t c)
@@ -250,6 +326,8 @@ static bool chk_byte(struct mta_smtpd *s, uint8_t c)
 	if (s->b_cr) {
 		s->b_cr = false;
 		if (c == '\n') {
+			if (!s->b_hdr_done)
+				hdr_eol(s, s->b_linelen == 0);
 			if (s->b_linelen == 0)
 				s->b_hdr_done = true;
 			s->b_linelen = 0;
@@ -260,6 +338,7 @@ static bool chk_byte(struct mta_smtpd *s, uint8_t c)
 		if (++s->b_linelen > BODY_LINE_MAX)
 			violate(s, V_LONG);
 		s->b_rmatch = -1;
+		s->b_tmatch = -1;
 	}
 	if (c == '\r') {
 		s->b_cr = true;
@@ -267,10 +346,10 @@ static bool chk_byte(struct mta_smtpd *s, uint8_t c)
 	}
 	if (c == '\n' || c == '\0')
 		violate(s, V_BARE);
+	if (!s->b_hdr_done && (s->b_linelen == 0 || hdr_active(s)))
+		hdr_byte(s, c, s->b_linelen == 0);
 	if (++s->b_linelen > BODY_LINE_MAX)
 		violate(s, V_LONG);
-	if (s->b_rmatch >= 0 && !s->b_hdr_done)
-		rcvd_step(s, c);
 	return false;
 }
 
@@ -322,6 +401,7 @@ static size_t plain_len(const uint8_t *p, size_t n)
 static void chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n)
 {
 	uint64_t max = s->cfg->max_message_size;
+	bool bol = s->b_linelen == 0;
 
 	if (s->b_viol == V_NONE &&
 	    ((max != 0 && (s->b_size > max || n > max - s->b_size)) ||
@@ -342,8 +422,9 @@ static void chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n)
 	if (s->b_linelen > BODY_LINE_MAX)
 		violate(s, V_LONG);
 	if (!s->b_hdr_done)
-		for (size_t k = 0; k < n && s->b_rmatch >= 0; k++)
-			rcvd_step(s, p[k]);
+		for (size_t k = 0; k < n && ((bol && k == 0) || hdr_active(s));
+		     k++)
+			hdr_byte(s, p[k], bol && k == 0);
 }
 
 /* chk_byte() of CR then LF with no CR pending: only the size check can
@@ -355,6 +436,8 @@ static void chk_crlf(struct mta_smtpd *s)
 	s->b_size += 2;
 	if (max != 0 && s->b_size > max)
 		violate(s, V_BIG);
+	if (!s->b_hdr_done)
+		hdr_eol(s, s->b_linelen == 0);
 	if (s->b_linelen == 0)
 		s->b_hdr_done = true;
 	s->b_linelen = 0;
@@ -477,6 +560,8 @@ static enum mta_smtpd_ev cmd_helo(struct mta_smtpd *s, char *arg,
 	reply(s, "250-DSN");
 	if (s->cfg->auth && s->tls)
 		reply(s, "250-AUTH PLAIN LOGIN");
+	if (s->tls)
+		reply(s, "250-REQUIRETLS"); /* RTLS-01: after STARTTLS only */
 	if (s->cfg->starttls && !s->tls) {
 		reply(s, "250-CHUNKING");
 		reply(s, "250 STARTTLS");
@@ -489,7 +574,7 @@ static enum mta_smtpd_ev cmd_helo(struct mta_smtpd *s, char *arg,
 }
 
 struct mail_params {
-	bool size, body, utf8, ret, envid, auth;
+	bool size, body, utf8, ret, envid, auth, requiretls;
 	uint64_t size_val;
 	uint8_t body_val, ret_val;
 	const char *ret_raw, *envid_raw;
@@ -552,6 +637,11 @@ static enum mail_param_result mail_param(struct mail_params *mp,
 			return MP_BAD;
 		mp->envid = true;
 		mp->envid_raw = val;
+	} else if (strcasecmp(kw, "REQUIRETLS") == 0) {
+		/* RFC 8689 §2: no value (RTLS-04) */
+		if (mp->requiretls || val != NULL)
+			return MP_BAD;
+		mp->requiretls = true;
 	} else if (strcasecmp(kw, "AUTH") == 0) {
 		/* AUTH-09: accepted, ignored (we did not authenticate the
 		 * client, so it counts as AUTH=<>) */
@@ -622,6 +712,9 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 	    mp.size_val > s->cfg->max_message_size)
 		return reject(s, ev, V, "552 5.3.4 Error: message size exceeds "
 			      "fixed limit");
+	if (mp.requiretls && !s->tls) /* RTLS-03 (choice) */
+		return reject(s, ev, V, "530 5.7.10 REQUIRETLS needs a TLS "
+			      "session");
 
 	tx_reset(s);
 	path[plen] = '\0';
@@ -635,6 +728,7 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 	s->env.body = mp.body_val;
 	s->env.smtputf8 = mp.utf8;
 	s->env.declared_size = mp.size ? mp.size_val : 0;
+	s->env.tlsreq = mp.requiretls ? MTA_TLSREQ_REQUIRETLS : MTA_TLSREQ_NONE;
 	s->mail_ok = true;
 	reply(s, "250 2.1.0 Ok");
 	return MTA_SMTPD_EV_NONE;
@@ -1377,6 +1471,15 @@ void mta_smtpd_output_consume(struct mta_smtpd *s, size_t n)
 
 void mta_smtpd_take_envelope(struct mta_smtpd *s, struct mta_envelope *out)
 {
+	if (s->b_tpend)
+		tlsr_final(s); /* the header section ended with the field */
+	/* RFC 8689 §3, §4.1: one "TLS-Required: No" from a client allowed
+	 * to relay lowers the message to opportunistic TLS; ignored with
+	 * the REQUIRETLS option (RTLS-07) and when the field is repeated
+	 * (RTLS-08: never relax on an ambiguous message) */
+	if (s->env.tlsreq == MTA_TLSREQ_NONE && s->cfg->relay_allowed &&
+	    s->b_tcount == 1 && s->b_tno)
+		s->env.tlsreq = MTA_TLSREQ_OPTIONAL;
 	*out = s->env;
 	mta_envelope_init(&s->env);
 	if (!relay_ok(s)) {

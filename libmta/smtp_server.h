@@ -190,7 +190,13 @@
  *	max_message_size 0 means no limit (SIZE 0 is advertised);
  *	max_recipients 0 means 100.  MAIL parameters are accepted after HELO
  *	too.  The AUTH= MAIL parameter is accepted and ignored; no
- *	BINARYMIME, no REQUIRETLS.  The engine logs only its mode changes,
+ *	BINARYMIME.  REQUIRETLS (RFC 8689) is listed in EHLO only after
+ *	STARTTLS (RTLS-01); the MAIL parameter (no value: 501 5.5.4) outside
+ *	TLS gets 530 5.7.10 (RTLS-03) and otherwise sets env.tlsreq.  One
+ *	"TLS-Required: No" header field (value case-insensitive, folding and
+ *	WSP allowed) from a relay_allowed client sets env.tlsreq OPTIONAL
+ *	unless REQUIRETLS was given; two or more such fields are ignored
+ *	(RTLS-06..09).  The engine logs only its mode changes,
  *	at debug level (event=smtpd_state old=<mode> new=<mode>, modes cmd,
  *	data, bdat, wait, tls, auth, closed); the driver logs from the events.
  */
@@ -275,6 +281,13 @@ struct mta_smtpd {
 	uint32_t b_linelen; /* octets in the current line, sans CRLF */
 	uint32_t b_rcvd;    /* Received: headers seen */
 	int8_t b_rmatch;    /* chars of "received:" matched, -1 none */
+	int8_t b_tmatch;    /* chars of "tls-required:" matched, -1 none */
+	bool b_tcapt;	    /* collecting a TLS-Required value */
+	bool b_tpend;	    /* that value may continue (folding) */
+	bool b_tno;	    /* the last TLS-Required value was "No" */
+	uint8_t b_tcount;   /* TLS-Required fields seen */
+	uint8_t b_tlen;	    /* octets of the value (> sizeof: too long) */
+	char b_tval[16];
 	bool b_cr;	    /* last content byte was CR */
 	bool b_hdr_done;    /* empty line seen */
 	uint8_t b_viol;	    /* first violation found */

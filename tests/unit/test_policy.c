@@ -493,6 +493,118 @@ static void test_named(void **state)
 	}
 }
 
+/* ---- RFC 8689: REQUIRETLS and TLS-Required: No ---- */
+
+enum rq { RQ_RTLS = 1, RQ_OPT = 2 };
+
+struct rtls_row {
+	const char *id;
+	int table; /* -1: none */
+	enum mta_tls_level def;
+	enum mta_policy_mx mx;
+	enum mta_policy_addr addr;
+	enum tl tlsa;
+	enum st sts;
+	enum rq rq;
+	enum mta_policy_action action;
+	const char *skip;
+	enum mta_tls_level level;
+	enum mta_policy_verifier verifier;
+	bool fallback;
+};
+
+static const struct rtls_row rtls_rows[] = {
+	{"RTLS-20 secure MX, no TLSA, no MTA-STS: verify", -1, MTA_TLS_MAY, S,
+	 AS, TL_NONE, ST_NONE, RQ_RTLS, C, "", MTA_TLS_VERIFY,
+	 MTA_POLICY_V_WEBPKI, 0},
+	{"RTLS-21 insecure MX, no MTA-STS: not sent (5.7.10)", -1,
+	 MTA_TLS_MAY, I, AS, TL_NONE, ST_NONE, RQ_RTLS, K, "requiretls", 0, 0,
+	 0},
+	{"RTLS-22 insecure MX, MTA-STS enforce match", -1, MTA_TLS_MAY, I, AS,
+	 TL_NONE, ST_ENF_MATCH, RQ_RTLS, C, "", MTA_TLS_VERIFY,
+	 MTA_POLICY_V_STS, 0},
+	{"RTLS-22 (choice) insecure MX, MTA-STS testing match counts", -1,
+	 MTA_TLS_MAY, I, AS, TL_NONE, ST_TEST_MATCH, RQ_RTLS, C, "",
+	 MTA_TLS_VERIFY, MTA_POLICY_V_STS, 0},
+	{"RTLS-22 insecure MX, testing mismatch: not sent", -1, MTA_TLS_MAY, I,
+	 AS, TL_NONE, ST_TEST_MISMATCH, RQ_RTLS, K, "requiretls", 0, 0, 0},
+	{"RTLS-23 DANE peer", -1, MTA_TLS_MAY, S, AS, TL_USABLE, ST_NONE,
+	 RQ_RTLS, C, "", MTA_TLS_DANE_ONLY, MTA_POLICY_V_DANE, 0},
+	{"RTLS unusable TLSA, secure MX: verify", -1, MTA_TLS_MAY, S, AS,
+	 TL_UNUSABLE, ST_NONE, RQ_RTLS, C, "", MTA_TLS_VERIFY,
+	 MTA_POLICY_V_WEBPKI, 0},
+	{"RTLS table none never lowers REQUIRETLS", MTA_TLS_NONE, MTA_TLS_MAY,
+	 S, AS, TL_NONE, ST_NONE, RQ_RTLS, C, "", MTA_TLS_VERIFY,
+	 MTA_POLICY_V_WEBPKI, 0},
+	{"RTLS address literal (relayhost [ip]): not sent", -1, MTA_TLS_MAY,
+	 S, MTA_POLICY_ADDR_LITERAL, TL_NONE, ST_NONE, RQ_RTLS, K,
+	 "requiretls", 0, 0, 0},
+	{"RTLS bogus TLSA still skips the host", -1, MTA_TLS_MAY, S, AS,
+	 TL_BOGUS, ST_NONE, RQ_RTLS, K, "tlsa-bogus", 0, 0, 0},
+	{"RTLS-31 TLS-Required: No ignores DANE", -1, MTA_TLS_MAY, S, AS,
+	 TL_USABLE, ST_NONE, RQ_OPT, C, "", MTA_TLS_MAY, MTA_POLICY_V_NONE,
+	 1},
+	{"RTLS-31 TLS-Required: No ignores a bogus TLSA", -1, MTA_TLS_MAY, S,
+	 AS, TL_BOGUS, ST_NONE, RQ_OPT, C, "", MTA_TLS_MAY, MTA_POLICY_V_NONE,
+	 1},
+	{"RTLS-31 TLS-Required: No ignores MTA-STS enforce (mismatch too)",
+	 -1, MTA_TLS_MAY, I, AS, TL_NONE, ST_ENF_MISMATCH, RQ_OPT, C, "",
+	 MTA_TLS_MAY, MTA_POLICY_V_NONE, 1},
+	{"RTLS TLS-Required: No keeps the operator's default level", -1,
+	 MTA_TLS_ENCRYPT, S, AS, TL_USABLE, ST_NONE, RQ_OPT, C, "",
+	 MTA_TLS_ENCRYPT, MTA_POLICY_V_NONE, 0},
+};
+
+static void test_rtls(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(rtls_rows) / sizeof(rtls_rows[0]); i++) {
+		const struct rtls_row *r = &rtls_rows[i];
+		struct mta_policy_in in;
+		struct mta_policy p;
+		struct mta_policy_check chk;
+		struct mta_policy_verdict v;
+
+		base_in(&in);
+		in.has_table = r->table >= 0;
+		if (in.has_table)
+			in.table_level = (enum mta_tls_level)r->table;
+		in.default_level = r->def;
+		in.mx = r->mx;
+		in.dnssec_ok = true;
+		in.addr = r->addr;
+		set_tlsa(&in, r->tlsa);
+		set_sts(&in, r->sts);
+		in.requiretls = r->rq == RQ_RTLS;
+		in.tls_optional = r->rq == RQ_OPT;
+		mta_policy_decide(&in, &p);
+		print_message("%s\n", r->id);
+		assert_int_equal(p.action, r->action);
+		if (r->action != C) {
+			assert_string_equal(p.skip, r->skip);
+			if (strcmp(r->skip, "requiretls") == 0)
+				assert_string_equal(p.status, "5.7.10");
+			continue;
+		}
+		assert_int_equal(p.level, r->level);
+		assert_int_equal(p.verifier, r->verifier);
+		assert_int_equal(p.fallback, r->fallback);
+		assert_int_equal(p.requiretls, in.requiretls);
+		if (in.requiretls) {
+			assert_int_equal(p.starttls, MTA_SMTPC_TLS_REQUIRE);
+			/* RTLS-25: a certificate that fails: 5.7.10 */
+			memset(&chk, 0, sizeof(chk));
+			mta_policy_verdict(&in, &p, &chk, &v);
+			assert_false(v.accept);
+			assert_string_equal(v.status, "5.7.10");
+		} else {
+			assert_false(p.dane);
+			assert_false(p.sts_host);
+			assert_int_equal(p.ptype, MTA_POLICY_PT_NO_POLICY);
+		}
+	}
+}
+
 /* STS lost (out of memory holding it): the destination waits */
 static void test_sts_lost(void **state)
 {
@@ -738,6 +850,7 @@ int main(void)
 		cmocka_unit_test_setup(test_verdict, test_setup),
 		cmocka_unit_test_setup(test_verdict_ct_continuity, test_setup),
 		cmocka_unit_test_setup(test_names, test_setup),
+		cmocka_unit_test_setup(test_rtls, test_setup),
 	};
 	return cmocka_run_group_tests(tests, group_setup, NULL);
 }

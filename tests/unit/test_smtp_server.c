@@ -832,6 +832,50 @@ static void chk_tls(const struct tcase *tc, const void *rv)
 	assert_non_null(strstr(r->rcv[0], " with UTF8SMTPS (" TLSDESC ")"));
 }
 
+/* RTLS-01/02: REQUIRETLS listed only after STARTTLS; the option tags */
+static void chk_rtls02(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	int before = 0, after = 0, tls = 0;
+	for (size_t i = 0; i < r->nlines; i++) {
+		if (strncmp(r->lines[i], "220 2.0.0", 9) == 0)
+			tls = 1;
+		if (strstr(r->lines[i], "REQUIRETLS") != NULL)
+			*(tls ? &after : &before) += 1;
+	}
+	assert_int_equal(before, 0);
+	assert_int_equal(after, 1);
+	assert_int_equal(r->nmsg, 1);
+	assert_int_equal(r->env[0].tlsreq, MTA_TLSREQ_REQUIRETLS);
+}
+
+/* RTLS-06/09: one TLS-Required: No (any case, FWS, folded) */
+static void chk_rtls_no(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	assert_int_equal(r->nmsg, 4);
+	for (size_t i = 0; i < 4; i++)
+		assert_int_equal(r->env[i].tlsreq, MTA_TLSREQ_OPTIONAL);
+}
+
+/* RTLS-07/08, other values, body, non-relay client: not lowered */
+static void chk_rtls_not(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	assert_int_equal(r->nmsg, 4);
+	assert_int_equal(r->env[0].tlsreq, MTA_TLSREQ_NONE); /* two fields */
+	assert_int_equal(r->env[1].tlsreq, MTA_TLSREQ_NONE); /* "Nope" */
+	assert_int_equal(r->env[2].tlsreq, MTA_TLSREQ_NONE); /* in body */
+	assert_int_equal(r->env[3].tlsreq, MTA_TLSREQ_REQUIRETLS);
+}
+
+static void chk_rtls_norelay(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	assert_int_equal(r->nmsg, 1);
+	assert_int_equal(r->env[0].tlsreq, MTA_TLSREQ_NONE);
+}
+
 static void chk_tls_esmtps(const struct tcase *tc, const void *rv)
 {
 	const struct run *r = R(rv);
@@ -1013,10 +1057,11 @@ static const struct tcase cases[] = {
 	  .exp = "500 5.5.2 Error: command not recognized|500 5.5.2|500 5.5.2|"
 		 "250 2.0.0",
 	  .ev = "RRR"),
-	C(.name = "SRV-11 unknown MAIL/RCPT parameter -> 555",
+	C(.name = "SRV-11 unknown MAIL/RCPT parameter -> 555; RTLS-03 "
+		  "REQUIRETLS in clear -> 530 5.7.10",
 	  .in = EH "MAIL FROM:<a@x.test> FOO=1\r\nMAIL FROM:<a@x.test> "
 		"REQUIRETLS\r\n" MF "RCPT TO:<b@y.test> BAR=2\r\n",
-	  .exp = "250 CHUNKING|555 5.5.4|555 5.5.4|250 2.1.0|555 5.5.4",
+	  .exp = "250 CHUNKING|555 5.5.4|530 5.7.10|250 2.1.0|555 5.5.4",
 	  .ev = "RRR"),
 	C(.name = "SRV-12 MAIL without brackets -> 501, then valid MAIL ok",
 	  .in = EH "MAIL FROM:a@x.test\r\nMAIL TO:<a@x.test>\r\nMAIL "
@@ -1156,6 +1201,52 @@ static const struct tcase cases[] = {
 		 "TLS|503 5.5.1|250 CHUNKING|503 5.5.1|250 2.1.0|250 2.1.5|354|"
 		 "250 2.0.0",
 	  .ev = "TRRDM", .check = chk_tls),
+	C(.name = "RTLS-01 RTLS-02 RTLS-04 RTLS-05 REQUIRETLS after "
+		  "STARTTLS only; no value; long MAIL line",
+	  .tls = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "MAIL FROM:<a@x.test> REQUIRETLS=YES\r\n"
+		  "MAIL FROM:<aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+		  "aaaaaaaaaaa@xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		  "xxxxxxxxxxxx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		  "xxxxxxxxxxxxx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		  "xxxxxxxxxxxxxx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		  "xxxxxxxxxxxxxxx.test> SIZE=100 BODY=8BITMIME RET=HDRS ENVID="
+		  "EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE"
+		  " AUTH=uuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu"
+		  "uuuuuuuuuuuuuuuuuuuuuuuuuuuuuu REQUIRETLS\r\n"
+		  RT "DATA\r\nx\r\n.\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|501 5.5.4|250 2.1.0|"
+		 "250 2.1.5|354|250 2.0.0",
+	  .ev = "TRDM", .check = chk_rtls02),
+	C(.name = "RTLS-06 RTLS-09 TLS-Required: No / no / NO with FWS, "
+		  "folded",
+	  .in = EH MF RT "DATA\r\nSubject: a\r\nTLS-Required: No\r\n\r\n"
+		"x\r\n.\r\n" MF RT "DATA\r\ntls-required:no\r\n\r\nx\r\n"
+		".\r\n" MF RT "DATA\r\nTLS-REQUIRED:  NO  \r\nX: y\r\n\r\n"
+		".\r\n" MF RT "DATA\r\nTLS-Required:\r\n\tNo\r\n.\r\n",
+	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|354|250 2.0.0|250 2.1.0|"
+		 "250 2.1.5|354|250 2.0.0|250 2.1.0|250 2.1.5|354|250 2.0.0|"
+		 "250 2.1.0|250 2.1.5|354|250 2.0.0",
+	  .ev = "DMDMDMDM", .check = chk_rtls_no),
+	C(.name = "RTLS-07 RTLS-08 two fields ignored, other values, body, "
+		  "REQUIRETLS wins",
+	  .tls = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH MF RT "DATA\r\nTLS-Required: No\r\nTLS-Required: No\r\n"
+		  "\r\nx\r\n.\r\n" MF RT "DATA\r\nTLS-Required: Nope\r\n\r\n"
+		  ".\r\n" MF RT "DATA\r\nX: y\r\n\r\nTLS-Required: No\r\n.\r\n"
+		  "MAIL FROM:<a@x.test> REQUIRETLS\r\n" RT
+		  "DATA\r\nTLS-Required: No\r\n\r\n.\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|250 2.1.0|250 2.1.5|354|"
+		 "250 2.0.0|250 2.1.0|250 2.1.5|354|250 2.0.0|250 2.1.0|"
+		 "250 2.1.5|354|250 2.0.0|250 2.1.0|250 2.1.5|354|250 2.0.0",
+	  .ev = "TDMDMDMDM", .check = chk_rtls_not),
+	C(.name = "RTLS-06 TLS-Required: No from a client not allowed to "
+		  "relay is ignored",
+	  .norelay = 1, .postmaster = "postmaster@mx.test",
+	  .in = EH MF "RCPT TO:<Postmaster>\r\nDATA\r\nTLS-Required: No\r\n"
+		"\r\n.\r\n",
+	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|354|250 2.0.0",
+	  .ev = "DM", .check = chk_rtls_norelay),
 	C(.name = "TLS-01 no STARTTLS without a certificate -> 502",
 	  .in = EH "STARTTLS\r\n",
 	  .exp = "250 CHUNKING|502 5.5.1", .ev = "R", .check = chk_notls),
