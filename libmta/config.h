@@ -160,6 +160,11 @@ struct mta_config {
 	char *tls_ct_log_list;	   /* NULL = none */
 	unsigned tls_require_sct;  /* 0 = CT off */
 	unsigned tls_ct_log_list_max_age; /* seconds: older is stale */
+	/* [tlsrpt] (RFC 8460 reports, tlsrpt.h) */
+	unsigned tlsrpt_enabled;    /* 0 or 1 */
+	char *tlsrpt_organization;  /* NULL = the submitter */
+	char *tlsrpt_contact;	    /* NULL = postmaster@<submitter> */
+	char *tlsrpt_submitter;	    /* resolved: never NULL */
 	/* [mta_sts] */
 	unsigned mta_sts_https_port;
 	unsigned mta_sts_refresh_interval; /* seconds between cache sweeps */

@@ -479,6 +479,8 @@ struct count_req {
 	struct mta_commit commit;
 	struct mta_delivery *d;
 	char key[400];
+	char note_key[64];
+	char note[4096];
 };
 
 static void on_count_done(struct mta_commit *cm)
@@ -491,31 +493,121 @@ static void on_count_done(struct mta_commit *cm)
 	dlv_maybe_stopped(d);
 }
 
-/* Counts one session result for the destination's TLS report: ptype is
- * "tlsa" or "sts", result an RFC 8460 result type or
- * "successful-session". */
+/* The RFC 8460 §4.5 policy-string of the host's policy, one line per
+ * element ('\n'-separated): the MTA-STS policy for "sts", the TLSA
+ * RRset for "tlsa", nothing for "no-policy-found". */
+static void tlsrpt_policy_text(const struct conn *c, const char *ptype,
+			       char *out, size_t len)
+{
+	size_t n = 0;
+
+#define PUT(...)                                                              \
+	do {                                                                  \
+		if (n < len)                                                  \
+			n += (size_t)snprintf(out + n, len - n, __VA_ARGS__); \
+	} while (0)
+	out[0] = '\0';
+	if (strcmp(ptype, "sts") == 0 && c->sts != NULL) {
+		const struct mta_sts_policy *p = c->sts;
+		PUT("version: STSv1\nmode: %s\n",
+		    p->mode == MTA_STS_MODE_ENFORCE	? "enforce"
+		    : p->mode == MTA_STS_MODE_TESTING ? "testing"
+							: "none");
+		for (size_t i = 0; i < p->nmx; i++)
+			PUT("mx: %s\n", p->mx[i]);
+		PUT("max_age: %llu\n", (unsigned long long)p->max_age_raw);
+	} else if (strcmp(ptype, "tlsa") == 0) {
+		for (size_t i = 0; i < c->ntlsa && i < MTA_DANE_TLSA_MAX;
+		     i++) {
+			const struct mta_dns_tlsa *t = &c->tlsa[i];
+			PUT("%u %u %u ", t->usage, t->selector, t->mtype);
+			for (size_t j = 0; j < t->len; j++)
+				PUT("%02X", t->data[j]);
+			PUT("\n");
+		}
+	}
+#undef PUT
+	if (n >= len) /* truncated: keep whole lines only */
+		n = len - 1;
+	out[n] = '\0';
+}
+
+/* FNV-1a 64: names a policy text in the counter keys. */
+static uint64_t tlsrpt_hash(const char *s)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (; *s != '\0'; s++)
+		h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+	return h;
+}
+
+/* Counts one session result for the destination's TLS report (RFC
+ * 8460): ptype is "tlsa", "sts" or "no-policy-found", result an RFC
+ * 8460 result type or "successful-session".  Key (tlsrpt.h):
+ * "<day> <domain> <ptype> <result> <policy id> <mx host> <receiving
+ * ip> <sending ip>"; the policy text goes beside it under
+ * "P <day> <domain> <policy id>".  Mail that opted out of TLS policy
+ * (TLS-Required: No, which TLS reports are sent with, RFC 8460 §3) is
+ * not counted: reports never breed reports. */
 static void tlsrpt_count(struct conn *c, const char *ptype,
 			 const char *result)
 {
 	struct mta_delivery *d = c->d;
 	struct count_req *r;
-	char day[16];
+	char day[16], rip[INET6_ADDRSTRLEN] = "-", sip[INET6_ADDRSTRLEN] = "-";
+	const char *mx = "-";
 	time_t now = time(NULL);
 	struct tm tm;
+	uint64_t pid;
 
-	if (d->stopping || result == NULL)
+	if (d->stopping || result == NULL ||
+	    c->dest->tlsreq == MTA_TLSREQ_OPTIONAL)
 		return;
 	r = calloc(1, sizeof(*r));
 	if (r == NULL)
 		return;
 	gmtime_r(&now, &tm);
 	strftime(day, sizeof(day), "%Y-%m-%d", &tm);
-	snprintf(r->key, sizeof(r->key), "%s %s %s %s", day, c->dest->name,
-		 ptype, result);
+	if (c->hi < c->nhosts && c->hosts[c->hi].name[0] != '\0')
+		mx = c->hosts[c->hi].name;
+	if (c->tcp_open && c->ai < c->naddrs) {
+		const struct sockaddr_storage *sa = &c->addrs[c->ai];
+		struct sockaddr_storage la;
+		int ll = sizeof(la);
+
+		if (sa->ss_family == AF_INET)
+			inet_ntop(AF_INET,
+				  &((const struct sockaddr_in *)sa)->sin_addr,
+				  rip, sizeof(rip));
+		else if (sa->ss_family == AF_INET6)
+			inet_ntop(AF_INET6,
+				  &((const struct sockaddr_in6 *)sa)->sin6_addr,
+				  rip, sizeof(rip));
+		if (uv_tcp_getsockname(&c->st.tcp, (struct sockaddr *)&la,
+				       &ll) == 0) {
+			if (la.ss_family == AF_INET)
+				inet_ntop(AF_INET,
+					  &((struct sockaddr_in *)&la)->sin_addr,
+					  sip, sizeof(sip));
+			else if (la.ss_family == AF_INET6)
+				inet_ntop(AF_INET6,
+					  &((struct sockaddr_in6 *)&la)
+						   ->sin6_addr,
+					  sip, sizeof(sip));
+		}
+	}
+	tlsrpt_policy_text(c, ptype, r->note, sizeof(r->note));
+	pid = tlsrpt_hash(r->note) ^ tlsrpt_hash(ptype);
+	snprintf(r->key, sizeof(r->key), "%s %s %s %s %016llx %s %s %s", day,
+		 c->dest->name, ptype, result, (unsigned long long)pid, mx,
+		 rip, sip);
+	snprintf(r->note_key, sizeof(r->note_key), "P %s %016llx", day,
+		 (unsigned long long)pid);
 	r->d = d;
 	d->commits_pending++;
-	mta_writer_submit_counter_add(d->writer, &r->commit, r->key, 1,
-				      on_count_done);
+	mta_writer_submit_counter_note(d->writer, &r->commit, r->key, 1,
+				       r->note_key, r->note, on_count_done);
 }
 
 /* Key continuity of an MTA-STS host: what the spool's record of the

@@ -1370,7 +1370,33 @@ static int counter_entry(void *ud, const char *key, const uint8_t *val,
 			 size_t len)
 {
 	struct counter_walk *w = ud;
+
+	if (strncmp(key, "P ", 2) == 0)
+		return 0; /* a note */
 	return len == 8 ? w->cb(w->ud, key, get_be64(val)) : 0;
+}
+
+int mta_spool_tlsrpt_note_put(struct mta_spool_txn *t, const char *key,
+			      const char *text)
+{
+	MDB_val k = {strlen(key), (void *)key}, v = {strlen(text),
+						     (void *)text};
+
+	if (!t->sp->have_tlsrpt)
+		return -EROFS;
+	if (k.mv_size < 3 || k.mv_size > 500 || strncmp(key, "P ", 2) != 0)
+		return -EINVAL;
+	return sp_err(t->sp, mdb_put(t->txn, t->sp->tlsrpt, &k, &v, 0));
+}
+
+int mta_spool_tlsrpt_foreach(struct mta_spool *sp,
+			     int (*cb)(void *ud, const char *key,
+				       const uint8_t *val, size_t len),
+			     void *ud)
+{
+	if (!sp->have_tlsrpt)
+		return 0;
+	return kv_foreach(sp, sp->tlsrpt, cb, ud);
 }
 
 int mta_spool_counter_foreach(struct mta_spool *sp,

@@ -268,6 +268,15 @@ int mta_spool_counter_foreach(struct mta_spool *sp,
 			      int (*cb)(void *ud, const char *key,
 					uint64_t value),
 			      void *ud);
+/* A text note beside the counters (key "P ...": a report's policy
+ * text, tlsrpt.h); counter_foreach skips notes, tlsrpt_foreach walks
+ * everything (value as stored; a counter is 8 bytes big-endian). */
+int mta_spool_tlsrpt_note_put(struct mta_spool_txn *t, const char *key,
+			      const char *text);
+int mta_spool_tlsrpt_foreach(struct mta_spool *sp,
+			     int (*cb)(void *ud, const char *key,
+				       const uint8_t *val, size_t len),
+			     void *ud);
 int mta_spool_commit(struct mta_spool_txn *t);
 void mta_spool_abort(struct mta_spool_txn *t);
 

@@ -69,9 +69,15 @@ static int apply(struct mta_spool_txn *txn, const struct mta_commit *c)
 	case MTA_COMMIT_STS_PUT:
 		return mta_spool_sts_put(txn, c->u.sts.domain, c->u.sts.rec,
 					 c->u.sts.len);
-	case MTA_COMMIT_COUNTER:
-		return mta_spool_counter_add(txn, c->u.counter.key,
-					     c->u.counter.delta);
+	case MTA_COMMIT_COUNTER: {
+		int rc = mta_spool_counter_add(txn, c->u.counter.key,
+					       c->u.counter.delta);
+		if (rc == 0 && c->u.counter.note_key != NULL)
+			rc = mta_spool_tlsrpt_note_put(txn,
+						       c->u.counter.note_key,
+						       c->u.counter.note);
+		return rc;
+	}
 	case MTA_COMMIT_ADMIN: {
 		const struct mta_commit_admin *a = &c->u.admin;
 		return mta_spool_admin(txn, a->op, a->qid, a->now_us,
@@ -382,6 +388,18 @@ void mta_writer_submit_counter_add(struct mta_writer *w,
 	assert(key != NULL);
 	c->kind = MTA_COMMIT_COUNTER;
 	c->u.counter = (struct mta_commit_counter){.key = key, .delta = delta};
+	submit(w, c, done);
+}
+
+void mta_writer_submit_counter_note(struct mta_writer *w,
+				    struct mta_commit *c, const char *key,
+				    int64_t delta, const char *note_key,
+				    const char *note, mta_commit_done_fn done)
+{
+	assert(key != NULL && note_key != NULL && note != NULL);
+	c->kind = MTA_COMMIT_COUNTER;
+	c->u.counter = (struct mta_commit_counter){
+		.key = key, .delta = delta, .note_key = note_key, .note = note};
 	submit(w, c, done);
 }
 

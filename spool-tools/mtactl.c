@@ -10,6 +10,7 @@
 #include "err.h"
 #include "sts.h"
 #include "tool.h"
+#include "tlsrpt.h"
 
 #include <termios.h>
 
@@ -42,7 +43,7 @@ static void usage(FILE *f)
 		"  policy list | policy show|refresh|purge DOMAIN\n"
 		"  explain DOMAIN [--connect] [--json]   what mtad decides "
 		"for DOMAIN now, and why\n"
-		"  stats | tlsrpt\n"
+		"  stats | tlsrpt | tlsrpt show [DOMAIN] [--day YYYY-MM-DD]\n"
 		"  passwd USER [--file F]   set USER's AUTH password (read "
 		"from stdin) in\n"
 		"                           F or auth.users_file\n");
@@ -205,16 +206,96 @@ static const char *state_name(uint8_t st)
 	}
 }
 
+/* "tlsrpt": one line per counter, "<day> <domain> <policy type>
+ * <result type> <count>" (the first four fields of the key, tlsrpt.h). */
 static int print_counter(void *ud, const char *key, uint64_t value)
 {
+	char f[4][256];
+
 	(void)ud;
-	printf("%s %llu\n", key, (unsigned long long)value);
+	if (key[0] == 'S' && key[1] == ' ')
+		return 0; /* a reported-day mark */
+	if (sscanf(key, "%255s %255s %255s %255s", f[0], f[1], f[2], f[3]) !=
+	    4)
+		return 0;
+	printf("%s %s %s %s %llu\n", f[0], f[1], f[2], f[3],
+	       (unsigned long long)value);
 	return 0;
 }
 
-static int cmd_tlsrpt(struct mta_spool *sp)
+struct show_ctx {
+	struct mta_spool *sp;
+	const struct mta_config *cfg;
+	const char *domain, *day;
+	int rc;
+};
+
+static int show_counter(void *ud, const char *key, uint64_t value)
 {
-	int rc = mta_spool_counter_foreach(sp, print_counter, NULL);
+	const struct show_ctx *s = ud;
+	char day[16], dom[256];
+
+	if (sscanf(key, "%15s %255s", day, dom) == 2 &&
+	    strcmp(day, s->day) == 0 && strcmp(dom, s->domain) == 0)
+		printf("  %s %llu\n", key, (unsigned long long)value);
+	return 0;
+}
+
+static int show_one(void *ud, const char *day, const char *domain,
+		    bool reported)
+{
+	struct show_ctx *s = ud;
+	struct show_ctx one = *s;
+	struct mta_tlsrpt_report rep;
+	struct mta_tlsrpt_meta m;
+	char id[400], contact[300];
+	char *json = NULL;
+	int rc;
+
+	if ((s->domain != NULL && strcmp(s->domain, domain) != 0) ||
+	    (s->day != NULL && strcmp(s->day, day) != 0))
+		return 0;
+	mta_tlsrpt_meta_from_config(s->cfg, day, domain, &m, id, sizeof(id),
+				    contact, sizeof(contact));
+	rc = mta_tlsrpt_collect(s->sp, day, domain, &rep);
+	if (rc == 0) {
+		rc = mta_tlsrpt_json(&rep, &m, &json);
+		mta_tlsrpt_report_free(&rep);
+	}
+	if (rc != 0) {
+		s->rc = rc;
+		return 1;
+	}
+	printf("day %s domain %s reported %s\ncounters:\n", day, domain,
+	       reported ? "yes" : "no");
+	one.day = day;
+	one.domain = domain;
+	mta_spool_counter_foreach(s->sp, show_counter, &one);
+	printf("report:\n%s\n", json);
+	free(json);
+	return 0;
+}
+
+/* tlsrpt [show [DOMAIN] [--day YYYY-MM-DD]] */
+static int cmd_tlsrpt(struct mta_spool *sp, const struct mta_config *cfg,
+		      size_t nargs, char **args)
+{
+	struct show_ctx s = {.sp = sp, .cfg = cfg};
+	int rc;
+
+	if (nargs == 0) {
+		rc = mta_spool_counter_foreach(sp, print_counter, NULL);
+	} else {
+		for (size_t i = 1; i < nargs; i++) {
+			if (strcmp(args[i], "--day") == 0 && i + 1 < nargs)
+				s.day = args[++i];
+			else
+				s.domain = args[i];
+		}
+		rc = mta_tlsrpt_domains(sp, show_one, &s);
+		if (rc == 0)
+			rc = s.rc;
+	}
 	if (rc != 0) {
 		fprintf(stderr, "mtactl: tlsrpt: %s\n", mta_strerror(rc));
 		return 1;
@@ -1050,7 +1131,9 @@ int main(int argc, char **argv)
 	if ((!strcmp(cmd, "show") && nargs != 1) ||
 	    (!strcmp(cmd, "cat") &&
 	     !(nargs == 1 || (nargs == 2 && !strcmp(args[1], "--headers")))) ||
-	    ((!strcmp(cmd, "stats") || !strcmp(cmd, "tlsrpt")) && nargs != 0)) {
+	    (!strcmp(cmd, "stats") && nargs != 0) ||
+	    (!strcmp(cmd, "tlsrpt") && nargs != 0 &&
+	     strcmp(args[0], "show") != 0)) {
 		usage(stderr);
 		return 2;
 	}
@@ -1079,7 +1162,7 @@ int main(int argc, char **argv)
 		rc = tool_open_spool("mtactl", cfg, true, &sp);
 		if (rc == 0) {
 			if (!strcmp(cmd, "tlsrpt"))
-				rc = cmd_tlsrpt(sp);
+				rc = cmd_tlsrpt(sp, cfg, nargs, args);
 			else if (!strcmp(cmd, "cat"))
 				rc = cmd_cat(sp, args[0], nargs == 2);
 			else
