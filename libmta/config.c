@@ -34,7 +34,7 @@
 
 enum key_type {
 	T_HOSTNAME,  /* domain name; empty = gethostname() */
-	T_LISTEN,    /* addr:port list -> listen[] */
+	T_LISTEN,    /* addr:port list -> listen[] (submission[], ...) */
 	T_CIDRS,     /* CIDR list -> relay_networks[]; empty = none */
 	T_SIZE,      /* bytes, k/M/G suffix -> uint64_t */
 	T_COUNT,     /* decimal -> unsigned */
@@ -50,6 +50,8 @@ enum key_type {
 	T_LOGLEVEL,  /* debug info warn error -> int */
 	T_MAILBOX,   /* local@domain or empty -> char * or NULL */
 	T_ACCOUNT,   /* user or group name [A-Za-z0-9_.-], not '-' first */
+	T_IPVER,     /* any ipv4 ipv6 prefer-ipv4 prefer-ipv6 -> int */
+	T_CONTMODE,  /* off log hold -> enum mta_policy_cont_mode */
 };
 
 struct key {
@@ -80,6 +82,7 @@ static const struct key keys[] = {
 	KEY("server", "command_timeout", "300s", T_DURATION, command_timeout, 1, 86400),
 	KEY("server", "data_timeout", "600s", T_DURATION, data_timeout, 1, 86400),
 	KEY("server", "message_timeout", "1800s", T_DURATION, message_timeout, 1, 7 * 86400),
+	KEY("server", "shutdown_grace", "30s", T_DURATION, shutdown_grace, 0, 3600),
 	KEY("server", "postmaster", "", T_MAILBOX, server_postmaster, 0, 0),
 	KEY("server", "tls_cert", "", T_OPTPATH, tls_cert, 0, 0),
 	KEY("server", "tls_key", "", T_OPTPATH, tls_key, 0, 0),
@@ -99,18 +102,40 @@ static const struct key keys[] = {
 	KEY("delivery", "max_per_destination", "10", T_COUNT, max_per_destination, 1, 1000),
 	KEY("delivery", "connect_timeout", "30s", T_DURATION, connect_timeout, 1, 300),
 	KEY("delivery", "relayhost_auth_file", "", T_OPTPATH, relayhost_auth_file, 0, 0),
+	KEY("delivery", "routes_file", "", T_OPTPATH, routes_file, 0, 0),
+	KEY("delivery", "shaping_file", "", T_OPTPATH, shaping_file, 0, 0),
+	KEY("delivery", "delay_warning", "0", T_DURATION, delay_warning, 0, 365 * 86400),
+	KEY("delivery", "ip_version", "any", T_IPVER, ip_version, 0, 0),
 	KEY("tls", "ca_file", "/etc/ssl/certs/ca-certificates.crt", T_PATH, tls_ca_file, 0, 0),
 	KEY("tls", "policy_file", "", T_OPTPATH, tls_policy_file, 0, 0),
 	KEY("tls", "default_level", "may", T_TLSLEVEL, tls_default_level, 0, 0),
+	KEY("tls", "ct_log_list", "", T_OPTPATH, tls_ct_log_list, 0, 0),
+	KEY("tls", "require_sct", "0", T_COUNT, tls_require_sct, 0, 16),
+	KEY("tls", "ct_log_list_max_age", "70d", T_DURATION, tls_ct_log_list_max_age, 1, 3650 * 86400),
+	KEY("tlsrpt", "enabled", "0", T_COUNT, tlsrpt_enabled, 0, 1),
+	KEY("tlsrpt", "organization", "", T_OPTPATH, tlsrpt_organization, 0, 0),
+	KEY("tlsrpt", "contact", "", T_MAILBOX, tlsrpt_contact, 0, 0),
+	KEY("tlsrpt", "submitter", "", T_HOSTNAME, tlsrpt_submitter, 0, 0),
 	KEY("mta_sts", "https_port", "443", T_PORT, mta_sts_https_port, 1, 65535),
 	KEY("mta_sts", "refresh_interval", "600s", T_DURATION, mta_sts_refresh_interval, 1, 86400),
+	KEY("mta_sts", "continuity", "log", T_CONTMODE, mta_sts_continuity, 0, 0),
+	KEY("mta_sts", "continuity_window", "30d", T_DURATION, mta_sts_continuity_window, 1, 3650 * 86400),
+	KEY("mta_sts", "continuity_hold", "7d", T_DURATION, mta_sts_continuity_hold, 1, 365 * 86400),
 	KEY("control", "socket", "", T_SOCKET, control_socket, 0, 0),
 	KEY("control", "group", "", T_OPTPATH, control_group, 0, 0),
 	KEY("http", "listen", "127.0.0.1:9025", T_ADDRPORT, http_listen, 0, 0),
+	KEY("submission", "listen", "", T_LISTEN, submission_listen, 0, 0),
+	KEY("submissions", "listen", "", T_LISTEN, submissions_listen, 0, 0),
+	KEY("auth", "users_file", "", T_OPTPATH, auth_users_file, 0, 0),
+	KEY("auth", "max_failures", "5", T_COUNT, auth_max_failures, 1, 1000),
+	KEY("auth", "failure_delay", "1s", T_DURATION, auth_failure_delay, 0, 30),
 	KEY("log", "level", "info", T_LOGLEVEL, log_level, 0, 0),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+const char *const mta_config_ipver_names[5] = {
+	"any", "ipv4", "ipv6", "prefer-ipv4", "prefer-ipv6"};
 
 enum origin { O_DEFAULT, O_FILE, O_ENV };
 
@@ -601,45 +626,67 @@ static int set_str(struct loader *ld, struct mta_config *c, size_t i,
 	return 0;
 }
 
+/* server.listen (at least one address), submission.listen and
+ * submissions.listen (empty = none): the parsed array of key i. */
+static struct sockaddr_storage *listen_array(struct mta_config *c, size_t i,
+					     size_t **count, bool *optional)
+{
+	*optional = true;
+	if (keys[i].off == offsetof(struct mta_config, submission_listen)) {
+		*count = &c->nsubmission;
+		return c->submission;
+	}
+	if (keys[i].off == offsetof(struct mta_config, submissions_listen)) {
+		*count = &c->nsubmissions;
+		return c->submissions;
+	}
+	*optional = false;
+	*count = &c->nlisten;
+	return c->listen;
+}
+
 static int check_listen(struct loader *ld, struct mta_config *c, size_t i,
 			const char *v)
 {
 	char item[128], fmt[128], why[192];
 	const char *p = v;
 	char *norm = NULL;
+	bool optional;
+	size_t *count;
+	struct sockaddr_storage *arr = listen_array(c, i, &count, &optional);
 	int n;
 
-	c->nlisten = 0;
+	*count = 0;
 	while ((n = next_item(&p, item, sizeof(item))) != 0) {
 		if (n < 0) {
 			value_err(ld, i, v, "address too long");
 			goto fail;
 		}
-		if (c->nlisten == MTA_CONFIG_MAX_LISTEN) {
+		if (*count == MTA_CONFIG_MAX_LISTEN) {
 			snprintf(why, sizeof(why), "too many addresses (max %d)",
 				 MTA_CONFIG_MAX_LISTEN);
 			value_err(ld, i, v, why);
 			goto fail;
 		}
-		if (parse_addrport(item, &c->listen[c->nlisten]) < 0) {
+		if (parse_addrport(item, &arr[*count]) < 0) {
 			snprintf(why, sizeof(why),
 				 "not addr:port or [v6]:port: %s", item);
 			value_err(ld, i, v, why);
 			goto fail;
 		}
-		format_addrport(&c->listen[c->nlisten], fmt, sizeof(fmt));
+		format_addrport(&arr[*count], fmt, sizeof(fmt));
 		if (append(&norm, ", ", fmt) < 0) {
 			seterr(ld, "out of memory");
 			goto fail;
 		}
-		c->nlisten++;
+		(*count)++;
 	}
-	if (c->nlisten == 0) {
+	if (*count == 0 && !optional) {
 		value_err(ld, i, v, "no address");
 		goto fail;
 	}
-	free(c->server_listen);
-	c->server_listen = norm;
+	free(*FIELD(c, &keys[i], char *));
+	*FIELD(c, &keys[i], char *) = norm;
 	return 0;
 fail:
 	free(norm);
@@ -856,6 +903,33 @@ static int check_key(struct loader *ld, struct mta_config *c, size_t i,
 		c->http_addr = ss;
 		format_addrport(&ss, host, sizeof(host));
 		return set_str(ld, c, i, host);
+	case T_IPVER:
+		for (int n = 0; n < 5; n++) {
+			if (strcmp(v, mta_config_ipver_names[n]) == 0) {
+				*FIELD(c, k, int) = n;
+				return 0;
+			}
+		}
+		value_err(ld, i, v,
+			  "not one of any, ipv4, ipv6, prefer-ipv4, "
+			  "prefer-ipv6");
+		return -1;
+	case T_CONTMODE: {
+		bool found = false;
+#define CONT_E(e, name)                                                       \
+	if (!found && strcmp(v, name) == 0) {                                 \
+		*FIELD(c, k, enum mta_policy_cont_mode) =                     \
+			MTA_POLICY_CONT_MODE_##e;                             \
+		found = true;                                                 \
+	}
+		MTA_POLICY_CONT_MODE_MAP(CONT_E)
+#undef CONT_E
+		if (!found) {
+			value_err(ld, i, v, "not one of off, log, hold");
+			return -1;
+		}
+		return 0;
+	}
 	case T_LOGLEVEL:
 		if (mta_log_parse_level(v, &lvl) < 0) {
 			value_err(ld, i, v,
@@ -907,6 +981,12 @@ static int finish(struct loader *ld, struct mta_config *c)
 		value_err(ld, bad, raw_value(ld, bad), why);
 		return -1;
 	}
+	if (c->tls_require_sct > 0 && c->tls_ct_log_list == NULL) {
+		size_t ireq = find_key("tls", "require_sct");
+		value_err(ld, ireq, raw_value(ld, ireq),
+			  "set without tls.ct_log_list");
+		return -1;
+	}
 	if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
 		size_t set = c->tls_cert ? icert : ikey;
 		size_t unset = c->tls_cert ? ikey : icert;
@@ -914,6 +994,22 @@ static int finish(struct loader *ld, struct mta_config *c)
 			 keys[unset].section, keys[unset].name);
 		value_err(ld, set, raw_value(ld, set), why);
 		return -1;
+	}
+	if (c->nsubmission + c->nsubmissions > 0) {
+		/* AUTH only over TLS (587: after STARTTLS; 465: implicit) */
+		size_t isub = find_key(c->nsubmission ? "submission"
+						      : "submissions", "listen");
+		if (c->tls_cert == NULL) {
+			value_err(ld, isub, raw_value(ld, isub),
+				  "needs server.tls_cert and server.tls_key "
+				  "(AUTH is only offered over TLS)");
+			return -1;
+		}
+		if (c->auth_users_file == NULL) {
+			value_err(ld, isub, raw_value(ld, isub),
+				  "needs auth.users_file");
+			return -1;
+		}
 	}
 	if (c->control_socket == NULL) {
 		size_t dl = strlen(c->spool_dir);
@@ -1328,6 +1424,21 @@ void mta_config_print(const struct mta_config *c, FILE *f)
 			fprintf(f, "%s = %s\n", k->name,
 				mta_tls_level_name(*(const enum mta_tls_level *)(
 					const void *)((const char *)c + k->off)));
+			break;
+		case T_IPVER: {
+			int l = *(const int *)(const void *)((const char *)c +
+							     k->off);
+			fprintf(f, "%s = %s\n", k->name,
+				l >= 0 && l < 5 ? mta_config_ipver_names[l]
+						: "any");
+			break;
+		}
+		case T_CONTMODE:
+			fprintf(f, "%s = %s\n", k->name,
+				mta_policy_cont_mode_name(
+					*(const enum mta_policy_cont_mode *)(
+						const void *)((const char *)c +
+							      k->off)));
 			break;
 		case T_LOGLEVEL: {
 			int l = *(const int *)(const void *)((const char *)c +

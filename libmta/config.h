@@ -83,6 +83,7 @@
 #ifndef MTA_CONFIG_H
 #define MTA_CONFIG_H
 
+#include "policy.h"    /* enum mta_policy_cont_mode */
 #include "tlspolicy.h" /* enum mta_tls_level */
 
 #include <stdbool.h>
@@ -94,6 +95,16 @@
 #define MTA_CONFIG_MAX_LISTEN 16
 #define MTA_CONFIG_MAX_NETWORKS 64
 #define MTA_CONFIG_MAX_KEYS 96 /* room in the origin table below */
+
+/* delivery.ip_version */
+enum mta_ipver {
+	MTA_IPVER_ANY,
+	MTA_IPVER_4,
+	MTA_IPVER_6,
+	MTA_IPVER_PREFER_4,
+	MTA_IPVER_PREFER_6,
+};
+extern const char *const mta_config_ipver_names[5];
 
 struct mta_cidr {
 	int family; /* AF_INET or AF_INET6 */
@@ -117,6 +128,7 @@ struct mta_config {
 	unsigned command_timeout;     /* server.command_timeout s, 300 */
 	unsigned data_timeout;	      /* server.data_timeout s, 600 */
 	unsigned message_timeout;     /* server.message_timeout s, 1800 */
+	unsigned shutdown_grace;      /* server.shutdown_grace s, 30 */
 	char *server_postmaster;      /* server.postmaster or NULL */
 	char *tls_cert;		      /* server.tls_cert or NULL */
 	char *tls_key;		      /* server.tls_key or NULL (both or none) */
@@ -139,19 +151,45 @@ struct mta_config {
 	unsigned max_per_destination; /* delivery.max_per_destination */
 	unsigned connect_timeout; /* delivery.connect_timeout, seconds */
 	char *relayhost_auth_file; /* NULL = no AUTH to the relayhost */
+	char *routes_file;	   /* NULL = no routing table (routes.h) */
+	char *shaping_file;	   /* NULL = no shaping (shaping.h) */
+	unsigned delay_warning;	   /* seconds; 0 = no delayed DSNs */
+	int ip_version;		   /* enum mta_ipver */
 	/* [tls] */
 	char *tls_ca_file;
 	char *tls_policy_file; /* NULL = none */
 	enum mta_tls_level tls_default_level; /* MTA_TLS_LEVEL_MAP */
+	char *tls_ct_log_list;	   /* NULL = none */
+	unsigned tls_require_sct;  /* 0 = CT off */
+	unsigned tls_ct_log_list_max_age; /* seconds: older is stale */
+	/* [tlsrpt] (RFC 8460 reports, tlsrpt.h) */
+	unsigned tlsrpt_enabled;    /* 0 or 1 */
+	char *tlsrpt_organization;  /* NULL = the submitter */
+	char *tlsrpt_contact;	    /* NULL = postmaster@<submitter> */
+	char *tlsrpt_submitter;	    /* resolved: never NULL */
 	/* [mta_sts] */
 	unsigned mta_sts_https_port;
 	unsigned mta_sts_refresh_interval; /* seconds between cache sweeps */
+	enum mta_policy_cont_mode mta_sts_continuity; /* off, log, hold */
+	unsigned mta_sts_continuity_window; /* seconds */
+	unsigned mta_sts_continuity_hold;   /* seconds */
 	/* [control] */
 	char *control_socket; /* resolved: never NULL */
 	char *control_group;  /* group name or number for the socket, or NULL */
 	/* [http] */
 	char *http_listen;		     /* normalised addr:port */
 	struct sockaddr_storage http_addr; /* http.listen, parsed */
+	/* [submission], [submissions]: listeners with AUTH (empty: none) */
+	struct sockaddr_storage submission[MTA_CONFIG_MAX_LISTEN];
+	size_t nsubmission;	 /* 587-style: STARTTLS, then AUTH */
+	char *submission_listen; /* normalised, for printing */
+	struct sockaddr_storage submissions[MTA_CONFIG_MAX_LISTEN];
+	size_t nsubmissions;	  /* 465-style: implicit TLS (RFC 8314) */
+	char *submissions_listen; /* normalised, for printing */
+	/* [auth] */
+	char *auth_users_file;	     /* NULL = none */
+	unsigned auth_max_failures;  /* then 421 until the window passed */
+	unsigned auth_failure_delay; /* seconds, doubled per failure */
 	/* [log] */
 	int log_level; /* enum mta_log_level */
 	/* where each value came from (mta_config_where) */

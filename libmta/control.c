@@ -11,6 +11,7 @@ static const struct {
 	const char *name;
 	size_t nargs;
 	bool changes;
+	size_t opt; /* trailing arguments that may be left out */
 } verbs[MTA_CTL_NVERBS] = {
 	[MTA_CTL_HOLD] = {"HOLD", 1, true},
 	[MTA_CTL_RELEASE] = {"RELEASE", 1, true},
@@ -22,7 +23,13 @@ static const struct {
 	[MTA_CTL_ACTIVE] = {"ACTIVE", 0, false},
 	[MTA_CTL_STATS] = {"STATS", 0, false},
 	[MTA_CTL_QUIT] = {"QUIT", 0, false},
+	[MTA_CTL_EXPLAIN] = {"EXPLAIN", 2, false, 1},
 };
+
+static bool nargs_ok(size_t v, size_t n)
+{
+	return n <= verbs[v].nargs && n + verbs[v].opt >= verbs[v].nargs;
+}
 
 const char *mta_ctl_verb_name(enum mta_ctl_verb v)
 {
@@ -126,7 +133,7 @@ int mta_ctl_parse_req(const char *line, struct mta_ctl_req *out)
 		out->nargs++;
 		p += n;
 	}
-	if (*p != '\0' || out->nargs != verbs[v].nargs)
+	if (*p != '\0' || !nargs_ok(v, out->nargs))
 		return MTA_EPROTO;
 	return 0;
 }
@@ -137,7 +144,7 @@ int mta_ctl_format_req(char *out, size_t cap, enum mta_ctl_verb verb,
 	static const char hex[] = "0123456789ABCDEF";
 	size_t o;
 
-	if ((unsigned)verb >= MTA_CTL_NVERBS || nargs != verbs[verb].nargs)
+	if ((unsigned)verb >= MTA_CTL_NVERBS || !nargs_ok(verb, nargs))
 		return MTA_EPROTO;
 	o = strlen(verbs[verb].name);
 	if (o + 2 > cap)

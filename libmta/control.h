@@ -20,6 +20,9 @@
  *	                                  mtad with the peer's credentials)
  *	  ACTIVE          (data lines: qids being delivered now)
  *	  STATS           (data lines: "key value")
+ *	  EXPLAIN domain [CONNECT]  (data lines: the decision trace of
+ *	                  explain.h, "<tag> <text>"; OK at its end; with
+ *	                  CONNECT the usable hosts are connected, never MAIL)
  *	  QUIT
  *	Error codes (one lower-case word): usage, version, notfound, state
  *	(the operation does not apply: already held, not held, held),
@@ -81,6 +84,7 @@ enum mta_ctl_verb {
 	MTA_CTL_ACTIVE,
 	MTA_CTL_STATS,
 	MTA_CTL_QUIT,
+	MTA_CTL_EXPLAIN,
 	MTA_CTL_NVERBS
 };
 

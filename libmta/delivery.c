@@ -104,6 +104,8 @@ void dlv_record(struct msg *m, size_t r, int code, const char *status,
 		mta_log_str(&ll, "mx_skipped", skipped);
 	mta_log_str(&ll, "response", text);
 	mta_log_end(&ll);
+	if (st >= 0)
+		mta_metrics_delivery(d->metrics, state_word(st), auth, fs);
 }
 
 /* ---- jobs ----------------------------------------------------------- */
@@ -184,19 +186,50 @@ size_t dlv_job_undecided(const struct job *j, size_t *out)
 
 /* ---- destinations --------------------------------------------------- */
 
+/* The TLS requirement class of a message's destinations: a REQUIRETLS
+ * message with the null reverse-path (an NDR) is not held to RFC 8689
+ * §4.2.1 (RTLS-29/30) but passes the parameter on where it can. */
+#define DEST_NDR_REQUIRETLS 3
+static uint8_t dest_class(const struct mta_envelope *e)
+{
+	if (e->tlsreq == MTA_TLSREQ_REQUIRETLS && e->sender[0] == '\0')
+		return DEST_NDR_REQUIRETLS;
+	return e->tlsreq;
+}
+
+/* The destination of a job: name (the recipient domain, or the relay's
+ * host), whether it is a relay, the route that chose it, and the TLS
+ * requirement class (RFC 8689: REQUIRETLS and TLS-Required: No messages
+ * never share a connection with others, whose policy is per host). */
 static struct dest *dest_get(struct mta_delivery *d, const char *name,
-			     bool relay)
+			     bool relay, const struct mta_routes_rule *route,
+			     bool fallback, uint8_t tlsreq)
 {
 	struct dest *ds;
 
 	for (ds = d->dests; ds; ds = ds->next)
-		if (strcmp(ds->name, name) == 0)
+		if (strcmp(ds->name, name) == 0 && ds->relay == relay &&
+		    ds->route == route && ds->fallback == fallback &&
+		    ds->tlsreq == tlsreq)
 			return ds;
 	ds = calloc(1, sizeof(*ds));
 	if (ds == NULL)
 		return NULL;
 	snprintf(ds->name, sizeof(ds->name), "%s", name);
 	ds->relay = relay;
+	ds->route = route;
+	ds->fallback = fallback;
+	if (relay && route == NULL) {
+		snprintf(ds->host, sizeof(ds->host), "%s", d->relay_host);
+		ds->port = d->relay_port;
+	} else if (relay) {
+		snprintf(ds->host, sizeof(ds->host), "%s",
+			 fallback ? route->fb_host : route->host);
+		ds->port = fallback ? route->fb_port : route->port;
+		if (ds->port == 0)
+			ds->port = d->cfg->delivery_port;
+	}
+	ds->tlsreq = tlsreq;
 	ds->next = d->dests;
 	d->dests = ds;
 	return ds;
@@ -243,8 +276,20 @@ void dlv_dest_pump(struct mta_delivery *d, struct dest *ds)
 	while (ds->nq > 0 && !d->stopping &&
 	       d->nconn < d->cfg->max_connections &&
 	       ds->nconn < d->cfg->max_per_destination &&
-	       ds->nconn < 1 + ds->nq / JOBS_PER_CONN)
+	       ds->nconn < 1 + ds->nq / JOBS_PER_CONN &&
+	       dlv_dest_may_connect(d, ds))
 		dlv_conn_start(d, ds);
+}
+
+/* Shaping: until a connection has found the destination's site (after
+ * its MX lookup), one connection at a time; then the site's limit. */
+bool dlv_dest_may_connect(const struct mta_delivery *d, const struct dest *ds)
+{
+	if (d->shaping == NULL)
+		return true;
+	if (!ds->site_known)
+		return ds->nconn == 0;
+	return ds->site == NULL || mta_shaping_conn_ok(ds->site);
 }
 
 /* ---- messages ------------------------------------------------------- */
@@ -309,6 +354,23 @@ static int read_original(void *ud, uint64_t off, void *buf, size_t len,
 	return mta_spool_read_body(m->d->spool, m->qid, off, buf, len, got);
 }
 
+/* delivery.delay_warning: recipient i is still queued, has waited that
+ * long and was never warned; never for the null sender (DSN-06) or
+ * NOTIFY=NEVER; with NOTIFY given, only when it names DELAY. */
+static bool delay_warning_due(const struct msg *m, size_t i, int64_t now)
+{
+	const struct mta_rcpt *r = &m->env.rcpts[i];
+	unsigned warn = m->d->cfg->delay_warning;
+
+	if (warn == 0 || r->state != MTA_RCPT_DEFERRED ||
+	    (r->flags & MTA_RCPT_F_DELAY_WARNED) != 0 ||
+	    m->env.sender == NULL || m->env.sender[0] == '\0' ||
+	    (r->notify & MTA_NOTIFY_NEVER) != 0 ||
+	    (r->notify != 0 && (r->notify & MTA_NOTIFY_DELAY) == 0))
+		return false;
+	return now - m->env.arrival_us >= (int64_t)warn * 1000000;
+}
+
 /* Builds the DSN of this attempt, if one is owed; 0 = none needed. */
 static int build_dsn(struct msg *m, char *dsn_qid)
 {
@@ -334,10 +396,19 @@ static int build_dsn(struct msg *m, char *dsn_qid)
 			act = MTA_DSN_FAILED;
 		else if (r->state == MTA_RCPT_SENT && m->relayed[i])
 			act = MTA_DSN_RELAYED;
+		else if (delay_warning_due(m, i, now))
+			act = MTA_DSN_DELAYED;
 		else
 			continue;
-		if (!mta_dsn_needed(&m->env, i, act))
+		if (act != MTA_DSN_DELAYED && !mta_dsn_needed(&m->env, i, act))
 			continue;
+		if (act == MTA_DSN_DELAYED) {
+			/* at most once: the flag is stored with the DSN */
+			m->env.rcpts[i].flags |= MTA_RCPT_F_DELAY_WARNED;
+			rs[n].will_retry_until_us =
+				m->env.arrival_us +
+				(int64_t)d->cfg->queue_lifetime * 1000000;
+		}
 		const char *remote = NULL;
 		if (r->relay != NULL && n < 64) {
 			size_t k = strcspn(r->relay, "[");
@@ -392,6 +463,9 @@ static int build_dsn(struct msg *m, char *dsn_qid)
 	}
 	m->dsn_env.body = info.eightbit ? MTA_BODY_8BITMIME : MTA_BODY_NONE;
 	m->dsn_env.smtputf8 = info.smtputf8;
+	if (m->env.tlsreq == MTA_TLSREQ_REQUIRETLS)
+		/* RFC 8689 §5 (RTLS-28): the NDR itself carries REQUIRETLS */
+		m->dsn_env.tlsreq = MTA_TLSREQ_REQUIRETLS;
 	m->dsn_env.arrival_us = now;
 	m->dsn_env.size = out.len;
 	mta_body_init(&m->dsn_body, mta_spool_tmpdir(d->spool), SIZE_MAX);
@@ -496,6 +570,78 @@ static void on_undue_done(struct mta_commit *cm)
 	dlv_maybe_stopped(d);
 }
 
+/*
+ * The routing table's decision for recipient i (routes.h): 0 = MX to the
+ * domain in dname, 1 = to the relay named in dname (*route says which),
+ * -1 = decided here (refuse bounces, hold defers; recorded).  No rule:
+ * what delivery does without a table (delivery.relayhost, else MX).
+ */
+static int route_rcpt(struct msg *m, size_t i, int64_t now, char *dname,
+		      size_t dlen, const struct mta_routes_rule **route,
+		      bool *fallback)
+{
+	struct mta_delivery *d = m->d;
+	struct mta_rcpt *r = &m->env.rcpts[i];
+	const char *at = strrchr(r->addr, '@');
+	const char *sat = strrchr(m->env.sender, '@');
+	const struct mta_routes_rule *x;
+	char text[320];
+
+	*route = NULL;
+	*fallback = false;
+	if (mta_queue_destination(r, NULL, dname, dlen) != 0 || at == NULL ||
+	    dname[0] == '\0') {
+		m->jobs_open++;
+		dlv_record(m, i, 0, "5.1.3", "recipient address has no domain",
+			   NULL, NULL, NULL, NULL);
+		m->jobs_open--;
+		return -1;
+	}
+	x = mta_routes_match(d->routes, dname, sat ? sat + 1 : "");
+	if (x == NULL) {
+		if (d->relay_host[0] == '\0')
+			return 0;
+		snprintf(dname, dlen, "%s", d->cfg->delivery_relayhost);
+		for (char *p = dname; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		return 1;
+	}
+	switch (x->action) {
+	case MTA_ROUTES_REFUSE:
+	case MTA_ROUTES_HOLD:
+		m->jobs_open++;
+		if (x->action == MTA_ROUTES_REFUSE)
+			dlv_record(m, i, 550, x->status, x->text, NULL, NULL,
+				   NULL, NULL);
+		else {
+			snprintf(text, sizeof(text),
+				 "held by the routing table (line %u)",
+				 x->line);
+			dlv_record(m, i, 0, "4.3.2", text, NULL, NULL, NULL,
+				   NULL);
+		}
+		m->jobs_open--;
+		return -1;
+	case MTA_ROUTES_RELAY:
+		*route = x;
+		snprintf(dname, dlen, "%s", x->host);
+		return 1;
+	case MTA_ROUTES_MX:
+		*route = x;
+		if (x->fb_host[0] != '\0' &&
+		    ((x->fb_attempts > 0 && r->attempts >= x->fb_attempts) ||
+		     (x->fb_age > 0 &&
+		      now - m->env.arrival_us >=
+			      (int64_t)x->fb_age * 1000000))) {
+			*fallback = true;
+			snprintf(dname, dlen, "%s", x->fb_host);
+			return 1;
+		}
+		return 0;
+	}
+	return 0;
+}
+
 /* Loads one due message and queues a job per destination. */
 static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 		      int64_t now)
@@ -561,13 +707,21 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 		struct mta_rcpt *r = &m->env.rcpts[i];
 		struct job *j = NULL;
 		bool relay = d->cfg->delivery_relayhost != NULL;
+		const struct mta_routes_rule *route = NULL;
+		bool fallback = false;
 
 		m->was_pending[i] = mta_queue_pending(r);
 		if (!mta_queue_due(r, now))
 			continue;
-		if (mta_queue_destination(r, d->cfg->delivery_relayhost, dname,
-					  sizeof(dname)) != 0 ||
-		    dname[0] == '\0') {
+		if (d->routes != NULL) {
+			int act = route_rcpt(m, i, now, dname, sizeof(dname),
+					     &route, &fallback);
+			if (act < 0)
+				continue; /* decided here (refuse, hold) */
+			relay = act > 0;
+		} else if (mta_queue_destination(r, d->cfg->delivery_relayhost,
+						 dname, sizeof(dname)) != 0 ||
+			   dname[0] == '\0') {
 			/* no domain and no relayhost: nowhere to go */
 			m->jobs_open++;
 			dlv_record(m, i, 0, "5.1.3",
@@ -577,10 +731,15 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 			continue;
 		}
 		for (size_t k = 0; k < njobs; k++)
-			if (strcmp(jobs[k]->dest->name, dname) == 0)
+			if (strcmp(jobs[k]->dest->name, dname) == 0 &&
+			    jobs[k]->dest->relay == relay &&
+			    jobs[k]->dest->route == route &&
+			    jobs[k]->dest->fallback == fallback)
 				j = jobs[k];
 		if (j == NULL) {
-			struct dest *ds = dest_get(d, dname, relay);
+			struct dest *ds = dest_get(d, dname, relay, route,
+						   fallback,
+						   dest_class(&m->env));
 			if (ds == NULL || (j = job_new(m, ds, m->env.nrcpt)) ==
 						  NULL)
 				continue;
@@ -678,6 +837,11 @@ static void schedule_scan(struct mta_delivery *d, int64_t at_us)
 	uv_timer_start(&d->scan_timer, on_scan_timer, ms, 0);
 }
 
+#define SELFTEST_EVERY_MS (3600u * 1000u)
+#define SELFTEST_RETRY_MS (5u * 1000u)
+
+static void on_selftest_timer(uv_timer_t *t);
+
 /* DNSSEC self-test: the root must validate as secure (it is signed
  * under every trust anchor we accept: the real root's or the lab's). */
 static void on_selftest(const struct mta_dns_result *res, void *ud)
@@ -688,7 +852,9 @@ static void on_selftest(const struct mta_dns_result *res, void *ud)
 		  (res->status == MTA_DNS_OK || res->status == MTA_DNS_NODATA);
 
 	d->selftest_q = NULL;
-	if (!ok || !d->selftest_done || !d->dnssec_ok) {
+	/* logged at the first verdict and at every change (a failing test
+	 * is retried every few seconds) */
+	if (!d->selftest_done || ok != d->dnssec_ok) {
 		mta_log_begin(&ll, ok ? MTA_LOG_INFO : MTA_LOG_ERR,
 			      "dnssec_selftest");
 		mta_log_str(&ll, "status", ok ? "ok" : "failed");
@@ -703,6 +869,12 @@ static void on_selftest(const struct mta_dns_result *res, void *ud)
 		mta_log_end(&ll);
 	}
 	d->dnssec_ok = ok;
+	/* failing: try again soon, so readiness (/readyz) and delivery
+	 * follow a resolver that comes back; passing: hourly */
+	if (!d->stopping)
+		uv_timer_start(&d->selftest_timer, on_selftest_timer,
+			       ok ? SELFTEST_EVERY_MS : SELFTEST_RETRY_MS,
+			       SELFTEST_EVERY_MS);
 	if (!d->selftest_done) {
 		/* the first scan waits for the first verdict, so no mail
 		 * goes out before we know whether validation works */
@@ -731,6 +903,24 @@ void mta_delivery_kick(struct mta_delivery *d)
 {
 	/* new mail: coalesce the kicks of a burst into one scan */
 	schedule_scan(d, dlv_now_us() + 5000);
+}
+
+void mta_delivery_env(const struct mta_delivery *d,
+		      struct mta_delivery_env *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->cfg = d->cfg;
+	out->dns = d->dns;
+	out->tls = d->tls;
+	out->webpki = d->webpki;
+	out->policy = d->policy;
+	out->mtasts = d->mtasts;
+	out->default_level = d->level;
+	out->dnssec_ok = d->dnssec_ok;
+	out->selftest_done = d->selftest_done;
+	out->relay_host = d->relay_host[0] != '\0' ? d->relay_host : NULL;
+	out->relay_port = d->relay_port;
+	out->relay_auth = d->auth_user != NULL;
 }
 
 /* ---- start and stop ------------------------------------------------- */
@@ -767,6 +957,59 @@ static int parse_relayhost(const char *spec, unsigned defport, char *host,
 	return 0;
 }
 
+/* delivery.routes_file and delivery.shaping_file: an error is logged
+ * (the daemon refuses to start). */
+static int load_tables(struct mta_delivery *d)
+{
+	char err[512];
+	int rc;
+
+	if (d->cfg->routes_file != NULL) {
+		rc = mta_routes_load(d->cfg->routes_file, &d->routes, err,
+				     sizeof(err));
+		if (rc != 0)
+			goto fail;
+		for (size_t i = 0; i < mta_routes_count(d->routes); i++) {
+			const struct mta_routes_rule *x =
+				mta_routes_get(d->routes, i);
+			if (x->auth[0] != '\0' &&
+			    (strcmp(x->auth, "default") != 0 ||
+			     d->auth_user == NULL)) {
+				snprintf(err, sizeof(err),
+					 "%s:%u: auth=%s: only \"default\" "
+					 "(delivery.relayhost_auth_file, "
+					 "which must be set)",
+					 d->cfg->routes_file, x->line, x->auth);
+				goto fail;
+			}
+		}
+	}
+	if (d->cfg->shaping_file != NULL) {
+		rc = mta_shaping_load(d->cfg->shaping_file, &d->shaping, err,
+				      sizeof(err));
+		if (rc != 0)
+			goto fail;
+		size_t n = mta_shaping_count(d->shaping);
+		d->sites = calloc(n + 1, sizeof(*d->sites));
+		if (d->sites == NULL) {
+			snprintf(err, sizeof(err), "out of memory");
+			goto fail;
+		}
+		for (size_t i = 0; i < n; i++)
+			mta_shaping_site_init(&d->sites[i],
+					      mta_shaping_get(d->shaping, i),
+					      dlv_now_us());
+	}
+	return 0;
+fail: {
+	struct mta_logline ll;
+	mta_log_begin(&ll, MTA_LOG_ERR, "config_error");
+	mta_log_str(&ll, "error", err);
+	mta_log_end(&ll);
+	return MTA_ECONFIG;
+}
+}
+
 int mta_delivery_start(const struct mta_delivery_params *p,
 		       struct mta_delivery **out)
 {
@@ -793,11 +1036,20 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	d->seq = dlv_rnd() & 0xffff;
 	d->level = p->cfg->tls_default_level;
 	d->policy = p->policy;
+	d->ct = p->ct;
 	d->mtasts = p->mtasts;
+	d->metrics = p->metrics;
 	if (p->cfg->delivery_relayhost != NULL &&
 	    parse_relayhost(p->cfg->delivery_relayhost, p->cfg->delivery_port,
 			    d->relay_host, sizeof(d->relay_host),
 			    &d->relay_port) != 0) {
+		free(d);
+		return MTA_ECONFIG;
+	}
+	if (load_tables(d) != 0) {
+		mta_routes_free(d->routes);
+		mta_shaping_free(d->shaping);
+		free(d->sites);
 		free(d);
 		return MTA_ECONFIG;
 	}
@@ -807,7 +1059,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	uv_timer_init(d->loop, &d->selftest_timer);
 	d->selftest_timer.data = d;
 	uv_timer_start(&d->selftest_timer, on_selftest_timer, 0,
-		       3600 * 1000);
+		       SELFTEST_EVERY_MS);
 	*out = d;
 	return 0;
 }
@@ -822,6 +1074,9 @@ static void on_scan_timer_closed(uv_handle_t *h)
 		n = ds->next;
 		free(ds);
 	}
+	mta_routes_free(d->routes);
+	mta_shaping_free(d->shaping);
+	free(d->sites);
 	free(d);
 	if (done)
 		done(arg);
@@ -886,6 +1141,49 @@ void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		dlv_conn_close(c, dlv_after_close_end);
 	}
 	dlv_maybe_stopped(d);
+}
+
+/* ---- for the health endpoint and reload ----------------------------- */
+
+int mta_delivery_dnssec_state(const struct mta_delivery *d)
+{
+	if (!d->selftest_done)
+		return -1;
+	return d->dnssec_ok ? 1 : 0;
+}
+
+size_t mta_delivery_nactive(const struct mta_delivery *d)
+{
+	return d->ninflight;
+}
+
+size_t mta_delivery_nconn(const struct mta_delivery *d)
+{
+	return d->nconn;
+}
+
+void mta_delivery_reconfigure(struct mta_delivery *d,
+			      const struct mta_delivery_params *p)
+{
+	d->cfg = p->cfg;
+	d->tls = p->tls;
+	d->webpki = p->webpki;
+	d->policy = p->policy;
+	d->ct = p->ct;
+	d->auth_user = p->auth_user;
+	d->auth_pass = p->auth_pass;
+	d->auth_plain = p->auth_plain;
+	d->pol.min_backoff_us = (uint64_t)p->cfg->min_backoff * 1000000u;
+	d->pol.max_backoff_us = (uint64_t)p->cfg->max_backoff * 1000000u;
+	d->pol.queue_lifetime_us = (uint64_t)p->cfg->queue_lifetime * 1000000u;
+	d->level = p->cfg->tls_default_level;
+	/* the relayhost (checked at load); destinations already queued
+	 * for the old one connect to the new one from now on */
+	if (p->cfg->delivery_relayhost != NULL &&
+	    parse_relayhost(p->cfg->delivery_relayhost, p->cfg->delivery_port,
+			    d->relay_host, sizeof(d->relay_host),
+			    &d->relay_port) != 0)
+		d->relay_host[0] = '\0';
 }
 
 /* ---- for the control socket ------------------------------------------ */

@@ -71,6 +71,7 @@
 
 #include "config.h"
 #include "dns.h"
+#include "metrics.h"
 #include "mtasts.h"
 #include "tlspolicy.h"
 #include "spool.h"
@@ -91,10 +92,12 @@ struct mta_delivery_params {
 	const struct mta_tls_creds *tls; /* client credentials */
 	bool webpki;			 /* tls has tls.ca_file's trust */
 	const struct mta_tlspolicy *policy; /* tls.policy_file, or NULL */
+	const struct mta_ct_loglist *ct;    /* tls.ct_log_list, or NULL */
 	struct mta_mtasts *mtasts;	    /* MTA-STS resolver, or NULL */
 	const char *auth_user;		 /* relayhost AUTH, or NULL */
 	const char *auth_pass;
 	const char *auth_plain;		 /* or this (smtp_client.h) */
+	struct mta_metrics *metrics;	 /* counters (metrics.h), or NULL */
 };
 
 int mta_delivery_start(const struct mta_delivery_params *p,
@@ -105,6 +108,39 @@ void mta_delivery_kick(struct mta_delivery *d);
 bool mta_delivery_active(struct mta_delivery *d, const char *qid);
 int mta_delivery_foreach_active(struct mta_delivery *d,
 				int (*cb)(void *ud, const char *qid), void *ud);
+/* What delivery decides with, for mtactl explain (explain.h): borrowed
+ * pointers valid while the delivery runs, and the DNSSEC self-test state
+ * now. */
+struct mta_delivery_env {
+	const struct mta_config *cfg;
+	struct mta_dns *dns;
+	const struct mta_tls_creds *tls;
+	bool webpki;
+	const struct mta_tlspolicy *policy;
+	struct mta_mtasts *mtasts;
+	enum mta_tls_level default_level;
+	bool dnssec_ok, selftest_done;
+	const char *relay_host; /* NULL: MX delivery */
+	unsigned relay_port;
+	bool relay_auth;
+};
+void mta_delivery_env(const struct mta_delivery *d,
+		      struct mta_delivery_env *out);
+/* DNSSEC self-test: 1 passing, 0 failing, -1 no verdict yet. */
+int mta_delivery_dnssec_state(const struct mta_delivery *d);
+/* Messages loaded for delivery now; connections open now. */
+size_t mta_delivery_nactive(const struct mta_delivery *d);
+size_t mta_delivery_nconn(const struct mta_delivery *d);
+/* Reload (SIGHUP): from now on new decisions use p's cfg, tls, webpki,
+ * policy, ct (and the backoff, lifetime and default level of p->cfg);
+ * connections already open go on with what they started with where they
+ * keep it (their TLS session holds its credentials).  The caller keeps
+ * the old pointers alive until mta_delivery_nconn() has been 0 once
+ * after the call.  delivery.relayhost is parsed again (jobs already
+ * queued for the old relayhost go to the new one).  loop, spool, writer,
+ * dns, mtasts and metrics do not change. */
+void mta_delivery_reconfigure(struct mta_delivery *d,
+			      const struct mta_delivery_params *p);
 void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		       void *arg);
 

@@ -28,6 +28,8 @@ static void conn_free(struct conn *c)
 		c->next->prev = c->prev;
 	d->nconn--;
 	ds->nconn--;
+	if (c->site != NULL)
+		c->site->nconn--;
 	free(c->tlsa_data);
 	free(c->sts);
 	free(c);
@@ -73,6 +75,15 @@ static void conn_end(struct conn *c)
 	uv_close((uv_handle_t *)&c->timer, on_timer_closed);
 }
 
+/* A REQUIRETLS refusal of the current host (RFC 8689 §4.2.1: 5.7.10 no
+ * authenticated channel, 5.7.30 no REQUIRETLS at the peer). */
+static bool rtls_code(const struct conn *c, const char *status)
+{
+	return c->dest->tlsreq == MTA_TLSREQ_REQUIRETLS &&
+	       (strcmp(status, "5.7.10") == 0 ||
+		strcmp(status, "5.7.30") == 0);
+}
+
 static void set_error(struct conn *c, int code, const char *status,
 		      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void set_error(struct conn *c, int code, const char *status,
@@ -84,6 +95,8 @@ static void set_error(struct conn *c, int code, const char *status,
 		 mta_stream_tls_done(&c->st) ? c->tls_desc : "");
 	snprintf(c->lauth, sizeof(c->lauth), "%s", c->auth);
 	snprintf(c->lstatus, sizeof(c->lstatus), "%s", status);
+	if (rtls_code(c, status) && c->hi < 32)
+		c->rtls_failed |= 1u << c->hi; /* this host cannot do it */
 	va_start(ap, fmt);
 	vsnprintf(c->ltext, sizeof(c->ltext), fmt, ap);
 	va_end(ap);
@@ -125,7 +138,7 @@ static void policy_in(const struct conn *c, struct mta_policy_in *in)
 	in->has_table = c->has_table;
 	in->table_level = c->table_level;
 	in->default_level = c->d->level;
-	in->relay_auth = c->dest->relay && c->d->auth_user != NULL;
+	in->relay_auth = c->relay_auth;
 	in->dnssec_ok = c->d->dnssec_ok;
 	in->mx = c->mx_secure ? MTA_POLICY_MX_SECURE : MTA_POLICY_MX_INSECURE;
 	in->addr = c->addr;
@@ -137,6 +150,10 @@ static void policy_in(const struct conn *c, struct mta_policy_in *in)
 	in->sts_policy = c->sts;
 	in->sts_id = c->sts_id;
 	in->why = c->why;
+	in->require_sct = c->d->cfg->tls_require_sct;
+	in->continuity = c->d->cfg->mta_sts_continuity;
+	in->requiretls = c->dest->tlsreq == MTA_TLSREQ_REQUIRETLS;
+	in->tls_optional = c->dest->tlsreq == MTA_TLSREQ_OPTIONAL;
 }
 
 /* ops.closed: this attempt's socket is gone (TLS and buffers freed). */
@@ -246,6 +263,138 @@ static void flush_engine(struct conn *c)
 
 static void arm_timer(struct conn *c, uint64_t ms);
 
+/* ---- shaping (shaping.h) --------------------------------------------- */
+
+static void shape_log(struct conn *c, const char *event, const char *reply)
+{
+	struct mta_logline ll;
+	struct mta_shaping_site *st = c->site;
+
+	mta_log_begin(&ll, MTA_LOG_WARN, event);
+	mta_log_str(&ll, "site", st->rule->site);
+	mta_log_str(&ll, "domain", c->dest->name);
+	if (st->rate > 0)
+		mta_log_fmt(&ll, "rate", "%.1f/m", st->rate);
+	else
+		mta_log_str(&ll, "rate", "unlimited");
+	if (reply != NULL)
+		mta_log_str(&ll, "reply", reply);
+	mta_log_end(&ll);
+}
+
+/* The destination's site is known (its MX hosts, or the relay): the
+ * connection holds one of the site's slots, or, at the site's limit,
+ * gives its job back to the queue and ends.  false: c is ending. */
+static bool shape_attach(struct conn *c)
+{
+	struct mta_delivery *d = c->d;
+	struct dest *ds = c->dest;
+	const char *names[MAX_HOSTS];
+	struct mta_shaping_site *site = NULL;
+	long i;
+
+	if (d->shaping == NULL)
+		return true;
+	for (size_t k = 0; k < c->nhosts && k < MAX_HOSTS; k++)
+		names[k] = c->hosts[k].name;
+	i = mta_shaping_find(d->shaping, ds->relay ? ds->host : ds->name,
+			     names, c->nhosts);
+	if (i >= 0)
+		site = &d->sites[i];
+	ds->site_known = true;
+	ds->site = site;
+	if (c->site == site)
+		return true; /* reserved at the start */
+	if (c->site != NULL) {
+		c->site->nconn--;
+		c->site = NULL;
+	}
+	if (site == NULL)
+		return true;
+	if (!mta_shaping_conn_ok(site)) {
+		struct job *j = c->job;
+		struct mta_logline ll;
+
+		c->job = NULL;
+		if (j != NULL) {
+			j->skipped = NULL;
+			j->next = ds->q_head;
+			ds->q_head = j;
+			if (ds->q_tail == NULL)
+				ds->q_tail = j;
+			ds->nq++;
+		}
+		mta_log_begin(&ll, MTA_LOG_DEBUG, "shaping_wait");
+		mta_log_str(&ll, "site", site->rule->site);
+		mta_log_str(&ll, "domain", ds->name);
+		mta_log_fmt(&ll, "connections", "%u", site->nconn);
+		mta_log_end(&ll);
+		conn_end(c);
+		return false;
+	}
+	c->site = site;
+	site->nconn++;
+	return true;
+}
+
+/* The connection has sent what its site allows per connection. */
+static bool shape_conn_spent(const struct conn *c)
+{
+	return c->site != NULL && c->site->rule->msgs_per_conn > 0 &&
+	       c->nmsgs >= c->site->rule->msgs_per_conn;
+}
+
+static void start_job(struct conn *c);
+static void on_shape_timer(uv_timer_t *t);
+
+/* Before a message: the site's rate.  true = wait (the timer resumes). */
+static bool shape_wait(struct conn *c)
+{
+	int64_t now = dlv_now_us(), w;
+
+	if (c->site == NULL) {
+		c->nmsgs++;
+		return false;
+	}
+	if (mta_shaping_tick(c->site, now))
+		shape_log(c, "shaping_recover", NULL);
+	w = mta_shaping_take(c->site, now);
+	if (w == 0) {
+		c->nmsgs++;
+		return false;
+	}
+	uv_timer_start(&c->timer, on_shape_timer, (uint64_t)(w + 999) / 1000,
+		       0);
+	return true;
+}
+
+static void on_shape_timer(uv_timer_t *t)
+{
+	struct conn *c = t->data;
+
+	if (c->phase != C_SMTP || !c->smtpc_live || c->job == NULL ||
+	    c->txn_started || c->d->stopping)
+		return;
+	if (shape_wait(c))
+		return;
+	start_job(c);
+	conn_drive(c);
+}
+
+/* A reply from the site: 421 or 4.7.x throttling halves its rate. */
+static void shape_reply(struct conn *c, int code, const char *status,
+			const char *text)
+{
+	char reply[200];
+
+	if (c->site == NULL || !mta_shaping_is_throttle(code, status))
+		return;
+	snprintf(reply, sizeof(reply), "%d %s %.150s", code,
+		 status ? status : "", text ? text : "");
+	if (mta_shaping_throttled(c->site, dlv_now_us()))
+		shape_log(c, "shaping_throttle", reply);
+}
+
 /* ---- connections: SMTP session -------------------------------------- */
 
 static void start_job(struct conn *c)
@@ -330,6 +479,8 @@ struct count_req {
 	struct mta_commit commit;
 	struct mta_delivery *d;
 	char key[400];
+	char note_key[64];
+	char note[4096];
 };
 
 static void on_count_done(struct mta_commit *cm)
@@ -342,93 +493,196 @@ static void on_count_done(struct mta_commit *cm)
 	dlv_maybe_stopped(d);
 }
 
-/* Counts one session result for the destination's TLS report: ptype is
- * "tlsa" or "sts", result an RFC 8460 result type or
- * "successful-session". */
+/* The RFC 8460 §4.5 policy-string of the host's policy, one line per
+ * element ('\n'-separated): the MTA-STS policy for "sts", the TLSA
+ * RRset for "tlsa", nothing for "no-policy-found". */
+static void tlsrpt_policy_text(const struct conn *c, const char *ptype,
+			       char *out, size_t len)
+{
+	size_t n = 0;
+
+#define PUT(...)                                                              \
+	do {                                                                  \
+		if (n < len)                                                  \
+			n += (size_t)snprintf(out + n, len - n, __VA_ARGS__); \
+	} while (0)
+	out[0] = '\0';
+	if (strcmp(ptype, "sts") == 0 && c->sts != NULL) {
+		const struct mta_sts_policy *p = c->sts;
+		PUT("version: STSv1\nmode: %s\n",
+		    p->mode == MTA_STS_MODE_ENFORCE	? "enforce"
+		    : p->mode == MTA_STS_MODE_TESTING ? "testing"
+							: "none");
+		for (size_t i = 0; i < p->nmx; i++)
+			PUT("mx: %s\n", p->mx[i]);
+		PUT("max_age: %llu\n", (unsigned long long)p->max_age_raw);
+	} else if (strcmp(ptype, "tlsa") == 0) {
+		for (size_t i = 0; i < c->ntlsa && i < MTA_DANE_TLSA_MAX;
+		     i++) {
+			const struct mta_dns_tlsa *t = &c->tlsa[i];
+			PUT("%u %u %u ", t->usage, t->selector, t->mtype);
+			for (size_t j = 0; j < t->len; j++)
+				PUT("%02X", t->data[j]);
+			PUT("\n");
+		}
+	}
+#undef PUT
+	if (n >= len) /* truncated: keep whole lines only */
+		n = len - 1;
+	out[n] = '\0';
+}
+
+/* FNV-1a 64: names a policy text in the counter keys. */
+static uint64_t tlsrpt_hash(const char *s)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (; *s != '\0'; s++)
+		h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+	return h;
+}
+
+/* Counts one session result for the destination's TLS report (RFC
+ * 8460): ptype is "tlsa", "sts" or "no-policy-found", result an RFC
+ * 8460 result type or "successful-session".  Key (tlsrpt.h):
+ * "<day> <domain> <ptype> <result> <policy id> <mx host> <receiving
+ * ip> <sending ip>"; the policy text goes beside it under
+ * "P <day> <domain> <policy id>".  Mail that opted out of TLS policy
+ * (TLS-Required: No, which TLS reports are sent with, RFC 8460 §3) is
+ * not counted: reports never breed reports. */
 static void tlsrpt_count(struct conn *c, const char *ptype,
 			 const char *result)
 {
 	struct mta_delivery *d = c->d;
 	struct count_req *r;
-	char day[16];
+	char day[16], rip[INET6_ADDRSTRLEN] = "-", sip[INET6_ADDRSTRLEN] = "-";
+	const char *mx = "-";
 	time_t now = time(NULL);
 	struct tm tm;
+	uint64_t pid;
 
-	if (d->stopping || result == NULL)
+	if (d->stopping || result == NULL ||
+	    c->dest->tlsreq == MTA_TLSREQ_OPTIONAL)
 		return;
 	r = calloc(1, sizeof(*r));
 	if (r == NULL)
 		return;
 	gmtime_r(&now, &tm);
 	strftime(day, sizeof(day), "%Y-%m-%d", &tm);
-	snprintf(r->key, sizeof(r->key), "%s %s %s %s", day, c->dest->name,
-		 ptype, result);
+	if (c->hi < c->nhosts && c->hosts[c->hi].name[0] != '\0')
+		mx = c->hosts[c->hi].name;
+	if (c->tcp_open && c->ai < c->naddrs) {
+		const struct sockaddr_storage *sa = &c->addrs[c->ai];
+		struct sockaddr_storage la;
+		int ll = sizeof(la);
+
+		if (sa->ss_family == AF_INET)
+			inet_ntop(AF_INET,
+				  &((const struct sockaddr_in *)sa)->sin_addr,
+				  rip, sizeof(rip));
+		else if (sa->ss_family == AF_INET6)
+			inet_ntop(AF_INET6,
+				  &((const struct sockaddr_in6 *)sa)->sin6_addr,
+				  rip, sizeof(rip));
+		if (uv_tcp_getsockname(&c->st.tcp, (struct sockaddr *)&la,
+				       &ll) == 0) {
+			if (la.ss_family == AF_INET)
+				inet_ntop(AF_INET,
+					  &((struct sockaddr_in *)&la)->sin_addr,
+					  sip, sizeof(sip));
+			else if (la.ss_family == AF_INET6)
+				inet_ntop(AF_INET6,
+					  &((struct sockaddr_in6 *)&la)
+						   ->sin6_addr,
+					  sip, sizeof(sip));
+		}
+	}
+	tlsrpt_policy_text(c, ptype, r->note, sizeof(r->note));
+	pid = tlsrpt_hash(r->note) ^ tlsrpt_hash(ptype);
+	snprintf(r->key, sizeof(r->key), "%s %s %s %s %016llx %s %s %s", day,
+		 c->dest->name, ptype, result, (unsigned long long)pid, mx,
+		 rip, sip);
+	snprintf(r->note_key, sizeof(r->note_key), "P %s %016llx", day,
+		 (unsigned long long)pid);
 	r->d = d;
 	d->commits_pending++;
-	mta_writer_submit_counter_add(d->writer, &r->commit, r->key, 1,
-				      on_count_done);
+	mta_writer_submit_counter_note(d->writer, &r->commit, r->key, 1,
+				       r->note_key, r->note, on_count_done);
+}
+
+/* Key continuity of an MTA-STS host: what the spool's record of the
+ * destination says about this leaf and issuer (continuity.h). */
+static enum mta_policy_cont dlv_continuity_check(struct conn *c,
+						 const char *leaf,
+						 const char *issuer)
+{
+	(void)c;
+	(void)leaf;
+	(void)issuer;
+	return MTA_POLICY_CONT_NONE;
+}
+
+/* After the verdict: CT and continuity evidence (log, metrics) and
+ * learning the key of an accepted MTA-STS host. */
+static void dlv_ct_continuity_after(struct conn *c,
+				    const struct mta_policy_check *chk,
+				    const struct mta_policy_verdict *v,
+				    const char *leaf, const char *issuer)
+{
+	struct mta_logline ll;
+
+	if (v->ct != MTA_CT_NOT_CHECKED) {
+		mta_metrics_ct(c->d->metrics, mta_ct_verdict_name(v->ct));
+		mta_log_begin(&ll, v->ct_refused ? MTA_LOG_WARN : MTA_LOG_DEBUG,
+			      "ct");
+		mta_log_str(&ll, "domain", c->dest->name);
+		mta_log_str(&ll, "host", c->hosts[c->hi].name);
+		mta_log_str(&ll, "ct", mta_ct_verdict_name(v->ct));
+		mta_log_str(&ll, "detail", chk->ct_why ? chk->ct_why : "");
+		mta_log_end(&ll);
+	}
+	(void)leaf;
+	(void)issuer;
 }
 
 /* After the handshake: runs the verifier policy.c named for this host
  * (the DANE matcher or the WebPKI check) and applies its verdict. */
 static bool verify_tls(struct conn *c, const char *host)
 {
+	const char *nexthop[2] = {c->dest->name, c->nexthop_cname};
+	struct mta_route_verify q = {
+		.verifier = c->pol.verifier,
+		.tls = &c->st.tls,
+		.tlsa = c->tlsa,
+		.ntlsa = c->ntlsa,
+		.base = c->tlsa_base,
+		.nexthop = c->dest->relay ? NULL : nexthop,
+		.nnexthop = c->nexthop_cname[0] != '\0' ? 2 : 1,
+		.webpki = c->d->webpki,
+		.host = host,
+	};
 	struct mta_policy_check chk;
 	struct mta_policy_verdict v;
 	struct mta_policy_in in;
 	struct mta_dane_result r;
+	struct mta_ct_result ctr;
 	char why[512];
+	char leaf_spki[65] = "", iss_spki[65] = "";
 
-	memset(&chk, 0, sizeof(chk));
-	why[0] = '\0';
-	switch (c->pol.verifier) {
-	case MTA_POLICY_V_DANE: {
-		const char *nexthop[2] = {c->dest->name, c->nexthop_cname};
-		struct mta_dane_query q = {0};
-		size_t n = 0;
-
-		q.chain = mta_tls_peer_chain(&c->st.tls, &n);
-		q.nchain = n;
-		q.tlsa = c->tlsa;
-		q.ntlsa = c->ntlsa;
-		q.base = c->tlsa_base;
-		q.nexthop = c->dest->relay ? NULL : nexthop;
-		q.nnexthop = c->dest->relay		 ? 0
-			     : c->nexthop_cname[0] != '\0' ? 2
-							   : 1;
-		q.now = time(NULL);
-		memset(&r, 0, sizeof(r));
-		(void)mta_dane_verify(&q, &r);
-		chk.dane_match = r.outcome == MTA_DANE_MATCH;
-		chk.usage = r.usage;
-		chk.selector = r.selector;
-		chk.mtype = r.mtype;
-		chk.dane_rpt = mta_dane_fail_rpt(r.fail);
-		chk.dane_reason = r.reason;
-		break;
+	q.ct_list = c->d->ct;
+	q.require_sct = c->d->cfg->tls_require_sct;
+	q.ct_res = &ctr;
+	if (c->pol.sts_host &&
+	    c->d->cfg->mta_sts_continuity != MTA_POLICY_CONT_MODE_OFF) {
+		q.leaf_spki = &leaf_spki;
+		q.issuer_spki = &iss_spki;
 	}
-	case MTA_POLICY_V_WEBPKI:
-	case MTA_POLICY_V_STS:
-	case MTA_POLICY_V_STS_TESTING: {
-		const char *rpt = "certificate-not-trusted";
-		int rc = MTA_ETLS;
-
-		if (c->d->webpki)
-			rc = mta_tls_verify_webpki(&c->st.tls, host, &rpt, why,
-						   sizeof(why));
-		else
-			snprintf(why, sizeof(why), "no usable tls.ca_file");
-		chk.webpki_ok = rc == 0;
-		chk.webpki_rpt = rpt;
-		chk.webpki_why = why;
-		break;
-	}
-	case MTA_POLICY_V_NONE:
-	case MTA_POLICY_V_TLSA_UNUSABLE:
-		break;
-	}
+	mta_route_check(&q, &r, &chk, why, sizeof(why));
 	policy_in(c, &in);
+	if (chk.webpki_ok && leaf_spki[0] != '\0')
+		chk.cont = dlv_continuity_check(c, leaf_spki, iss_spki);
 	mta_policy_verdict(&in, &c->pol, &chk, &v);
+	dlv_ct_continuity_after(c, &chk, &v, leaf_spki, iss_spki);
 	if (v.count_rpt != NULL)
 		tlsrpt_count(c, mta_policy_ptype_name(v.count_ptype),
 			     v.count_rpt);
@@ -463,13 +717,14 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		break;
 	case MTA_SMTPC_EV_READY:
 		c->any_session = true;
-		if (c->job == NULL && !c->d->stopping) {
+		if (c->job == NULL && !c->d->stopping && !shape_conn_spent(c)) {
 			c->job = dlv_dest_take(c->dest);
 			if (c->job != NULL)
 				c->job->skipped = c->skipped;
 		}
 		if (c->job != NULL) {
-			start_job(c);
+			if (!shape_wait(c))
+				start_job(c);
 		} else {
 			mta_smtpc_quit(&c->smtpc);
 		}
@@ -485,6 +740,8 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		int cls = e->status ? e->status[0] - '0' : e->code / 100;
 		if (pos >= j->nrcpt)
 			break;
+		if (cls == 4)
+			shape_reply(c, e->code, e->status, e->text);
 		if (cls == 4) {
 			j->rstate[pos] = R_TENTATIVE;
 			j->tcode[pos] = e->code;
@@ -510,12 +767,22 @@ static void on_event(struct conn *c, enum mta_smtpc_ev ev,
 		c->txn_done = true;
 		break;
 	case MTA_SMTPC_EV_FAIL:
+		if (e->code != 0)
+			shape_reply(c, e->code, e->status, e->text);
 		if (e->status != NULL && strcmp(e->status, "4.7.4") == 0 &&
 		    c->pol.ptype != MTA_POLICY_PT_NO_POLICY)
 			tlsrpt_count(c, mta_policy_ptype_name(c->pol.ptype),
 				     mta_rpt_name(MTA_RPT_STARTTLS_NOT_SUPPORTED));
-		set_error(c, e->code, e->status ? e->status : "4.4.2", "%s",
-			  e->text ? e->text : "connection failed");
+		if (e->status != NULL && strcmp(e->status, "4.7.4") == 0 &&
+		    c->pol.requiretls)
+			/* RTLS-26: no TLS, no REQUIRETLS delivery */
+			set_error(c, e->code, "5.7.10",
+				  "REQUIRETLS: %s",
+				  e->text ? e->text : "STARTTLS failed");
+		else
+			set_error(c, e->code,
+				  e->status ? e->status : "4.4.2", "%s",
+				  e->text ? e->text : "connection failed");
 		if (j != NULL)
 			dlv_job_reopen(j);
 		c->txn_done = false;
@@ -802,6 +1069,36 @@ static void on_connect(struct mta_stream *st, int status)
 	arm_timer(c, mta_smtpc_timeout_ms(&c->smtpc));
 }
 
+/* The route's source address for this family (bind=), before connect:
+ * 0, or the host failed (set and handled here). */
+static int bind_source(struct conn *c, const struct sockaddr_storage *to)
+{
+	const struct mta_routes_rule *x = c->dest->route;
+	const struct sockaddr_storage *from = NULL;
+	char ip[INET6_ADDRSTRLEN] = "";
+	int rc;
+
+	if (x == NULL)
+		return 0;
+	if (to->ss_family == AF_INET && x->has_bind4)
+		from = &x->bind4;
+	else if (to->ss_family == AF_INET6 && x->has_bind6)
+		from = &x->bind6;
+	if (from == NULL)
+		return 0;
+	rc = uv_tcp_bind(&c->st.tcp, (const struct sockaddr *)from, 0);
+	if (rc == 0)
+		return 0;
+	if (from->ss_family == AF_INET)
+		uv_ip4_name((const struct sockaddr_in *)from, ip, sizeof(ip));
+	else
+		uv_ip6_name((const struct sockaddr_in6 *)from, ip, sizeof(ip));
+	set_error(c, 0, "4.4.1", "cannot bind source address %s: %s", ip,
+		  uv_strerror(rc));
+	conn_host_failed(c);
+	return -1;
+}
+
 static void conn_next_addr(struct conn *c)
 {
 	struct mta_delivery *d = c->d;
@@ -839,6 +1136,8 @@ static void conn_next_addr(struct conn *c)
 	c->st.write_low = WRITE_HIGH / 2;
 	c->tcp_open = true;
 	c->phase = C_CONNECTING;
+	if (bind_source(c, sa) != 0)
+		return;
 	if (mta_stream_connect(&c->st, (struct sockaddr *)sa) != 0) {
 		set_error(c, 0, "4.4.1", "connect to %s failed", c->relay);
 		conn_host_failed(c);
@@ -867,6 +1166,18 @@ static void host_ready(struct conn *c)
 	if (c->pol.sts_testing_mismatch)
 		sts_testing_failure(c, mta_rpt_name(c->pol.rpt),
 				    "MX host not in the policy");
+	if (in.tls_optional) {
+		/* RFC 8689 §4.2.2 (RTLS-31): logged per host */
+		struct mta_logline ll;
+
+		mta_log_begin(&ll, MTA_LOG_INFO, "tls_policy_lowered");
+		if (c->job != NULL)
+			mta_log_str(&ll, "qid", c->job->m->qid);
+		mta_log_str(&ll, "domain", c->dest->name);
+		mta_log_str(&ll, "host", c->hosts[c->hi].name);
+		mta_log_str(&ll, "reason", "tls-required-no");
+		mta_log_end(&ll);
+	}
 	c->scfg.tls = c->pol.starttls;
 	snprintf(c->auth, sizeof(c->auth), "none");
 	conn_next_addr(c);
@@ -877,47 +1188,22 @@ static void tlsa_lookup(struct conn *c);
 static void on_tlsa(const struct mta_dns_result *res, void *ud)
 {
 	struct conn *c = ud;
-	size_t total = 0, off = 0;
 
 	c->q = NULL;
-	if (res->status == MTA_DNS_OK && res->dnssec == MTA_DNSSEC_SECURE) {
-		size_t n = res->count;
-
-		c->tlsa_state = MTA_POLICY_TLSA_SECURE;
-		c->ntlsa = n;
-		if (n > MTA_DANE_TLSA_MAX) {
-			host_ready(c); /* refused there: too many */
-			return;
-		}
-		for (size_t i = 0; i < n; i++)
-			total += res->tlsa[i].len;
+	c->tlsa_state = mta_route_tlsa_status(res, &c->why);
+	if (c->tlsa_state == MTA_POLICY_TLSA_SECURE) {
 		free(c->tlsa_data);
-		c->tlsa_data = malloc(total + 1);
-		if (c->tlsa_data == NULL) {
+		if (mta_route_tlsa_copy(res, c->tlsa, &c->ntlsa,
+					&c->tlsa_data) != 0) {
 			set_error(c, 0, "4.3.0", "out of memory");
 			host_skip(c, "no-memory");
 			return;
 		}
-		for (size_t i = 0; i < n; i++) {
-			c->tlsa[i] = res->tlsa[i];
-			memcpy(c->tlsa_data + off, res->tlsa[i].data,
-			       res->tlsa[i].len);
-			c->tlsa[i].data = c->tlsa_data + off;
-			off += res->tlsa[i].len;
-		}
-		host_ready(c);
+		host_ready(c); /* more than MTA_DANE_TLSA_MAX: refused there */
 		return;
 	}
-	if (res->status == MTA_DNS_TEMPFAIL || res->status == MTA_DNS_BOGUS ||
-	    (res->status == MTA_DNS_OK &&
-	     res->dnssec != MTA_DNSSEC_INSECURE)) {
-		/* RFC 7672 §2.1.1: no connection to this host (policy.c) */
-		c->tlsa_state = res->status == MTA_DNS_BOGUS ||
-					res->dnssec == MTA_DNSSEC_BOGUS
-				? MTA_POLICY_TLSA_BOGUS
-				: MTA_POLICY_TLSA_FAILED;
-		c->why = res->why ? res->why : mta_dnssec_name(res->dnssec);
-		host_ready(c);
+	if (c->tlsa_state != MTA_POLICY_TLSA_NONE) {
+		host_ready(c); /* no connection to this host (policy.c) */
 		return;
 	}
 	/* no TLSA here (or an insecure answer): the other candidate, else
@@ -928,7 +1214,6 @@ static void on_tlsa(const struct mta_dns_result *res, void *ud)
 		tlsa_lookup(c);
 		return;
 	}
-	c->tlsa_state = MTA_POLICY_TLSA_NONE;
 	host_ready(c);
 }
 
@@ -958,30 +1243,54 @@ static void host_policy_start(struct conn *c, const struct mta_dns_result *res)
 	c->tlsa_state = MTA_POLICY_TLSA_NONE;
 	c->ntlsa = 0;
 	c->tlsa_base[0] = c->tlsa_alt[0] = '\0';
-	if (res->dnssec == MTA_DNSSEC_SECURE)
-		c->addr = MTA_POLICY_ADDR_SECURE;
-	else if (res->cname && res->canonical != NULL &&
-		 res->initial_dnssec == MTA_DNSSEC_SECURE)
-		c->addr = MTA_POLICY_ADDR_CNAME_INSECURE;
-	else
-		c->addr = MTA_POLICY_ADDR_INSECURE;
+	c->addr = mta_route_addr_status(res);
 	policy_in(c, &in);
 	if (!mta_policy_want_tlsa(&in)) {
 		host_ready(c);
 		return;
 	}
-	if (res->cname && res->canonical != NULL &&
-	    c->addr == MTA_POLICY_ADDR_SECURE) {
-		/* expanded name first, then the original */
-		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s",
-			 res->canonical);
-		snprintf(c->tlsa_alt, sizeof(c->tlsa_alt), "%s", host);
-	} else {
-		/* no CNAME, or a secure CNAME to an insecure target: the
-		 * original name */
-		snprintf(c->tlsa_base, sizeof(c->tlsa_base), "%s", host);
-	}
+	mta_route_tlsa_bases(res, host, c->addr, c->tlsa_base, c->tlsa_alt,
+			     sizeof(c->tlsa_base));
 	tlsa_lookup(c);
+}
+
+/* The host's addresses in the order delivery.ip_version asks for:
+ * ipv4/ipv6 keep one family, prefer-* put one family first. */
+static void pick_addrs(struct conn *c, const struct mta_dns_result *res)
+{
+	int v = c->d->cfg->ip_version;
+
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < res->count && c->naddrs < MAX_ADDRS;
+		     i++) {
+			int fam = res->addr[i].ss_family;
+			bool first;
+
+			switch (v) {
+			case MTA_IPVER_4:
+				first = fam == AF_INET;
+				if (pass == 1)
+					continue;
+				break;
+			case MTA_IPVER_6:
+				first = fam == AF_INET6;
+				if (pass == 1)
+					continue;
+				break;
+			case MTA_IPVER_PREFER_4:
+				first = fam == AF_INET;
+				break;
+			case MTA_IPVER_PREFER_6:
+				first = fam == AF_INET6;
+				break;
+			default:
+				first = true;
+				break;
+			}
+			if (first == (pass == 0))
+				c->addrs[c->naddrs++] = res->addr[i];
+		}
+	}
 }
 
 static void on_addr(const struct mta_dns_result *res, void *ud)
@@ -991,11 +1300,8 @@ static void on_addr(const struct mta_dns_result *res, void *ud)
 
 	c->q = NULL;
 	c->naddrs = c->ai = 0;
-	if (res->status == MTA_DNS_OK) {
-		for (size_t i = 0; i < res->count && c->naddrs < MAX_ADDRS;
-		     i++)
-			c->addrs[c->naddrs++] = res->addr[i];
-	}
+	if (res->status == MTA_DNS_OK)
+		pick_addrs(c, res);
 	if (c->naddrs == 0) {
 		const char *reason = "no-address";
 
@@ -1021,32 +1327,6 @@ static void on_addr(const struct mta_dns_result *res, void *ud)
 	host_policy_start(c, res);
 }
 
-static bool parse_literal(const char *host, struct sockaddr_storage *ss)
-{
-	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
-	char buf[64];
-	size_t n = strlen(host);
-
-	memset(ss, 0, sizeof(*ss));
-	if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n < sizeof(buf)) {
-		memcpy(buf, host + 1, n - 2);
-		buf[n - 2] = '\0';
-		host = buf;
-		if (strncasecmp(host, "IPv6:", 5) == 0)
-			host += 5;
-	}
-	if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-		a4->sin_family = AF_INET;
-		return true;
-	}
-	if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-		a6->sin6_family = AF_INET6;
-		return true;
-	}
-	return false;
-}
-
 static void conn_next_host(struct conn *c)
 {
 	struct mta_delivery *d = c->d;
@@ -1062,6 +1342,11 @@ static void conn_next_host(struct conn *c)
 		c->job = NULL;
 		if (c->lstatus[0] == '\0')
 			set_error(c, 0, "4.4.1", "no usable mail server");
+		if (rtls_code(c, c->lstatus) &&
+		    (size_t)__builtin_popcount(c->rtls_failed) < c->nhosts)
+			/* RTLS-27: bounce only when every host failed the
+			 * REQUIRETLS requirements; TCP/DNS failures defer */
+			c->lstatus[0] = '4';
 		if (j != NULL)
 			dlv_job_finish(j, c->lcode, c->lstatus, c->ltext,
 				   c->relay[0] ? c->relay : NULL, c->ltls,
@@ -1080,7 +1365,7 @@ static void conn_next_host(struct conn *c)
 	 * an address ("192.0.2.1.") is a host name (RFC 5321 §5.1, RFC
 	 * 7672): names from DNS never carry '[' (dns.c escapes it). */
 	if ((c->dest->relay || c->hosts[c->hi].name[0] == '[') &&
-	    parse_literal(c->hosts[c->hi].name, &c->addrs[0])) {
+	    mta_route_literal(c->hosts[c->hi].name, &c->addrs[0])) {
 		c->naddrs = 1;
 		c->ai = 0;
 		c->addr = MTA_POLICY_ADDR_LITERAL;
@@ -1115,53 +1400,23 @@ static void on_mx(const struct mta_dns_result *res, void *ud)
 	/* the destination stage of policy.c: MX status, DNSSEC self-test,
 	 * an MTA-STS policy that could not be held */
 	policy_in(c, &in);
-	in.mx = res->status == MTA_DNS_BOGUS	  ? MTA_POLICY_MX_BOGUS
-		: res->status == MTA_DNS_TEMPFAIL ? MTA_POLICY_MX_FAILED
-		: c->mx_secure			  ? MTA_POLICY_MX_SECURE
-						  : MTA_POLICY_MX_INSECURE;
+	in.mx = mta_route_mx_status(res);
 	in.why = res->why ? res->why : "error";
 	mta_policy_check_dest(&in, &c->pol);
 	if (c->pol.action != MTA_POLICY_CONNECT) {
 		set_error(c, 0, c->pol.status, "%s", c->pol.reason);
 		goto fail_all;
 	}
-	switch (res->status) {
-	case MTA_DNS_OK:
-		if (res->null_mx) {
-			set_error(c, 0, "5.1.10",
-				  "domain %s does not accept mail (null MX)",
-				  ds->name);
-			goto fail_all;
-		}
-		for (size_t i = 0; i < res->count && c->nhosts < MAX_HOSTS;
-		     i++) {
-			snprintf(c->hosts[c->nhosts].name,
-				 sizeof(c->hosts[0].name), "%s",
-				 res->mx[i].host);
-			c->hosts[c->nhosts++].port = port;
-		}
-		break;
-	case MTA_DNS_NODATA: /* no MX: the domain itself (RFC 5321 §5.1) */
-		snprintf(c->hosts[0].name, sizeof(c->hosts[0].name), "%s",
-			 ds->name);
-		c->hosts[0].port = port;
-		c->nhosts = 1;
-		break;
-	case MTA_DNS_NXDOMAIN:
-		set_error(c, 0, "5.1.2", "domain %s not found", ds->name);
-		goto fail_all;
-	case MTA_DNS_TEMPFAIL: /* deferred by policy.c above */
-	case MTA_DNS_BOGUS:
-	default:
-		set_error(c, 0, "4.4.3", "MX lookup for %s failed: %s",
-			  ds->name, res->why ? res->why : "error");
-		goto fail_all;
-	}
-	if (c->nhosts == 0) {
-		set_error(c, 0, "4.4.4", "no mail servers for %s", ds->name);
+	if (mta_route_hosts(res, ds->name, port, c->hosts, MAX_HOSTS,
+			    &c->nhosts, c->lstatus, c->ltext,
+			    sizeof(c->ltext)) != 0) {
+		c->lcode = 0;
+		c->ltls[0] = c->lauth[0] = '\0';
 		goto fail_all;
 	}
 	c->hi = 0;
+	if (!shape_attach(c))
+		return;
 	conn_next_host(c);
 	return;
 
@@ -1245,31 +1500,49 @@ void dlv_conn_start(struct mta_delivery *d, struct dest *ds)
 	d->nconn++;
 	ds->nconn++;
 	c->scfg.helo_name = d->cfg->server_hostname;
-	if (d->policy != NULL) {
-		int lv = mta_tlspolicy_lookup(
-			d->policy, ds->relay ? d->relay_host : ds->name, NULL);
-		if (lv >= 0) {
-			c->has_table = true;
-			c->table_level = (enum mta_tls_level)lv;
-		}
+	c->scfg.requiretls = ds->tlsreq == MTA_TLSREQ_REQUIRETLS;
+	if (ds->route != NULL && ds->route->helo[0] != '\0')
+		c->scfg.helo_name = ds->route->helo;
+	/* a relay's own name is looked up in tls.policy_file (as in
+	 * Postfix, the policy of the next hop applies); a route's level=
+	 * is the entry for its hop and wins over the table */
+	c->has_table = mta_route_table(d->policy, ds->relay ? ds->host
+							    : ds->name,
+				       &c->table_level);
+	if (ds->route != NULL && ds->route->has_level) {
+		c->has_table = true;
+		c->table_level = ds->route->level;
+	}
+	/* a known site: take its slot now (shape_attach() checks again) */
+	if (ds->site_known && ds->site != NULL) {
+		c->site = ds->site;
+		c->site->nconn++;
 	}
 	if (ds->relay) {
-		c->scfg.auth_user = d->auth_user;
-		c->scfg.auth_pass = d->auth_pass;
-		c->scfg.auth_plain = d->auth_plain;
+		c->relay_auth = d->auth_user != NULL &&
+				(ds->route == NULL ||
+				 strcmp(ds->route->auth, "default") == 0);
+		if (c->relay_auth) {
+			c->scfg.auth_user = d->auth_user;
+			c->scfg.auth_pass = d->auth_pass;
+			c->scfg.auth_plain = d->auth_plain;
+		}
 		snprintf(c->hosts[0].name, sizeof(c->hosts[0].name), "%s",
-			 d->relay_host);
-		c->hosts[0].port = d->relay_port;
+			 ds->host);
+		c->hosts[0].port = ds->port;
 		c->nhosts = 1;
 		c->hi = 0;
 		/* a relayhost is a non-MX destination: DANE applies when its
 		 * own address records are secure (RFC 7672 §2.2.2) */
 		c->mx_secure = true;
+		if (!shape_attach(c))
+			return;
 		conn_next_host(c);
 		return;
 	}
 	c->phase = C_RESOLVE;
 	if (d->mtasts != NULL && !c->has_table &&
+	    ds->tlsreq != MTA_TLSREQ_OPTIONAL &&
 	    mta_mtasts_lookup(d->mtasts, ds->name, on_sts, c, &c->sq) == 0)
 		return;
 	conn_resolve_mx(c);

@@ -8,6 +8,7 @@
 #define MTA_DELIVERY_INT_H
 
 #include "delivery.h"
+#include "metrics.h"
 
 #include "dane.h"
 #include "dsn.h"
@@ -16,6 +17,9 @@
 #include "log.h"
 #include "policy.h"
 #include "queue.h"
+#include "route.h"
+#include "routes.h"
+#include "shaping.h"
 #include "smtp_client.h"
 #include "stream.h"
 #include "tlspolicy.h"
@@ -84,6 +88,16 @@ struct dest {
 	struct dest *next;
 	char name[300];
 	bool relay;
+	/* routing (routes.h): the rule that sent the jobs here, or NULL for
+	 * the plain MX / delivery.relayhost destination; a relay's host */
+	const struct mta_routes_rule *route;
+	bool fallback;	     /* the route's fallback relay */
+	char host[MTA_DNS_NAME_MAX]; /* relay: host name or [literal] */
+	unsigned port;	     /* relay: port */
+	/* shaping (shaping.h): the site, once a connection found it */
+	bool site_known;
+	struct mta_shaping_site *site;
+	uint8_t tlsreq; /* enum mta_tlsreq of its messages */
 	struct job *q_head, *q_tail;
 	size_t nq;
 	unsigned nconn;
@@ -103,10 +117,7 @@ struct conn {
 	struct dest *dest;
 	enum cphase phase;
 	struct mta_dns_query *q;
-	struct {
-		char name[MTA_DNS_NAME_MAX];
-		unsigned port;
-	} hosts[MAX_HOSTS];
+	struct mta_route_host hosts[MAX_HOSTS];
 	size_t nhosts, hi;
 	struct sockaddr_storage addrs[MAX_ADDRS];
 	size_t naddrs, ai;
@@ -158,6 +169,11 @@ struct conn {
 	bool hs_failed;	    /* this connection's TLS handshake failed */
 	bool clear_retry;   /* the current attempt is that retry */
 	char hs_error[200]; /* why the handshake failed */
+	/* routing and shaping */
+	bool relay_auth;		/* AUTH PLAIN on this hop */
+	struct mta_shaping_site *site; /* holds one of its connections */
+	unsigned nmsgs;			/* messages started on this conn */
+	uint32_t rtls_failed; /* hosts (bits) refused for REQUIRETLS */
 };
 
 struct mta_delivery {
@@ -192,14 +208,19 @@ struct mta_delivery {
 	void *done_arg;
 	enum mta_tls_level level; /* tls.default_level */
 	const struct mta_tlspolicy *policy;
+	const struct mta_ct_loglist *ct; /* tls.ct_log_list, or NULL */
 	struct mta_mtasts *mtasts;
 	uv_timer_t selftest_timer;
 	struct mta_dns_query *selftest_q;
 	bool dnssec_ok;	      /* last DNSSEC self-test passed */
 	bool selftest_done;   /* at least one result */
+	struct mta_metrics *metrics; /* or NULL */
 	char relay_host[MTA_DNS_NAME_MAX];
 	unsigned relay_port;
 	struct mta_stream_scratch scratch; /* receive buffer of every conn */
+	struct mta_routes *routes;	   /* delivery.routes_file, or NULL */
+	struct mta_shaping *shaping;	   /* delivery.shaping_file, or NULL */
+	struct mta_shaping_site *sites;	   /* one per shaping rule */
 };
 
 int64_t dlv_now_us(void);
@@ -223,5 +244,7 @@ void dlv_maybe_stopped(struct mta_delivery *d);
 void dlv_conn_close(struct conn *c, void (*after)(struct conn *c));
 void dlv_after_close_end(struct conn *c);
 void dlv_conn_start(struct mta_delivery *d, struct dest *ds);
+bool dlv_dest_may_connect(const struct mta_delivery *d,
+			  const struct dest *ds);
 
 #endif

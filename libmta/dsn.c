@@ -950,7 +950,8 @@ int mta_dsn_build(const struct mta_dsn_params *p, struct mta_buf *out,
 		if (maxh < MIN_HEADERS_CAP)
 			maxh = MIN_HEADERS_CAP;
 		/* RFC 3461 §6.2: FULL only for failures, within the cap */
-		if (e->ret == MTA_RET_FULL && s.failed) {
+		if (e->ret == MTA_RET_FULL && s.failed &&
+		    e->tlsreq != MTA_TLSREQ_REQUIRETLS) { /* RTLS-28 */
 			if (p->msg_size <= maxf)
 				full = true;
 			else

@@ -47,8 +47,9 @@
  *	     else "X-mtad; "), Last-Attempt-Date (iff last_attempt_us != 0),
  *	     Will-Retry-Until (iff action is DELAYED and the time is != 0).
  *	  3. the original, per RET (RFC 3461 §6.2): message/rfc822 with the
- *	     whole message when RET=FULL, at least one recipient FAILED and
- *	     msg_size <= max_full_size; otherwise text/rfc822-headers with the
+ *	     whole message when RET=FULL, at least one recipient FAILED,
+ *	     the message is not a REQUIRETLS one (RFC 8689 §5: RET=HDRS,
+ *	     RTLS-28) and msg_size <= max_full_size; otherwise text/rfc822-headers with the
  *	     header section (up to the first empty line, at most
  *	     max_headers_size bytes, cut at a line end).  When FULL was
  *	     asked but the message is too big, part 1 says so.  Omitted when

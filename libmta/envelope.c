@@ -109,14 +109,16 @@ void mta_buf_free(struct mta_buf *b)
  *	i64 arrival_us, u64 size, u32 nrcpt, then nrcpt times:
  *	  str addr, str orcpt, str notify_raw, u32 notify, u8 state,
  *	  u32 attempts, i64 next_attempt_us, str last_response, str relay,
- *	  str evidence (version 2 only)
+ *	  str evidence (version 2 and later), u8 flags (version 3 and later)
+ *	then u8 tlsreq (version 4; enum mta_tlsreq)
  *
  * str = u32 length then the bytes (no NUL); length 0xffffffff = NULL.
  * A string holding a NUL byte is corrupt (we keep C strings).  The record
  * must end exactly at the total length.
  */
 #define ENV_MAGIC "MTAE"
-#define ENV_VERSION 2 /* 2 added str evidence per recipient; 1 is read */
+#define ENV_VERSION 4 /* 2 added str evidence per recipient, 3 u8 flags,
+		       * 4 u8 tlsreq; 1 to 3 are read */
 #define ENV_HDR 10
 #define ENV_NULLSTR 0xffffffffu
 /* smallest encoded recipient: 5 NULL/empty strings + fixed fields */
@@ -210,7 +212,9 @@ int mta_envelope_encode(const struct mta_envelope *e, struct mta_buf *out)
 		w_str(&w, r->last_response);
 		w_str(&w, r->relay);
 		w_str(&w, r->evidence);
+		w_u8(&w, r->flags);
 	}
+	w_u8(&w, e->tlsreq);
 	if (w.err == 0 && out->len - start > UINT32_MAX)
 		w.err = MTA_ETOOBIG;
 	if (w.err != 0) {
@@ -305,7 +309,7 @@ int mta_envelope_decode(const uint8_t *p, size_t n, struct mta_envelope *out)
 		return MTA_ECORRUPT;
 	r_take(&r, 4);
 	uint16_t ver = r_u16(&r);
-	if (ver != 1 && ver != ENV_VERSION)
+	if (ver < 1 || ver > ENV_VERSION)
 		return MTA_ESCHEMA;
 	if (r_u32(&r) != n)
 		return MTA_ECORRUPT;
@@ -352,8 +356,16 @@ int mta_envelope_decode(const uint8_t *p, size_t n, struct mta_envelope *out)
 		r_str(&r, &rc->relay);
 		if (ver >= 2)
 			r_str(&r, &rc->evidence);
+		if (ver >= 3)
+			rc->flags = r_u8(&r);
 		if (r.err == 0 &&
-		    (rc->addr == NULL || rc->state > MTA_RCPT_BOUNCED))
+		    (rc->addr == NULL || rc->state > MTA_RCPT_BOUNCED ||
+		     (rc->flags & ~MTA_RCPT_F_DELAY_WARNED) != 0))
+			r.err = MTA_ECORRUPT;
+	}
+	if (ver >= 4) {
+		e.tlsreq = r_u8(&r);
+		if (r.err == 0 && e.tlsreq > MTA_TLSREQ_OPTIONAL)
 			r.err = MTA_ECORRUPT;
 	}
 	if (r.err == 0 && e.sender == NULL)

@@ -20,12 +20,13 @@
  *	version and every length, and fails distinctly: MTA_ECORRUPT on bad
  *	magic or truncation, MTA_ESCHEMA on an unknown version.
  *
- *	Record layout, integers big-endian: "MTAE", u16 version (1), u32
+ *	Record layout, integers big-endian: "MTAE", u16 version (4), u32
  *	total length (header included; must equal n), then sender, envid,
  *	ret_raw, u8 ret, u8 body, u8 smtputf8, u64 declared_size, helo,
  *	client_addr, tls, i64 arrival_us, u64 size, u32 nrcpt, and per
  *	recipient addr, orcpt, notify_raw, u32 notify, u8 state, u32
- *	attempts, i64 next_attempt_us, last_response, relay.  A string is a
+ *	attempts, i64 next_attempt_us, last_response, relay, evidence (v2+),
+ *	u8 flags (v3+); then u8 tlsreq (v4; older records read as NONE).  A string is a
  *	u32 length and its bytes; 0xffffffff encodes NULL.  encode appends
  *	to out (on failure out is as before: -ENOMEM, MTA_ETOOBIG).  decode
  *	also fails with MTA_ECORRUPT on trailing bytes, a NUL inside a
@@ -66,6 +67,15 @@ enum mta_body_type {
 	MTA_BODY_8BITMIME = 2
 };
 
+/* RFC 8689: NONE as configured; REQUIRETLS the MAIL parameter was given
+ * (over TLS); OPTIONAL a "TLS-Required: No" header from a client allowed
+ * to relay (opportunistic TLS, DANE and MTA-STS ignored). */
+enum mta_tlsreq {
+	MTA_TLSREQ_NONE = 0,
+	MTA_TLSREQ_REQUIRETLS = 1,
+	MTA_TLSREQ_OPTIONAL = 2
+};
+
 enum mta_rcpt_state {
 	MTA_RCPT_QUEUED = 0,   /* waiting for (first or next) attempt */
 	MTA_RCPT_SENT = 1,     /* a 2xx was received: done */
@@ -85,7 +95,12 @@ struct mta_rcpt {
 	char *last_response;	 /* last reply or reason, or NULL */
 	char *relay;		 /* host[ip]:port of last attempt, or NULL */
 	char *evidence; /* last attempt's policy decision: "tls=... auth=..." */
+	uint8_t flags;	/* MTA_RCPT_F_* */
 };
+
+/* A "delayed" DSN was sent for this recipient (delivery.delay_warning):
+ * never a second one. */
+#define MTA_RCPT_F_DELAY_WARNED 0x01
 
 struct mta_envelope {
 	char *sender;	    /* reverse-path mailbox; "" = null sender */
@@ -100,6 +115,7 @@ struct mta_envelope {
 	char *tls;	    /* "TLSv1.3 TLS_AES_256_GCM_SHA384" or NULL */
 	int64_t arrival_us; /* unix microseconds, set when queued */
 	uint64_t size;	    /* stored body size in bytes */
+	uint8_t tlsreq;	    /* enum mta_tlsreq (RFC 8689) */
 	struct mta_rcpt *rcpts;
 	size_t nrcpt;
 	size_t rcpt_cap;

@@ -5,6 +5,7 @@
  */
 #include "inbound.h"
 
+#include "auth.h"
 #include "err.h"
 #include "log.h"
 #include "smtp_server.h"
@@ -19,9 +20,37 @@
 #define container_of(ptr, type, member) \
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
+#define AUTH_WINDOW_MS (15u * 60u * 1000u) /* failures remembered */
+
+struct session;
+
+/* One AUTH verification: the hash on the thread pool, then the delay of
+ * a failure on the loop.  It outlives its session when the client goes
+ * away meanwhile (s is then NULL and the job frees itself). */
+struct auth_job {
+	uv_work_t work;
+	uv_timer_t timer;
+	bool timer_on;
+	struct session *s;
+	struct mta_auth_users *users; /* a reference */
+	char user[MTA_AUTH_NAME_MAX + 1];
+	char pass[MTA_AUTH_PASS_MAX + 1];
+	int result;
+	enum mta_smtpd_auth_verdict verdict;
+};
+
 struct session {
 	struct session *prev, *next;
 	struct mta_inbound *l;
+	/* the snapshot the session started with (kept alive by the owner
+	 * until mta_inbound_nsessions() was 0 after a reconfigure) */
+	const struct mta_config *cfg;
+	const struct mta_tls_creds *tls;
+	struct mta_auth_users *users; /* a reference, or NULL: no AUTH */
+	enum mta_inbound_kind kind;
+	bool greeted;		     /* the 220 was queued */
+	struct auth_job *auth_job;   /* AUTH being verified, or NULL */
+	char auth_name[MTA_AUTH_NAME_MAX + 1]; /* after a successful AUTH */
 	struct mta_stream st; /* socket, timer, TLS, buffers */
 	bool stream_closed;   /* ops.closed ran */
 	uint64_t sid;
@@ -59,6 +88,9 @@ struct mta_inbound {
 	const struct mta_tls_creds *tls;
 	void (*on_queued)(void *arg);
 	void *on_queued_arg;
+	struct mta_metrics *metrics;
+	struct mta_auth_users *users; /* a reference, or NULL */
+	struct mta_auth_limit *limit; /* failed AUTH per client */
 	struct session *sessions;
 	size_t nsessions;
 	size_t nuntrusted; /* sessions from outside relay_networks */
@@ -114,6 +146,8 @@ static bool flush_engine(struct session *s)
 
 /* ---- closing --------------------------------------------------------- */
 
+static void auth_detach(struct session *s);
+
 static void session_free(struct session *s)
 {
 	struct mta_inbound *l = s->l;
@@ -126,6 +160,9 @@ static void session_free(struct session *s)
 	mta_log_int(&ll, "messages", s->nmsgs);
 	mta_log_end(&ll);
 
+	if (s->auth_job != NULL)
+		auth_detach(s);
+	mta_auth_users_unref(s->users);
 	mta_smtpd_free(&s->smtpd);
 	if (s->body_open)
 		mta_body_free(&s->body);
@@ -137,6 +174,7 @@ static void session_free(struct session *s)
 	if (s->next != NULL)
 		s->next->prev = s->prev;
 	l->nsessions--;
+	mta_metrics_session(l->metrics, -1);
 	if (s->counted_untrusted)
 		l->nuntrusted--;
 	if (s->closing)
@@ -199,6 +237,8 @@ static void log_reject(struct session *s, const struct mta_smtpd_event *e)
 	const char *t = e->text != NULL ? e->text : "";
 	size_t tl = strlen(t);
 
+	char dsn[MTA_METRICS_LABEL_LEN] = "";
+
 	mta_log_begin(&ll, MTA_LOG_INFO, "reject");
 	mta_log_int(&ll, "sid", (long long)s->sid);
 	mta_log_str(&ll, "client", s->client);
@@ -207,9 +247,14 @@ static void log_reject(struct session *s, const struct mta_smtpd_event *e)
 	/* "550 5.6.0 text": the enhanced code is the second word */
 	if (tl > 4 && (t[4] == '2' || t[4] == '4' || t[4] == '5') &&
 	    t[5] == '.') {
-		size_t n = strcspn(t + 4, " ");
+		size_t n = strcspn(t + 4, " \r\n");
 		mta_log_strn(&ll, "dsn", t + 4, n);
+		if (n < sizeof(dsn)) {
+			memcpy(dsn, t + 4, n);
+			dsn[n] = '\0';
+		}
 	}
+	mta_metrics_rejected(s->l->metrics, dsn);
 	while (tl > 0 && (t[tl - 1] == '\r' || t[tl - 1] == '\n'))
 		tl--;
 	mta_log_strn(&ll, "text", t, tl);
@@ -232,7 +277,10 @@ static void on_commit_done(struct mta_commit *c)
 		mta_log_int(&ll, "nrcpt", (long long)s->env.nrcpt);
 		mta_log_str(&ll, "client", s->client);
 		mta_log_str(&ll, "tls", s->env.tls ? s->env.tls : "none");
+		if (s->auth_name[0] != '\0')
+			mta_log_str(&ll, "auth", s->auth_name);
 		mta_log_end(&ll);
+		mta_metrics_accepted(s->l->metrics);
 		if (s->l->on_queued != NULL)
 			s->l->on_queued(s->l->on_queued_arg);
 	} else {
@@ -286,7 +334,7 @@ static void submit_message(struct session *s)
 	char desc[128];
 
 	mta_envelope_free(&s->env);
-	if (!s->trusted) {
+	if (!s->trusted && !mta_smtpd_authenticated(&s->smtpd)) {
 		/* the engine relays it with <>: log what the client claimed */
 		const char *claimed = mta_smtpd_sender(&s->smtpd);
 		struct mta_logline cl;
@@ -335,7 +383,7 @@ static void start_tls(struct session *s, size_t discarded)
 	flush_engine(s); /* the 220 goes out in plaintext */
 	if (s->closing)
 		return;
-	if (mta_stream_starttls_server(&s->st, s->l->tls, &dropped) != 0) {
+	if (mta_stream_starttls_server(&s->st, s->tls, &dropped) != 0) {
 		session_close(s, "tls_error", false);
 		return;
 	}
@@ -347,6 +395,160 @@ static void start_tls(struct session *s, size_t discarded)
 	mta_log_end(&ll);
 }
 
+/* ---- AUTH ------------------------------------------------------------- */
+
+static void log_auth(struct session *s, const char *result, unsigned fails)
+{
+	struct mta_logline ll;
+
+	mta_log_begin(&ll, MTA_LOG_INFO, "auth");
+	mta_log_int(&ll, "sid", (long long)s->sid);
+	mta_log_str(&ll, "client", s->client);
+	mta_log_str(&ll, "result", result);
+	if (strcmp(result, "ok") == 0)
+		mta_log_str(&ll, "user", s->auth_name);
+	if (fails > 0)
+		mta_log_int(&ll, "failures", fails);
+	mta_log_end(&ll);
+}
+
+static unsigned client_failures(struct session *s)
+{
+	for (size_t i = 0; i < MTA_AUTH_LIMIT_SLOTS; i++) {
+		const struct mta_auth_limit_slot *sl = &s->l->limit->slot[i];
+		if (sl->last_ms != 0 &&
+		    memcmp(sl->key, s->client_key, sizeof(s->client_key)) == 0)
+			return sl->failures;
+	}
+	return 0;
+}
+
+static void job_free(struct auth_job *j)
+{
+	mta_auth_users_unref(j->users);
+	explicit_bzero(j, sizeof(*j));
+	free(j);
+}
+
+static void on_job_timer_closed(uv_handle_t *h)
+{
+	job_free(h->data);
+}
+
+/* The verdict goes to the engine; the session goes on with its input. */
+static void auth_answer(struct auth_job *j)
+{
+	struct session *s = j->s;
+
+	s->auth_job = NULL;
+	mta_smtpd_auth_done(&s->smtpd, j->verdict);
+	if (j->timer_on)
+		uv_close((uv_handle_t *)&j->timer, on_job_timer_closed);
+	else
+		job_free(j);
+	process(s);
+}
+
+static void on_job_timer(uv_timer_t *t)
+{
+	auth_answer(t->data);
+}
+
+/* Thread pool: the slow part. */
+static void auth_work(uv_work_t *w)
+{
+	struct auth_job *j = container_of(w, struct auth_job, work);
+
+	j->result = mta_auth_verify(j->users, j->user, j->pass);
+	explicit_bzero(j->pass, sizeof(j->pass));
+}
+
+/* Loop thread, after auth_work(). */
+static void auth_after(uv_work_t *w, int status)
+{
+	struct auth_job *j = container_of(w, struct auth_job, work);
+	struct session *s = j->s;
+	uint64_t delay = 0;
+
+	if (s == NULL) { /* the session is gone */
+		job_free(j);
+		return;
+	}
+	if (status != 0 || (j->result != 0 && j->result != MTA_ENOTFOUND)) {
+		j->verdict = MTA_SMTPD_AUTH_TEMP;
+		log_auth(s, "tempfail", 0);
+	} else if (j->result == 0) {
+		j->verdict = MTA_SMTPD_AUTH_OK;
+		mta_auth_limit_ok(s->l->limit, s->client_key);
+		memcpy(s->auth_name, j->user, sizeof(s->auth_name));
+		log_auth(s, "ok", 0);
+	} else {
+		j->verdict = MTA_SMTPD_AUTH_FAIL;
+		delay = mta_auth_limit_fail(s->l->limit, s->client_key,
+					    uv_now(s->l->loop));
+		log_auth(s, "fail", client_failures(s));
+	}
+	if (delay > 0 && uv_timer_init(s->l->loop, &j->timer) == 0) {
+		/* the growing delay of a failure (auth.failure_delay) */
+		j->timer_on = true;
+		j->timer.data = j;
+		uv_timer_start(&j->timer, on_job_timer, delay, 0);
+		return;
+	}
+	auth_answer(j);
+}
+
+/* The session is freed while its job runs: the job finishes alone. */
+static void auth_detach(struct session *s)
+{
+	struct auth_job *j = s->auth_job;
+
+	s->auth_job = NULL;
+	j->s = NULL;
+	if (j->timer_on) /* the hash is done: only the delay is left */
+		uv_close((uv_handle_t *)&j->timer, on_job_timer_closed);
+	/* else auth_after() frees it */
+}
+
+/* The engine has credentials (EV_AUTH): check the limiter, then hash on
+ * the thread pool.  e->pass is copied into the job, never logged. */
+static void start_auth(struct session *s, const struct mta_smtpd_event *e)
+{
+	struct mta_inbound *l = s->l;
+	struct auth_job *j;
+
+	if (!mta_auth_limit_check(l->limit, s->client_key, uv_now(l->loop))) {
+		log_auth(s, "limit", client_failures(s));
+		mta_smtpd_auth_done(&s->smtpd, MTA_SMTPD_AUTH_LIMIT);
+		return;
+	}
+	j = calloc(1, sizeof(*j));
+	if (j == NULL) {
+		log_auth(s, "tempfail", 0);
+		mta_smtpd_auth_done(&s->smtpd, MTA_SMTPD_AUTH_TEMP);
+		return;
+	}
+	j->s = s;
+	j->users = mta_auth_users_ref(s->users);
+	snprintf(j->user, sizeof(j->user), "%s", e->user);
+	snprintf(j->pass, sizeof(j->pass), "%s", e->pass);
+	if (uv_queue_work(l->loop, &j->work, auth_work, auth_after) != 0) {
+		job_free(j);
+		log_auth(s, "tempfail", 0);
+		mta_smtpd_auth_done(&s->smtpd, MTA_SMTPD_AUTH_TEMP);
+		return;
+	}
+	s->auth_job = j;
+}
+
+/* A transaction is in flight: MAIL given, a message being received, or
+ * its commit pending.  Shutdown lets it finish (server.shutdown_grace). */
+static bool in_transaction(const struct session *s)
+{
+	return s->commit_pending || mta_smtpd_in_message(&s->smtpd) ||
+	       mta_smtpd_sender(&s->smtpd) != NULL;
+}
+
 /* Runs the engine over buffered input until it blocks or input ends. */
 static void process(struct session *s)
 {
@@ -356,7 +558,7 @@ static void process(struct session *s)
 	if (s->processing || s->closing)
 		return;
 	s->processing = true;
-	while (!s->closing && !s->commit_pending) {
+	while (!s->closing && !s->commit_pending && s->auth_job == NULL) {
 		const uint8_t *in;
 		size_t avail = mta_stream_pending(&s->st, &in);
 		size_t n = 0;
@@ -397,6 +599,9 @@ static void process(struct session *s)
 		case MTA_SMTPD_EV_STARTTLS:
 			start_tls(s, e.len);
 			break;
+		case MTA_SMTPD_EV_AUTH:
+			start_auth(s, &e);
+			break;
 		case MTA_SMTPD_EV_CLOSE:
 			session_close(s, "quit", true);
 			goto out;
@@ -412,6 +617,11 @@ out:
 		if (mta_smtpd_closed(&s->smtpd))
 			session_close(s, "closed", true);
 	}
+	if (!s->closing && s->shutdown_pending && !in_transaction(s)) {
+		/* draining: the transaction in flight has ended */
+		mta_smtpd_shutdown(&s->smtpd);
+		session_close(s, "shutdown", true);
+	}
 	if (!s->closing) {
 		const uint8_t *in;
 		if (mta_stream_pending(&s->st, &in) >= MTA_INBOUND_INBUF_MAX)
@@ -420,7 +630,8 @@ out:
 	s->processing = false;
 	if (!s->closing)
 		arm_timer(s);
-	if (!s->closing && !s->st.reading && !s->commit_pending) {
+	if (!s->closing && !s->st.reading && !s->commit_pending &&
+	    s->auth_job == NULL) {
 		const uint8_t *in;
 		if (mta_stream_pending(&s->st, &in) < MTA_INBOUND_INBUF_MAX)
 			session_resume(s);
@@ -442,6 +653,12 @@ static void on_tls_ready(struct mta_stream *st)
 	mta_log_int(&ll, "sid", (long long)s->sid);
 	mta_log_str(&ll, "tls", desc);
 	mta_log_end(&ll);
+	if (!s->greeted) {
+		/* implicit TLS (RFC 8314 3): the greeting comes over TLS */
+		s->greeted = true;
+		mta_smtpd_greet(&s->smtpd);
+		flush_engine(s);
+	}
 }
 
 /* ops.data: bytes arrived (maybe only handshake bytes). */
@@ -482,7 +699,8 @@ static void on_timer(struct mta_stream *st)
 {
 	struct session *s = st->data;
 
-	if (s->commit_pending) { /* our own slowness is not the client's */
+	if (s->commit_pending || s->auth_job != NULL) {
+		/* our own slowness (or the AUTH delay) is not the client's */
 		mta_stream_timer(&s->st, 1000);
 		return;
 	}
@@ -516,7 +734,7 @@ static const struct mta_stream_ops session_ops = {
  */
 static void arm_timer(struct session *s)
 {
-	const struct mta_config *cfg = s->l->cfg;
+	const struct mta_config *cfg = s->cfg;
 	uint64_t now = uv_now(s->l->loop), due;
 	uint32_t prog = mta_smtpd_progress(&s->smtpd);
 
@@ -583,6 +801,12 @@ static const char *session_limit(struct mta_inbound *l,
 
 int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 {
+	return mta_inbound_accept_kind(l, server, MTA_INBOUND_SMTP);
+}
+
+int mta_inbound_accept_kind(struct mta_inbound *l, uv_stream_t *server,
+			    enum mta_inbound_kind kind)
+{
 	struct sockaddr_storage ss;
 	int sslen = sizeof(ss);
 	struct session *s;
@@ -600,6 +824,11 @@ int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 		return rc;
 	}
 	s->l = l;
+	s->cfg = l->cfg;
+	s->tls = l->tls;
+	s->kind = kind;
+	if (kind != MTA_INBOUND_SMTP)
+		s->users = mta_auth_users_ref(l->users);
 	s->sid = ++l->next_sid;
 	s->st.write_low = MTA_INBOUND_OUTBUF_MAX / 2;
 	s->next = l->sessions;
@@ -607,6 +836,7 @@ int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 		l->sessions->prev = s;
 	l->sessions = s;
 	l->nsessions++;
+	mta_metrics_session(l->metrics, 1);
 	s->close_reason = "unknown";
 
 	rc = mta_stream_accept(&s->st, server);
@@ -638,17 +868,20 @@ int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 	s->scfg.max_message_size = l->cfg->max_message_size;
 	s->scfg.max_recipients = l->cfg->max_recipients;
 	/* not offered once the key holder died (keyholder.h) */
-	s->scfg.starttls = l->tls != NULL && mta_tls_creds_usable(l->tls);
+	s->scfg.starttls = s->tls != NULL && mta_tls_creds_usable(s->tls) &&
+			   kind != MTA_INBOUND_SUBMISSIONS;
+	s->scfg.auth = s->users != NULL;
 	s->scfg.relay_allowed =
 		mta_config_relay_allowed(l->cfg, (struct sockaddr *)&ss);
 	s->trusted = s->scfg.relay_allowed;
-	if (!s->trusted) {
+	if (!s->trusted && kind == MTA_INBOUND_SMTP) {
 		l->nuntrusted++;
 		s->counted_untrusted = true;
 	}
 	/* outside relay_networks a client can only ever reach Postmaster:
 	 * without server.postmaster it can reach nothing, so say so now */
-	s->scfg.refused = !s->trusted && l->cfg->server_postmaster == NULL;
+	s->scfg.refused = !s->trusted && l->cfg->server_postmaster == NULL &&
+			  kind == MTA_INBOUND_SMTP; /* submission: AUTH */
 	s->scfg.postmaster = l->cfg->server_postmaster;
 	s->scfg.client_addr = s->client;
 	mta_smtpd_init(&s->smtpd, &s->scfg);
@@ -658,6 +891,10 @@ int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 	mta_log_str(&ll, "client", s->client);
 	mta_log_int(&ll, "port", s->client_port);
 	mta_log_str(&ll, "relay", s->scfg.relay_allowed ? "yes" : "no");
+	if (kind != MTA_INBOUND_SMTP)
+		mta_log_str(&ll, "listener", kind == MTA_INBOUND_SUBMISSION
+						     ? "submission"
+						     : "submissions");
 	mta_log_end(&ll);
 
 	const char *why = session_limit(l, s);
@@ -678,8 +915,19 @@ int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
 		session_close(s, "too_many_sessions", true);
 		return 0;
 	}
-	mta_smtpd_greet(&s->smtpd);
-	flush_engine(s);
+	if (kind == MTA_INBOUND_SUBMISSIONS) {
+		/* RFC 8314 3: TLS first; on_tls_ready() greets */
+		size_t dropped = 0;
+		if (s->tls == NULL || !mta_tls_creds_usable(s->tls) ||
+		    mta_stream_starttls_server(&s->st, s->tls, &dropped) != 0) {
+			session_close(s, "tls_error", false);
+			return 0;
+		}
+	} else {
+		s->greeted = true;
+		mta_smtpd_greet(&s->smtpd);
+		flush_engine(s);
+	}
 	if (!s->closing) {
 		arm_timer(s);
 		session_resume(s);
@@ -701,6 +949,16 @@ int mta_inbound_new(const struct mta_inbound_params *p,
 	l->tls = p->tls;
 	l->on_queued = p->on_queued;
 	l->on_queued_arg = p->on_queued_arg;
+	l->metrics = p->metrics;
+	l->limit = calloc(1, sizeof(*l->limit));
+	if (l->limit == NULL) {
+		free(l);
+		return -ENOMEM;
+	}
+	mta_auth_limit_init(l->limit, p->cfg->auth_max_failures,
+			    (uint64_t)p->cfg->auth_failure_delay * 1000u,
+			    AUTH_WINDOW_MS);
+	l->users = mta_auth_users_ref(p->users);
 	*out = l;
 	return 0;
 }
@@ -719,7 +977,8 @@ void mta_inbound_shutdown(struct mta_inbound *l, void (*done)(void *arg),
 		next = s->next;
 		if (s->closing)
 			continue;
-		if (s->commit_pending) {
+		if (in_transaction(s)) {
+			/* finishes its transaction first (drain) */
 			s->shutdown_pending = true;
 			continue;
 		}
@@ -729,7 +988,52 @@ void mta_inbound_shutdown(struct mta_inbound *l, void (*done)(void *arg),
 	maybe_done(l);
 }
 
+void mta_inbound_shutdown_now(struct mta_inbound *l)
+{
+	struct session *s, *next;
+
+	for (s = l->sessions; s != NULL; s = next) {
+		next = s->next;
+		if (s->closing)
+			continue;
+		if (s->commit_pending) {
+			/* its reply comes with the commit, then the 421 */
+			s->shutdown_pending = true;
+			continue;
+		}
+		mta_smtpd_shutdown(&s->smtpd);
+		session_close(s, "shutdown_grace_over", true);
+	}
+}
+
+void mta_inbound_reconfigure(struct mta_inbound *l,
+			     const struct mta_config *cfg,
+			     const struct mta_tls_creds *tls)
+{
+	l->cfg = cfg;
+	l->tls = tls;
+	/* the failures counted so far stay */
+	l->limit->max_failures = cfg->auth_max_failures;
+	l->limit->base_delay_ms = (uint64_t)cfg->auth_failure_delay * 1000u;
+}
+
+void mta_inbound_set_users(struct mta_inbound *l,
+			   struct mta_auth_users *users)
+{
+	struct mta_auth_users *old = l->users;
+
+	l->users = mta_auth_users_ref(users);
+	mta_auth_users_unref(old);
+}
+
+size_t mta_inbound_nsessions(const struct mta_inbound *l)
+{
+	return l->nsessions;
+}
+
 void mta_inbound_free(struct mta_inbound *l)
 {
+	mta_auth_users_unref(l->users);
+	free(l->limit);
 	free(l);
 }

@@ -22,9 +22,36 @@
  *	inside a message.  The timer never fires against the client while a
  *	commit is pending.
  *
- *	mta_inbound_shutdown() refuses new sessions, tells every idle
- *	session "421 4.3.2" and closes it; a session waiting for a commit
- *	gets its reply first.  done(arg) is called exactly once, when every
+ *	Listener kinds (mta_inbound_accept_kind()): MTA_INBOUND_SMTP
+ *	(server.listen: relay for relay_networks, Postmaster for the rest, no
+ *	AUTH), MTA_INBOUND_SUBMISSION (submission.listen, port 587: STARTTLS,
+ *	then AUTH) and MTA_INBOUND_SUBMISSIONS (submissions.listen, port 465:
+ *	the TLS handshake starts at once and the greeting comes over TLS, RFC
+ *	8314 3).  On both submission kinds AUTH is offered once TLS is up, a
+ *	client outside relay_networks must authenticate before MAIL, and a
+ *	client that did is relay-allowed for the rest of the session.  They
+ *	do not count in the quarter of server.max_sessions kept for clients
+ *	outside relay_networks (they cannot send anything before AUTH).
+ *
+ *	AUTH: the engine's AUTH event is verified against the users table
+ *	(auth.h, mta_inbound_set_users()) on libuv's thread pool
+ *	(uv_queue_work): the loop never waits on a password hash.  Failed
+ *	attempts are counted per client address (IPv4 address or IPv6 /64):
+ *	the 535 of the n-th consecutive failure is sent after
+ *	auth.failure_delay << (n - 1) (at most 30 s); after
+ *	auth.max_failures failures the client gets "421 4.7.0" at its next
+ *	AUTH, without a hash, until 15 minutes have passed since its last
+ *	failure.  A success forgets the client's failures.  Log lines
+ *	(event=auth) carry the result and, on success, the user name; never
+ *	a password or a SASL response.
+ *
+ *	mta_inbound_shutdown() refuses new sessions, tells every session not
+ *	in a transaction "421 4.3.2" and closes it; a session in a
+ *	transaction (MAIL given, a message coming in, its commit pending)
+ *	finishes it first and gets the 421 after its reply, whenever the
+ *	transaction ends.  mta_inbound_shutdown_now() ends the wait (the
+ *	daemon's server.shutdown_grace): every session left is told 421 and
+ *	closed, a pending commit's reply first.  done(arg) is called exactly once, when every
  *	session is gone (possibly before mta_inbound_shutdown() returns).
  *
  * THREADS
@@ -57,6 +84,7 @@
 #define MTA_INBOUND_H
 
 #include "config.h"
+#include "metrics.h"
 #include "spool.h"
 #include "stream.h"
 #include "tls.h"
@@ -69,6 +97,13 @@
 #define MTA_INBOUND_BODY_SPILL (256 * 1024)
 
 struct mta_inbound;
+struct mta_auth_users;
+
+enum mta_inbound_kind {
+	MTA_INBOUND_SMTP = 0,	 /* server.listen */
+	MTA_INBOUND_SUBMISSION,	 /* submission.listen: STARTTLS, AUTH */
+	MTA_INBOUND_SUBMISSIONS, /* submissions.listen: implicit TLS, AUTH */
+};
 
 struct mta_inbound_params {
 	uv_loop_t *loop;
@@ -78,13 +113,34 @@ struct mta_inbound_params {
 	const struct mta_tls_creds *tls; /* NULL: no STARTTLS */
 	void (*on_queued)(void *arg);	 /* after each committed message */
 	void *on_queued_arg;
+	struct mta_metrics *metrics;	 /* counters (metrics.h), or NULL */
+	struct mta_auth_users *users;	 /* AUTH table (a reference is
+					    taken), or NULL: no AUTH */
 };
 
 int mta_inbound_new(const struct mta_inbound_params *p,
 		    struct mta_inbound **out);
 int mta_inbound_accept(struct mta_inbound *in, uv_stream_t *server);
+/* The same for a listener of the given kind. */
+int mta_inbound_accept_kind(struct mta_inbound *in, uv_stream_t *server,
+			    enum mta_inbound_kind kind);
+/* Reload: sessions accepted from now on verify AUTH against users (a
+ * reference is taken; the old table is released when its last session
+ * and verification are done).  NULL: no AUTH. */
+void mta_inbound_set_users(struct mta_inbound *in,
+			   struct mta_auth_users *users);
 void mta_inbound_shutdown(struct mta_inbound *in, void (*done)(void *arg),
 			  void *arg);
+/* Drain over (server.shutdown_grace): every session still open gets
+ * "421 4.3.2" and is closed, a pending commit's reply first. */
+void mta_inbound_shutdown_now(struct mta_inbound *in);
+/* Reload: sessions accepted from now on use cfg and tls; open sessions
+ * keep the snapshot they started with.  The caller keeps the old ones
+ * alive until mta_inbound_nsessions() has been 0 once after the call. */
+void mta_inbound_reconfigure(struct mta_inbound *in,
+			     const struct mta_config *cfg,
+			     const struct mta_tls_creds *tls);
+size_t mta_inbound_nsessions(const struct mta_inbound *in);
 void mta_inbound_free(struct mta_inbound *in);
 
 #endif

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -24,6 +25,7 @@ enum kh_type {
 	KH_SIGN_HASH = 2,
 	KH_DECRYPT = 3,
 	KH_AUTH_PLAIN = 4,
+	KH_RELOAD = 5,
 };
 
 struct kh_req {
@@ -53,7 +55,10 @@ struct holder {
 	gnutls_privkey_t key; /* NULL: no TLS key given */
 	char user[256], pass[256];
 	char plain[700];      /* base64("\0user\0pass"), "" = none */
+	const char *key_file, *auth_file; /* as started: RELOAD reads them */
 };
+
+static int holder_reload(struct holder *h);
 
 static int holder_answer(int fd, int status, const void *p, size_t n)
 {
@@ -122,6 +127,15 @@ static void holder_serve(int fd, struct holder *h)
 			}
 			holder_answer(fd, 0, h->plain, strlen(h->plain));
 			continue;
+		case KH_RELOAD:
+			/* both files again, from the paths of the start; on
+			 * any failure the old key and password stay */
+			if (r.len != 0 || holder_reload(h) != 0) {
+				rc = GNUTLS_E_FILE_ERROR;
+				break;
+			}
+			holder_answer(fd, 0, h->user, strlen(h->user));
+			continue;
 		default:
 			rc = GNUTLS_E_INVALID_REQUEST;
 			break;
@@ -182,49 +196,133 @@ static void base64(const unsigned char *in, size_t n, char *out)
 	out[o] = '\0';
 }
 
+/* The AUTH PLAIN blob of user and pass into out[700]; 0 or -1. */
+static int make_plain(const char *user, const char *pass, char *out)
+{
+	unsigned char raw[520];
+	size_t u = strlen(user), p = strlen(pass);
+
+	if (u + p + 2 > sizeof(raw))
+		return -1;
+	raw[0] = '\0';
+	memcpy(raw + 1, user, u);
+	raw[1 + u] = '\0';
+	memcpy(raw + 2 + u, pass, p);
+	base64(raw, u + p + 2, out);
+	explicit_bzero(raw, sizeof(raw));
+	return 0;
+}
+
+/* The private key in PEM from path; 0 or -1. */
+static int load_key(const char *path, gnutls_privkey_t *out)
+{
+	gnutls_datum_t d = {NULL, 0};
+	gnutls_privkey_t k = NULL;
+	int rc = -1;
+
+	if (read_file(path, &d) != 0)
+		return -1;
+	if (gnutls_privkey_init(&k) >= 0 &&
+	    gnutls_privkey_import_x509_raw(k, &d, GNUTLS_X509_FMT_PEM, NULL,
+					   0) >= 0) {
+		*out = k;
+		k = NULL;
+		rc = 0;
+	}
+	if (k != NULL)
+		gnutls_privkey_deinit(k);
+	explicit_bzero(d.data, d.size);
+	gnutls_free(d.data);
+	return rc;
+}
+
+/* RELOAD: the key and the relayhost "username password" line again,
+ * read as the holder's user (with CAP_DAC_READ_SEARCH, inside its
+ * Landlock rules: these two files only).  All or nothing. */
+static int holder_reload(struct holder *h)
+{
+	gnutls_privkey_t nk = NULL;
+	char line[600], user[256], pass[256], plain[700];
+	ssize_t n;
+	int fd;
+
+	if (h->key_file != NULL && load_key(h->key_file, &nk) != 0)
+		return -1;
+	if (h->auth_file != NULL) {
+		fd = open(h->auth_file, O_RDONLY | O_CLOEXEC);
+		n = fd < 0 ? -1 : read(fd, line, sizeof(line) - 1);
+		if (fd >= 0)
+			close(fd);
+		line[n > 0 ? n : 0] = '\0';
+		line[strcspn(line, "\n")] = '\0';
+		if (n <= 0 || sscanf(line, "%255s %255s", user, pass) != 2 ||
+		    make_plain(user, pass, plain) != 0) {
+			explicit_bzero(line, sizeof(line));
+			explicit_bzero(pass, sizeof(pass));
+			if (nk != NULL)
+				gnutls_privkey_deinit(nk);
+			return -1;
+		}
+		explicit_bzero(line, sizeof(line));
+		memcpy(h->user, user, sizeof(user));
+		memcpy(h->pass, pass, sizeof(pass));
+		memcpy(h->plain, plain, sizeof(plain));
+		explicit_bzero(pass, sizeof(pass));
+		explicit_bzero(plain, sizeof(plain));
+	}
+	if (nk != NULL) {
+		gnutls_privkey_deinit(h->key);
+		h->key = nk;
+	}
+	return 0;
+}
+
+/* After the drop (PR_SET_KEEPCAPS kept the permitted set): keep only
+ * CAP_DAC_READ_SEARCH, so RELOAD can read a key that is root's alone
+ * (0600); Landlock limits it to the holder's two files. */
+static int keep_read_cap(char *err, size_t errlen)
+{
+	struct __user_cap_header_struct hd = {
+		.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct cd[2];
+
+	memset(cd, 0, sizeof(cd));
+	cd[0].permitted = cd[0].effective = 1u << CAP_DAC_READ_SEARCH;
+	if (syscall(SYS_capset, &hd, cd) != 0 ||
+	    prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0) {
+		snprintf(err, errlen, "capset: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 /* In the child: never returns. */
 __attribute__((noreturn)) static void
-holder_main(int fd, pid_t parent, const char *key_file, const char *user,
-	    const char *pass, const struct mta_privdrop *pd)
+holder_main(int fd, pid_t parent, const char *key_file,
+	    const char *auth_file, const char *user, const char *pass,
+	    const struct mta_privdrop *pd)
 {
 	struct holder h;
 	char err[300] = "";
+	const char *ro[2] = {key_file, auth_file};
 	int abi;
 
 	memset(&h, 0, sizeof(h));
+	h.key_file = key_file;
+	h.auth_file = auth_file;
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
 		_exit(1);
 	(void)prctl(PR_SET_NAME, "mtad-keyholder");
-	if (key_file != NULL) {
-		gnutls_datum_t d = {NULL, 0};
-		if (read_file(key_file, &d) != 0 ||
-		    gnutls_privkey_init(&h.key) < 0 ||
-		    gnutls_privkey_import_x509_raw(h.key, &d,
-						   GNUTLS_X509_FMT_PEM, NULL,
-						   0) < 0) {
-			fprintf(stderr, "mtad-keyholder: %s: cannot load\n",
-				key_file);
-			_exit(1);
-		}
-		explicit_bzero(d.data, d.size);
-		gnutls_free(d.data);
+	if (key_file != NULL && load_key(key_file, &h.key) != 0) {
+		fprintf(stderr, "mtad-keyholder: %s: cannot load\n", key_file);
+		_exit(1);
 	}
 	if (user != NULL && pass != NULL) {
 		/* kept as given too: this is where the secret lives */
 		snprintf(h.user, sizeof(h.user), "%s", user);
 		snprintf(h.pass, sizeof(h.pass), "%s", pass);
-	}
-	if (user != NULL && pass != NULL) {
-		unsigned char raw[520];
-		size_t u = strlen(user), p = strlen(pass);
-		if (u + p + 2 > sizeof(raw))
+		if (make_plain(user, pass, h.plain) != 0)
 			_exit(1);
-		raw[0] = '\0';
-		memcpy(raw + 1, user, u);
-		raw[1 + u] = '\0';
-		memcpy(raw + 2 + u, pass, p);
-		base64(raw, u + p + 2, h.plain);
-		explicit_bzero(raw, sizeof(raw));
 	}
 	/* nothing but the socket and stderr */
 	if (fd != 3) {
@@ -235,8 +333,10 @@ holder_main(int fd, pid_t parent, const char *key_file, const char *user,
 	(void)close(0);
 	(void)close(1);
 	(void)syscall(SYS_close_range, 4, ~0U, 0);
-	if (mta_privdrop_apply(pd, err, sizeof(err)) != 0 ||
-	    mta_sandbox_landlock(NULL, 0, NULL, 0, &abi, err, sizeof(err)) !=
+	if ((pd->active && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) ||
+	    mta_privdrop_apply(pd, err, sizeof(err)) != 0 ||
+	    (pd->active && keep_read_cap(err, sizeof(err)) != 0) ||
+	    mta_sandbox_landlock(NULL, 0, ro, 2, &abi, err, sizeof(err)) !=
 		    0 ||
 	    mta_sandbox_seccomp(MTA_SANDBOX_HOLDER, false, err, sizeof(err)) !=
 		    0) {
@@ -250,8 +350,9 @@ holder_main(int fd, pid_t parent, const char *key_file, const char *user,
 /* ------------------------------------------------------------------------ */
 /* the daemon side */
 
-int mta_keyholder_start(const char *key_file, const char *auth_user,
-			const char *auth_pass, const struct mta_privdrop *pd,
+int mta_keyholder_start(const char *key_file, const char *auth_file,
+			const char *auth_user, const char *auth_pass,
+			const struct mta_privdrop *pd,
 			struct mta_keyholder **out, char *err, size_t errlen)
 {
 	struct mta_keyholder *kh = calloc(1, sizeof(*kh));
@@ -276,7 +377,8 @@ int mta_keyholder_start(const char *key_file, const char *auth_user,
 	}
 	if (kh->pid == 0) {
 		close(sv[0]);
-		holder_main(sv[1], parent, key_file, auth_user, auth_pass, pd);
+		holder_main(sv[1], parent, key_file, auth_file, auth_user,
+			    auth_pass, pd);
 	}
 	close(sv[1]);
 	kh->fd = sv[0];
@@ -425,6 +527,16 @@ int mta_keyholder_auth(struct mta_keyholder *kh, char *buf, size_t len)
 			 len) == 0
 		       ? 0
 		       : -EPIPE;
+}
+
+int mta_keyholder_reload(struct mta_keyholder *kh, char *user, size_t len)
+{
+	size_t got = 0;
+
+	return roundtrip(kh, KH_RELOAD, 0, 0, NULL, NULL, &got, user, len) ==
+			       0
+		       ? 0
+		       : MTA_ETLS;
 }
 
 bool mta_keyholder_alive(struct mta_keyholder *kh)

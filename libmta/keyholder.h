@@ -7,10 +7,12 @@
  *	child connected by a SOCK_SEQPACKET socketpair.  The child reads
  *	key_file itself (the parent never reads it), keeps a copy of the
  *	relayhost user and password given (the caller wipes its own copy
- *	right after), sets PR_SET_PDEATHSIG(SIGKILL), drops to pd's user,
- *	closes every other descriptor, installs the MTA_SANDBOX_HOLDER
- *	seccomp list and Landlock with no file access, then answers
- *	requests until its socket reports EOF (the daemon is gone).
+ *	right after), sets PR_SET_PDEATHSIG(SIGKILL), drops to pd's user
+ *	keeping one capability, CAP_DAC_READ_SEARCH (so a reload can read
+ *	a key that only root may read), closes every other descriptor,
+ *	installs the MTA_SANDBOX_HOLDER seccomp list and Landlock allowing
+ *	nothing but reading key_file and auth_file, then answers requests
+ *	until its socket reports EOF (the daemon is gone).
  *
  *	Requests are typed records, one per datagram, checked for type and
  *	length before use (header: type, sign algorithm, flags, length; then
@@ -18,7 +20,10 @@
  *	sign algorithm and flags as given to the external key callbacks),
  *	DECRYPT (RSA key exchange), AUTH_PLAIN (the SASL PLAIN response,
  *	base64 of "\0user\0pass", so the password's bytes never exist in
- *	the parent).  Anything else is answered with an error and otherwise
+ *	the parent), RELOAD (SIGHUP: key_file and auth_file read again;
+ *	all or nothing, the old key and password stay on failure; a
+ *	handshake of a session begun before the reload is then signed with
+ *	the new key).  Anything else is answered with an error and otherwise
  *	ignored.
  *
  *	mta_keyholder_privkey() gives the parent a gnutls_privkey_t imported
@@ -68,14 +73,19 @@
 
 struct mta_keyholder;
 
-int mta_keyholder_start(const char *key_file, const char *auth_user,
-			const char *auth_pass, const struct mta_privdrop *pd,
+int mta_keyholder_start(const char *key_file, const char *auth_file,
+			const char *auth_user, const char *auth_pass,
+			const struct mta_privdrop *pd,
 			struct mta_keyholder **out, char *err, size_t errlen);
 /* An external key for the public key of cert_file's first certificate. */
 int mta_keyholder_privkey(struct mta_keyholder *kh, gnutls_pubkey_t pub,
 			  gnutls_privkey_t *out);
 /* The AUTH PLAIN argument (base64, NUL-terminated) into buf. */
 int mta_keyholder_auth(struct mta_keyholder *kh, char *buf, size_t len);
+/* SIGHUP: the holder reads key_file and auth_file again (the paths of
+ * mta_keyholder_start()); the relayhost user name (not secret, "" when
+ * none) into user.  On failure the holder keeps what it had. */
+int mta_keyholder_reload(struct mta_keyholder *kh, char *user, size_t len);
 bool mta_keyholder_alive(struct mta_keyholder *kh);
 pid_t mta_keyholder_pid(const struct mta_keyholder *kh);
 void mta_keyholder_free(struct mta_keyholder *kh);

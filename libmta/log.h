@@ -15,7 +15,7 @@
  *	peer's reply) cannot forge a second line or a key.  A line longer than
  *	MTA_LOG_LINE_MAX is cut and ends with truncated=1.
  *
- *	mta_log_set_level() sets the minimum level, once at start-up; lines
+ *	mta_log_set_level() sets the minimum level, at start-up and on reload; lines
  *	below it are dropped at mta_log_begin() (l->skip).
  *
  * THREADS

@@ -194,6 +194,7 @@ static void cache_write(struct mta_mtasts *m, const char *domain,
 static void fetch_failed(struct mta_mtasts_query *q, const char *status,
 			 const char *why)
 {
+	mta_metrics_sts_fetch(q->m->p.metrics, status);
 	struct mta_logline ll;
 
 	mta_log_begin(&ll, MTA_LOG_WARN, "sts_fetch_failed");
@@ -243,6 +244,7 @@ static void on_fetch(const struct mta_sts_fetch_result *r, void *ud)
 		rec.text_len = r->body_len;
 		cache_write(q->m, q->domain, &rec);
 	}
+	mta_metrics_sts_fetch(q->m->p.metrics, "ok");
 	log_policy(q, &q->fetched, q->txt.id, "fetch");
 	finish(q, &q->fetched, q->txt.id, NULL);
 }
@@ -542,4 +544,9 @@ void mta_mtasts_stop(struct mta_mtasts *m, void (*done)(void *arg),
 	while (m->queries != NULL)
 		mta_mtasts_cancel(m->queries);
 	maybe_stopped(m);
+}
+
+void mta_mtasts_set_ca_file(struct mta_mtasts *m, const char *ca_file)
+{
+	m->p.ca_file = ca_file;
 }

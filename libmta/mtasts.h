@@ -52,6 +52,7 @@
 #define MTA_MTASTS_H
 
 #include "dns.h"
+#include "metrics.h"
 #include "spool.h"
 #include "sts.h"
 #include "writer.h"
@@ -70,6 +71,7 @@ struct mta_mtasts_params {
 	const char *ca_file;
 	unsigned https_port;
 	unsigned refresh_interval; /* seconds */
+	struct mta_metrics *metrics; /* fetch results (metrics.h), or NULL */
 };
 
 struct mta_mtasts_result {
@@ -92,6 +94,9 @@ int mta_mtasts_lookup(struct mta_mtasts *m, const char *domain,
 int mta_mtasts_refresh(struct mta_mtasts *m, const char *domain,
 		       mta_mtasts_cb cb, void *ud, struct mta_mtasts_query **q);
 void mta_mtasts_cancel(struct mta_mtasts_query *q);
+/* Reload: fetches started from now on trust ca_file (borrowed until the
+ * next call or stop). */
+void mta_mtasts_set_ca_file(struct mta_mtasts *m, const char *ca_file);
 void mta_mtasts_stop(struct mta_mtasts *m, void (*done)(void *arg),
 		     void *arg);
 

@@ -60,6 +60,16 @@ NAME_FN(mta_policy_verifier_name, enum mta_policy_verifier,
 NAME_FN(mta_policy_ptype_name, enum mta_policy_ptype, MTA_POLICY_PTYPE_MAP,
 	CASE_PTYPE)
 NAME_FN(mta_rpt_name, enum mta_rpt, MTA_RPT_MAP, CASE_RPT)
+#define CASE_CONT_MODE(e, name)                                               \
+	case MTA_POLICY_CONT_MODE_##e:                                        \
+		return name;
+#define CASE_CONT(e, name)                                                    \
+	case MTA_POLICY_CONT_##e:                                             \
+		return name;
+NAME_FN(mta_policy_cont_mode_name, enum mta_policy_cont_mode,
+	MTA_POLICY_CONT_MODE_MAP, CASE_CONT_MODE)
+NAME_FN(mta_policy_cont_name, enum mta_policy_cont, MTA_POLICY_CONT_MAP,
+	CASE_CONT)
 
 static const char *str(const char *s)
 {
@@ -170,7 +180,8 @@ void mta_policy_check_dest(const struct mta_policy_in *in,
 	case MTA_POLICY_MX_SECURE:
 		break;
 	}
-	if (in->sts == MTA_POLICY_STS_LOST && !in->has_table) {
+	if (in->sts == MTA_POLICY_STS_LOST && !in->has_table &&
+	    !in->tls_optional) {
 		/* never deliver as if there were no policy */
 		out->skip = "no-memory";
 		refuse(out, MTA_POLICY_DEFER, "4.3.0",
@@ -182,7 +193,8 @@ void mta_policy_check_dest(const struct mta_policy_in *in,
 
 bool mta_policy_want_tlsa(const struct mta_policy_in *in)
 {
-	if (!table_allows_dane(in) || in->mx != MTA_POLICY_MX_SECURE)
+	if (!table_allows_dane(in) || in->mx != MTA_POLICY_MX_SECURE ||
+	    in->tls_optional) /* RFC 8689 §4.2.2: DANE ignored */
 		return false;
 	switch (in->addr) {
 	case MTA_POLICY_ADDR_SECURE:
@@ -238,6 +250,38 @@ static int tlsa_stage(const struct mta_policy_in *in, struct mta_policy *out)
 	if (in->nrrs == 0 || in->rrs == NULL)
 		return 0;
 	return mta_dane_count_usable(in->rrs, in->nrrs) > 0 ? 1 : 2;
+}
+
+/* RFC 8689 §4.2.1: an authenticated channel or none.  False when the
+ * host is skipped (out filled). */
+static bool requiretls_stage(const struct mta_policy_in *in,
+			     struct mta_policy *out)
+{
+	out->requiretls = true;
+	if (out->verifier == MTA_POLICY_V_DANE)
+		return true; /* step 4: DANE (RTLS-23) */
+	if (out->sts_host && !out->sts_testing_mismatch) {
+		/* step 2: the MX name validated by MTA-STS §4.1 matching,
+		 * testing included (RTLS-22); the certificate by WebPKI */
+		out->level = MTA_TLS_VERIFY;
+		out->verifier = MTA_POLICY_V_STS;
+		return true;
+	}
+	if (in->mx == MTA_POLICY_MX_SECURE &&
+	    in->addr != MTA_POLICY_ADDR_LITERAL) {
+		/* step 2 and 4: a DNSSEC-secure MX name (or the configured
+		 * relayhost name), WebPKI-valid for it (RTLS-20, RTLS-34) */
+		out->level = MTA_TLS_VERIFY;
+		out->verifier = MTA_POLICY_V_WEBPKI;
+		return true;
+	}
+	skip(out, "requiretls", "5.7.10");
+	out->rpt = MTA_RPT_NONE;
+	out->count = false;
+	snprintf(out->reason, sizeof(out->reason),
+		 "REQUIRETLS: MX %s of %s not DNSSEC/MTA-STS validated",
+		 str(in->host), str(in->domain));
+	return false;
 }
 
 void mta_policy_decide(const struct mta_policy_in *in, struct mta_policy *out)
@@ -305,7 +349,8 @@ void mta_policy_decide(const struct mta_policy_in *in, struct mta_policy *out)
 
 	/* 3./5. MTA-STS where DANE does not apply (DANE wins, also over the
 	 * policy's mx patterns) and no table entry is set */
-	out->sts_host = dane == 0 && !in->has_table && sts_in_force(in);
+	out->sts_host = dane == 0 && !in->has_table && !in->tls_optional &&
+			sts_in_force(in);
 	sts_enforce = out->sts_host &&
 		      in->sts_policy->mode == MTA_STS_MODE_ENFORCE;
 	if (out->sts_host) {
@@ -337,6 +382,8 @@ void mta_policy_decide(const struct mta_policy_in *in, struct mta_policy *out)
 		}
 	}
 
+	if (in->requiretls && !requiretls_stage(in, out))
+		return;
 	out->starttls = starttls_for(out->level);
 	if (in->relay_auth)
 		out->starttls = MTA_SMTPC_TLS_REQUIRE;
@@ -377,7 +424,7 @@ void mta_policy_verdict(const struct mta_policy_in *in,
 				       ? chk->dane_rpt
 				       : mta_rpt_name(MTA_RPT_TLSA_INVALID);
 		snprintf(v->auth, sizeof(v->auth), "dane-failed");
-		v->status = "4.7.5";
+		v->status = p->requiretls ? "5.7.10" : "4.7.5";
 		snprintf(v->reason, sizeof(v->reason), "%s",
 			 chk->dane_reason != NULL && chk->dane_reason[0]
 				 ? chk->dane_reason
@@ -389,6 +436,68 @@ void mta_policy_verdict(const struct mta_policy_in *in,
 		break;
 	}
 	required = p->verifier != MTA_POLICY_V_STS_TESTING;
+	if (chk->webpki_ok && required && in->require_sct > 0) {
+		/* CT: only a required WebPKI check, never DANE or testing */
+		v->ct = chk->ct;
+		if (chk->ct != MTA_CT_OK) {
+			const char *ct = mta_ct_verdict_name(
+				chk->ct == MTA_CT_NOT_CHECKED ? MTA_CT_MISSING
+							     : chk->ct);
+			v->ct_refused = true;
+			v->accept = false;
+			v->status = "4.7.5";
+			if (p->sts_host)
+				v->count_rpt =
+					mta_rpt_name(MTA_RPT_VALIDATION_FAILURE);
+			if (p->verifier == MTA_POLICY_V_STS)
+				snprintf(v->auth, sizeof(v->auth),
+					 "mta-sts-failed id=%s ct=%s",
+					 str(in->sts_id), ct);
+			else
+				snprintf(v->auth, sizeof(v->auth),
+					 "verify-failed ct=%s", ct);
+			snprintf(v->reason, sizeof(v->reason),
+				 "certificate of %s lacks Certificate "
+				 "Transparency: ct=%s (%s)",
+				 str(in->host), ct, str(chk->ct_why));
+			return;
+		}
+	}
+	if (chk->webpki_ok && p->sts_host &&
+	    in->continuity != MTA_POLICY_CONT_MODE_OFF) {
+		switch (chk->cont) {
+		case MTA_POLICY_CONT_NEW_ISSUER:
+			v->cont_log = true;
+			if (in->continuity == MTA_POLICY_CONT_MODE_HOLD &&
+			    required) {
+				v->cont_held = true;
+				v->accept = false;
+				v->status = "4.7.5";
+				snprintf(v->auth, sizeof(v->auth),
+					 "mta-sts-held id=%s "
+					 "continuity=new_issuer",
+					 str(in->sts_id));
+				snprintf(v->reason, sizeof(v->reason),
+					 "certificate of %s from an issuer "
+					 "never seen for %s: continuity="
+					 "new_issuer, held until accepted "
+					 "(mtactl policy accept %s)",
+					 str(in->host), str(in->domain),
+					 str(in->domain));
+				return;
+			}
+			break;
+		case MTA_POLICY_CONT_NEW_KEY:
+			v->cont_log = true;
+			break;
+		case MTA_POLICY_CONT_NONE:
+		case MTA_POLICY_CONT_FIRST:
+		case MTA_POLICY_CONT_KNOWN:
+		case MTA_POLICY_CONT_ACCEPTED:
+			break;
+		}
+		v->cont_learn = chk->cont != MTA_POLICY_CONT_NONE;
+	}
 	if (chk->webpki_ok) {
 		if (p->sts_host)
 			v->count_rpt = mta_rpt_name(MTA_RPT_SUCCESS);
@@ -414,7 +523,7 @@ void mta_policy_verdict(const struct mta_policy_in *in,
 		return;
 	}
 	v->accept = false;
-	v->status = "4.7.5";
+	v->status = p->requiretls ? "5.7.10" : "4.7.5";
 	if (p->verifier == MTA_POLICY_V_STS) {
 		snprintf(v->auth, sizeof(v->auth), "mta-sts-failed id=%s",
 			 str(in->sts_id));

@@ -36,6 +36,33 @@
  *	count for TLS reporting, and whether an MTA-STS testing failure is to
  *	be logged.
  *
+ *	Certificate Transparency and key continuity enter the verdict as
+ *	inputs (in->require_sct and chk->ct; in->continuity and chk->cont),
+ *	computed by delivery (route.c, ct.c, the spool's key record).  CT
+ *	applies only to a required WebPKI check (verify, MTA-STS enforce)
+ *	that passed, never to DANE nor to MTA-STS testing: with
+ *	require_sct > 0 a verdict other than OK refuses the channel like a
+ *	certificate that does not verify (4.7.5, auth "...-failed ...
+ *	ct=<verdict>").  Continuity applies to hosts an MTA-STS policy covers
+ *	whose WebPKI check passed: NEW_KEY and NEW_ISSUER are logged unless
+ *	the mode is off; NEW_ISSUER refuses (4.7.5, continuity=new_issuer)
+ *	in mode hold; an accepted channel on such a host is learnt.
+ *	REQUIRETLS (RFC 8689 §4.2.1; in.requiretls, which the caller sets
+ *	only for a non-null reverse-path, RTLS-29/30): the host is used only
+ *	over an authenticated channel: DANE (usable TLSA), MTA-STS (enforce
+ *	or testing, the host matching the mx patterns: RTLS-22), or a
+ *	DNSSEC-secure MX (or relayhost) name with a WebPKI-valid certificate;
+ *	otherwise it is skipped with 5.7.10 (reason token "requiretls").  The
+ *	level is then at least verify, never a cleartext retry, and
+ *	out.requiretls asks the client for the post-STARTTLS REQUIRETLS
+ *	keyword.  A refused verdict has status 5.7.10.  The delivery turns
+ *	the 5.7.x of a destination whose every host failed so into a bounce.
+ *
+ *	TLS-Required: No (in.tls_optional, RFC 8689 §4.2.2): DANE and
+ *	MTA-STS are ignored (no TLSA lookup, no policy, no report: RTLS-33);
+ *	the operator's level (table entry or default) still holds, so the
+ *	default may gives opportunistic STARTTLS with a cleartext retry.
+ *
  *	The *_name() functions return static names from the X-macro lists
  *	below ("?" for a value outside them).
  *
@@ -59,7 +86,10 @@
  *	a usable TLSA record applies; never WebPKI-only when DANE applies;
  *	never a connection after a bogus answer; never a level below the
  *	operator's (table entry or, without one, tls.default_level), except
- *	that DANE replaces verify/encrypt by authentication through DNSSEC.
+ *	that DANE replaces verify/encrypt by authentication through DNSSEC;
+ *	never a connection for a REQUIRETLS message other than an
+ *	authenticated one (DANE, MTA-STS, or verify after a secure MX), with
+ *	STARTTLS required, no cleartext retry and the keyword checked.
  *	Host and domain names are quoted into the reason as given (they come
  *	from DNS and the envelope; the logger escapes them).
  *
@@ -68,17 +98,18 @@
  *	authentication mandatory; only unusable: TLS mandatory), §2.2.1-2.2.2
  *	(secure MX and addresses, CNAME), §6/§9.1 (local policy wins);
  *	RFC 8461 §4.1-§5.1 (enforce: MX pattern and WebPKI; testing: report
- *	only); RFC 8460 §4.3 (result types); RFC 7435 (opportunistic TLS).
+ *	only); RFC 8460 §4.3 (result types); RFC 7435 (opportunistic TLS);
+ *	RFC 8689 §4.2.1-§4.2.2 (REQUIRETLS, TLS-Required: No).
  *	Conformance ids in tests/unit/test_policy.c.
  *
  * CAVEATS
- *	REQUIRETLS (RFC 8689) and TLS-Required: No are not inputs yet.  The
- *	TLSA base-name choice (CNAME expansion) stays with the caller, which
+ *	The TLSA base-name choice (CNAME expansion) stays with the caller, which
  *	knows the names; the decision needs only the address status.
  */
 #ifndef MTA_POLICY_H
 #define MTA_POLICY_H
 
+#include "ct.h"		 /* enum mta_ct_verdict */
 #include "records.h"	 /* struct mta_dns_tlsa */
 #include "smtp_client.h" /* enum mta_smtpc_tls */
 #include "sts.h"	 /* struct mta_sts_policy */
@@ -165,6 +196,26 @@
 	X(STS_POLICY_INVALID, "sts-policy-invalid")                           \
 	X(STS_WEBPKI_INVALID, "sts-webpki-invalid")
 
+/* tls.continuity mode (mta_sts.continuity) */
+#define MTA_POLICY_CONT_MODE_MAP(X)                                           \
+	X(OFF, "off")                                                         \
+	X(LOG, "log")                                                         \
+	X(HOLD, "hold")
+
+/* Key continuity of an MTA-STS host (computed by delivery from the
+ * spool's record of the destination): NONE not looked at; FIRST nothing
+ * on record (learn); KNOWN key on record; NEW_KEY a key never seen under
+ * a known issuer; NEW_ISSUER key and issuer never seen while the known
+ * ones are recent; ACCEPTED a new issuer the operator accepted or that
+ * healed (seen on every MX for mta_sts.continuity_hold). */
+#define MTA_POLICY_CONT_MAP(X)                                                \
+	X(NONE, "none")                                                       \
+	X(FIRST, "first")                                                     \
+	X(KNOWN, "known")                                                     \
+	X(NEW_KEY, "new_key")                                                 \
+	X(NEW_ISSUER, "new_issuer")                                           \
+	X(ACCEPTED, "accepted")
+
 #define MTA_POLICY_ENUM(prefix, e, name) prefix##e,
 #define MTA_POLICY_E(e, name) MTA_POLICY_ENUM(MTA_POLICY_MX_, e, name)
 enum mta_policy_mx { MTA_POLICY_MX_MAP(MTA_POLICY_E) };
@@ -190,6 +241,12 @@ enum mta_policy_ptype { MTA_POLICY_PTYPE_MAP(MTA_POLICY_E) };
 #define MTA_POLICY_E(e, name) MTA_POLICY_ENUM(MTA_RPT_, e, name)
 enum mta_rpt { MTA_RPT_MAP(MTA_POLICY_E) };
 #undef MTA_POLICY_E
+#define MTA_POLICY_E(e, name) MTA_POLICY_ENUM(MTA_POLICY_CONT_MODE_, e, name)
+enum mta_policy_cont_mode { MTA_POLICY_CONT_MODE_MAP(MTA_POLICY_E) };
+#undef MTA_POLICY_E
+#define MTA_POLICY_E(e, name) MTA_POLICY_ENUM(MTA_POLICY_CONT_, e, name)
+enum mta_policy_cont { MTA_POLICY_CONT_MAP(MTA_POLICY_E) };
+#undef MTA_POLICY_E
 
 #define MTA_POLICY_REASON_MAX 512
 #define MTA_POLICY_AUTH_MAX 200
@@ -214,6 +271,10 @@ struct mta_policy_in {
 	const char *sts_id;
 	const char *why; /* detail of a failed MX, address or TLSA lookup
 			  * ("servfail"), for the reason; may be NULL */
+	unsigned require_sct;	/* tls.require_sct (0: CT off) */
+	enum mta_policy_cont_mode continuity; /* mta_sts.continuity */
+	bool requiretls;   /* RFC 8689 REQUIRETLS message, non-null sender */
+	bool tls_optional; /* RFC 8689 "TLS-Required: No" message */
 };
 
 struct mta_policy {
@@ -231,6 +292,8 @@ struct mta_policy {
 	bool count;		 /* count rpt under ptype before connecting */
 	const char *status;	 /* refusal: "4.7.5", "4.4.3" */
 	const char *skip;	 /* refusal: mx_skipped reason token */
+	bool requiretls; /* the peer must list REQUIRETLS after STARTTLS and
+			  * gets the MAIL parameter (else 5.7.30) */
 	char reason[MTA_POLICY_REASON_MAX];
 };
 
@@ -243,6 +306,9 @@ struct mta_policy_check {
 	bool webpki_ok;
 	const char *webpki_rpt;	  /* failure: RFC 8460 type */
 	const char *webpki_why;	  /* failure: why */
+	enum mta_ct_verdict ct;	  /* the SCT check (NOT_CHECKED: not run) */
+	const char *ct_why;	  /* its evidence, or NULL */
+	enum mta_policy_cont cont; /* key continuity (MTA-STS hosts) */
 };
 
 struct mta_policy_verdict {
@@ -253,6 +319,12 @@ struct mta_policy_verdict {
 	bool testing_failure;		   /* log event=sts_testing_failure */
 	const char *status;		   /* refusal */
 	char reason[MTA_POLICY_REASON_MAX];
+	enum mta_ct_verdict ct;	/* CT verdict that applied (NOT_CHECKED:
+				 * CT did not apply) */
+	bool ct_refused;	/* refused by CT: ct=<verdict> */
+	bool cont_log;		/* log event=tls_continuity status=cont */
+	bool cont_held;		/* refused by continuity = hold */
+	bool cont_learn;	/* record the key (webpki accepted, STS) */
 };
 
 void mta_policy_check_dest(const struct mta_policy_in *in,
@@ -272,5 +344,7 @@ const char *mta_policy_action_name(enum mta_policy_action v);
 const char *mta_policy_verifier_name(enum mta_policy_verifier v);
 const char *mta_policy_ptype_name(enum mta_policy_ptype v);
 const char *mta_rpt_name(enum mta_rpt v);
+const char *mta_policy_cont_mode_name(enum mta_policy_cont_mode v);
+const char *mta_policy_cont_name(enum mta_policy_cont v);
 
 #endif

@@ -209,6 +209,9 @@ static const char *const holder_calls[] = {
 	"brk", "futex", "getrandom", "clock_gettime", "gettimeofday",
 	"exit", "exit_group", "rt_sigreturn", "rt_sigprocmask", "getpid",
 	"gettid", "fstat", "newfstatat", "poll", "ppoll", "restart_syscall",
+	/* RELOAD: the key file and the relayhost auth file (Landlock: those
+	 * two only) */
+	"open", "openat", "lseek",
 };
 
 static int allow(scmp_filter_ctx ctx, const char *name)

@@ -553,6 +553,8 @@ static void parse_cap(struct mta_smtpc_caps *k, const char *s)
 		k->smtputf8 = true;
 	} else if (word_is(s, n, "DSN")) {
 		k->dsn = true;
+	} else if (word_is(s, n, "REQUIRETLS")) {
+		k->requiretls = true;
 	} else if (word_is(s, n, "STARTTLS")) {
 		k->starttls = true;
 	} else if (word_is(s, n, "ENHANCEDSTATUSCODES")) {
@@ -717,6 +719,13 @@ static void after_helo(struct mta_smtpc *c)
 			return;
 		}
 	}
+	if (c->cfg->requiretls && (!c->tls || !c->caps.requiretls)) {
+		/* RFC 8689 §4.2.1 step 5 (RTLS-24): the keyword must be in
+		 * the post-STARTTLS EHLO; QUIT, then the next host */
+		fail(c, 0, "5.7.30", "REQUIRETLS not offered after STARTTLS",
+		     "ehlo", true);
+		return;
+	}
 	if (c->cfg->auth_user != NULL && !c->authed) {
 		if (!c->tls)
 			fail(c, 0, "4.7.0",
@@ -768,6 +777,8 @@ static void build_mail(const struct mta_smtpc *c, struct cmd *m)
 		cmd_str(m, " ENVID=");
 		cmd_str(m, e->envid);
 	}
+	if (e->tlsreq == MTA_TLSREQ_REQUIRETLS && k->requiretls && c->tls)
+		cmd_str(m, " REQUIRETLS"); /* RFC 8689 §4.2.1 (RTLS-20) */
 	cmd_str(m, "\r\n");
 }
 

@@ -206,6 +206,11 @@
  *	STARTTLS REQUIRE: a 4xx/5xx to STARTTLS, or no STARTTLS in the EHLO
  *	reply, is FAIL 4.7.4 with the peer's code (0 when not offered).
  *	STARTTLS MAY: the same conditions continue in clear.
+ *	cfg->requiretls: a session without TLS, or whose post-STARTTLS EHLO
+ *	does not list REQUIRETLS, is FAIL 5.7.30 (stage "ehlo", QUIT sent).
+ *	MAIL carries REQUIRETLS when the envelope has it (env->tlsreq) and
+ *	the peer lists it over TLS (an NDR with a null sender goes on
+ *	without it to a peer that does not: RTLS-29).
  *	A FAIL while a transaction is open turns a 5.x.y status into 4.x.y.
  */
 #ifndef MTA_SMTP_CLIENT_H
@@ -243,6 +248,8 @@ struct mta_smtpc_config {
 	 * never in this process; auth_user must still be set (it turns
 	 * AUTH on) */
 	const char *auth_plain;
+	bool requiretls; /* RFC 8689: after TLS the peer must list
+			  * REQUIRETLS, else FAIL 5.7.30 (after QUIT) */
 };
 
 struct mta_smtpc_caps {
@@ -258,6 +265,7 @@ struct mta_smtpc_caps {
 	bool auth_plain; /* PLAIN among the mechanisms */
 	bool enhancedstatuscodes;
 	bool chunking; /* parsed for logs; BDAT is never used */
+	bool requiretls; /* RFC 8689 */
 };
 
 struct mta_smtpc_txn {

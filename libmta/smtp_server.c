@@ -45,6 +45,7 @@
 	X(BDAT, "bdat")	    /* reading a BDAT chunk */                     \
 	X(WAIT, "wait")	    /* MESSAGE emitted: message_done() next */     \
 	X(TLS, "tls")	    /* STARTTLS accepted: tls_started() next */    \
+	X(AUTH, "auth")	    /* AUTH event emitted: auth_done() next */     \
 	X(CLOSED, "closed")
 
 enum mode {
@@ -182,12 +183,23 @@ reject(struct mta_smtpd *s, struct mta_smtpd_event *ev, const char *verb,
 
 /* ---- transaction ----------------------------------------------------- */
 
+/* The client may relay: inside relay_networks, or authenticated (AUTH);
+ * every postmaster-only and null-sender rule keys on this. */
+static bool relay_ok(const struct mta_smtpd *s)
+{
+	return s->cfg->relay_allowed || s->authed;
+}
+
 static void body_reset(struct mta_smtpd *s)
 {
 	s->b_size = 0;
 	s->b_linelen = 0;
 	s->b_rcvd = 0;
 	s->b_rmatch = 0;
+	s->b_tmatch = 0;
+	s->b_tcapt = s->b_tpend = s->b_tno = false;
+	s->b_tcount = 0;
+	s->b_tlen = 0;
 	s->b_cr = false;
 	s->b_hdr_done = false;
 	s->b_viol = V_NONE;
@@ -231,6 +243,78 @@ static void rcvd_step(struct mta_smtpd *s, uint8_t c)
 	}
 }
 
+/* The "TLS-Required:" header (RFC 8689 §3): its value is collected
+ * (unfolded, at most sizeof(b_tval) octets) and judged when the field
+ * ends; b_tcount counts the fields, b_tno says the last one was "No". */
+static void tlsr_final(struct mta_smtpd *s)
+{
+	size_t a = 0, b = s->b_tlen;
+
+	s->b_tpend = s->b_tcapt = false;
+	if (s->b_tlen > sizeof(s->b_tval)) {
+		s->b_tno = false; /* too long to be "No" */
+		return;
+	}
+	while (a < b && (s->b_tval[a] == ' ' || s->b_tval[a] == '\t'))
+		a++;
+	while (b > a && (s->b_tval[b - 1] == ' ' || s->b_tval[b - 1] == '\t'))
+		b--;
+	s->b_tno = b - a == 2 && (s->b_tval[a] | 0x20) == 'n' &&
+		   (s->b_tval[a + 1] | 0x20) == 'o';
+}
+
+/* One header-section byte other than CR/LF; bol: the first of its line. */
+static void hdr_byte(struct mta_smtpd *s, uint8_t c, bool bol)
+{
+	static const char treq[] = "tls-required:";
+	char l = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+
+	if (bol && s->b_tpend) {
+		s->b_tpend = false;
+		if (c == ' ' || c == '\t')
+			s->b_tcapt = true; /* folded continuation */
+		else
+			tlsr_final(s);
+	}
+	if (s->b_rmatch >= 0)
+		rcvd_step(s, c);
+	if (s->b_tcapt) {
+		if (s->b_tlen < sizeof(s->b_tval))
+			s->b_tval[s->b_tlen] = (char)c;
+		if (s->b_tlen <= sizeof(s->b_tval))
+			s->b_tlen++;
+		return;
+	}
+	if (s->b_tmatch < 0)
+		return;
+	if (l != treq[s->b_tmatch]) {
+		s->b_tmatch = -1;
+	} else if (++s->b_tmatch == (int)sizeof(treq) - 1) {
+		s->b_tmatch = -1;
+		if (s->b_tcount < UINT8_MAX)
+			s->b_tcount++;
+		s->b_tcapt = true;
+		s->b_tlen = 0;
+	}
+}
+
+/* A CRLF in the header section; empty: it ended the section. */
+static void hdr_eol(struct mta_smtpd *s, bool empty)
+{
+	if (empty && s->b_tpend)
+		tlsr_final(s);
+	if (s->b_tcapt) {
+		s->b_tcapt = false;
+		s->b_tpend = true; /* a continuation line may follow */
+	}
+	s->b_tmatch = 0;
+}
+
+static bool hdr_active(const struct mta_smtpd *s)
+{
+	return s->b_rmatch >= 0 || s->b_tmatch >= 0 || s->b_tcapt;
+}
+
 /* Feeds one content byte (after dot-unstuffing) to the checks; true when
  * it was the LF of a CRLF. */
 static bool chk_byte(struct mta_smtpd *s, uint8_t c)
@@ -242,6 +326,8 @@ static bool chk_byte(struct mta_smtpd *s, uint8_t c)
 	if (s->b_cr) {
 		s->b_cr = false;
 		if (c == '\n') {
+			if (!s->b_hdr_done)
+				hdr_eol(s, s->b_linelen == 0);
 			if (s->b_linelen == 0)
 				s->b_hdr_done = true;
 			s->b_linelen = 0;
@@ -252,6 +338,7 @@ static bool chk_byte(struct mta_smtpd *s, uint8_t c)
 		if (++s->b_linelen > BODY_LINE_MAX)
 			violate(s, V_LONG);
 		s->b_rmatch = -1;
+		s->b_tmatch = -1;
 	}
 	if (c == '\r') {
 		s->b_cr = true;
@@ -259,10 +346,10 @@ static bool chk_byte(struct mta_smtpd *s, uint8_t c)
 	}
 	if (c == '\n' || c == '\0')
 		violate(s, V_BARE);
+	if (!s->b_hdr_done && (s->b_linelen == 0 || hdr_active(s)))
+		hdr_byte(s, c, s->b_linelen == 0);
 	if (++s->b_linelen > BODY_LINE_MAX)
 		violate(s, V_LONG);
-	if (s->b_rmatch >= 0 && !s->b_hdr_done)
-		rcvd_step(s, c);
 	return false;
 }
 
@@ -314,6 +401,7 @@ static size_t plain_len(const uint8_t *p, size_t n)
 static void chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n)
 {
 	uint64_t max = s->cfg->max_message_size;
+	bool bol = s->b_linelen == 0;
 
 	if (s->b_viol == V_NONE &&
 	    ((max != 0 && (s->b_size > max || n > max - s->b_size)) ||
@@ -334,8 +422,9 @@ static void chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n)
 	if (s->b_linelen > BODY_LINE_MAX)
 		violate(s, V_LONG);
 	if (!s->b_hdr_done)
-		for (size_t k = 0; k < n && s->b_rmatch >= 0; k++)
-			rcvd_step(s, p[k]);
+		for (size_t k = 0; k < n && ((bol && k == 0) || hdr_active(s));
+		     k++)
+			hdr_byte(s, p[k], bol && k == 0);
 }
 
 /* chk_byte() of CR then LF with no CR pending: only the size check can
@@ -347,6 +436,8 @@ static void chk_crlf(struct mta_smtpd *s)
 	s->b_size += 2;
 	if (max != 0 && s->b_size > max)
 		violate(s, V_BIG);
+	if (!s->b_hdr_done)
+		hdr_eol(s, s->b_linelen == 0);
 	if (s->b_linelen == 0)
 		s->b_hdr_done = true;
 	s->b_linelen = 0;
@@ -467,6 +558,10 @@ static enum mta_smtpd_ev cmd_helo(struct mta_smtpd *s, char *arg,
 	reply(s, "250-SMTPUTF8");
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-DSN");
+	if (s->cfg->auth && s->tls)
+		reply(s, "250-AUTH PLAIN LOGIN");
+	if (s->tls)
+		reply(s, "250-REQUIRETLS"); /* RTLS-01: after STARTTLS only */
 	if (s->cfg->starttls && !s->tls) {
 		reply(s, "250-CHUNKING");
 		reply(s, "250 STARTTLS");
@@ -479,7 +574,7 @@ static enum mta_smtpd_ev cmd_helo(struct mta_smtpd *s, char *arg,
 }
 
 struct mail_params {
-	bool size, body, utf8, ret, envid, auth;
+	bool size, body, utf8, ret, envid, auth, requiretls;
 	uint64_t size_val;
 	uint8_t body_val, ret_val;
 	const char *ret_raw, *envid_raw;
@@ -542,6 +637,11 @@ static enum mail_param_result mail_param(struct mail_params *mp,
 			return MP_BAD;
 		mp->envid = true;
 		mp->envid_raw = val;
+	} else if (strcasecmp(kw, "REQUIRETLS") == 0) {
+		/* RFC 8689 §2: no value (RTLS-04) */
+		if (mp->requiretls || val != NULL)
+			return MP_BAD;
+		mp->requiretls = true;
 	} else if (strcasecmp(kw, "AUTH") == 0) {
 		/* AUTH-09: accepted, ignored (we did not authenticate the
 		 * client, so it counts as AUTH=<>) */
@@ -567,6 +667,8 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 		return reject(s, ev, V, "503 5.5.1 Error: send HELO/EHLO first");
 	if (s->mail_ok)
 		return reject(s, ev, V, "503 5.5.1 Error: nested MAIL command");
+	if (s->cfg->auth && !relay_ok(s)) /* RFC 4954 6 */
+		return reject(s, ev, V, "530 5.7.0 Authentication required");
 	if (arg == NULL || strncasecmp(arg, "FROM:", 5) != 0)
 		return reject(s, ev, V, "501 5.5.4 Syntax: MAIL FROM:<address>");
 	p = arg + 5;
@@ -610,6 +712,9 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 	    mp.size_val > s->cfg->max_message_size)
 		return reject(s, ev, V, "552 5.3.4 Error: message size exceeds "
 			      "fixed limit");
+	if (mp.requiretls && !s->tls) /* RTLS-03 (choice) */
+		return reject(s, ev, V, "530 5.7.10 REQUIRETLS needs a TLS "
+			      "session");
 
 	tx_reset(s);
 	path[plen] = '\0';
@@ -623,6 +728,7 @@ static enum mta_smtpd_ev cmd_mail(struct mta_smtpd *s, char *arg,
 	s->env.body = mp.body_val;
 	s->env.smtputf8 = mp.utf8;
 	s->env.declared_size = mp.size ? mp.size_val : 0;
+	s->env.tlsreq = mp.requiretls ? MTA_TLSREQ_REQUIRETLS : MTA_TLSREQ_NONE;
 	s->mail_ok = true;
 	reply(s, "250 2.1.0 Ok");
 	return MTA_SMTPD_EV_NONE;
@@ -684,7 +790,7 @@ static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
 				      "address syntax");
 	}
 	path[plen] = '\0';
-	if (!postmaster && !s->cfg->relay_allowed)
+	if (!postmaster && !relay_ok(s))
 		return reject(s, ev, V, "554 5.7.1 <%.*s>: Relay access denied",
 			      ECHO_MAX, path);
 	max = s->cfg->max_recipients ? s->cfg->max_recipients
@@ -695,7 +801,7 @@ static enum mta_smtpd_ev cmd_rcpt(struct mta_smtpd *s, char *arg,
 		path = (char *)s->cfg->postmaster; /* SRV-18: routed there */
 	else if (postmaster)
 		path = (char *)"Postmaster";
-	if (!s->cfg->relay_allowed) {
+	if (!relay_ok(s)) {
 		/* no DSN may ever go to a sender a non-relay client claims */
 		orcpt = notify_raw = NULL;
 		notify = 0;
@@ -822,6 +928,179 @@ static enum mta_smtpd_ev cmd_starttls(struct mta_smtpd *s, char *arg,
 	return MTA_SMTPD_EV_STARTTLS;
 }
 
+/* ---- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) --------------------------- */
+
+/* s->auth_step: which response line the engine waits for */
+enum { AUTH_NONE = 0, AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
+
+static void auth_wipe(struct mta_smtpd *s)
+{
+	explicit_bzero(s->auth_user, sizeof(s->auth_user));
+	explicit_bzero(s->auth_pass, sizeof(s->auth_pass));
+	explicit_bzero(s->line, sizeof(s->line)); /* the base64 response */
+	s->auth_step = AUTH_NONE;
+}
+
+/* The credentials are complete: the driver verifies them. */
+static enum mta_smtpd_ev auth_event(struct mta_smtpd *s,
+				    struct mta_smtpd_event *ev)
+{
+	explicit_bzero(s->line, sizeof(s->line));
+	s->auth_step = AUTH_NONE;
+	set_state(s, MODE_AUTH);
+	ev->user = s->auth_user;
+	ev->pass = s->auth_pass;
+	ev->verb = "AUTH";
+	return MTA_SMTPD_EV_AUTH;
+}
+
+static enum mta_smtpd_ev auth_fail(struct mta_smtpd *s,
+				   struct mta_smtpd_event *ev, int kind)
+{
+	auth_wipe(s);
+	if (kind == 0)
+		return reject(s, ev, "AUTH",
+			      "501 5.5.2 Error: cannot decode response");
+	if (kind == 1)
+		return reject(s, ev, "AUTH",
+			      "501 5.0.0 Error: authentication cancelled");
+	return reject(s, ev, "AUTH",
+		      "535 5.7.8 Error: authentication credentials invalid");
+}
+
+/* Decodes one base64 response into a NUL-free string dst (cap octets +
+ * NUL); false on bad syntax, a NUL or too long. */
+static bool b64_string(const char *in, char *dst, size_t cap)
+{
+	size_t n;
+
+	if (mta_smtp_b64_decode(in, strlen(in), (uint8_t *)dst, cap, &n) != 0)
+		return false;
+	dst[n] = '\0';
+	return memchr(dst, '\0', n) == NULL && n > 0;
+}
+
+/* RFC 4616: [authzid] NUL authcid NUL passwd; the decoded bytes go
+ * through auth_pass as scratch. */
+static enum mta_smtpd_ev auth_plain(struct mta_smtpd *s, const char *resp,
+				    struct mta_smtpd_event *ev)
+{
+	uint8_t buf[3 * MTA_SMTPD_AUTH_MAX + 3];
+	const uint8_t *z, *c, *p, *end;
+	size_t n;
+
+	if (mta_smtp_b64_decode(resp, strlen(resp), buf, sizeof(buf), &n) != 0)
+		return auth_fail(s, ev, 0);
+	end = buf + n;
+	z = buf;
+	c = memchr(z, '\0', n);
+	p = c != NULL ? memchr(c + 1, '\0', (size_t)(end - c - 1)) : NULL;
+	if (c == NULL || p == NULL ||
+	    memchr(p + 1, '\0', (size_t)(end - p - 1)) != NULL ||
+	    p - c - 1 == 0 || p - c - 1 > MTA_SMTPD_AUTH_MAX ||
+	    end - p - 1 > MTA_SMTPD_AUTH_MAX) {
+		explicit_bzero(buf, sizeof(buf));
+		return auth_fail(s, ev, 0);
+	}
+	memcpy(s->auth_user, c + 1, (size_t)(p - c - 1));
+	s->auth_user[p - c - 1] = '\0';
+	memcpy(s->auth_pass, p + 1, (size_t)(end - p - 1));
+	s->auth_pass[end - p - 1] = '\0';
+	/* an authorization identity other than our own: not supported */
+	if (c != z && ((size_t)(c - z) != strlen(s->auth_user) ||
+		       memcmp(z, s->auth_user, (size_t)(c - z)) != 0)) {
+		explicit_bzero(buf, sizeof(buf));
+		return auth_fail(s, ev, 2);
+	}
+	explicit_bzero(buf, sizeof(buf));
+	return auth_event(s, ev);
+}
+
+/* A response line to a 334 challenge (NUL-terminated in s->line). */
+static enum mta_smtpd_ev auth_line(struct mta_smtpd *s, bool bad,
+				   struct mta_smtpd_event *ev)
+{
+	const char *resp = s->line;
+
+	if (bad)
+		return auth_fail(s, ev, 0);
+	if (strcmp(resp, "*") == 0)
+		return auth_fail(s, ev, 1);
+	switch (s->auth_step) {
+	case AUTH_PLAIN:
+		return auth_plain(s, resp, ev);
+	case AUTH_LOGIN_USER:
+		if (!b64_string(resp, s->auth_user, MTA_SMTPD_AUTH_MAX))
+			return auth_fail(s, ev, 0);
+		explicit_bzero(s->line, sizeof(s->line));
+		s->auth_step = AUTH_LOGIN_PASS;
+		reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+		return MTA_SMTPD_EV_NONE;
+	default:
+		if (!b64_string(resp, s->auth_pass, MTA_SMTPD_AUTH_MAX))
+			return auth_fail(s, ev, 0);
+		return auth_event(s, ev);
+	}
+}
+
+static enum mta_smtpd_ev cmd_auth(struct mta_smtpd *s, char *arg,
+				  struct mta_smtpd_event *ev)
+{
+	const char *V = "AUTH";
+	char *mech = arg, *ir = NULL, *sp;
+
+	if (!s->cfg->auth)
+		return reject(s, ev, V,
+			      "502 5.5.1 Error: command not implemented");
+	if (!s->tls) /* RFC 3207 4, RFC 4954 4: no credentials in clear */
+		return reject(s, ev, V, "530 5.7.0 Must issue a STARTTLS "
+			      "command first");
+	if (s->helo_state != HELO_EHLO)
+		return reject(s, ev, V, "503 5.5.1 Error: send EHLO first");
+	if (s->authed)
+		return reject(s, ev, V, "503 5.5.1 Error: already "
+			      "authenticated");
+	if (s->mail_ok)
+		return reject(s, ev, V, "503 5.5.1 Error: MAIL transaction in "
+			      "progress");
+	if (arg_empty(mech))
+		return reject(s, ev, V, "501 5.5.4 Syntax: AUTH mechanism "
+			      "[initial-response]");
+	sp = strchr(mech, ' ');
+	if (sp != NULL) {
+		*sp = '\0';
+		ir = sp + 1;
+		if (arg_empty(ir) || strchr(ir, ' ') != NULL) {
+			auth_wipe(s);
+			return reject(s, ev, V, "501 5.5.4 Syntax: AUTH "
+				      "mechanism [initial-response]");
+		}
+	}
+	if (strcasecmp(mech, "PLAIN") == 0) {
+		if (ir != NULL)
+			return auth_plain(s, ir, ev);
+		s->auth_step = AUTH_PLAIN;
+		reply(s, "334 ");
+		return MTA_SMTPD_EV_NONE;
+	}
+	if (strcasecmp(mech, "LOGIN") == 0) {
+		if (ir != NULL) {
+			if (!b64_string(ir, s->auth_user, MTA_SMTPD_AUTH_MAX))
+				return auth_fail(s, ev, 0);
+			explicit_bzero(s->line, sizeof(s->line));
+			s->auth_step = AUTH_LOGIN_PASS;
+			reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+			return MTA_SMTPD_EV_NONE;
+		}
+		s->auth_step = AUTH_LOGIN_USER;
+		reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
+		return MTA_SMTPD_EV_NONE;
+	}
+	auth_wipe(s);
+	return reject(s, ev, V, "504 5.5.4 Error: unrecognized "
+		      "authentication type");
+}
+
 /* Dispatches one complete command line (NUL-terminated, no CRLF). */
 static enum mta_smtpd_ev command(struct mta_smtpd *s, char *line,
 				 struct mta_smtpd_event *ev)
@@ -884,12 +1163,15 @@ static enum mta_smtpd_ev command(struct mta_smtpd *s, char *line,
 			      "502 5.5.1 Error: command not implemented");
 	if (strcasecmp(line, "HELP") == 0) {
 		reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT "
-			 "RSET NOOP QUIT VRFY HELP%s",
-		      s->cfg->starttls && !s->tls ? " STARTTLS" : "");
+			 "RSET NOOP QUIT VRFY HELP%s%s",
+		      s->cfg->starttls && !s->tls ? " STARTTLS" : "",
+		      s->cfg->auth ? " AUTH" : "");
 		return MTA_SMTPD_EV_NONE;
 	}
 	if (strcasecmp(line, "STARTTLS") == 0)
 		return cmd_starttls(s, arg, ev);
+	if (strcasecmp(line, "AUTH") == 0)
+		return cmd_auth(s, arg, ev);
 	return reject(s, ev, "UNKNOWN",
 		      "500 5.5.2 Error: command not recognized");
 }
@@ -921,6 +1203,8 @@ static enum mta_smtpd_ev line_done(struct mta_smtpd *s,
 	s->progress++;
 	s->line[s->l_len] = '\0';
 	line_reset(s);
+	if (s->auth_step != AUTH_NONE)
+		return auth_line(s, toolong || bad, ev);
 	if (toolong)
 		return reject(s, ev, "UNKNOWN",
 			      "500 5.5.2 Error: line too long");
@@ -1099,6 +1383,7 @@ void mta_smtpd_init(struct mta_smtpd *s, const struct mta_smtpd_config *cfg)
 
 void mta_smtpd_free(struct mta_smtpd *s)
 {
+	auth_wipe(s);
 	mta_envelope_free(&s->env);
 }
 
@@ -1132,7 +1417,8 @@ enum mta_smtpd_ev mta_smtpd_feed(struct mta_smtpd *s, const uint8_t *in,
 		return MTA_SMTPD_EV_NONE;
 	}
 	while (i < len && e == MTA_SMTPD_EV_NONE) {
-		if (out_free(s) < OUT_RESERVE || s->mode == MODE_WAIT)
+		if (out_free(s) < OUT_RESERVE || s->mode == MODE_WAIT ||
+		    s->mode == MODE_AUTH)
 			break; /* blocked: drain output / message_done() */
 		if (s->hold) {
 			/* the byte kept back by cmd_bdat()/feed_bdat() */
@@ -1185,9 +1471,18 @@ void mta_smtpd_output_consume(struct mta_smtpd *s, size_t n)
 
 void mta_smtpd_take_envelope(struct mta_smtpd *s, struct mta_envelope *out)
 {
+	if (s->b_tpend)
+		tlsr_final(s); /* the header section ended with the field */
+	/* RFC 8689 §3, §4.1: one "TLS-Required: No" from a client allowed
+	 * to relay lowers the message to opportunistic TLS; ignored with
+	 * the REQUIRETLS option (RTLS-07) and when the field is repeated
+	 * (RTLS-08: never relax on an ambiguous message) */
+	if (s->env.tlsreq == MTA_TLSREQ_NONE && s->cfg->relay_allowed &&
+	    s->b_tcount == 1 && s->b_tno)
+		s->env.tlsreq = MTA_TLSREQ_OPTIONAL;
 	*out = s->env;
 	mta_envelope_init(&s->env);
-	if (!s->cfg->relay_allowed) {
+	if (!relay_ok(s)) {
 		/* mail from outside relay_networks (only to Postmaster) is
 		 * relayed with the null reverse-path: no DSN, no bounce from
 		 * further on, ever reaches the sender it claims
@@ -1230,6 +1525,7 @@ void mta_smtpd_tls_started(struct mta_smtpd *s, const char *tls_desc)
 
 	tx_reset(s);
 	line_reset(s);
+	auth_wipe(s);
 	s->helo_state = HELO_NONE;
 	s->helo[0] = '\0';
 	s->tls = true;
@@ -1283,6 +1579,43 @@ const char *mta_smtpd_sender(const struct mta_smtpd *s)
 bool mta_smtpd_closed(const struct mta_smtpd *s)
 {
 	return s->mode == MODE_CLOSED;
+}
+
+void mta_smtpd_auth_done(struct mta_smtpd *s,
+			 enum mta_smtpd_auth_verdict verdict)
+{
+	if (s->mode != MODE_AUTH)
+		return;
+	auth_wipe(s);
+	s->progress++;
+	set_state(s, MODE_CMD);
+	switch (verdict) {
+	case MTA_SMTPD_AUTH_OK:
+		s->authed = true;
+		reply(s, "235 2.7.0 Authentication successful");
+		break;
+	case MTA_SMTPD_AUTH_FAIL:
+		reply(s, "535 5.7.8 Error: authentication credentials invalid");
+		if (++s->errors >= MAX_ERRORS) {
+			reply(s, "421 4.7.0 %.*s Too many errors", HOST_MAX,
+			      host(s));
+			set_state(s, MODE_CLOSED);
+		}
+		break;
+	case MTA_SMTPD_AUTH_TEMP:
+		reply(s, "454 4.7.0 Temporary authentication failure");
+		break;
+	case MTA_SMTPD_AUTH_LIMIT:
+		reply(s, "421 4.7.0 %.*s Error: too many failed "
+			 "authentications; try again later", HOST_MAX, host(s));
+		set_state(s, MODE_CLOSED);
+		break;
+	}
+}
+
+bool mta_smtpd_authenticated(const struct mta_smtpd *s)
+{
+	return s->authed;
 }
 
 /* ---- Received -------------------------------------------------------- */

@@ -63,6 +63,13 @@
  *	            dropped.  The driver flushes the output, discards anything
  *	            else it has buffered, runs the handshake, then calls
  *	            mta_smtpd_tls_started().
+ *	  AUTH      an AUTH exchange (RFC 4954) produced credentials:
+ *	            event.user and event.pass (NUL-terminated, inside the
+ *	            engine, valid until mta_smtpd_auth_done()) are to be
+ *	            verified by the driver, off the loop thread (the hash is
+ *	            slow).  Until the driver calls mta_smtpd_auth_done(),
+ *	            feed() consumes nothing.  The driver must never log
+ *	            event.pass.
  *	  CLOSE     the session is over (221 after QUIT, 421 after 100
  *	            client-caused 5xx replies); flush the output, then close.
  *	            *consumed == len; later feeds return CLOSE and drop input.
@@ -113,6 +120,26 @@
  *	every command but QUIT gets 503 5.7.1, and the third such reply
  *	closes the session with 421.
  *
+ *	AUTH (cfg->auth, the submission listeners): offered in EHLO as
+ *	"AUTH PLAIN LOGIN" only once TLS is active; before that AUTH gets
+ *	"530 5.7.0 Must issue a STARTTLS command first" (RFC 3207 4, RFC 4954
+ *	4).  PLAIN (RFC 4616; an authorization identity other than the
+ *	authentication identity gets 535 5.7.8) and LOGIN, each with or
+ *	without an initial response; "*" cancels (501 5.0.0); bad base64 gets
+ *	501 5.5.2; an unknown mechanism 504 5.5.4; AUTH before EHLO, during
+ *	a transaction or after success 503 5.5.1.  mta_smtpd_auth_done(s,
+ *	verdict) answers the AUTH event: OK "235 2.7.0 Authentication
+ *	successful", and the session is relay-allowed from then on (exactly
+ *	as if the client were in relay_networks: no postmaster-only or
+ *	null-sender rules); FAIL "535 5.7.8 Authentication credentials
+ *	invalid" (a client-caused 5xx); TEMP "454 4.7.0 Temporary
+ *	authentication failure"; LIMIT "421 4.7.0 ... Too many failed
+ *	authentications" and CLOSED.  The credentials and the response lines
+ *	are wiped from the engine's buffers once used.  With cfg->auth, MAIL
+ *	from a client that is neither relay-allowed nor authenticated gets
+ *	"530 5.7.0 Authentication required" (RFC 4954 6).
+ *	mta_smtpd_authenticated() says whether AUTH succeeded.
+ *
  *	mta_smtpd_received() formats the Received header (RFC 5321 §4.4) for
  *	the current transaction into buf: from <helo> ([client-ip]), by
  *	<hostname> with SMTP/ESMTP/ESMTPS plus "(version=... cipher=...)" when
@@ -155,17 +182,23 @@
  *	RFC 5321 (§3.3, §4.1, §4.2, §4.4, §4.5.2, §4.5.3), RFC 3207 STARTTLS,
  *	RFC 2920 PIPELINING, RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531
  *	SMTPUTF8, RFC 2034/3463 enhanced codes, RFC 3461 DSN parameters,
- *	RFC 3030 CHUNKING.  Conformance ids: SMUG-*, SRV-*, LIM-*, TLS-01..07,
+ *	RFC 3030 CHUNKING, RFC 4954 AUTH with RFC 4616 PLAIN and LOGIN.  Conformance ids: SMUG-*, SRV-*, LIM-*, TLS-01..07,
  *	PIPE-*, SIZE-01..04, 8BIT-01, ESC-*, DSN-01..02, UTF8-01..02, CHK-*.
  *	Behaviour choices are in docs/smtp-server.md.
  *
  * CAVEATS
  *	max_message_size 0 means no limit (SIZE 0 is advertised);
  *	max_recipients 0 means 100.  MAIL parameters are accepted after HELO
- *	too.  No AUTH (the AUTH= MAIL parameter is accepted and ignored), no
- *	BINARYMIME, no REQUIRETLS.  The engine logs only its mode changes,
+ *	too.  The AUTH= MAIL parameter is accepted and ignored; no
+ *	BINARYMIME.  REQUIRETLS (RFC 8689) is listed in EHLO only after
+ *	STARTTLS (RTLS-01); the MAIL parameter (no value: 501 5.5.4) outside
+ *	TLS gets 530 5.7.10 (RTLS-03) and otherwise sets env.tlsreq.  One
+ *	"TLS-Required: No" header field (value case-insensitive, folding and
+ *	WSP allowed) from a relay_allowed client sets env.tlsreq OPTIONAL
+ *	unless REQUIRETLS was given; two or more such fields are ignored
+ *	(RTLS-06..09).  The engine logs only its mode changes,
  *	at debug level (event=smtpd_state old=<mode> new=<mode>, modes cmd,
- *	data, bdat, wait, tls, closed); the driver logs from the events.
+ *	data, bdat, wait, tls, auth, closed); the driver logs from the events.
  */
 #ifndef MTA_SMTP_SERVER_H
 #define MTA_SMTP_SERVER_H
@@ -188,7 +221,17 @@ struct mta_smtpd_config {
 	bool refused;		   /* 554 greeting, 503 to all but QUIT */
 	const char *postmaster;	   /* <Postmaster> goes here; NULL: kept */
 	const char *client_addr;   /* printable IP, for Received */
+	bool auth;		   /* offer AUTH (after TLS); submission */
 };
+
+enum mta_smtpd_auth_verdict {
+	MTA_SMTPD_AUTH_OK = 0,
+	MTA_SMTPD_AUTH_FAIL,
+	MTA_SMTPD_AUTH_TEMP,
+	MTA_SMTPD_AUTH_LIMIT,
+};
+
+#define MTA_SMTPD_AUTH_MAX 255 /* user name and password octets */
 
 enum mta_smtpd_ev {
 	MTA_SMTPD_EV_NONE = 0,
@@ -199,6 +242,7 @@ enum mta_smtpd_ev {
 	MTA_SMTPD_EV_ABORT,
 	MTA_SMTPD_EV_STARTTLS,
 	MTA_SMTPD_EV_CLOSE,
+	MTA_SMTPD_EV_AUTH,
 };
 
 struct mta_smtpd_event {
@@ -207,6 +251,8 @@ struct mta_smtpd_event {
 	int code;	     /* REJECT/ABORT: reply code */
 	const char *text;    /* REJECT/ABORT: first reply line */
 	const char *verb;    /* REJECT/ABORT: command verb */
+	const char *user;    /* AUTH: authentication identity */
+	const char *pass;    /* AUTH: password; never log it */
 };
 
 #define MTA_SMTPD_OUT_SIZE 16384 /* reply buffer inside the struct */
@@ -235,6 +281,13 @@ struct mta_smtpd {
 	uint32_t b_linelen; /* octets in the current line, sans CRLF */
 	uint32_t b_rcvd;    /* Received: headers seen */
 	int8_t b_rmatch;    /* chars of "received:" matched, -1 none */
+	int8_t b_tmatch;    /* chars of "tls-required:" matched, -1 none */
+	bool b_tcapt;	    /* collecting a TLS-Required value */
+	bool b_tpend;	    /* that value may continue (folding) */
+	bool b_tno;	    /* the last TLS-Required value was "No" */
+	uint8_t b_tcount;   /* TLS-Required fields seen */
+	uint8_t b_tlen;	    /* octets of the value (> sizeof: too long) */
+	char b_tval[16];
 	bool b_cr;	    /* last content byte was CR */
 	bool b_hdr_done;    /* empty line seen */
 	uint8_t b_viol;	    /* first violation found */
@@ -244,6 +297,12 @@ struct mta_smtpd {
 	char line[MTA_SMTPD_LINE_MAX];
 	size_t l_len;
 	bool l_cr, l_bad, l_long;
+
+	/* AUTH (RFC 4954) */
+	bool authed;	    /* AUTH succeeded: relay-allowed */
+	uint8_t auth_step;  /* awaiting a response line (smtp_server.c) */
+	char auth_user[MTA_SMTPD_AUTH_MAX + 1];
+	char auth_pass[MTA_SMTPD_AUTH_MAX + 1];
 
 	char helo[MTA_SMTPD_LINE_MAX]; /* HELO/EHLO argument, raw */
 	char tls_desc[128];
@@ -270,6 +329,9 @@ bool mta_smtpd_in_message(const struct mta_smtpd *s);
 uint32_t mta_smtpd_progress(const struct mta_smtpd *s);
 const char *mta_smtpd_sender(const struct mta_smtpd *s);
 bool mta_smtpd_closed(const struct mta_smtpd *s);
+void mta_smtpd_auth_done(struct mta_smtpd *s,
+			 enum mta_smtpd_auth_verdict verdict);
+bool mta_smtpd_authenticated(const struct mta_smtpd *s);
 int mta_smtpd_received(const struct mta_smtpd *s, const char *qid, time_t now,
 		       char *buf, size_t len);
 

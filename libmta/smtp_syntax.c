@@ -333,3 +333,54 @@ bool mta_smtp_orcpt_ok(const char *v)
 	n = strlen(semi + 1);
 	return mta_smtp_xtext_ok(semi + 1, n);
 }
+
+static int b64_val(char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+int mta_smtp_b64_decode(const char *in, size_t n, uint8_t *out, size_t cap,
+			size_t *outlen)
+{
+	size_t o = 0;
+
+	*outlen = 0;
+	if (n == 1 && in[0] == '=')
+		return 0; /* RFC 4954 4: the empty response */
+	if (n % 4 != 0)
+		return -1;
+	for (size_t i = 0; i < n; i += 4) {
+		int v[4], pad = 0;
+
+		for (int k = 0; k < 4; k++) {
+			if (in[i + k] == '=' && i + 4 == n && k >= 2) {
+				v[k] = 0;
+				pad++;
+				continue;
+			}
+			if (pad > 0 || (v[k] = b64_val(in[i + k])) < 0)
+				return -1;
+		}
+		uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 |
+			     (uint32_t)v[2] << 6 | (uint32_t)v[3];
+		if (o + (size_t)(3 - pad) > cap)
+			return -1;
+		out[o++] = (uint8_t)(w >> 16);
+		if (pad < 2)
+			out[o++] = (uint8_t)(w >> 8);
+		if (pad < 1)
+			out[o++] = (uint8_t)w;
+	}
+	*outlen = o;
+	return 0;
+}

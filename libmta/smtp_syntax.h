@@ -34,6 +34,11 @@
  *	of xtext); mta_smtp_notify_parse() a NOTIFY list into MTA_NOTIFY_*
  *	bits (NEVER alone, no duplicates), 0 or -1.
  *
+ *	mta_smtp_b64_decode() decodes RFC 4648 base64 (with padding, no
+ *	blanks: the SASL responses of RFC 4954 4) from in[0..n) into
+ *	out[0..cap), setting *outlen: 0, or -1 for bad syntax or when the
+ *	result does not fit.  "=" alone is the empty response (RFC 4954 4).
+ *
  * THREADS
  *	Any; no state.
  *
@@ -75,5 +80,7 @@ int mta_smtp_next_param(char **pp, char **kw, char **val);
 bool mta_smtp_xtext_ok(const char *v, size_t n);
 bool mta_smtp_orcpt_ok(const char *v);
 int mta_smtp_notify_parse(const char *v, unsigned *out);
+int mta_smtp_b64_decode(const char *in, size_t n, uint8_t *out, size_t cap,
+			size_t *outlen);
 
 #endif

@@ -1280,6 +1280,56 @@ int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
 	return sp_err(sp, rc);
 }
 
+/* ---- figures for the metrics endpoint ------------------------------ */
+
+static int64_t db_entries(MDB_txn *txn, MDB_dbi dbi, bool have)
+{
+	MDB_stat st;
+
+	if (!have || mdb_stat(txn, dbi, &st) != 0)
+		return -1;
+	return (int64_t)st.ms_entries;
+}
+
+int mta_spool_info(struct mta_spool *sp, struct mta_spool_info *out)
+{
+	MDB_envinfo ei;
+	MDB_stat es;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc, err;
+
+	memset(out, 0, sizeof(*out));
+	out->oldest_arrival_us = -1;
+	if (mdb_env_info(sp->env, &ei) != 0 || mdb_env_stat(sp->env, &es) != 0)
+		return MTA_EDB;
+	out->map_size = (uint64_t)ei.me_mapsize;
+	out->map_used = ((uint64_t)ei.me_last_pgno + 1) * es.ms_psize;
+	if ((err = read_begin(sp, &txn)) != 0)
+		return err;
+	out->held = db_entries(txn, sp->held, sp->have_held);
+	out->sts_policies = db_entries(txn, sp->sts, true);
+	/* queue ids are time-ordered: the first key is the oldest message */
+	rc = mdb_cursor_open(txn, sp->messages, &cur);
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+		if (rc == 0) {
+			struct mta_envelope env;
+			mta_envelope_init(&env);
+			if (mta_envelope_decode(v.mv_data, v.mv_size, &env) ==
+			    0)
+				out->oldest_arrival_us = env.arrival_us;
+			mta_envelope_free(&env);
+		} else if (rc == MDB_NOTFOUND) {
+			rc = 0;
+		}
+		mdb_cursor_close(cur);
+	}
+	mdb_txn_abort(txn);
+	return sp_err(sp, rc);
+}
+
 /* ---- TLS report counters ------------------------------------------ */
 
 int mta_spool_counter_add(struct mta_spool_txn *t, const char *key,
@@ -1320,7 +1370,33 @@ static int counter_entry(void *ud, const char *key, const uint8_t *val,
 			 size_t len)
 {
 	struct counter_walk *w = ud;
+
+	if (strncmp(key, "P ", 2) == 0)
+		return 0; /* a note */
 	return len == 8 ? w->cb(w->ud, key, get_be64(val)) : 0;
+}
+
+int mta_spool_tlsrpt_note_put(struct mta_spool_txn *t, const char *key,
+			      const char *text)
+{
+	MDB_val k = {strlen(key), (void *)key}, v = {strlen(text),
+						     (void *)text};
+
+	if (!t->sp->have_tlsrpt)
+		return -EROFS;
+	if (k.mv_size < 3 || k.mv_size > 500 || strncmp(key, "P ", 2) != 0)
+		return -EINVAL;
+	return sp_err(t->sp, mdb_put(t->txn, t->sp->tlsrpt, &k, &v, 0));
+}
+
+int mta_spool_tlsrpt_foreach(struct mta_spool *sp,
+			     int (*cb)(void *ud, const char *key,
+				       const uint8_t *val, size_t len),
+			     void *ud)
+{
+	if (!sp->have_tlsrpt)
+		return 0;
+	return kv_foreach(sp, sp->tlsrpt, cb, ud);
 }
 
 int mta_spool_counter_foreach(struct mta_spool *sp,

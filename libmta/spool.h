@@ -268,6 +268,15 @@ int mta_spool_counter_foreach(struct mta_spool *sp,
 			      int (*cb)(void *ud, const char *key,
 					uint64_t value),
 			      void *ud);
+/* A text note beside the counters (key "P ...": a report's policy
+ * text, tlsrpt.h); counter_foreach skips notes, tlsrpt_foreach walks
+ * everything (value as stored; a counter is 8 bytes big-endian). */
+int mta_spool_tlsrpt_note_put(struct mta_spool_txn *t, const char *key,
+			      const char *text);
+int mta_spool_tlsrpt_foreach(struct mta_spool *sp,
+			     int (*cb)(void *ud, const char *key,
+				       const uint8_t *val, size_t len),
+			     void *ud);
 int mta_spool_commit(struct mta_spool_txn *t);
 void mta_spool_abort(struct mta_spool_txn *t);
 
@@ -289,6 +298,16 @@ int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages);
  * MTA_ENOTFOUND on a spool never opened for writing by this version. */
 int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
 		     uint64_t *rcpts, uint64_t *bytes);
+/* Figures for the metrics endpoint, from one short read transaction:
+ * the LMDB map's size and the bytes in use (last page + 1), the held
+ * and MTA-STS cache entries (-1 when the database is absent), the
+ * arrival time of the oldest message (-1 when the spool is empty). */
+struct mta_spool_info {
+	uint64_t map_size, map_used;
+	int64_t held, sts_policies;
+	int64_t oldest_arrival_us;
+};
+int mta_spool_info(struct mta_spool *sp, struct mta_spool_info *out);
 /* Walks the due index in time order, after the entry (from_us, from_qid)
  * or from the start when from_qid is NULL, and calls cb(ud, qid, due_us)
  * for each entry due at now_us, at most max of them (cb returns non-zero

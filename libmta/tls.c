@@ -439,3 +439,77 @@ const gnutls_datum_t *mta_tls_peer_chain(const struct mta_tls *t, size_t *n)
 	*n = c != NULL ? count : 0;
 	return c;
 }
+
+int mta_tls_cert_info(const gnutls_datum_t *der, struct mta_tls_certinfo *out)
+{
+	gnutls_x509_crt_t crt;
+	unsigned char id[32];
+	size_t len;
+	int rc = MTA_ETLS;
+
+	memset(out, 0, sizeof(*out));
+	if (gnutls_x509_crt_init(&crt) < 0)
+		return MTA_ETLS;
+	if (gnutls_x509_crt_import(crt, der, GNUTLS_X509_FMT_DER) < 0)
+		goto out;
+	len = sizeof(out->subject);
+	if (gnutls_x509_crt_get_dn(crt, out->subject, &len) < 0)
+		snprintf(out->subject, sizeof(out->subject), "?");
+	len = sizeof(out->issuer);
+	if (gnutls_x509_crt_get_issuer_dn(crt, out->issuer, &len) < 0)
+		snprintf(out->issuer, sizeof(out->issuer), "?");
+	len = sizeof(id);
+	if (gnutls_x509_crt_get_key_id(crt, GNUTLS_KEYID_USE_SHA256, id,
+				       &len) == 0 && len == sizeof(id))
+		for (size_t i = 0; i < len; i++)
+			snprintf(out->spki_sha256 + 2 * i, 3, "%02x", id[i]);
+	out->not_before = (int64_t)gnutls_x509_crt_get_activation_time(crt);
+	out->not_after = (int64_t)gnutls_x509_crt_get_expiration_time(crt);
+	rc = 0;
+out:
+	gnutls_x509_crt_deinit(crt);
+	return rc;
+}
+
+int mta_tls_peer_issuer(const struct mta_tls *t, gnutls_datum_t *out)
+{
+	gnutls_x509_crt_t leaf = NULL, iss = NULL;
+	const gnutls_datum_t *chain;
+	size_t n = 0;
+	void *cred = NULL;
+	int rc = MTA_ENOTFOUND;
+
+	out->data = NULL;
+	out->size = 0;
+	chain = mta_tls_peer_chain(t, &n);
+	if (n == 0 || gnutls_x509_crt_init(&leaf) < 0)
+		return MTA_ENOTFOUND;
+	if (gnutls_x509_crt_import(leaf, &chain[0], GNUTLS_X509_FMT_DER) < 0)
+		goto out;
+	/* the peer's chain first, then the trust store (the lab's and
+	 * many servers' chains stop at the leaf) */
+	for (size_t i = 1; i < n && rc != 0; i++) {
+		gnutls_x509_crt_t c;
+		if (gnutls_x509_crt_init(&c) < 0)
+			break;
+		if (gnutls_x509_crt_import(c, &chain[i], GNUTLS_X509_FMT_DER) >=
+			    0 &&
+		    gnutls_x509_crt_check_issuer(leaf, c) &&
+		    gnutls_x509_crt_export2(c, GNUTLS_X509_FMT_DER, out) >= 0)
+			rc = 0;
+		gnutls_x509_crt_deinit(c);
+	}
+	if (rc != 0 &&
+	    gnutls_credentials_get(t->session, GNUTLS_CRD_CERTIFICATE, &cred) >=
+		    0 &&
+	    cred != NULL &&
+	    gnutls_certificate_get_issuer(cred, leaf, &iss,
+					  GNUTLS_TL_GET_COPY) >= 0) {
+		if (gnutls_x509_crt_export2(iss, GNUTLS_X509_FMT_DER, out) >= 0)
+			rc = 0;
+		gnutls_x509_crt_deinit(iss);
+	}
+out:
+	gnutls_x509_crt_deinit(leaf);
+	return rc;
+}

@@ -109,6 +109,11 @@ int mta_tls_verify_webpki(struct mta_tls *t, const char *host,
 /* The certificate chain the peer sent (DER, leaf first), valid until the
  * session is freed; NULL and *n = 0 when there is none. */
 const gnutls_datum_t *mta_tls_peer_chain(const struct mta_tls *t, size_t *n);
+/* The DER of the certificate that issued the peer's leaf: from the
+ * peer's chain, else from the trust of the session's credentials (call
+ * after mta_tls_verify_webpki() passed).  0 and out (gnutls_free() its
+ * data), or MTA_ENOTFOUND. */
+int mta_tls_peer_issuer(const struct mta_tls *t, gnutls_datum_t *out);
 void mta_tls_free(struct mta_tls *t);
 int mta_tls_feed(struct mta_tls *t, const void *p, size_t n);
 int mta_tls_handshake(struct mta_tls *t);
@@ -118,5 +123,17 @@ void mta_tls_bye(struct mta_tls *t);
 /* Moves the pending ciphertext into *dst (which must be empty). */
 void mta_tls_take_output(struct mta_tls *t, struct mta_buf *dst);
 void mta_tls_describe(const struct mta_tls *t, char *buf, size_t n);
+
+/* One certificate of a chain, for mtactl explain --connect: subject and
+ * issuer DNs (RFC 4514 text, truncated), the SHA-256 of its
+ * SubjectPublicKeyInfo in hex (what TLSA "3 1 1" / "2 1 1" publish) and
+ * its validity (unix seconds).  0, or MTA_ETLS when der does not parse. */
+struct mta_tls_certinfo {
+	char subject[256];
+	char issuer[256];
+	char spki_sha256[65];
+	int64_t not_before, not_after;
+};
+int mta_tls_cert_info(const gnutls_datum_t *der, struct mta_tls_certinfo *out);
 
 #endif

@@ -22,6 +22,8 @@ struct mta_writer {
 	struct mta_commit *pending, *pending_tail;
 	struct mta_commit *done, *done_tail;
 	bool stopping;
+	struct mta_metrics *metrics; /* under mu; the registry is atomic */
+	struct mta_metrics *metrics_now; /* writer thread's copy */
 };
 
 static int64_t now_us(void)
@@ -67,9 +69,15 @@ static int apply(struct mta_spool_txn *txn, const struct mta_commit *c)
 	case MTA_COMMIT_STS_PUT:
 		return mta_spool_sts_put(txn, c->u.sts.domain, c->u.sts.rec,
 					 c->u.sts.len);
-	case MTA_COMMIT_COUNTER:
-		return mta_spool_counter_add(txn, c->u.counter.key,
-					     c->u.counter.delta);
+	case MTA_COMMIT_COUNTER: {
+		int rc = mta_spool_counter_add(txn, c->u.counter.key,
+					       c->u.counter.delta);
+		if (rc == 0 && c->u.counter.note_key != NULL)
+			rc = mta_spool_tlsrpt_note_put(txn,
+						       c->u.counter.note_key,
+						       c->u.counter.note);
+		return rc;
+	}
 	case MTA_COMMIT_ADMIN: {
 		const struct mta_commit_admin *a = &c->u.admin;
 		return mta_spool_admin(txn, a->op, a->qid, a->now_us,
@@ -108,7 +116,10 @@ static void commit_batch(struct mta_writer *w, struct mta_commit *batch)
 		mta_spool_abort(txn);
 	} else {
 		/* see mta_spool_commit(): returns after the sync */
+		int64_t tc = now_us();
 		err = mta_spool_commit(txn);
+		mta_metrics_commit(w->metrics_now, err == 0,
+				   (uint64_t)(now_us() - tc));
 		if (err != 0)
 			for (c = batch; c != NULL; c = c->next)
 				c->result = err;
@@ -217,7 +228,9 @@ static void *writer_main(void *arg)
 		struct mta_commit *news = take(&w->pending, &w->pending_tail,
 					       MTA_WRITER_BATCH_MAX,
 					       MTA_WRITER_BATCH_BYTES, &nn, &bn);
+		w->metrics_now = w->metrics;
 		pthread_mutex_unlock(&w->mu);
+		mta_metrics_writer_busy(w->metrics_now, now_us());
 		if (up != NULL && news != NULL && nn <= MTA_WRITER_MERGE_MAX &&
 		    bn <= MTA_WRITER_MERGE_BYTES) {
 			struct mta_commit *c = up;
@@ -230,6 +243,7 @@ static void *writer_main(void *arg)
 			commit_batch(w, up);
 		if (news != NULL)
 			commit_batch(w, news);
+		mta_metrics_writer_busy(w->metrics_now, 0);
 		pthread_mutex_lock(&w->mu);
 	}
 	pthread_mutex_unlock(&w->mu);
@@ -377,6 +391,18 @@ void mta_writer_submit_counter_add(struct mta_writer *w,
 	submit(w, c, done);
 }
 
+void mta_writer_submit_counter_note(struct mta_writer *w,
+				    struct mta_commit *c, const char *key,
+				    int64_t delta, const char *note_key,
+				    const char *note, mta_commit_done_fn done)
+{
+	assert(key != NULL && note_key != NULL && note != NULL);
+	c->kind = MTA_COMMIT_COUNTER;
+	c->u.counter = (struct mta_commit_counter){
+		.key = key, .delta = delta, .note_key = note_key, .note = note};
+	submit(w, c, done);
+}
+
 void mta_writer_submit_admin(struct mta_writer *w, struct mta_commit *c,
 			     const struct mta_commit_admin *a,
 			     mta_commit_done_fn done)
@@ -400,4 +426,11 @@ void mta_writer_stop(struct mta_writer *w)
 	pthread_join(w->thread, NULL);
 	run_done(w);
 	uv_close((uv_handle_t *)&w->async, on_close);
+}
+
+void mta_writer_set_metrics(struct mta_writer *w, struct mta_metrics *m)
+{
+	pthread_mutex_lock(&w->mu);
+	w->metrics = m;
+	pthread_mutex_unlock(&w->mu);
 }

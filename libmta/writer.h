@@ -74,6 +74,7 @@
 #ifndef MTA_WRITER_H
 #define MTA_WRITER_H
 
+#include "metrics.h"
 #include "spool.h"
 
 #include <uv.h>
@@ -141,6 +142,8 @@ struct mta_commit_admin {
 struct mta_commit_counter {
 	const char *key;
 	int64_t delta;
+	const char *note_key; /* or NULL: mta_spool_tlsrpt_note_put() */
+	const char *note;
 };
 
 /*
@@ -183,10 +186,20 @@ void mta_writer_submit_sts_put(struct mta_writer *w, struct mta_commit *c,
 void mta_writer_submit_counter_add(struct mta_writer *w,
 				   struct mta_commit *c, const char *key,
 				   int64_t delta, mta_commit_done_fn done);
+/* The same, and in the same transaction the text note under note_key
+ * (the report's policy text, tlsrpt.h); both borrowed until done(). */
+void mta_writer_submit_counter_note(struct mta_writer *w,
+				    struct mta_commit *c, const char *key,
+				    int64_t delta, const char *note_key,
+				    const char *note, mta_commit_done_fn done);
 /* Operator change: the "pending" queue, like new mail.  *a is copied. */
 void mta_writer_submit_admin(struct mta_writer *w, struct mta_commit *c,
 			     const struct mta_commit_admin *a,
 			     mta_commit_done_fn done);
+/* Counters of the writer (metrics.h: commits, their commit-and-sync
+ * time, the start of the batch in progress for the stuck check); taken
+ * by the thread at its next batch.  m must outlive the writer. */
+void mta_writer_set_metrics(struct mta_writer *w, struct mta_metrics *m);
 void mta_writer_stop(struct mta_writer *w);
 
 #endif

@@ -6,6 +6,7 @@
 #include "control.h"
 #include "dsn.h"
 #include "err.h"
+#include "explain.h"
 #include "log.h"
 
 #include <assert.h>
@@ -44,6 +45,7 @@ struct conn {
 	char qid[MTA_QID_LEN + 1]; /* the commit's message */
 	char note[300]; /* POLICY-REFRESH: the OK text */
 	struct mta_mtasts_query *q;
+	struct mta_explain *x; /* EXPLAIN running */
 };
 
 struct mtad_control {
@@ -104,6 +106,10 @@ static void conn_close(struct conn *c)
 	if (c->q != NULL) {
 		mta_mtasts_cancel(c->q);
 		c->q = NULL;
+	}
+	if (c->x != NULL) {
+		mta_explain_cancel(c->x);
+		c->x = NULL;
 	}
 	uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 	uv_close((uv_handle_t *)&c->pipe, on_handle_closed);
@@ -504,6 +510,65 @@ static int count_active(void *ud, const char *qid)
 	return 0;
 }
 
+static void on_explain_line(void *ud, const char *text)
+{
+	send_line(ud, "* %s", text);
+}
+
+static void on_explain_done(void *ud, int rc)
+{
+	struct conn *c = ud;
+	char text[200];
+
+	c->x = NULL;
+	if (rc != 0) {
+		snprintf(text, sizeof(text), "explain stopped: %s",
+			 mta_strerror(rc));
+		done(c, rc, "failed", text);
+		return;
+	}
+	done(c, 0, NULL, "explained");
+}
+
+/* EXPLAIN domain [CONNECT]: the decision trace of explain.h with what
+ * delivery decides with (its resolver, self-test state, policy table,
+ * MTA-STS resolver and cache). */
+static void explain(struct conn *c)
+{
+	struct mtad_control *ctl = c->ctl;
+	struct mta_delivery *d = delivery_of(ctl);
+	struct mta_explain_params xp = {0};
+	char text[600];
+	int rc;
+
+	if (c->req.nargs == 2 && strcmp(c->req.args[1], "CONNECT") != 0) {
+		done(c, MTA_EPROTO, "usage",
+		     "EXPLAIN domain [CONNECT]: the second word is CONNECT");
+		return;
+	}
+	if (d == NULL) {
+		done(c, MTA_ECLOSED, "unavailable",
+		     "delivery is not running in mtad (no DNS resolver or "
+		     "client TLS?); see the mtad log");
+		return;
+	}
+	xp.loop = ctl->p.loop;
+	mta_delivery_env(d, &xp.env);
+	xp.spool = ctl->p.spool;
+	xp.domain = c->req.args[0];
+	xp.connect = c->req.nargs == 2;
+	xp.line = on_explain_line;
+	xp.done = on_explain_done;
+	xp.ud = c;
+	rc = mta_explain_start(&xp, &c->x);
+	if (rc != 0) {
+		c->x = NULL;
+		snprintf(text, sizeof(text), "%s: %s", c->req.args[0],
+			 rc == -EINVAL ? "not a domain name" : mta_strerror(rc));
+		done(c, rc, rc == -EINVAL ? "usage" : "failed", text);
+	}
+}
+
 static void handle_request(struct conn *c, const char *line)
 {
 	struct mtad_control *ctl = c->ctl;
@@ -593,6 +658,9 @@ static void handle_request(struct conn *c, const char *line)
 		done(c, 0, NULL, NULL);
 		return;
 	}
+	case MTA_CTL_EXPLAIN:
+		explain(c);
+		return;
 	case MTA_CTL_QUIT:
 	default:
 		done(c, 0, NULL, "bye");

@@ -14,7 +14,9 @@ struct mtad_listener {
 	uv_loop_t *loop;
 	const struct mta_config *cfg;
 	struct mta_inbound *in;
-	uv_tcp_t servers[MTA_CONFIG_MAX_LISTEN];
+	/* server.listen, submission.listen, submissions.listen */
+	uv_tcp_t servers[3 * MTA_CONFIG_MAX_LISTEN];
+	enum mta_inbound_kind kinds[3 * MTA_CONFIG_MAX_LISTEN];
 	size_t nservers_open;
 	bool sessions_done; /* mta_inbound_shutdown() finished */
 	bool shutting_down;
@@ -39,7 +41,8 @@ static void on_connection(uv_stream_t *server, int status)
 	/* l->in is set before the loop first runs (start-up order) */
 	if (status < 0 || l->shutting_down || l->in == NULL)
 		return;
-	(void)mta_inbound_accept(l->in, server);
+	(void)mta_inbound_accept_kind(
+		l->in, server, l->kinds[(uv_tcp_t *)server - l->servers]);
 }
 
 static void on_server_closed(uv_handle_t *h)
@@ -79,12 +82,28 @@ int mtad_listener_open(uv_loop_t *loop, const struct mta_config *cfg,
 		return -ENOMEM;
 	l->loop = loop;
 	l->cfg = cfg;
-	for (size_t i = 0; i < cfg->nlisten; i++) {
-		uv_tcp_t *t = &l->servers[i];
-		const struct sockaddr *sa =
-			(const struct sockaddr *)&cfg->listen[i];
+	const struct {
+		const struct sockaddr_storage *addrs;
+		size_t n;
+		enum mta_inbound_kind kind;
+		const char *name;
+	} sets[] = {
+		{cfg->listen, cfg->nlisten, MTA_INBOUND_SMTP, "smtp"},
+		{cfg->submission, cfg->nsubmission, MTA_INBOUND_SUBMISSION,
+		 "submission"},
+		{cfg->submissions, cfg->nsubmissions, MTA_INBOUND_SUBMISSIONS,
+		 "submissions"},
+	};
+	size_t ns = 0;
 
-		format_addr(&cfg->listen[i], addr, sizeof(addr));
+	for (size_t k = 0; k < 3 && rc == 0; k++) {
+	for (size_t j = 0; j < sets[k].n; j++, ns++) {
+		uv_tcp_t *t = &l->servers[ns];
+		const struct sockaddr *sa =
+			(const struct sockaddr *)&sets[k].addrs[j];
+
+		l->kinds[ns] = sets[k].kind;
+		format_addr(&sets[k].addrs[j], addr, sizeof(addr));
 		uv_tcp_init(l->loop, t);
 		t->data = l;
 		l->nservers_open++;
@@ -101,7 +120,9 @@ int mtad_listener_open(uv_loop_t *loop, const struct mta_config *cfg,
 		}
 		mta_log_begin(&ll, MTA_LOG_INFO, "listen");
 		mta_log_str(&ll, "addr", addr);
+		mta_log_str(&ll, "kind", sets[k].name);
 		mta_log_end(&ll);
+	}
 	}
 	*out = l; /* even on failure: the caller shuts it down */
 	return rc; /* libuv codes are -errno on Unix */
@@ -118,6 +139,8 @@ int mtad_listener_start(struct mtad_listener *l,
 		.tls = p->tls,
 		.on_queued = p->on_queued,
 		.on_queued_arg = p->on_queued_arg,
+		.metrics = p->metrics,
+		.users = p->users,
 	};
 
 	assert(l->in == NULL && p->loop == l->loop);
@@ -140,7 +163,7 @@ void mtad_listener_shutdown(struct mtad_listener *l, void (*done)(void *arg),
 	l->shutting_down = true;
 	l->done = done;
 	l->done_arg = arg;
-	for (size_t i = 0; i < MTA_CONFIG_MAX_LISTEN; i++) {
+	for (size_t i = 0; i < 3 * MTA_CONFIG_MAX_LISTEN; i++) {
 		uv_handle_t *h = (uv_handle_t *)&l->servers[i];
 		if (h->loop != NULL && !uv_is_closing(h))
 			uv_close(h, on_server_closed);
@@ -159,4 +182,30 @@ void mtad_listener_free(struct mtad_listener *l)
 	if (l->in != NULL)
 		mta_inbound_free(l->in);
 	free(l);
+}
+
+void mtad_listener_shutdown_now(struct mtad_listener *l)
+{
+	if (l->shutting_down && !l->sessions_done && l->in != NULL)
+		mta_inbound_shutdown_now(l->in);
+}
+
+void mtad_listener_reconfigure(struct mtad_listener *l,
+			       const struct mta_config *cfg,
+			       const struct mta_tls_creds *tls)
+{
+	if (l->in != NULL)
+		mta_inbound_reconfigure(l->in, cfg, tls);
+}
+
+void mtad_listener_set_users(struct mtad_listener *l,
+			     struct mta_auth_users *users)
+{
+	if (l->in != NULL)
+		mta_inbound_set_users(l->in, users);
+}
+
+size_t mtad_listener_nsessions(const struct mtad_listener *l)
+{
+	return l->in != NULL ? mta_inbound_nsessions(l->in) : 0;
 }

@@ -2,8 +2,9 @@
  * listener.h - mtad's inbound SMTP: the listening sockets.
  *
  * DESCRIPTION
- *	mtad_listener_open() binds and listens on every server.listen address
- *	(start-up, still root: ports below 1024); *out is set even on
+ *	mtad_listener_open() binds and listens on every server.listen,
+ *	submission.listen and submissions.listen address (start-up, still
+ *	root: ports below 1024); *out is set even on
  *	failure, and the caller shuts it down.  No connection is accepted
  *	before mtad_listener_start(), which comes after the privilege drop
  *	and hands each accepted connection to the session set of
@@ -14,8 +15,9 @@
  *	mtad_listener_shutdown() stops accepting and shuts the sessions down
  *	(mta_inbound_shutdown(): "421 4.3.2" to idle sessions, a pending
  *	commit's reply first).  done() is called once every session and
- *	listening socket is closed.  Shutting down a listener that was
- *	opened but never started only closes its sockets.
+ *	listening socket is closed.  Sessions in a transaction finish it
+ *	first; mtad_listener_shutdown_now() ends that wait.  Shutting down a
+ *	listener that was opened but never started only closes its sockets.
  *
  * THREADS
  *	Loop thread only.
@@ -44,6 +46,9 @@ struct mtad_listener_params {
 	const struct mta_tls_creds *tls; /* NULL: no STARTTLS */
 	void (*on_queued)(void *arg);	 /* after each committed message */
 	void *on_queued_arg;
+	struct mta_metrics *metrics;	 /* or NULL */
+	struct mta_auth_users *users;	 /* AUTH table for the submission
+					    listeners (referenced), or NULL */
 };
 
 int mtad_listener_open(uv_loop_t *loop, const struct mta_config *cfg,
@@ -52,6 +57,18 @@ int mtad_listener_start(struct mtad_listener *l,
 			const struct mtad_listener_params *p);
 void mtad_listener_shutdown(struct mtad_listener *l, void (*done)(void *arg),
 			    void *arg);
+/* After mtad_listener_shutdown(): the drain is over (shutdown_grace),
+ * close the sessions still in a transaction (inbound.h). */
+void mtad_listener_shutdown_now(struct mtad_listener *l);
+/* SIGHUP: new sessions use cfg and tls (inbound.h); the listening
+ * sockets stay as they are. */
+void mtad_listener_reconfigure(struct mtad_listener *l,
+			       const struct mta_config *cfg,
+			       const struct mta_tls_creds *tls);
+/* SIGHUP: new sessions verify AUTH against users (inbound.h). */
+void mtad_listener_set_users(struct mtad_listener *l,
+			     struct mta_auth_users *users);
+size_t mtad_listener_nsessions(const struct mtad_listener *l);
 void mtad_listener_free(struct mtad_listener *l);
 
 #endif

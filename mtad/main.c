@@ -7,13 +7,18 @@
  * operational failure (spool, listen, TLS files), 2 on bad usage or config.
  */
 #include "config.h"
+#include "ct.h"
 #include "ctlsock.h"
 #include "delivery.h"
 #include "dns.h"
 #include "err.h"
+#include "auth.h"
+#include "health.h"
+#include "http.h"
 #include "keyholder.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "mtasts.h"
 #include "privdrop.h"
 #include "sandbox.h"
@@ -25,7 +30,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -48,6 +55,8 @@ struct daemon {
 	struct mta_tls_creds *client_tls;
 	struct mta_delivery *delivery;
 	struct mta_tlspolicy *policy;
+	struct mta_ct_loglist *ct; /* tls.ct_log_list, or NULL */
+	uv_timer_t ct_timer;	   /* hourly: is the log list stale? */
 	struct mta_mtasts *mtasts;
 	struct mtad_control *control;
 	char auth_user[256], auth_pass[256];
@@ -56,10 +65,27 @@ struct daemon {
 	bool daemon_mode;	  /* not --check-config: keys go to the holder */
 	struct mta_keyholder *holder;
 	char auth_plain[700];	  /* AUTH PLAIN blob from the holder */
+	bool dropped;		  /* privsep_lockdown() done: reloads read
+				   * as the user, the key via the holder */
+	char *held_key, *held_auth; /* the holder's files (its start) */
+	struct mta_auth_users *users; /* auth.users_file (submission AUTH) */
 	unsigned parts_running; /* listener, delivery */
 	uv_signal_t sigterm, sigint, sighup;
 	bool signals_started;
 	int exit_code;
+	/* HTTP endpoint (health, metrics) */
+	struct mta_metrics metrics;
+	struct mtad_http *http;
+	struct mtad_health health;
+	bool accepting; /* listeners bound, not draining: /readyz */
+	/* SIGTERM drain */
+	uv_timer_t grace_timer;
+	bool shutting_down;
+	/* SIGHUP reload: generations replaced and still in use */
+	struct generation *retired;
+	uv_timer_t retire_timer;
+	bool webpki;
+	bool reloaded_once; /* the start-up generation is retired (pinned) */
 };
 
 static void usage(FILE *f)
@@ -72,6 +98,8 @@ static struct daemon *the_daemon(uv_loop_t *loop)
 {
 	return loop->data;
 }
+
+static void stop_lifecycle(struct daemon *d);
 
 static void stop_everything(struct daemon *d)
 {
@@ -90,6 +118,7 @@ static void stop_everything(struct daemon *d)
 		uv_close((uv_handle_t *)&d->sigint, NULL);
 		uv_close((uv_handle_t *)&d->sighup, NULL);
 	}
+	stop_lifecycle(d);
 	mta_log_begin(&ll, MTA_LOG_INFO, "stopped");
 	mta_log_end(&ll);
 }
@@ -121,8 +150,15 @@ static void delivery_done(void *arg)
 	part_done(d);
 }
 
+static void start_grace(struct daemon *d);
+
 static void begin_shutdown(struct daemon *d)
 {
+	if (d->shutting_down)
+		return;
+	d->shutting_down = true;
+	d->accepting = false;
+	start_grace(d);
 	mtad_control_stop(d->control);
 	d->control = NULL;
 	if (d->listener != NULL)
@@ -232,51 +268,204 @@ static int read_auth_file(struct daemon *d, const char *path)
 	return 0;
 }
 
+/* Step (issue 13, submission): auth.users_file, read now, while mtad may
+ * still be root: the table lives in memory from here on, so the file need
+ * not be readable by the unprivileged user (a SIGHUP reload reads it
+ * again, as that user: make it readable by server.group, mode 0640, to
+ * change users without a restart).  0 or -1, printed. */
+static int load_auth_users(struct daemon *d)
+{
+	char err[1024];
+	int rc;
+
+	if (d->cfg->auth_users_file == NULL)
+		return 0;
+	rc = mta_auth_users_load(d->cfg->auth_users_file, &d->users, err,
+				 sizeof(err));
+	if (rc != 0) {
+		key_error(d->cfg, "auth", "users_file", "%s", err);
+		return -1;
+	}
+	return 0;
+}
+
+/* After the drop (reload): the paths of the holder's files cannot change
+ * (it reads only those); a different one is reported, the old file
+ * stays in use. */
+static void holder_path_not_live(const char *key, const char *held,
+				 const char *now)
+{
+	struct mta_logline ll;
+
+	if (now == NULL || (held != NULL && strcmp(held, now) == 0))
+		return;
+	mta_log_begin(&ll, MTA_LOG_WARN, "reload_not_live");
+	mta_log_str(&ll, "key", key);
+	mta_log_str(&ll, "reason", strcmp(key, "server.tls_key") == 0
+					   ? "restart to use a new key path"
+					   : "restart to use a new file path");
+	mta_log_end(&ll);
+}
+
+/* Reload after the drop: the key holder reads the key and the relayhost
+ * password again (its own files, mta_keyholder_reload()); the
+ * certificate is loaded here with the held key (GnuTLS checks that they
+ * match), the AUTH PLAIN blob asked for again.  0 or -1, printed. */
+static int reload_held(struct daemon *d)
+{
+	char err[1024] = "", user[256] = "";
+
+	holder_path_not_live("server.tls_key", d->held_key, d->cfg->tls_key);
+	holder_path_not_live("delivery.relayhost_auth_file", d->held_auth,
+			     d->cfg->relayhost_auth_file);
+	if (d->holder != NULL &&
+	    mta_keyholder_reload(d->holder, user, sizeof(user)) != 0) {
+		fprintf(stderr, "mtad: key holder: %s%s%s: cannot read again\n",
+			d->held_key ? d->held_key : "",
+			d->held_key && d->held_auth ? ", " : "",
+			d->held_auth ? d->held_auth : "");
+		return -1;
+	}
+	if (d->cfg->tls_cert != NULL && d->held_key != NULL &&
+	    (check_readable(d->cfg, "server", "tls_cert", d->cfg->tls_cert) ||
+	     mta_tls_creds_load_held(d->cfg->tls_cert, d->holder, &d->tls, err,
+				     sizeof(err)) != 0)) {
+		if (err[0] != '\0')
+			key_error(d->cfg, "server", "tls_cert",
+				  "cannot load with the held key: %s", err);
+		return -1;
+	}
+	if (d->cfg->tls_cert != NULL && d->held_key == NULL)
+		holder_path_not_live("server.tls_key", NULL, d->cfg->tls_key);
+	if (d->cfg->relayhost_auth_file != NULL && d->held_auth != NULL &&
+	    user[0] != '\0') {
+		snprintf(d->auth_user, sizeof(d->auth_user), "%s", user);
+		if (mta_keyholder_auth(d->holder, d->auth_plain,
+				       sizeof(d->auth_plain)) != 0) {
+			key_error(d->cfg, "delivery", "relayhost_auth_file",
+				  "the key holder did not answer");
+			return -1;
+		}
+		d->have_auth = true;
+	}
+	return 0;
+}
+
 /* Everything the config names that can be checked before start-up; also
- * what --check-config checks.  Prints the error; 0 or -1. */
+ * what --check-config checks, and what a reload reads again (after the
+ * drop: the key and the relayhost password through the holder,
+ * reload_held()).  Prints the error; 0 or -1. */
 static int load_config_files(struct daemon *d)
 {
 	char err[1024];
 
-	if (d->cfg->tls_cert != NULL &&
-	    (d->daemon_mode
-		     ? check_readable(d->cfg, "server", "tls_cert",
-				      d->cfg->tls_cert) ||
-			       check_readable(d->cfg, "server", "tls_key",
-					      d->cfg->tls_key)
-		     : load_server_tls(d) != 0))
+	if (d->dropped) {
+		if (reload_held(d) != 0)
+			return -1;
+	} else if (d->cfg->tls_cert != NULL &&
+		   (d->daemon_mode
+			    ? check_readable(d->cfg, "server", "tls_cert",
+					     d->cfg->tls_cert) ||
+				      check_readable(d->cfg, "server", "tls_key",
+						     d->cfg->tls_key)
+			    : load_server_tls(d) != 0)) {
 		return -1;
+	}
 	if (d->cfg->tls_policy_file != NULL &&
 	    mta_tlspolicy_load(d->cfg->tls_policy_file, &d->policy, err,
 			       sizeof(err)) != 0) {
 		key_error(d->cfg, "tls", "policy_file", "%s", err);
 		return -1;
 	}
-	if (d->cfg->relayhost_auth_file != NULL &&
+	if (!d->dropped && d->cfg->relayhost_auth_file != NULL &&
 	    read_auth_file(d, d->cfg->relayhost_auth_file) != 0)
 		return -1;
+	if (load_auth_users(d) != 0)
+		return -1;
+	if (d->cfg->tls_ct_log_list != NULL &&
+	    mta_ct_loglist_load(d->cfg->tls_ct_log_list, &d->ct, err,
+				sizeof(err)) != 0) {
+		key_error(d->cfg, "tls", "ct_log_list", "%s", err);
+		return -1;
+	}
 	return 0;
 }
 
-/* ---- least privilege (issue 11): one step of start-up, called after
- * everything root must open is open and before any thread starts.  See
- * docs/security.md for the order and what each layer refuses. ---- */
+/* Files the daemon still reads after the drop, and nothing else.  At
+ * run time (strace over the DANE and MTA-STS delivery tests, see
+ * docs/security.md, "How the lists were found"): the CA file (curl, at
+ * every MTA-STS fetch) and /proc/sys/vm/overcommit_memory (glibc's
+ * malloc asks once whether it may give memory back); GnuTLS reads its
+ * system config at load, getdns the trust anchor when its context is
+ * made, dates are gmtime_r (no time zone files).  Then what a SIGHUP
+ * reload reads again (reload()): the config file, server.tls_cert (the
+ * public chain; the key is the holder's), tls.policy_file, tls.ca_file,
+ * dns.trust_anchor, tls.ct_log_list, auth.users_file,
+ * delivery.routes_file and delivery.shaping_file (the last two are
+ * read after the drop at start too, when delivery starts). */
+#define RO_MAX 12
 
-/* Files the daemon still reads after the drop, and nothing else: what
- * strace showed opened after landlock_restrict_self() over the DANE and
- * MTA-STS delivery tests (docs/security.md, "How the lists were
- * found").  The config, the certificate, the policy file and the trust
- * anchor are read before the drop (getdns reads the anchor when its
- * context is made); GnuTLS reads its system config at load; curl gets
- * the address (CURLOPT_CONNECT_TO) and the CA file (no CA path); dates
- * are gmtime_r (no time zone files). */
-static size_t runtime_read_paths(const struct daemon *d,
-				 const char *ro[static 2])
+/* Is path (or what it names) inside dir?  Both resolved. */
+static bool path_within(const char *dir, const char *path)
 {
+	char rd[PATH_MAX], rp[PATH_MAX];
+	size_t n;
+
+	if (path == NULL || realpath(dir, rd) == NULL)
+		return false;
+	if (realpath(path, rp) == NULL)
+		snprintf(rp, sizeof(rp), "%s", path);
+	n = strlen(rd);
+	return strncmp(rd, rp, n) == 0 && (rp[n] == '/' || n == 1);
+}
+
+/* The Landlock grant for one file the daemon reads again on reload:
+ * its directory, so a file replaced by rename (editors, ConfigMap and
+ * Secret updates, certbot) is still readable; but the file alone when
+ * that directory (or anything below it) holds the private key or the
+ * relayhost password, which only the key holder may read.  Into buf. */
+static const char *read_grant(const struct daemon *d, const char *path,
+			      char *buf, size_t len)
+{
+	char *slash;
+
+	if (path == NULL)
+		return NULL;
+	snprintf(buf, len, "%s", path);
+	slash = strrchr(buf, '/');
+	if (slash == NULL)
+		snprintf(buf, len, ".");
+	else if (slash == buf)
+		buf[1] = '\0';
+	else
+		*slash = '\0';
+	/* never a whole system directory: the file alone */
+	if (strcmp(buf, "/") == 0 || strcmp(buf, "/etc") == 0 ||
+	    strcmp(buf, "/tmp") == 0 || path_within(buf, d->held_key) ||
+	    path_within(buf, d->held_auth) ||
+	    path_within(buf, d->cfg->tls_key) ||
+	    path_within(buf, d->cfg->relayhost_auth_file))
+		snprintf(buf, len, "%s", path);
+	return buf;
+}
+
+static size_t runtime_read_paths(const struct daemon *d,
+				 const char *ro[static RO_MAX],
+				 char bufs[][PATH_MAX])
+{
+	const struct mta_config *c = d->cfg;
+	const char *files[] = {
+		c->origin_path,	     c->tls_cert,     c->tls_policy_file,
+		c->tls_ca_file,	     c->dns_trust_anchor,
+		c->tls_ct_log_list,  c->auth_users_file,
+		c->routes_file,	     c->shaping_file,
+	};
 	size_t n = 0;
 
-	ro[n++] = d->cfg->tls_ca_file; /* curl, at every MTA-STS fetch */
-	/* glibc's malloc asks once whether it may give memory back */
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+		if (files[i] != NULL)
+			ro[n] = read_grant(d, files[i], bufs[n], PATH_MAX),
+			n++;
 	ro[n++] = "/proc/sys/vm/overcommit_memory";
 	return n;
 }
@@ -291,8 +480,16 @@ static int start_keyholder(struct daemon *d)
 
 	if (d->cfg->tls_key == NULL && !d->have_auth)
 		return 0;
-	if (mta_keyholder_start(d->cfg->tls_key, d->have_auth ? d->auth_user
-							      : NULL,
+	/* the holder reads these again on SIGHUP (mta_keyholder_reload) */
+	if ((d->cfg->tls_key != NULL &&
+	     (d->held_key = strdup(d->cfg->tls_key)) == NULL) ||
+	    (d->have_auth &&
+	     (d->held_auth = strdup(d->cfg->relayhost_auth_file)) == NULL)) {
+		fprintf(stderr, "mtad: key holder: out of memory\n");
+		return -1;
+	}
+	if (mta_keyholder_start(d->cfg->tls_key, d->held_auth,
+				d->have_auth ? d->auth_user : NULL,
 				d->have_auth ? d->auth_pass : NULL, &d->priv,
 				&d->holder, err, sizeof(err)) != 0) {
 		fprintf(stderr, "mtad: key holder: %s\n", err);
@@ -328,7 +525,8 @@ static int start_keyholder(struct daemon *d)
  * (logged, and said on stderr). */
 static int privsep_lockdown(struct daemon *d)
 {
-	const char *ro[2], *rw[1] = {d->cfg->spool_dir};
+	const char *ro[RO_MAX], *rw[1] = {d->cfg->spool_dir};
+	static char bufs[RO_MAX][PATH_MAX];
 	struct mta_logline ll;
 	char err[600] = "";
 	bool log_only = false;
@@ -346,16 +544,22 @@ static int privsep_lockdown(struct daemon *d)
 	mta_log_str(&ll, "no_new_privs", "1");
 	mta_log_end(&ll);
 
-	if (mta_sandbox_landlock(rw, 1, ro,
-				 runtime_read_paths(d, ro), &abi, err,
-				 sizeof(err)) != 0)
+	size_t nro = runtime_read_paths(d, ro, bufs);
+	if (mta_sandbox_landlock(rw, 1, ro, nro, &abi, err, sizeof(err)) !=
+	    0)
 		goto fail;
+	d->dropped = true;
 	mta_log_begin(&ll, abi > 0 ? MTA_LOG_INFO : MTA_LOG_WARN, "sandbox");
 	mta_log_str(&ll, "layer", "landlock");
 	mta_log_str(&ll, "active", abi > 0 ? "yes" : "no (kernel lacks it)");
 	mta_log_int(&ll, "abi", abi);
 	mta_log_str(&ll, "rw", d->cfg->spool_dir);
 	mta_log_end(&ll);
+	for (size_t i = 0; abi > 0 && i < nro; i++) {
+		mta_log_begin(&ll, MTA_LOG_DEBUG, "sandbox_read");
+		mta_log_str(&ll, "path", ro[i]);
+		mta_log_end(&ll);
+	}
 
 #ifdef MTAD_TEST_HOOKS
 	/* developing the allow-list: log instead of kill (test builds only) */
@@ -409,16 +613,45 @@ static void test_escape_hook(void)
 }
 #endif
 
+/* Logs event=ct_log_list_stale when the list's log_list_timestamp (or,
+ * without one, the file's mtime) is older than tls.ct_log_list_max_age:
+ * at start, on reload and hourly. */
+static void ct_check_stale(struct daemon *d)
+{
+	struct mta_logline ll;
+	struct stat sb;
+	int64_t at, now = (int64_t)time(NULL);
+
+	if (d->ct == NULL || d->cfg->tls_ct_log_list == NULL)
+		return;
+	at = d->ct->list_ms / 1000;
+	if (at == 0 && stat(d->cfg->tls_ct_log_list, &sb) == 0)
+		at = (int64_t)sb.st_mtime;
+	if (now - at <= (int64_t)d->cfg->tls_ct_log_list_max_age)
+		return;
+	mta_log_begin(&ll, MTA_LOG_WARN, "ct_log_list_stale");
+	mta_log_str(&ll, "file", d->cfg->tls_ct_log_list);
+	mta_log_int(&ll, "age_s", now - at);
+	mta_log_int(&ll, "max_age_s", d->cfg->tls_ct_log_list_max_age);
+	mta_log_str(&ll, "effect", "logs retired or added since are not "
+				   "known; update the file and send SIGHUP");
+	mta_log_end(&ll);
+}
+
+static void on_ct_timer(uv_timer_t *t)
+{
+	ct_check_stale(t->loop->data);
+}
+
+static void reload(struct daemon *d);
+
 static void on_signal(uv_signal_t *h, int signum)
 {
 	struct daemon *d = the_daemon(h->loop);
 	struct mta_logline ll;
 
 	if (signum == SIGHUP) {
-		mta_log_begin(&ll, MTA_LOG_WARN, "sighup");
-		mta_log_str(&ll, "reason",
-			    "configuration reload is not supported; restart");
-		mta_log_end(&ll);
+		reload(d);
 		return;
 	}
 	mta_log_begin(&ll, MTA_LOG_INFO, "shutdown");
@@ -476,6 +709,7 @@ static int check_config(struct daemon *d)
 	mta_tls_creds_free(d->tls);
 	mta_tlspolicy_free(d->policy);
 	explicit_bzero(d->auth_pass, sizeof(d->auth_pass));
+	mta_auth_users_unref(d->users);
 	mta_config_free(d->cfg);
 	return rc;
 }
@@ -606,8 +840,10 @@ static bool load_client_tls(struct daemon *d)
 	return false;
 }
 
-/* Start-up step (still root): the listening sockets and the control
- * socket are opened; they serve nothing before start_parts().  The
+static int open_http(struct daemon *d);
+
+/* Start-up step (still root): the listening sockets (SMTP, submission,
+ * submissions), the control socket and the HTTP endpoint are opened; they serve nothing before start_parts().  The
  * listener counts as a part from here on: a failure after this step
  * unwinds through begin_shutdown() and the loop.  0 or -1 (logged). */
 static int open_sockets(struct daemon *d)
@@ -619,6 +855,8 @@ static int open_sockets(struct daemon *d)
 	if (rc != 0)
 		return -1;
 	if (mtad_control_open(&d->loop, d->cfg, &d->control) != 0)
+		return -1;
+	if (d->cfg->http_listen != NULL && open_http(d) != 0)
 		return -1;
 	return 0;
 }
@@ -636,8 +874,10 @@ static int start_parts(struct daemon *d, bool webpki)
 		.spool = d->spool,
 		.writer = d->writer,
 		.tls = d->tls,
+		.users = d->users,
 		.on_queued = on_queued,
 		.on_queued_arg = d,
+		.metrics = &d->metrics,
 	};
 	int rc;
 
@@ -652,6 +892,7 @@ static int start_parts(struct daemon *d, bool webpki)
 		.ca_file = d->cfg->tls_ca_file,
 		.https_port = d->cfg->mta_sts_https_port,
 		.refresh_interval = d->cfg->mta_sts_refresh_interval,
+		.metrics = &d->metrics,
 	};
 	if (mta_mtasts_start(&mp, &d->mtasts) != 0)
 		d->mtasts = NULL;
@@ -667,9 +908,11 @@ static int start_parts(struct daemon *d, bool webpki)
 			.tls = d->client_tls,
 			.webpki = webpki,
 			.policy = d->policy,
+			.ct = d->ct,
 			.mtasts = d->mtasts,
 			.auth_user = d->have_auth ? d->auth_user : NULL,
 			.auth_plain = d->have_auth ? d->auth_plain : NULL,
+			.metrics = &d->metrics,
 		};
 		rc = mta_delivery_start(&dp, &d->delivery);
 		if (rc == 0)
@@ -695,6 +938,352 @@ static int start_parts(struct daemon *d, bool webpki)
 	return rc;
 }
 
+/* ---- HTTP endpoint, drain and reload (issue 13) ---------------------- */
+
+/*
+ * One generation of what SIGHUP replaces: the config snapshot and what it
+ * names (inbound certificate, client credentials with the CA file, the
+ * policy table).  The current one lives in struct daemon's fields; a
+ * replaced one waits on d->retired until its users are gone: inbound
+ * sessions keep the snapshot they started with, delivery connections the
+ * credentials their TLS session holds.  "Gone" is checked conservatively
+ * (no inbound session and no delivery connection open at one moment).
+ * The start-up generation is pinned: the control socket and the
+ * listener keep pointers into its config for the daemon's life.
+ */
+struct generation {
+	struct generation *next;
+	bool pinned;
+	struct mta_config *cfg;
+	struct mta_tls_creds *tls, *client_tls;
+	struct mta_tlspolicy *policy;
+	struct mta_ct_loglist *ct;
+};
+
+static void free_generation(struct generation *g)
+{
+	mta_ct_loglist_free(g->ct);
+	mta_tls_creds_free(g->tls);
+	mta_tls_creds_free(g->client_tls);
+	mta_tlspolicy_free(g->policy);
+	mta_config_free(g->cfg);
+	free(g);
+}
+
+/* Frees the retired generations nobody can use any more (all of them
+ * when the daemon is done). */
+static void free_retired(struct daemon *d, bool all)
+{
+	struct generation **pp = &d->retired, *g;
+
+	if (!all) {
+		if (d->listener != NULL &&
+		    mtad_listener_nsessions(d->listener) > 0)
+			return;
+		if (d->delivery != NULL && mta_delivery_nconn(d->delivery) > 0)
+			return;
+	}
+	while ((g = *pp) != NULL) {
+		if (g->pinned && !all) {
+			pp = &g->next;
+			continue;
+		}
+		*pp = g->next;
+		free_generation(g);
+	}
+}
+
+static void on_retire_timer(uv_timer_t *t)
+{
+	free_retired(the_daemon(t->loop), false);
+}
+
+static void on_grace_timer(uv_timer_t *t)
+{
+	struct daemon *d = the_daemon(t->loop);
+	struct mta_logline ll;
+
+	mta_log_begin(&ll, MTA_LOG_WARN, "shutdown_grace_over");
+	mta_log_int(&ll, "grace_s", d->cfg->shutdown_grace);
+	mta_log_end(&ll);
+	if (d->listener != NULL)
+		mtad_listener_shutdown_now(d->listener);
+}
+
+/* Start-up step: the lifecycle timers (drain, retired generations). */
+static void start_lifecycle(struct daemon *d)
+{
+	uv_timer_init(&d->loop, &d->grace_timer);
+	uv_timer_init(&d->loop, &d->retire_timer);
+	uv_timer_start(&d->retire_timer, on_retire_timer, 5000, 5000);
+	uv_unref((uv_handle_t *)&d->retire_timer);
+	uv_timer_init(&d->loop, &d->ct_timer);
+	uv_timer_start(&d->ct_timer, on_ct_timer, 3600 * 1000, 3600 * 1000);
+	uv_unref((uv_handle_t *)&d->ct_timer);
+	ct_check_stale(d);
+}
+
+static void stop_lifecycle(struct daemon *d)
+{
+	if (d->http != NULL)
+		mtad_http_stop(d->http, NULL, NULL);
+	if (d->grace_timer.loop != NULL) {
+		uv_close((uv_handle_t *)&d->grace_timer, NULL);
+		uv_close((uv_handle_t *)&d->retire_timer, NULL);
+		uv_close((uv_handle_t *)&d->ct_timer, NULL);
+	}
+}
+
+/* SIGTERM: listeners stop accepting at once (begin_shutdown()); SMTP
+ * transactions in flight get server.shutdown_grace to finish. */
+static void start_grace(struct daemon *d)
+{
+	if (d->grace_timer.loop == NULL)
+		return;
+	uv_timer_start(&d->grace_timer, on_grace_timer,
+		       (uint64_t)d->cfg->shutdown_grace * 1000u, 0);
+	uv_unref((uv_handle_t *)&d->grace_timer);
+}
+
+/* Part of open_sockets() (still root): the HTTP endpoint on http.listen,
+ * bound and listening; it answers once the loop runs, after
+ * start_parts().  0 or -1 (logged). */
+static int open_http(struct daemon *d)
+{
+	d->health.spool = d->spool;
+	d->health.metrics = &d->metrics;
+	d->health.delivery = &d->delivery;
+	d->health.accepting = &d->accepting;
+	struct mtad_http_params hp = {
+		.loop = &d->loop,
+		.addr = &d->cfg->http_addr,
+		.name = d->cfg->http_listen,
+		.handle = mtad_health_handle,
+		.arg = &d->health,
+	};
+	return mtad_http_start(&hp, &d->http) == 0 ? 0 : -1;
+}
+
+/* Keys the running daemon cannot change: a new value is reported and
+ * takes effect at the next restart. */
+static const char *const not_live[] = {
+	"server.listen",      "spool.dir",	  "spool.max_size",
+	"dns.resolver",	      "dns.trust_anchor", "dns.timeout",
+	"mta_sts.https_port", "mta_sts.refresh_interval",
+	"control.socket",     "control.group",	  "http.listen",
+	"server.shutdown_grace", "submission.listen",	  "submissions.listen",
+};
+
+/* The value line of section.key in mta_config_print() output, or NULL. */
+static const char *printed_value(const char *text, const char *dotted,
+				 size_t *len)
+{
+	const char *dot = strchr(dotted, '.'), *p = text, *sect = "";
+	size_t sl = (size_t)(dot - dotted), kl = strlen(dot + 1);
+
+	while (*p != '\0') {
+		const char *e = strchr(p, '\n');
+		size_t n = e ? (size_t)(e - p) : strlen(p);
+		if (p[0] == '[') {
+			sect = p + 1;
+		} else if (strncmp(sect, dotted, sl) == 0 && sect[sl] == ']' &&
+			   n > kl && strncmp(p, dotted + sl + 1, kl) == 0 &&
+			   (p[kl] == ' ' || p[kl] == '=')) {
+			/* continuation lines belong to the value */
+			const char *q = e;
+			while (q != NULL && (q[1] == ' ' || q[1] == '\t'))
+				q = strchr(q + 1, '\n');
+			*len = (q ? (size_t)(q - p) : strlen(p));
+			return p;
+		}
+		if (e == NULL)
+			break;
+		p = e + 1;
+	}
+	return NULL;
+}
+
+static char *print_config(const struct mta_config *c)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	if (f == NULL)
+		return NULL;
+	mta_config_print(c, f);
+	fclose(f);
+	return buf;
+}
+
+/* Logs every key of not_live whose value differs; the count. */
+static int report_not_live(const struct mta_config *old,
+			   const struct mta_config *nw)
+{
+	char *a = print_config(old), *b = print_config(nw);
+	struct mta_logline ll;
+	int n = 0;
+
+	for (size_t i = 0; a && b && i < sizeof(not_live) / sizeof(*not_live);
+	     i++) {
+		size_t la = 0, lb = 0;
+		const char *va = printed_value(a, not_live[i], &la);
+		const char *vb = printed_value(b, not_live[i], &lb);
+		if ((va == NULL) == (vb == NULL) &&
+		    (va == NULL || (la == lb && memcmp(va, vb, la) == 0)))
+			continue;
+		n++;
+		mta_log_begin(&ll, MTA_LOG_WARN, "reload_not_live");
+		mta_log_str(&ll, "key", not_live[i]);
+		mta_log_str(&ll, "effect",
+			    "changed in the file; the running daemon keeps the "
+			    "old value until a restart");
+		mta_log_end(&ll);
+	}
+	free(a);
+	free(b);
+	return n;
+}
+
+static void reload_failed(const char *why)
+{
+	struct mta_logline ll;
+
+	mta_log_begin(&ll, MTA_LOG_ERR, "reload_failed");
+	mta_log_str(&ll, "error", why);
+	mta_log_str(&ll, "effect", "the configuration in force is unchanged");
+	mta_log_end(&ll);
+}
+
+/*
+ * SIGHUP: a new snapshot of the config file (and the environment of the
+ * start), with the files it names loaded again through the start-up
+ * functions (load_config_files(): inbound certificate and key via
+ * load_server_tls(), policy table, relayhost credentials; then the CA
+ * file).  Anything that fails refuses the whole reload, logged, and the
+ * old generation stays in force.  Otherwise the new one is handed to the
+ * listener (new sessions), delivery (new decisions and connections) and
+ * MTA-STS (CA file), log.level applies at once, and the old generation
+ * is retired (freed when its users are gone).
+ */
+static void reload(struct daemon *d)
+{
+	struct mta_logline ll;
+	struct mta_config *ncfg = NULL;
+	struct mta_tls_creds *nclient = NULL;
+	char err[1024] = "";
+	const char *path = d->cfg->origin_path;
+
+	mta_log_begin(&ll, MTA_LOG_INFO, "reload");
+	mta_log_str(&ll, "config", path ? path : "");
+	mta_log_end(&ll);
+	if (d->shutting_down) {
+		reload_failed("shutting down");
+		return;
+	}
+	if (mta_config_load(path, environ, &ncfg, err, sizeof(err)) != 0) {
+		reload_failed(err);
+		return;
+	}
+	if (mta_tls_creds_client(ncfg->tls_ca_file, &nclient, err,
+				 sizeof(err)) != 0) {
+		char why[1200];
+		snprintf(why, sizeof(why), "tls.ca_file: %s", err);
+		mta_config_free(ncfg);
+		reload_failed(why);
+		return;
+	}
+	struct generation *old = calloc(1, sizeof(*old));
+	if (old == NULL) {
+		mta_tls_creds_free(nclient);
+		mta_config_free(ncfg);
+		reload_failed("out of memory");
+		return;
+	}
+	/* load the named files into d as at start-up; put back on failure */
+	char save_user[sizeof(d->auth_user)], save_pass[sizeof(d->auth_pass)];
+	char save_plain[sizeof(d->auth_plain)];
+	bool save_have = d->have_auth;
+	memcpy(save_user, d->auth_user, sizeof(save_user));
+	memcpy(save_pass, d->auth_pass, sizeof(save_pass));
+	memcpy(save_plain, d->auth_plain, sizeof(save_plain));
+	old->cfg = d->cfg;
+	old->tls = d->tls;
+	old->client_tls = d->client_tls;
+	old->policy = d->policy;
+	old->ct = d->ct;
+	old->pinned = !d->reloaded_once;
+	struct mta_auth_users *save_users = d->users;
+	d->cfg = ncfg;
+	d->tls = NULL;
+	d->policy = NULL;
+	d->users = NULL;
+	d->ct = NULL;
+	d->have_auth = false;
+	if (load_config_files(d) != 0) {
+		mta_tls_creds_free(d->tls);
+		mta_tlspolicy_free(d->policy);
+		mta_auth_users_unref(d->users);
+		d->users = save_users;
+		mta_ct_loglist_free(d->ct);
+		mta_tls_creds_free(nclient);
+		mta_config_free(ncfg);
+		d->cfg = old->cfg;
+		d->tls = old->tls;
+		d->policy = old->policy;
+		d->ct = old->ct;
+		d->have_auth = save_have;
+		memcpy(d->auth_user, save_user, sizeof(save_user));
+		memcpy(d->auth_pass, save_pass, sizeof(save_pass));
+		memcpy(d->auth_plain, save_plain, sizeof(save_plain));
+		explicit_bzero(save_pass, sizeof(save_pass));
+		explicit_bzero(save_plain, sizeof(save_plain));
+		free(old);
+		reload_failed("a file named by the new configuration does not "
+			      "load (see the line before)");
+		return;
+	}
+	explicit_bzero(save_pass, sizeof(save_pass));
+	explicit_bzero(save_plain, sizeof(save_plain));
+	d->client_tls = nclient;
+	d->webpki = true;
+	d->reloaded_once = true;
+	int nl = report_not_live(old->cfg, ncfg);
+
+	/* hand the new generation over */
+	mta_log_set_level((enum mta_log_level)ncfg->log_level);
+	if (d->listener != NULL)
+		mtad_listener_reconfigure(d->listener, ncfg, d->tls);
+	/* AUTH users: sessions and verifications hold their own reference */
+	if (d->listener != NULL)
+		mtad_listener_set_users(d->listener, d->users);
+	mta_auth_users_unref(save_users);
+	if (d->delivery != NULL) {
+		struct mta_delivery_params dp = {
+			.cfg = ncfg,
+			.tls = d->client_tls,
+			.webpki = d->webpki,
+			.policy = d->policy,
+			.ct = d->ct,
+			.auth_user = d->have_auth ? d->auth_user : NULL,
+			.auth_plain = d->have_auth ? d->auth_plain : NULL,
+		};
+		mta_delivery_reconfigure(d->delivery, &dp);
+	}
+	if (d->mtasts != NULL)
+		mta_mtasts_set_ca_file(d->mtasts, ncfg->tls_ca_file);
+	old->next = d->retired;
+	d->retired = old;
+	free_retired(d, false);
+
+	mta_log_begin(&ll, MTA_LOG_INFO, "reloaded");
+	mta_log_int(&ll, "log_level", ncfg->log_level);
+	mta_log_str(&ll, "tls_cert", ncfg->tls_cert ? ncfg->tls_cert : "");
+	mta_log_int(&ll, "not_live", nl);
+	mta_log_end(&ll);
+	ct_check_stale(d);
+}
+
 /*
  * Start-up as steps with one unwind path (acquire forward, release
  * backward): config, who to become (server.user), config files, the key
@@ -715,6 +1304,7 @@ int main(int argc, char **argv)
 	int rc;
 
 	memset(&d, 0, sizeof(d));
+	mta_metrics_init(&d.metrics);
 	rc = parse_args(argc, argv, &path, &check);
 	if (rc >= 0)
 		return rc;
@@ -769,12 +1359,18 @@ int main(int argc, char **argv)
 	start_signals(&d);
 	bool webpki = load_client_tls(&d);
 
+	d.webpki = webpki;
+	start_lifecycle(&d);
+
 	/* from here on the loop runs and stop_everything() unwinds.
-	 * Everything root had to open is open after open_sockets(): drop
-	 * and sandbox before the first thread (the writer; curl's and
-	 * libuv's come later still) starts. */
+	 * Everything root had to open is open after open_sockets() (SMTP,
+	 * submission, submissions, control, HTTP): drop and sandbox before
+	 * the first thread (the writer; curl's and libuv's come later
+	 * still) starts.  Nothing is served before start_parts(): the loop
+	 * first runs after it. */
 	if (open_sockets(&d) == 0 && privsep_lockdown(&d) == 0 &&
 	    start_writer(&d) == 0) {
+		mta_writer_set_metrics(d.writer, &d.metrics);
 #ifdef MTAD_TEST_HOOKS
 		test_escape_hook();
 #endif
@@ -783,6 +1379,7 @@ int main(int argc, char **argv)
 		rc = -1;
 	}
 	if (rc == 0) {
+		d.accepting = true;
 		mta_log_begin(&ll, MTA_LOG_INFO, "ready");
 		mta_log_int(&ll, "pid", (long long)getpid());
 		mta_log_end(&ll);
@@ -795,6 +1392,8 @@ int main(int argc, char **argv)
 	/* Runs until every handle is closed after a signal. */
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 	mtad_listener_free(d.listener);
+	mtad_http_free(d.http);
+	free_retired(&d, true);
 out_loop:
 	if (d.writer != NULL) {
 		mta_writer_stop(d.writer);
@@ -810,10 +1409,14 @@ out_spool:
 out_config:
 	mta_tls_creds_free(d.tls);
 	mta_keyholder_free(d.holder);
+	free(d.held_key);
+	free(d.held_auth);
 	explicit_bzero(d.auth_plain, sizeof(d.auth_plain));
 	mta_tls_creds_free(d.client_tls);
 	mta_tlspolicy_free(d.policy);
+	mta_ct_loglist_free(d.ct);
 	explicit_bzero(d.auth_pass, sizeof(d.auth_pass));
+	mta_auth_users_unref(d.users);
 	mta_config_free(d.cfg);
 	return d.exit_code;
 }

@@ -6,9 +6,13 @@
  * Exit: 0 ok, 1 operational failure (no such message, mtad not running,
  * spool error), 2 bad usage or config.
  */
+#include "auth.h"
 #include "err.h"
 #include "sts.h"
 #include "tool.h"
+#include "tlsrpt.h"
+
+#include <termios.h>
 
 #include <errno.h>
 #include <inttypes.h>
@@ -37,7 +41,113 @@ static void usage(FILE *f)
 		"  evacuate --to HOST:PORT [QID ...|FILTERS] [--yes] "
 		"[--verify]\n"
 		"  policy list | policy show|refresh|purge DOMAIN\n"
-		"  stats | tlsrpt\n");
+		"  explain DOMAIN [--connect] [--json]   what mtad decides "
+		"for DOMAIN now, and why\n"
+		"  stats | tlsrpt | tlsrpt show [DOMAIN] [--day YYYY-MM-DD]\n"
+		"  passwd USER [--file F]   set USER's AUTH password (read "
+		"from stdin) in\n"
+		"                           F or auth.users_file\n");
+}
+
+/* passwd: one line from stdin (no echo on a terminal), NUL-terminated
+ * into pw; 0 or 2 (usage: empty, too long). */
+static int read_password(char *pw, size_t cap)
+{
+	struct termios old, quiet;
+	bool tty = isatty(STDIN_FILENO) &&
+		   tcgetattr(STDIN_FILENO, &old) == 0;
+	size_t n;
+	int rc = 0;
+
+	if (tty) {
+		fprintf(stderr, "Password: ");
+		quiet = old;
+		quiet.c_lflag &= ~(tcflag_t)ECHO;
+		(void)tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+	}
+	if (fgets(pw, (int)cap, stdin) == NULL)
+		pw[0] = '\0';
+	if (tty) {
+		(void)tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+		fputc('\n', stderr);
+	}
+	n = strlen(pw);
+	if (n > 0 && pw[n - 1] == '\n')
+		pw[--n] = '\0';
+	else if (n == cap - 1)
+		rc = 2; /* longer than the buffer */
+	if (n > 0 && pw[n - 1] == '\r')
+		pw[--n] = '\0';
+	if (rc == 0 && (n == 0 || n > MTA_AUTH_PASS_MAX))
+		rc = 2;
+	if (rc != 0)
+		fprintf(stderr, "mtactl: passwd: the password must be one line "
+			"of 1..%d octets on stdin\n", MTA_AUTH_PASS_MAX);
+	return rc;
+}
+
+/* mtactl passwd USER [--file F]: a new yescrypt hash for USER in F
+ * (default auth.users_file), written atomically (auth.h).  mtad reads the
+ * file at start-up and on SIGHUP. */
+static int cmd_passwd(const char *path, int nargs, char **args)
+{
+	struct mta_config *cfg = NULL;
+	const char *file = NULL, *user = NULL;
+	char pw[MTA_AUTH_PASS_MAX + 3], hash[512];
+	int rc;
+
+	for (int i = 0; i < nargs; i++) {
+		if (strcmp(args[i], "--file") == 0 && i + 1 < nargs)
+			file = args[++i];
+		else if (args[i][0] != '-' && user == NULL)
+			user = args[i];
+		else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (user == NULL) {
+		usage(stderr);
+		return 2;
+	}
+	if (!mta_auth_name_ok(user)) {
+		fprintf(stderr, "mtactl: passwd: bad user name (1..%d printable "
+			"octets, no ':' or blanks)\n", MTA_AUTH_NAME_MAX);
+		return 2;
+	}
+	if (file == NULL) {
+		rc = tool_load_config("mtactl", path, &cfg);
+		if (rc != 0)
+			return rc;
+		if (cfg->auth_users_file == NULL) {
+			fprintf(stderr, "mtactl: passwd: auth.users_file is not "
+				"set; give --file\n");
+			mta_config_free(cfg);
+			return 2;
+		}
+		file = cfg->auth_users_file;
+	}
+	rc = read_password(pw, sizeof(pw));
+	if (rc == 0) {
+		rc = mta_auth_hash(pw, hash, sizeof(hash));
+		if (rc != 0)
+			fprintf(stderr, "mtactl: passwd: cannot hash: %s\n",
+				mta_strerror(rc));
+	}
+	explicit_bzero(pw, sizeof(pw));
+	if (rc == 0) {
+		rc = mta_auth_users_file_set(file, user, hash);
+		if (rc != 0)
+			fprintf(stderr, "mtactl: passwd: %s: %s\n", file,
+				mta_strerror(rc));
+		else
+			printf("%s: password set for %s (reload mtad: "
+			       "SIGHUP)\n", file, user);
+	}
+	if (rc != 0 && rc != 2)
+		rc = 1;
+	mta_config_free(cfg);
+	return rc;
 }
 
 static int cmd_cat(struct mta_spool *sp, const char *qid, bool headers)
@@ -96,16 +206,96 @@ static const char *state_name(uint8_t st)
 	}
 }
 
+/* "tlsrpt": one line per counter, "<day> <domain> <policy type>
+ * <result type> <count>" (the first four fields of the key, tlsrpt.h). */
 static int print_counter(void *ud, const char *key, uint64_t value)
 {
+	char f[4][256];
+
 	(void)ud;
-	printf("%s %llu\n", key, (unsigned long long)value);
+	if (key[0] == 'S' && key[1] == ' ')
+		return 0; /* a reported-day mark */
+	if (sscanf(key, "%255s %255s %255s %255s", f[0], f[1], f[2], f[3]) !=
+	    4)
+		return 0;
+	printf("%s %s %s %s %llu\n", f[0], f[1], f[2], f[3],
+	       (unsigned long long)value);
 	return 0;
 }
 
-static int cmd_tlsrpt(struct mta_spool *sp)
+struct show_ctx {
+	struct mta_spool *sp;
+	const struct mta_config *cfg;
+	const char *domain, *day;
+	int rc;
+};
+
+static int show_counter(void *ud, const char *key, uint64_t value)
 {
-	int rc = mta_spool_counter_foreach(sp, print_counter, NULL);
+	const struct show_ctx *s = ud;
+	char day[16], dom[256];
+
+	if (sscanf(key, "%15s %255s", day, dom) == 2 &&
+	    strcmp(day, s->day) == 0 && strcmp(dom, s->domain) == 0)
+		printf("  %s %llu\n", key, (unsigned long long)value);
+	return 0;
+}
+
+static int show_one(void *ud, const char *day, const char *domain,
+		    bool reported)
+{
+	struct show_ctx *s = ud;
+	struct show_ctx one = *s;
+	struct mta_tlsrpt_report rep;
+	struct mta_tlsrpt_meta m;
+	char id[400], contact[300];
+	char *json = NULL;
+	int rc;
+
+	if ((s->domain != NULL && strcmp(s->domain, domain) != 0) ||
+	    (s->day != NULL && strcmp(s->day, day) != 0))
+		return 0;
+	mta_tlsrpt_meta_from_config(s->cfg, day, domain, &m, id, sizeof(id),
+				    contact, sizeof(contact));
+	rc = mta_tlsrpt_collect(s->sp, day, domain, &rep);
+	if (rc == 0) {
+		rc = mta_tlsrpt_json(&rep, &m, &json);
+		mta_tlsrpt_report_free(&rep);
+	}
+	if (rc != 0) {
+		s->rc = rc;
+		return 1;
+	}
+	printf("day %s domain %s reported %s\ncounters:\n", day, domain,
+	       reported ? "yes" : "no");
+	one.day = day;
+	one.domain = domain;
+	mta_spool_counter_foreach(s->sp, show_counter, &one);
+	printf("report:\n%s\n", json);
+	free(json);
+	return 0;
+}
+
+/* tlsrpt [show [DOMAIN] [--day YYYY-MM-DD]] */
+static int cmd_tlsrpt(struct mta_spool *sp, const struct mta_config *cfg,
+		      size_t nargs, char **args)
+{
+	struct show_ctx s = {.sp = sp, .cfg = cfg};
+	int rc;
+
+	if (nargs == 0) {
+		rc = mta_spool_counter_foreach(sp, print_counter, NULL);
+	} else {
+		for (size_t i = 1; i < nargs; i++) {
+			if (strcmp(args[i], "--day") == 0 && i + 1 < nargs)
+				s.day = args[++i];
+			else
+				s.domain = args[i];
+		}
+		rc = mta_tlsrpt_domains(sp, show_one, &s);
+		if (rc == 0)
+			rc = s.rc;
+	}
 	if (rc != 0) {
 		fprintf(stderr, "mtactl: tlsrpt: %s\n", mta_strerror(rc));
 		return 1;
@@ -739,6 +929,132 @@ static void print_data(void *ud, const char *t)
 	printf("%s\n", t);
 }
 
+/* ---- explain ------------------------------------------------------- */
+
+#define COLS 100
+
+struct xout {
+	bool json;
+	size_t n;
+};
+
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			printf("\\%c", *p);
+		else if (*p < 0x20)
+			printf("\\u%04x", *p);
+		else
+			putchar(*p);
+	}
+	putchar('"');
+}
+
+/* One trace line "<tag> <text>": wrapped at COLS columns (continuation
+ * lines indented under the text), or one JSON object. */
+static void explain_line(void *ud, const char *t)
+{
+	struct xout *o = ud;
+	size_t tag = strcspn(t, " ");
+	const char *text = t + tag;
+	size_t indent = 9, width = COLS - indent;
+
+	while (*text == ' ')
+		text++;
+	if (o->json) {
+		printf("%s\n    {\"tag\": ", o->n ? "," : "");
+		char tagbuf[32];
+		snprintf(tagbuf, sizeof(tagbuf), "%.*s", (int)tag, t);
+		json_str(tagbuf);
+		printf(", \"text\": ");
+		json_str(text);
+		putchar('}');
+		o->n++;
+		return;
+	}
+	printf("%-8.*s ", (int)tag, t);
+	for (;;) {
+		size_t len = strlen(text), cut;
+		if (len <= width) {
+			printf("%s\n", text);
+			return;
+		}
+		cut = width;
+		while (cut > width / 2 && text[cut] != ' ')
+			cut--;
+		if (text[cut] != ' ')
+			cut = width;
+		printf("%.*s\n%*s", (int)cut, text, (int)indent, "");
+		text += cut;
+		while (*text == ' ')
+			text++;
+	}
+}
+
+static int cmd_explain(const struct mta_config *cfg, int argc, char **argv)
+{
+	const char *domain = NULL, *args[2];
+	struct xout o = {0};
+	struct tool_ctl c;
+	bool connect = false, ok = false;
+	char code[32], text[600];
+	int rc;
+
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--connect"))
+			connect = true;
+		else if (!strcmp(argv[i], "--json"))
+			o.json = true;
+		else if (argv[i][0] != '-' && domain == NULL)
+			domain = argv[i];
+		else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (domain == NULL || strlen(domain) > MTA_CTL_ARG_MAX ||
+	    strspn(domain, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			   "0123456789-._[]:") != strlen(domain)) {
+		fprintf(stderr, "mtactl: explain DOMAIN [--connect] [--json]: "
+				"DOMAIN is a domain name (A-labels)\n");
+		return 2;
+	}
+	if (tool_ctl_open("mtactl", cfg, true, &c) != 0) {
+		fprintf(stderr,
+			"mtactl: explain runs inside mtad (its resolver, trust "
+			"anchor, DNSSEC self-test, MTA-STS cache and policy "
+			"table), and mtad is not running (control socket %s): "
+			"start it and retry\n", cfg->control_socket);
+		return 1;
+	}
+	args[0] = domain;
+	args[1] = "CONNECT";
+	if (o.json) {
+		printf("{\"domain\": ");
+		json_str(domain);
+		printf(", \"connect\": %s, \"lines\": [", connect ? "true"
+								   : "false");
+	}
+	rc = tool_ctl_request_args(&c, MTA_CTL_EXPLAIN, args, connect ? 2 : 1,
+				   explain_line, &o, &ok, code, sizeof(code),
+				   text, sizeof(text));
+	tool_ctl_close(&c);
+	if (o.json)
+		printf("\n  ], \"ok\": %s}\n", rc == 0 && ok ? "true" : "false");
+	if (rc != 0) {
+		fprintf(stderr, "mtactl: the connection to mtad broke during "
+				"explain; see the mtad log\n");
+		return 1;
+	}
+	if (!ok) {
+		fprintf(stderr, "mtactl: explain %s: %s\n", domain, text);
+		return !strcmp(code, "usage") ? 2 : 1;
+	}
+	return 0;
+}
+
 static int cmd_stats(const struct mta_config *cfg)
 {
 	struct tool_ctl c;
@@ -797,12 +1113,14 @@ int main(int argc, char **argv)
 	const char *cmd = argv[optind];
 	int nargs = argc - optind - 1;
 	char **args = argv + optind + 1;
+	if (!strcmp(cmd, "passwd")) /* needs no spool, maybe no config */
+		return cmd_passwd(path, nargs, args);
 	int ai = -1;
 	for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++)
 		if (strcmp(cmd, actions[i].name) == 0)
 			ai = (int)i;
 	bool known = ai >= 0 || !strcmp(cmd, "policy") ||
-		     !strcmp(cmd, "evacuate") ||
+		     !strcmp(cmd, "evacuate") || !strcmp(cmd, "explain") ||
 		     !strcmp(cmd, "stats") || !strcmp(cmd, "tlsrpt") ||
 		     !strcmp(cmd, "cat") || !strcmp(cmd, "show");
 	if (!known) {
@@ -813,7 +1131,9 @@ int main(int argc, char **argv)
 	if ((!strcmp(cmd, "show") && nargs != 1) ||
 	    (!strcmp(cmd, "cat") &&
 	     !(nargs == 1 || (nargs == 2 && !strcmp(args[1], "--headers")))) ||
-	    ((!strcmp(cmd, "stats") || !strcmp(cmd, "tlsrpt")) && nargs != 0)) {
+	    (!strcmp(cmd, "stats") && nargs != 0) ||
+	    (!strcmp(cmd, "tlsrpt") && nargs != 0 &&
+	     strcmp(args[0], "show") != 0)) {
 		usage(stderr);
 		return 2;
 	}
@@ -832,6 +1152,8 @@ int main(int argc, char **argv)
 		rc = cmd_action(cfg, ai, nargs + 1, argv + optind);
 	} else if (!strcmp(cmd, "evacuate")) {
 		rc = cmd_evacuate(cfg, nargs + 1, argv + optind);
+	} else if (!strcmp(cmd, "explain")) {
+		rc = cmd_explain(cfg, nargs, args);
 	} else if (!strcmp(cmd, "policy")) {
 		rc = cmd_policy(cfg, nargs, args);
 	} else if (!strcmp(cmd, "stats")) {
@@ -840,7 +1162,7 @@ int main(int argc, char **argv)
 		rc = tool_open_spool("mtactl", cfg, true, &sp);
 		if (rc == 0) {
 			if (!strcmp(cmd, "tlsrpt"))
-				rc = cmd_tlsrpt(sp);
+				rc = cmd_tlsrpt(sp, cfg, nargs, args);
 			else if (!strcmp(cmd, "cat"))
 				rc = cmd_cat(sp, args[0], nargs == 2);
 			else

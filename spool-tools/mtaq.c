@@ -268,8 +268,11 @@ static void print_json(struct ctx *c, const char *qid,
 	json_str(f, e->envid);
 	fputs(",\"ret\":", f);
 	json_str(f, e->ret_raw);
-	fprintf(f, ",\"smtputf8\":%s,\"recipients\":[",
-		e->smtputf8 ? "true" : "false");
+	fprintf(f, ",\"smtputf8\":%s,\"requiretls\":%s,\"tls_required\":%s,"
+		"\"recipients\":[",
+		e->smtputf8 ? "true" : "false",
+		e->tlsreq == MTA_TLSREQ_REQUIRETLS ? "true" : "false",
+		e->tlsreq == MTA_TLSREQ_OPTIONAL ? "\"no\"" : "null");
 	for (size_t i = 0; i < e->nrcpt; i++) {
 		const struct mta_rcpt *r = &e->rcpts[i];
 		fputs(i ? ",{\"addr\":" : "{\"addr\":", f);

@@ -154,12 +154,22 @@ int tool_ctl_request(struct tool_ctl *c, enum mta_ctl_verb verb,
 		     void *ud, bool *ok, char *code, size_t codelen,
 		     char *text, size_t textlen)
 {
-	char req[MTA_CTL_LINE_MAX + 2];
 	const char *args[1] = {arg};
+
+	return tool_ctl_request_args(c, verb, args, arg ? 1 : 0, on_data, ud,
+				     ok, code, codelen, text, textlen);
+}
+
+int tool_ctl_request_args(struct tool_ctl *c, enum mta_ctl_verb verb,
+			  const char *const *args, size_t nargs,
+			  void (*on_data)(void *ud, const char *t), void *ud,
+			  bool *ok, char *code, size_t codelen, char *text,
+			  size_t textlen)
+{
+	char req[MTA_CTL_LINE_MAX + 2];
 	const char *line;
 
-	if (mta_ctl_format_req(req, sizeof(req), verb, args,
-			       arg ? 1 : 0) != 0)
+	if (mta_ctl_format_req(req, sizeof(req), verb, args, nargs) != 0)
 		return 1;
 	if (write_all(c->fd, req, strlen(req)) != 0)
 		return 1;

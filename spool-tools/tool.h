@@ -53,6 +53,12 @@ int tool_ctl_request(struct tool_ctl *c, enum mta_ctl_verb verb,
 		     const char *arg, void (*on_data)(void *ud, const char *t),
 		     void *ud, bool *ok, char *code, size_t codelen,
 		     char *text, size_t textlen);
+/* The same with nargs arguments (EXPLAIN domain CONNECT). */
+int tool_ctl_request_args(struct tool_ctl *c, enum mta_ctl_verb verb,
+			  const char *const *args, size_t nargs,
+			  void (*on_data)(void *ud, const char *t), void *ud,
+			  bool *ok, char *code, size_t codelen, char *text,
+			  size_t textlen);
 void tool_ctl_close(struct tool_ctl *c);
 
 /*

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of `make test`: the warning-free build, unit tests and fuzz
 # corpus replay, the same under ASan+UBSan, the threaded parts under TSan,
-# then the integration suite against the real daemon (ASan build).
+# then the integration suite against the real daemon (ASan build) and the
+# container image (tests/container: built with buildah and run).
 # Results go to build/test-results/ for tests/summarize.py.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,7 +58,8 @@ if step build-tsan setup build-tsan -Db_sanitize=thread -Db_lundef=false; then
 fi
 if [ -x build-asan/mtad ]; then
 	step integration env MTAD_BUILD_DIR="$root/build-asan" \
-		/usr/bin/python3 -m pytest -q -p no:cacheprovider \
-		--junitxml="$res/integration.xml" tests/integration tests/reliability
+		/usr/bin/python3 -m pytest -q -rs -p no:cacheprovider \
+		--junitxml="$res/integration.xml" tests/integration tests/reliability \
+		tests/container
 fi
 exit $fail

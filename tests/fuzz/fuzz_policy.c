@@ -11,12 +11,17 @@
  *  - never WebPKI-only (or no check) when DANE applies;
  *  - never a connection after a bogus MX, address or TLSA answer;
  *  - never below the operator's level (table entry, else default);
- *  - the DANE verifier accepts only a DANE match.
+ *  - the DANE verifier accepts only a DANE match;
+ *  - a REQUIRETLS message never gets a non-authenticated channel (only
+ *    DANE, MTA-STS, or WebPKI after a secure MX; STARTTLS required, no
+ *    cleartext retry, the keyword checked); TLS-Required: No never
+ *    applies DANE or MTA-STS.
  * Byte layout: 0 table (7 = none), 1 default, 2 mx, 3 self-test, 4
  * address, 5 TLSA state, 6 MTA-STS state and mode, 7 host choice, 8
  * relay credentials, 9 record count, then 4 bytes a record (usage,
  * selector, type, data length 0..64) with data taken from the rest, then
- * the verifier outcome byte.
+ * the verifier outcome byte.  The last byte's bits 0x30 select
+ * REQUIRETLS (0x10) or TLS-Required: No (0x20).
  */
 #include "dane.h"
 #include "policy.h"
@@ -88,12 +93,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (in.tlsa == MTA_POLICY_TLSA_SECURE && n <= MTA_DANE_TLSA_MAX)
 		usable = mta_dane_count_usable(rrs, n);
 
+	/* RFC 8689 inputs from the last byte (older seeds: neither) */
+	b = size > 0 ? data[size - 1] : 0;
+	in.requiretls = (b & 0x30) == 0x10;
+	in.tls_optional = (b & 0x30) == 0x20;
+
 	mta_policy_decide(&in, &out);
 
 	op = in.has_table ? in.table_level : in.default_level;
 	dane_on = !in.has_table || in.table_level == MTA_TLS_DANE ||
 		  in.table_level == MTA_TLS_DANE_ONLY;
-	usable_applies = usable > 0 && dane_on &&
+	usable_applies = usable > 0 && dane_on && !in.tls_optional &&
 			 in.mx == MTA_POLICY_MX_SECURE &&
 			 (in.addr == MTA_POLICY_ADDR_SECURE ||
 			  in.addr == MTA_POLICY_ADDR_CNAME_INSECURE);
@@ -130,6 +140,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	if (out.fallback && out.level != MTA_TLS_MAY)
 		abort();
+	/* REQUIRETLS: only an authenticated channel, STARTTLS required, no
+	 * cleartext retry, the keyword checked (RFC 8689 §4.2.1) */
+	if (in.requiretls &&
+	    (!out.requiretls || out.starttls != MTA_SMTPC_TLS_REQUIRE ||
+	     out.fallback ||
+	     (out.verifier != MTA_POLICY_V_DANE &&
+	      out.verifier != MTA_POLICY_V_STS &&
+	      out.verifier != MTA_POLICY_V_WEBPKI)))
+		abort();
+	if (in.requiretls && out.verifier == MTA_POLICY_V_WEBPKI &&
+	    (in.mx != MTA_POLICY_MX_SECURE ||
+	     in.addr == MTA_POLICY_ADDR_LITERAL))
+		abort();
+	if (in.requiretls && out.verifier == MTA_POLICY_V_STS &&
+	    !out.sts_host)
+		abort();
+	/* TLS-Required: No: neither DANE nor MTA-STS */
+	if (in.tls_optional && (out.dane || out.sts_host || out.requiretls))
+		abort();
 	if (strcmp(mta_tls_level_name(out.level), "?") == 0 ||
 	    strcmp(mta_policy_verifier_name(out.verifier), "?") == 0)
 		abort();
@@ -141,14 +170,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	chk.webpki_ok = b & 2;
 	chk.usage = 3;
 	chk.webpki_why = "fuzz";
+	/* issue 16: CT and continuity inputs */
+	in.require_sct = (b >> 2) & 3;
+	chk.ct = (enum mta_ct_verdict)((b >> 4) % 5);
+	in.continuity = (enum mta_policy_cont_mode)(take(&p, end) % 3);
+	chk.cont = (enum mta_policy_cont)(take(&p, end) % 6);
 	mta_policy_verdict(&in, &out, &chk, &v);
+	/* CT never applies to DANE (nor to testing, nor without require) */
+	if (v.ct_refused && (out.verifier == MTA_POLICY_V_DANE ||
+			     out.verifier == MTA_POLICY_V_STS_TESTING ||
+			     in.require_sct == 0 || chk.ct == MTA_CT_OK))
+		abort();
+	/* continuity never holds a DANE host nor in log/off mode */
+	if (v.cont_held && (out.verifier == MTA_POLICY_V_DANE ||
+			    in.continuity != MTA_POLICY_CONT_MODE_HOLD))
+		abort();
 	if (out.verifier == MTA_POLICY_V_DANE && v.accept != chk.dane_match)
 		abort();
 	if ((out.verifier == MTA_POLICY_V_STS ||
-	     out.verifier == MTA_POLICY_V_WEBPKI) &&
-	    v.accept != chk.webpki_ok)
+	     out.verifier == MTA_POLICY_V_WEBPKI) && !chk.webpki_ok && v.accept)
 		abort();
-	if (!v.accept && (v.status[0] != '4' || v.reason[0] == '\0'))
+	if ((out.verifier == MTA_POLICY_V_STS ||
+	     out.verifier == MTA_POLICY_V_WEBPKI) && chk.webpki_ok &&
+	    v.accept != !(v.ct_refused || v.cont_held))
+		abort();
+	if (v.accept && (v.ct_refused || v.cont_held))
+		abort();
+	if (!v.accept &&
+	    ((v.status[0] != '4' &&
+	      !(out.requiretls && strcmp(v.status, "5.7.10") == 0)) ||
+	     v.reason[0] == '\0'))
 		abort();
 	return 0;
 }

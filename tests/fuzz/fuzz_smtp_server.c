@@ -122,6 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size--;
 	cfg.starttls = (mode & 0x80) != 0;
 	cfg.relay_allowed = (mode & 0x40) == 0;
+	cfg.auth = (mode & 0x10) != 0;
 	memset(&f, 0, sizeof(f));
 	f.max = cfg.max_message_size;
 	mta_smtpd_init(&s, &cfg);
@@ -150,6 +151,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				check_out(&s, &f, 0);
 			}
 			continue;
+		case MTA_SMTPD_EV_AUTH:
+			/* credentials: bounded, NUL-free strings; the verdict
+			 * comes from the password so both paths run */
+			CHECK(cfg.auth && ev.user != NULL && ev.pass != NULL);
+			CHECK(strlen(ev.user) >= 1 &&
+			      strlen(ev.user) <= MTA_SMTPD_AUTH_MAX);
+			CHECK(strlen(ev.pass) <= MTA_SMTPD_AUTH_MAX);
+			mta_smtpd_auth_done(&s, ev.pass[0] == 'y'
+							? MTA_SMTPD_AUTH_OK
+							: MTA_SMTPD_AUTH_FAIL);
+			break;
 		case MTA_SMTPD_EV_REJECT:
 			CHECK(ev.code >= 400 && ev.code < 600);
 			CHECK(ev.text != NULL && ev.verb != NULL);

@@ -7,7 +7,9 @@
  * (sender and every recipient address non-NULL, enums in range) and
  * whose encoding decodes again to the same encoding (a fixed point).
  * The codec is canonical (decode refuses every byte encode would not
- * write), so an accepted record re-encodes to exactly the input.
+ * write), so an accepted record of the current version (3) re-encodes
+ * to exactly the input; an older one (read for upgrades) re-encodes to
+ * the current version.
  */
 #include "envelope.h"
 #include "err.h"
@@ -47,7 +49,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check(&e);
 	if (mta_envelope_encode(&e, &b1) != 0)
 		abort();
-	if (b1.len != size || memcmp(b1.data, data, size) != 0)
+	/* a record of the current version (4) re-encodes to the same bytes;
+	 * an older one is upgraded (then stable, below) */
+	if (size > 5 && data[4] == 0 && data[5] == 4 &&
+	    (b1.len != size || memcmp(b1.data, data, size) != 0))
 		abort();
 	if (mta_envelope_decode(b1.data, b1.len, &again) != 0)
 		abort();

@@ -16,11 +16,13 @@ declare -A extra=(
 	[smtp_client]="libmta/smtp_client.c"
 	[dane]="libmta/dane.c $(pkg-config --libs gnutls)"
 	[tlspolicy]="libmta/tlspolicy.c"
+	[routes]="libmta/routes.c libmta/shaping.c libmta/tlspolicy.c"
 	[policy]="libmta/policy.c libmta/dane.c libmta/sts.c libmta/tlspolicy.c $(pkg-config --libs gnutls)"
 	[sts]="libmta/sts.c"
 	[spool_records]=" "
 	[config]="libmta/config.c libmta/log.c $(pkg-config --libs inih)"
 	[dns]="libmta/dns.c $(pkg-config --libs getdns libuv)"
+	[http]="libmta/http_request.c"
 )
 status=0
 for f in tests/fuzz/fuzz_*.c; do

@@ -34,6 +34,20 @@ def daemon_user():
         mtadtest.remove_daemon_user()
 
 
+@pytest.fixture(autouse=True)
+def _tmp_path_reachable(request):
+    """A test's tmp_path (pytest makes it and its parents 0700) holds
+    files mtad reads again on SIGHUP as the dropped user (certificate,
+    config, users file): let that user through the directories (0711;
+    the files keep their own modes)."""
+    if "tmp_path" in request.fixturenames and os.geteuid() == 0:
+        p = request.getfixturevalue("tmp_path")
+        for d in (p, p.parent, p.parent.parent):
+            if str(d).startswith("/tmp/pytest-"):
+                os.chmod(d, 0o711)
+    yield
+
+
 @pytest.fixture(scope="session")
 def build():
     for prog in (mtadtest.MTAD, mtadtest.MTAQ, mtadtest.MTACTL):

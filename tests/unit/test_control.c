@@ -77,7 +77,10 @@ static void parse_requests(void **st)
 		{"HOLD a%zz", MTA_EPROTO, 0, NULL},
 		{"HOLD a%00", MTA_EPROTO, 0, NULL},	/* no NUL */
 		{"HOLD a\tb", MTA_EPROTO, 0, NULL},	/* control byte */
-		{"EXPLAIN x", MTA_EPROTO, 0, NULL},
+		{"EXPLAIN x", 0, MTA_CTL_EXPLAIN, "x"},
+		{"EXPLAIN", MTA_EPROTO, 0, NULL},	/* domain missing */
+		{"EXPLAIN x CONNECT y", MTA_EPROTO, 0, NULL},
+		{"NOSUCHVERB x", MTA_EPROTO, 0, NULL},
 		{"", MTA_EPROTO, 0, NULL},
 	};
 	(void)st;

@@ -68,7 +68,7 @@ static int setup(void **st)
 		assert_int_equal(mta_privdrop_resolve(NULL, NULL, &pd, err,
 						      sizeof(err)), 0);
 	}
-	assert_int_equal(mta_keyholder_start(f->keyfile, "relayuser",
+	assert_int_equal(mta_keyholder_start(f->keyfile, NULL, "relayuser",
 					     "s3cret", &pd, &f->kh, err,
 					     sizeof(err)), 0);
 	*st = f;

@@ -493,6 +493,118 @@ static void test_named(void **state)
 	}
 }
 
+/* ---- RFC 8689: REQUIRETLS and TLS-Required: No ---- */
+
+enum rq { RQ_RTLS = 1, RQ_OPT = 2 };
+
+struct rtls_row {
+	const char *id;
+	int table; /* -1: none */
+	enum mta_tls_level def;
+	enum mta_policy_mx mx;
+	enum mta_policy_addr addr;
+	enum tl tlsa;
+	enum st sts;
+	enum rq rq;
+	enum mta_policy_action action;
+	const char *skip;
+	enum mta_tls_level level;
+	enum mta_policy_verifier verifier;
+	bool fallback;
+};
+
+static const struct rtls_row rtls_rows[] = {
+	{"RTLS-20 secure MX, no TLSA, no MTA-STS: verify", -1, MTA_TLS_MAY, S,
+	 AS, TL_NONE, ST_NONE, RQ_RTLS, C, "", MTA_TLS_VERIFY,
+	 MTA_POLICY_V_WEBPKI, 0},
+	{"RTLS-21 insecure MX, no MTA-STS: not sent (5.7.10)", -1,
+	 MTA_TLS_MAY, I, AS, TL_NONE, ST_NONE, RQ_RTLS, K, "requiretls", 0, 0,
+	 0},
+	{"RTLS-22 insecure MX, MTA-STS enforce match", -1, MTA_TLS_MAY, I, AS,
+	 TL_NONE, ST_ENF_MATCH, RQ_RTLS, C, "", MTA_TLS_VERIFY,
+	 MTA_POLICY_V_STS, 0},
+	{"RTLS-22 (choice) insecure MX, MTA-STS testing match counts", -1,
+	 MTA_TLS_MAY, I, AS, TL_NONE, ST_TEST_MATCH, RQ_RTLS, C, "",
+	 MTA_TLS_VERIFY, MTA_POLICY_V_STS, 0},
+	{"RTLS-22 insecure MX, testing mismatch: not sent", -1, MTA_TLS_MAY, I,
+	 AS, TL_NONE, ST_TEST_MISMATCH, RQ_RTLS, K, "requiretls", 0, 0, 0},
+	{"RTLS-23 DANE peer", -1, MTA_TLS_MAY, S, AS, TL_USABLE, ST_NONE,
+	 RQ_RTLS, C, "", MTA_TLS_DANE_ONLY, MTA_POLICY_V_DANE, 0},
+	{"RTLS unusable TLSA, secure MX: verify", -1, MTA_TLS_MAY, S, AS,
+	 TL_UNUSABLE, ST_NONE, RQ_RTLS, C, "", MTA_TLS_VERIFY,
+	 MTA_POLICY_V_WEBPKI, 0},
+	{"RTLS table none never lowers REQUIRETLS", MTA_TLS_NONE, MTA_TLS_MAY,
+	 S, AS, TL_NONE, ST_NONE, RQ_RTLS, C, "", MTA_TLS_VERIFY,
+	 MTA_POLICY_V_WEBPKI, 0},
+	{"RTLS address literal (relayhost [ip]): not sent", -1, MTA_TLS_MAY,
+	 S, MTA_POLICY_ADDR_LITERAL, TL_NONE, ST_NONE, RQ_RTLS, K,
+	 "requiretls", 0, 0, 0},
+	{"RTLS bogus TLSA still skips the host", -1, MTA_TLS_MAY, S, AS,
+	 TL_BOGUS, ST_NONE, RQ_RTLS, K, "tlsa-bogus", 0, 0, 0},
+	{"RTLS-31 TLS-Required: No ignores DANE", -1, MTA_TLS_MAY, S, AS,
+	 TL_USABLE, ST_NONE, RQ_OPT, C, "", MTA_TLS_MAY, MTA_POLICY_V_NONE,
+	 1},
+	{"RTLS-31 TLS-Required: No ignores a bogus TLSA", -1, MTA_TLS_MAY, S,
+	 AS, TL_BOGUS, ST_NONE, RQ_OPT, C, "", MTA_TLS_MAY, MTA_POLICY_V_NONE,
+	 1},
+	{"RTLS-31 TLS-Required: No ignores MTA-STS enforce (mismatch too)",
+	 -1, MTA_TLS_MAY, I, AS, TL_NONE, ST_ENF_MISMATCH, RQ_OPT, C, "",
+	 MTA_TLS_MAY, MTA_POLICY_V_NONE, 1},
+	{"RTLS TLS-Required: No keeps the operator's default level", -1,
+	 MTA_TLS_ENCRYPT, S, AS, TL_USABLE, ST_NONE, RQ_OPT, C, "",
+	 MTA_TLS_ENCRYPT, MTA_POLICY_V_NONE, 0},
+};
+
+static void test_rtls(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(rtls_rows) / sizeof(rtls_rows[0]); i++) {
+		const struct rtls_row *r = &rtls_rows[i];
+		struct mta_policy_in in;
+		struct mta_policy p;
+		struct mta_policy_check chk;
+		struct mta_policy_verdict v;
+
+		base_in(&in);
+		in.has_table = r->table >= 0;
+		if (in.has_table)
+			in.table_level = (enum mta_tls_level)r->table;
+		in.default_level = r->def;
+		in.mx = r->mx;
+		in.dnssec_ok = true;
+		in.addr = r->addr;
+		set_tlsa(&in, r->tlsa);
+		set_sts(&in, r->sts);
+		in.requiretls = r->rq == RQ_RTLS;
+		in.tls_optional = r->rq == RQ_OPT;
+		mta_policy_decide(&in, &p);
+		print_message("%s\n", r->id);
+		assert_int_equal(p.action, r->action);
+		if (r->action != C) {
+			assert_string_equal(p.skip, r->skip);
+			if (strcmp(r->skip, "requiretls") == 0)
+				assert_string_equal(p.status, "5.7.10");
+			continue;
+		}
+		assert_int_equal(p.level, r->level);
+		assert_int_equal(p.verifier, r->verifier);
+		assert_int_equal(p.fallback, r->fallback);
+		assert_int_equal(p.requiretls, in.requiretls);
+		if (in.requiretls) {
+			assert_int_equal(p.starttls, MTA_SMTPC_TLS_REQUIRE);
+			/* RTLS-25: a certificate that fails: 5.7.10 */
+			memset(&chk, 0, sizeof(chk));
+			mta_policy_verdict(&in, &p, &chk, &v);
+			assert_false(v.accept);
+			assert_string_equal(v.status, "5.7.10");
+		} else {
+			assert_false(p.dane);
+			assert_false(p.sts_host);
+			assert_int_equal(p.ptype, MTA_POLICY_PT_NO_POLICY);
+		}
+	}
+}
+
 /* STS lost (out of memory holding it): the destination waits */
 static void test_sts_lost(void **state)
 {
@@ -591,6 +703,125 @@ static void test_verdict(void **state)
 	assert_string_equal(v.auth, "encrypt (TLSA unusable)");
 }
 
+/* Issue 16: CT and key continuity enter the verdict as inputs.  Table:
+ * verifier situation, require_sct, continuity mode, the check's CT and
+ * continuity results -> accept, auth, log/learn flags. */
+static const struct {
+	enum tl t;
+	enum st s;
+	enum mta_tls_level def;
+	bool webpki_ok, dane_match;
+	unsigned require_sct;
+	enum mta_ct_verdict ct;
+	enum mta_policy_cont_mode mode;
+	enum mta_policy_cont cont;
+	bool accept;
+	const char *auth;
+	bool ct_refused, cont_log, cont_held, cont_learn;
+} ctc[] = {
+	/* CT off: SCTs are not looked at */
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 0, MTA_CT_MISSING,
+	 MTA_POLICY_CONT_MODE_OFF, MTA_POLICY_CONT_NONE, true,
+	 "mta-sts id=20260101", false, false, false, false},
+	/* enforce + CT: each failing verdict refuses, named in auth */
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 2, MTA_CT_OK,
+	 MTA_POLICY_CONT_MODE_OFF, MTA_POLICY_CONT_NONE, true,
+	 "mta-sts id=20260101", false, false, false, false},
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 2, MTA_CT_MISSING,
+	 MTA_POLICY_CONT_MODE_OFF, MTA_POLICY_CONT_NONE, false,
+	 "mta-sts-failed id=20260101 ct=missing", true, false, false, false},
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 2, MTA_CT_INVALID,
+	 MTA_POLICY_CONT_MODE_OFF, MTA_POLICY_CONT_NONE, false,
+	 "mta-sts-failed id=20260101 ct=invalid", true, false, false, false},
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 2,
+	 MTA_CT_ONE_OPERATOR, MTA_POLICY_CONT_MODE_OFF, MTA_POLICY_CONT_NONE,
+	 false, "mta-sts-failed id=20260101 ct=one-operator", true, false,
+	 false, false},
+	/* not run although required: refused as missing (fails closed) */
+	{TL_NONE, ST_NONE, MTA_TLS_VERIFY, true, false, 1, MTA_CT_NOT_CHECKED,
+	 MTA_POLICY_CONT_MODE_OFF, MTA_POLICY_CONT_NONE, false,
+	 "verify-failed ct=missing", true, false, false, false},
+	/* a WebPKI failure stays a WebPKI failure */
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, false, false, 2, MTA_CT_MISSING,
+	 MTA_POLICY_CONT_MODE_OFF, MTA_POLICY_CONT_NONE, false,
+	 "mta-sts-failed id=20260101", false, false, false, false},
+	/* DANE: CT never applies */
+	{TL_USABLE, ST_ENF_MATCH, MTA_TLS_MAY, true, true, 2, MTA_CT_MISSING,
+	 MTA_POLICY_CONT_MODE_HOLD, MTA_POLICY_CONT_NEW_ISSUER, true,
+	 "dane 3 1 1", false, false, false, false},
+	/* testing: CT not enforced */
+	{TL_NONE, ST_TEST_MATCH, MTA_TLS_MAY, true, false, 2, MTA_CT_MISSING,
+	 MTA_POLICY_CONT_MODE_OFF, MTA_POLICY_CONT_NONE, true,
+	 "mta-sts-testing id=20260101", false, false, false, false},
+	/* continuity: first contact learns; new key logged; new issuer
+	 * logged in log mode, held in hold mode; accepted learns */
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 0, MTA_CT_NOT_CHECKED,
+	 MTA_POLICY_CONT_MODE_LOG, MTA_POLICY_CONT_FIRST, true,
+	 "mta-sts id=20260101", false, false, false, true},
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 0, MTA_CT_NOT_CHECKED,
+	 MTA_POLICY_CONT_MODE_HOLD, MTA_POLICY_CONT_NEW_KEY, true,
+	 "mta-sts id=20260101", false, true, false, true},
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 0, MTA_CT_NOT_CHECKED,
+	 MTA_POLICY_CONT_MODE_LOG, MTA_POLICY_CONT_NEW_ISSUER, true,
+	 "mta-sts id=20260101", false, true, false, true},
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 0, MTA_CT_NOT_CHECKED,
+	 MTA_POLICY_CONT_MODE_HOLD, MTA_POLICY_CONT_NEW_ISSUER, false,
+	 "mta-sts-held id=20260101 continuity=new_issuer", false, true, true,
+	 false},
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 0, MTA_CT_NOT_CHECKED,
+	 MTA_POLICY_CONT_MODE_HOLD, MTA_POLICY_CONT_ACCEPTED, true,
+	 "mta-sts id=20260101", false, false, false, true},
+	/* off: nothing */
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 0, MTA_CT_NOT_CHECKED,
+	 MTA_POLICY_CONT_MODE_OFF, MTA_POLICY_CONT_NEW_ISSUER, true,
+	 "mta-sts id=20260101", false, false, false, false},
+	/* CT refusal comes before continuity */
+	{TL_NONE, ST_ENF_MATCH, MTA_TLS_MAY, true, false, 2, MTA_CT_INVALID,
+	 MTA_POLICY_CONT_MODE_HOLD, MTA_POLICY_CONT_NEW_ISSUER, false,
+	 "mta-sts-failed id=20260101 ct=invalid", true, false, false, false},
+};
+
+static void test_verdict_ct_continuity(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(ctc) / sizeof(ctc[0]); i++) {
+		struct mta_policy_in in;
+		struct mta_policy p;
+		struct mta_policy_check chk;
+		struct mta_policy_verdict v;
+
+		base_in(&in);
+		in.default_level = ctc[i].def;
+		set_tlsa(&in, ctc[i].t);
+		set_sts(&in, ctc[i].s);
+		in.require_sct = ctc[i].require_sct;
+		in.continuity = ctc[i].mode;
+		mta_policy_decide(&in, &p);
+		assert_int_equal(p.action, MTA_POLICY_CONNECT);
+		memset(&chk, 0, sizeof(chk));
+		chk.webpki_ok = ctc[i].webpki_ok;
+		chk.webpki_why = "x";
+		chk.dane_match = ctc[i].dane_match;
+		chk.usage = 3, chk.selector = 1, chk.mtype = 1;
+		chk.ct = ctc[i].ct;
+		chk.ct_why = "evidence";
+		chk.cont = ctc[i].cont;
+		mta_policy_verdict(&in, &p, &chk, &v);
+		printf("row %zu: accept=%d auth=%s\n", i, v.accept, v.auth);
+		assert_int_equal(v.accept, ctc[i].accept);
+		assert_string_equal(v.auth, ctc[i].auth);
+		assert_int_equal(v.ct_refused, ctc[i].ct_refused);
+		assert_int_equal(v.cont_log, ctc[i].cont_log);
+		assert_int_equal(v.cont_held, ctc[i].cont_held);
+		assert_int_equal(v.cont_learn, ctc[i].cont_learn);
+		if (!v.accept) {
+			assert_string_equal(v.status, "4.7.5");
+			if (v.ct_refused)
+				assert_non_null(strstr(v.reason, "ct="));
+		}
+	}
+}
+
 static void test_names(void **state)
 {
 	(void)state;
@@ -617,7 +848,9 @@ int main(void)
 		cmocka_unit_test_setup(test_product_dnssec, test_setup),
 		cmocka_unit_test_setup(test_sts_lost, test_setup),
 		cmocka_unit_test_setup(test_verdict, test_setup),
+		cmocka_unit_test_setup(test_verdict_ct_continuity, test_setup),
 		cmocka_unit_test_setup(test_names, test_setup),
+		cmocka_unit_test_setup(test_rtls, test_setup),
 	};
 	return cmocka_run_group_tests(tests, group_setup, NULL);
 }

@@ -51,6 +51,7 @@ struct tcase {
 	unsigned max_rcpt; /* 0: 100 */
 	int tls, norelay; /* tls: cfg->starttls */
 	int refused;	  /* cfg->refused: 554 greeting */
+	int auth;	  /* cfg->auth: AUTH after TLS (alice / s3cret) */
 	const char *postmaster; /* cfg->postmaster */
 	int results[MAXMSG]; /* message_done() result per message */
 	long tls_discard;    /* expected STARTTLS ev.len (one chunk), 0: any */
@@ -224,6 +225,29 @@ static int feed_all(struct mta_smtpd *s, struct run *r, const uint8_t *in,
 			assert_int_equal(n, w);
 			r->closed = 1;
 			break;
+		case MTA_SMTPD_EV_AUTH: {
+			/* the driver's verification; nothing is consumed
+			 * until the verdict */
+			size_t n2 = 7;
+			struct mta_smtpd_event e2;
+			bool ok = strcmp(e.user, "alice") == 0 &&
+				  strcmp(e.pass, "s3cret") == 0;
+			add_ev(r, ok ? 'U' : 'u');
+			if (off < len) {
+				assert_int_equal(mta_smtpd_feed(s, in + off,
+								len - off, &n2,
+								&e2),
+						 MTA_SMTPD_EV_NONE);
+				assert_int_equal(n2, 0);
+			}
+			mta_smtpd_auth_done(s, ok ? MTA_SMTPD_AUTH_OK
+						  : MTA_SMTPD_AUTH_FAIL);
+			assert_false(mta_smtpd_authenticated(s) != ok);
+			drain(s, r);
+			if (mta_smtpd_closed(s))
+				r->closed = 1;
+			break;
+		}
 		}
 		stall = 0;
 	}
@@ -247,7 +271,7 @@ static void check_esc(const struct run *r)
 			assert_memory_equal(l, "250", 3);
 			continue;
 		}
-		if (strncmp(l, "354 ", 4) == 0 ||
+		if (strncmp(l, "354 ", 4) == 0 || strncmp(l, "334 ", 4) == 0 ||
 		    strcmp(l, "250 " HOST) == 0)
 			continue;
 		int a, b, c, n = 0;
@@ -319,6 +343,7 @@ static void do_run(const struct tcase *tc, struct run *r, size_t chunk,
 		.refused = tc->refused,
 		.postmaster = tc->postmaster,
 		.client_addr = "192.0.2.1",
+		.auth = tc->auth,
 	};
 	static struct mta_smtpd s; /* 36 KiB: not on the stack */
 	int qseq = 1;
@@ -807,11 +832,85 @@ static void chk_tls(const struct tcase *tc, const void *rv)
 	assert_non_null(strstr(r->rcv[0], " with UTF8SMTPS (" TLSDESC ")"));
 }
 
+/* RTLS-01/02: REQUIRETLS listed only after STARTTLS; the option tags */
+static void chk_rtls02(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	int before = 0, after = 0, tls = 0;
+	for (size_t i = 0; i < r->nlines; i++) {
+		if (strncmp(r->lines[i], "220 2.0.0", 9) == 0)
+			tls = 1;
+		if (strstr(r->lines[i], "REQUIRETLS") != NULL)
+			*(tls ? &after : &before) += 1;
+	}
+	assert_int_equal(before, 0);
+	assert_int_equal(after, 1);
+	assert_int_equal(r->nmsg, 1);
+	assert_int_equal(r->env[0].tlsreq, MTA_TLSREQ_REQUIRETLS);
+}
+
+/* RTLS-06/09: one TLS-Required: No (any case, FWS, folded) */
+static void chk_rtls_no(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	assert_int_equal(r->nmsg, 4);
+	for (size_t i = 0; i < 4; i++)
+		assert_int_equal(r->env[i].tlsreq, MTA_TLSREQ_OPTIONAL);
+}
+
+/* RTLS-07/08, other values, body, non-relay client: not lowered */
+static void chk_rtls_not(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	assert_int_equal(r->nmsg, 4);
+	assert_int_equal(r->env[0].tlsreq, MTA_TLSREQ_NONE); /* two fields */
+	assert_int_equal(r->env[1].tlsreq, MTA_TLSREQ_NONE); /* "Nope" */
+	assert_int_equal(r->env[2].tlsreq, MTA_TLSREQ_NONE); /* in body */
+	assert_int_equal(r->env[3].tlsreq, MTA_TLSREQ_REQUIRETLS);
+}
+
+static void chk_rtls_norelay(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	assert_int_equal(r->nmsg, 1);
+	assert_int_equal(r->env[0].tlsreq, MTA_TLSREQ_NONE);
+}
+
 static void chk_tls_esmtps(const struct tcase *tc, const void *rv)
 {
 	const struct run *r = R(rv);
 	assert_int_equal(r->nmsg, 1);
 	assert_non_null(strstr(r->rcv[0], " with ESMTPS (" TLSDESC ")\r\n"));
+}
+
+/* AUTH-02: an authenticated client from outside relay_networks keeps
+ * its sender (no postmaster-only/null-sender rules); AUTH is offered
+ * only after TLS. */
+static void chk_auth_sender(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	int offered = 0;
+
+	assert_int_equal(r->nmsg, 1);
+	assert_string_equal(r->env[0].sender, "a@x.test");
+	assert_string_equal(r->env[0].rcpts[0].addr, "b@y.test");
+	for (size_t i = 0; i < r->nlines; i++) {
+		if (strcmp(r->lines[i], "250-AUTH PLAIN LOGIN") == 0) {
+			offered++;
+			/* after the 220 of STARTTLS only */
+			assert_true(i > 0);
+		}
+		if (strncmp(r->lines[i], "250 STARTTLS", 12) == 0)
+			assert_int_equal(offered, 0);
+	}
+	assert_int_equal(offered, 1);
+}
+
+static void chk_no_auth_offer(const struct tcase *tc, const void *rv)
+{
+	const struct run *r = R(rv);
+	for (size_t i = 0; i < r->nlines; i++)
+		assert_null(strstr(r->lines[i], "AUTH"));
 }
 
 static void chk_notls(const struct tcase *tc, const void *rv)
@@ -958,10 +1057,11 @@ static const struct tcase cases[] = {
 	  .exp = "500 5.5.2 Error: command not recognized|500 5.5.2|500 5.5.2|"
 		 "250 2.0.0",
 	  .ev = "RRR"),
-	C(.name = "SRV-11 unknown MAIL/RCPT parameter -> 555",
+	C(.name = "SRV-11 unknown MAIL/RCPT parameter -> 555; RTLS-03 "
+		  "REQUIRETLS in clear -> 530 5.7.10",
 	  .in = EH "MAIL FROM:<a@x.test> FOO=1\r\nMAIL FROM:<a@x.test> "
 		"REQUIRETLS\r\n" MF "RCPT TO:<b@y.test> BAR=2\r\n",
-	  .exp = "250 CHUNKING|555 5.5.4|555 5.5.4|250 2.1.0|555 5.5.4",
+	  .exp = "250 CHUNKING|555 5.5.4|530 5.7.10|250 2.1.0|555 5.5.4",
 	  .ev = "RRR"),
 	C(.name = "SRV-12 MAIL without brackets -> 501, then valid MAIL ok",
 	  .in = EH "MAIL FROM:a@x.test\r\nMAIL TO:<a@x.test>\r\nMAIL "
@@ -1101,6 +1201,52 @@ static const struct tcase cases[] = {
 		 "TLS|503 5.5.1|250 CHUNKING|503 5.5.1|250 2.1.0|250 2.1.5|354|"
 		 "250 2.0.0",
 	  .ev = "TRRDM", .check = chk_tls),
+	C(.name = "RTLS-01 RTLS-02 RTLS-04 RTLS-05 REQUIRETLS after "
+		  "STARTTLS only; no value; long MAIL line",
+	  .tls = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "MAIL FROM:<a@x.test> REQUIRETLS=YES\r\n"
+		  "MAIL FROM:<aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+		  "aaaaaaaaaaa@xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		  "xxxxxxxxxxxx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		  "xxxxxxxxxxxxx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		  "xxxxxxxxxxxxxx.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		  "xxxxxxxxxxxxxxx.test> SIZE=100 BODY=8BITMIME RET=HDRS ENVID="
+		  "EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE"
+		  " AUTH=uuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu"
+		  "uuuuuuuuuuuuuuuuuuuuuuuuuuuuuu REQUIRETLS\r\n"
+		  RT "DATA\r\nx\r\n.\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|501 5.5.4|250 2.1.0|"
+		 "250 2.1.5|354|250 2.0.0",
+	  .ev = "TRDM", .check = chk_rtls02),
+	C(.name = "RTLS-06 RTLS-09 TLS-Required: No / no / NO with FWS, "
+		  "folded",
+	  .in = EH MF RT "DATA\r\nSubject: a\r\nTLS-Required: No\r\n\r\n"
+		"x\r\n.\r\n" MF RT "DATA\r\ntls-required:no\r\n\r\nx\r\n"
+		".\r\n" MF RT "DATA\r\nTLS-REQUIRED:  NO  \r\nX: y\r\n\r\n"
+		".\r\n" MF RT "DATA\r\nTLS-Required:\r\n\tNo\r\n.\r\n",
+	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|354|250 2.0.0|250 2.1.0|"
+		 "250 2.1.5|354|250 2.0.0|250 2.1.0|250 2.1.5|354|250 2.0.0|"
+		 "250 2.1.0|250 2.1.5|354|250 2.0.0",
+	  .ev = "DMDMDMDM", .check = chk_rtls_no),
+	C(.name = "RTLS-07 RTLS-08 two fields ignored, other values, body, "
+		  "REQUIRETLS wins",
+	  .tls = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH MF RT "DATA\r\nTLS-Required: No\r\nTLS-Required: No\r\n"
+		  "\r\nx\r\n.\r\n" MF RT "DATA\r\nTLS-Required: Nope\r\n\r\n"
+		  ".\r\n" MF RT "DATA\r\nX: y\r\n\r\nTLS-Required: No\r\n.\r\n"
+		  "MAIL FROM:<a@x.test> REQUIRETLS\r\n" RT
+		  "DATA\r\nTLS-Required: No\r\n\r\n.\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|250 2.1.0|250 2.1.5|354|"
+		 "250 2.0.0|250 2.1.0|250 2.1.5|354|250 2.0.0|250 2.1.0|"
+		 "250 2.1.5|354|250 2.0.0|250 2.1.0|250 2.1.5|354|250 2.0.0",
+	  .ev = "TDMDMDMDM", .check = chk_rtls_not),
+	C(.name = "RTLS-06 TLS-Required: No from a client not allowed to "
+		  "relay is ignored",
+	  .norelay = 1, .postmaster = "postmaster@mx.test",
+	  .in = EH MF "RCPT TO:<Postmaster>\r\nDATA\r\nTLS-Required: No\r\n"
+		"\r\n.\r\n",
+	  .exp = "250 CHUNKING|250 2.1.0|250 2.1.5|354|250 2.0.0",
+	  .ev = "DM", .check = chk_rtls_norelay),
 	C(.name = "TLS-01 no STARTTLS without a certificate -> 502",
 	  .in = EH "STARTTLS\r\n",
 	  .exp = "250 CHUNKING|502 5.5.1", .ev = "R", .check = chk_notls),
@@ -1121,6 +1267,50 @@ static const struct tcase cases[] = {
 	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|503 5.5.1|250 2.0.0",
 	  .ev = "TR",
 	  .tls_discard = sizeof("RSET\r\nMAIL FROM:<inj@x.test>\r\n") - 1),
+	C(.name = "AUTH-01 AUTH before STARTTLS -> 530 5.7.0, not offered",
+	  .tls = 1, .auth = 1, .norelay = 1,
+	  .in = EH "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n" MF "STARTTLS\r\n",
+	  .post = EH MF,
+	  .exp = "250 STARTTLS|530 5.7.0|530 5.7.0|220 2.0.0|250 CHUNKING|"
+		 "530 5.7.0",
+	  .ev = "RRTR"),
+	C(.name = "AUTH-02 PLAIN with initial response; relays after it",
+	  .tls = 1, .auth = 1, .norelay = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nAUTH PLAIN x\r\n"
+		  MF RT "DATA\r\nx\r\n.\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|235 2.7.0|503 5.5.1|"
+		 "250 2.1.0|250 2.1.5|354|250 2.0.0",
+	  .ev = "TURDM", .check = chk_auth_sender),
+	C(.name = "AUTH-03 PLAIN by challenge; authzid = authcid",
+	  .tls = 1, .auth = 1, .norelay = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH PLAIN\r\nYWxpY2UAYWxpY2UAczNjcmV0\r\n" MF RT,
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|334 |235 2.7.0|"
+		 "250 2.1.0|250 2.1.5",
+	  .ev = "TU"),
+	C(.name = "AUTH-04 LOGIN, with and without initial response",
+	  .tls = 1, .auth = 1, .norelay = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH LOGIN\r\nYWxpY2U=\r\nd3Jvbmc=\r\n"
+		  "AUTH LOGIN YWxpY2U=\r\nczNjcmV0\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|334 VXNlcm5hbWU6|"
+		 "334 UGFzc3dvcmQ6|535 5.7.8|334 UGFzc3dvcmQ6|235 2.7.0",
+	  .ev = "TuU"),
+	C(.name = "AUTH-05 wrong password 535 5.7.8; unauthenticated MAIL "
+		 "530; other authzid 535; cancel 501; bad base64 501; "
+		 "unknown mechanism 504",
+	  .tls = 1, .auth = 1, .norelay = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH PLAIN AGFsaWNlAHdyb25n\r\n" MF
+		  "AUTH PLAIN Ym9iAGFsaWNlAHMzY3JldA==\r\n"
+		  "AUTH LOGIN\r\n*\r\nAUTH PLAIN !!!!\r\n"
+		  "AUTH PLAIN AGFsaWNl\r\nAUTH CRAM-MD5\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|535 5.7.8|530 5.7.0|"
+		 "535 5.7.8|334 VXNlcm5hbWU6|501 5.0.0|501 5.5.2|501 5.5.2|"
+		 "504 5.5.4",
+	  .ev = "TuRRRRRR"),
+	C(.name = "AUTH-06 no AUTH on a listener without it (port 25)",
+	  .tls = 1, .in = EH "STARTTLS\r\n",
+	  .post = EH "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n",
+	  .exp = "250 STARTTLS|220 2.0.0|250 CHUNKING|502 5.5.1",
+	  .ev = "TR", .check = chk_no_auth_offer),
 	C(.name = "PIPE-01 replies in command order",
 	  .in = EH MF RT "RCPT TO:<bad>\r\nRCPT TO:<c@y.test>\r\nDATA\r\nx\r\n"
 		".\r\n",

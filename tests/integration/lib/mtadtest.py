@@ -140,6 +140,15 @@ def ensure_daemon_user():
     return True
 
 
+def give_group_read(path):
+    """A file mtad reads again as the dropped user (auth.users_file):
+    0640 root:mtad, as docs/security.md asks of operators."""
+    import grp
+    if os.geteuid() == 0:
+        os.chown(path, 0, grp.getgrnam(DAEMON_USER).gr_gid)
+    os.chmod(path, 0o640)
+
+
 def remove_daemon_user():
     subprocess.run(["userdel", DAEMON_USER], check=False)
 
