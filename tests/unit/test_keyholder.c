@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -130,6 +131,68 @@ static void death_is_noticed(void **st)
 	assert_false(mta_keyholder_alive(f->kh));
 }
 
+static void write_text(const char *path, const char *text)
+{
+	FILE *out = fopen(path, "w");
+
+	assert_non_null(out);
+	fputs(text, out);
+	fclose(out);
+	assert_int_equal(chmod(path, 0600), 0); /* root's alone */
+}
+
+/* RELOAD (SIGHUP): the holder reads its key file and relayhost file
+ * again, from the paths it was started with, as the dropped user (with
+ * CAP_DAC_READ_SEARCH when started as root: the files are 0600 here),
+ * inside its Landlock and seccomp; a failed reload keeps the old ones. */
+static void reload_rereads_files(void **st)
+{
+	struct fx *f = *st;
+	struct mta_keyholder *kh;
+	struct mta_privdrop pd;
+	char auth[300], err[300] = "", user[64] = "", buf[100];
+
+	snprintf(auth, sizeof(auth), "%s.auth", f->keyfile);
+	write_text(auth, "relayuser s3cret\n");
+	assert_int_equal(chmod(f->keyfile, 0600), 0);
+	if (geteuid() == 0)
+		assert_int_equal(mta_privdrop_resolve("nobody", "nogroup", &pd,
+						      err, sizeof(err)), 0);
+	else
+		assert_int_equal(mta_privdrop_resolve(NULL, NULL, &pd, err,
+						      sizeof(err)), 0);
+	assert_int_equal(mta_keyholder_start(f->keyfile, auth, "relayuser",
+					     "s3cret", &pd, &kh, err,
+					     sizeof(err)), 0);
+	assert_int_equal(mta_keyholder_auth(kh, buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "AHJlbGF5dXNlcgBzM2NyZXQ=");
+	/* new credentials in place: the next blob is theirs */
+	write_text(auth, "other pw2\n");
+	assert_int_equal(mta_keyholder_reload(kh, user, sizeof(user)), 0);
+	assert_string_equal(user, "other");
+	assert_int_equal(mta_keyholder_auth(kh, buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "AG90aGVyAHB3Mg=="); /* "\0other\0pw2" */
+	/* a broken file: refused, the old blob stays, the key still signs */
+	write_text(auth, "only-one-word\n");
+	assert_true(mta_keyholder_reload(kh, user, sizeof(user)) < 0);
+	assert_int_equal(mta_keyholder_auth(kh, buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "AG90aGVyAHB3Mg==");
+	assert_true(mta_keyholder_alive(kh));
+	gnutls_privkey_t ext;
+	const gnutls_datum_t data = {(unsigned char *)"after", 5};
+	gnutls_datum_t sig = {NULL, 0};
+	assert_int_equal(mta_keyholder_privkey(kh, f->pub, &ext), 0);
+	assert_int_equal(gnutls_privkey_sign_data(ext, GNUTLS_DIG_SHA256, 0,
+						  &data, &sig), 0);
+	assert_true(gnutls_pubkey_verify_data2(f->pub,
+					       GNUTLS_SIGN_ECDSA_SHA256, 0,
+					       &data, &sig) >= 0);
+	gnutls_free(sig.data);
+	gnutls_privkey_deinit(ext);
+	mta_keyholder_free(kh);
+	unlink(auth);
+}
+
 int main(void)
 {
 #if defined(__SANITIZE_THREAD__)
@@ -143,6 +206,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(auth_blob, setup, teardown),
 		cmocka_unit_test_setup_teardown(death_is_noticed, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(reload_rereads_files, setup,
 						teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
