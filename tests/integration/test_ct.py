@@ -91,6 +91,7 @@ def ct():
     if missing:
         pytest.skip("%s missing (Debian knot, unbound, ldnsutils)" % missing)
     workdir = tempfile.mkdtemp(prefix="mtit-ct-", dir="/tmp")
+    os.chmod(workdir, 0o711)  # reachable after mtad's privilege drop
     dns = delivlab.start_dns_lab()
     lab = None
     try:

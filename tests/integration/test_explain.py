@@ -59,6 +59,7 @@ def lab():
     if missing:
         pytest.skip("%s missing (Debian knot, unbound, ldnsutils)" % missing)
     workdir = tempfile.mkdtemp(prefix="mtit-explain-", dir="/tmp")
+    os.chmod(workdir, 0o711)  # reachable after mtad's privilege drop
     dns = delivlab.start_dns_lab()
     lb = None
     try:

@@ -67,6 +67,7 @@ def rtls():
     if missing:
         pytest.skip("%s missing (Debian knot, unbound, ldnsutils)" % missing)
     certdir = tempfile.mkdtemp(prefix="mtit-rtls-", dir="/tmp")
+    os.chmod(certdir, 0o711)  # reachable after mtad's privilege drop
     dns = delivlab.start_dns_lab()
     try:
         yield RtlsLab(dns, certdir)
