@@ -20,6 +20,11 @@
  *	                                  mtad with the peer's credentials)
  *	  ACTIVE          (data lines: qids being delivered now)
  *	  STATS           (data lines: "key value")
+ *	  SITES           (data lines: one per shaping site of
+ *	                  delivery.shaping_file, "<site> key=value ...":
+ *	                  connections max_connections rate ceiling (messages
+ *	                  per minute, 0 = no limit) sent throttles next_ms
+ *	                  line; no lines without a shaping table)
  *	  EXPLAIN domain [CONNECT]  (data lines: the decision trace of
  *	                  explain.h, "<tag> <text>"; OK at its end; with
  *	                  CONNECT the usable hosts are connected, never MAIL)
@@ -85,6 +90,7 @@ enum mta_ctl_verb {
 	MTA_CTL_STATS,
 	MTA_CTL_QUIT,
 	MTA_CTL_EXPLAIN,
+	MTA_CTL_SITES,
 	MTA_CTL_NVERBS
 };
 

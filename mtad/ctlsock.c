@@ -493,6 +493,19 @@ static int send_active(void *ud, const char *qid)
 	return 0;
 }
 
+/* One SITES line; the site is an operator's pattern (no spaces). */
+static int send_site(void *ud, const struct mta_delivery_site *si)
+{
+	send_line(ud,
+		  "* %s connections=%u max_connections=%u rate=%.1f "
+		  "ceiling=%.1f sent=%llu throttles=%llu next_ms=%lld line=%u",
+		  si->site, si->nconn, si->max_conn, si->rate, si->ceiling,
+		  (unsigned long long)si->sent,
+		  (unsigned long long)si->throttles, (long long)si->next_ms,
+		  si->line);
+	return 0;
+}
+
 static int count_held(void *ud, const char *qid, int64_t since)
 {
 	(void)qid;
@@ -658,6 +671,16 @@ static void handle_request(struct conn *c, const char *line)
 	}
 	case MTA_CTL_EXPLAIN:
 		explain(c);
+		return;
+	case MTA_CTL_SITES:
+		if (d == NULL) {
+			done(c, MTA_ECLOSED, "unavailable",
+			     "delivery is not running in mtad; see the mtad "
+			     "log");
+			return;
+		}
+		(void)mta_delivery_foreach_site(d, send_site, c);
+		done(c, 0, NULL, NULL);
 		return;
 	case MTA_CTL_QUIT:
 	default:

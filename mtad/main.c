@@ -819,7 +819,7 @@ static void reload_failed(const char *why)
  * start), with the files it names loaded again through the start-up
  * functions (load_config_files(): inbound certificate and key via
  * load_server_tls(), policy table, relayhost credentials; then the CA
- * file).  Anything that fails refuses the whole reload, logged, and the
+ * file, then delivery's routing and shaping tables).  Anything that fails refuses the whole reload, logged, and the
  * old generation stays in force.  Otherwise the new one is handed to the
  * listener (new sessions), delivery (new decisions and connections) and
  * MTA-STS (CA file), log.level applies at once, and the old generation
@@ -877,7 +877,19 @@ static void reload(struct daemon *d)
 	d->users = NULL;
 	d->ct = NULL;
 	d->have_auth = false;
-	if (load_config_files(d) != 0) {
+	/* delivery.routes_file and delivery.shaping_file: parsed before the
+	 * commit, handed to delivery below (a broken table refuses all) */
+	struct mta_delivery_tables *ntab = NULL;
+	const char *why = "a file named by the new configuration does not "
+			  "load (see the line before)";
+	bool bad = load_config_files(d) != 0;
+	if (!bad && d->delivery != NULL &&
+	    mta_delivery_tables_load(ncfg, d->have_auth, &ntab, err,
+				     sizeof(err)) != 0) {
+		bad = true;
+		why = err;
+	}
+	if (bad) {
 		mta_tls_creds_free(d->tls);
 		mta_tlspolicy_free(d->policy);
 		mta_auth_users_unref(d->users);
@@ -894,8 +906,7 @@ static void reload(struct daemon *d)
 		memcpy(d->auth_pass, save_pass, sizeof(save_pass));
 		explicit_bzero(save_pass, sizeof(save_pass));
 		free(old);
-		reload_failed("a file named by the new configuration does not "
-			      "load (see the line before)");
+		reload_failed(why);
 		return;
 	}
 	explicit_bzero(save_pass, sizeof(save_pass));
@@ -921,6 +932,7 @@ static void reload(struct daemon *d)
 			.ct = d->ct,
 			.auth_user = d->have_auth ? d->auth_user : NULL,
 			.auth_pass = d->have_auth ? d->auth_pass : NULL,
+			.tables = ntab,
 		};
 		mta_delivery_reconfigure(d->delivery, &dp);
 	}
