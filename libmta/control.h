@@ -16,7 +16,10 @@
  *	One request at a time; the client waits for OK/ERR before the next.
  *	Verbs and arguments:
  *	  HOLD qid, RELEASE qid, DELETE qid, BOUNCE qid, FLUSH qid,
- *	  POLICY-PURGE domain, POLICY-REFRESH domain   (changes: logged by
+ *	  POLICY-PURGE domain, POLICY-REFRESH domain,
+ *	  POLICY-ACCEPT domain (key continuity: trust the new keys held for
+ *	                  the domain; notfound when none is held)
+ *	                                 (changes: logged by
  *	                                  mtad with the peer's credentials)
  *	  ACTIVE          (data lines: qids being delivered now)
  *	  STATS           (data lines: "key value")
@@ -91,6 +94,7 @@ enum mta_ctl_verb {
 	MTA_CTL_QUIT,
 	MTA_CTL_EXPLAIN,
 	MTA_CTL_SITES,
+	MTA_CTL_POLICY_ACCEPT,
 	MTA_CTL_NVERBS
 };
 

@@ -8,6 +8,7 @@
  */
 #include "auth.h"
 #include "err.h"
+#include "spool_keys.h"
 #include "sts.h"
 #include "tool.h"
 #include "tlsrpt.h"
@@ -40,7 +41,7 @@ static void usage(FILE *f)
 		"--older-than AGE\n"
 		"  evacuate --to HOST:PORT [QID ...|FILTERS] [--yes] "
 		"[--verify]\n"
-		"  policy list | policy show|refresh|purge DOMAIN\n"
+		"  policy list | policy show|refresh|purge|accept DOMAIN\n"
 		"  explain DOMAIN [--connect] [--json]   what mtad decides "
 		"for DOMAIN now, and why\n"
 		"  stats | tlsrpt | tlsrpt show [DOMAIN] [--day YYYY-MM-DD]\n"
@@ -847,6 +848,49 @@ static int find_evidence(void *ud, const struct mta_spool_entry *en)
 	return 0;
 }
 
+/* Key continuity: the keys and issuers on record for dom, one line
+ * each ("key: HOST trusted|held leaf=... issuer=... first=... last=..."). */
+static int print_keys(struct mta_spool *sp, const char *dom)
+{
+	struct mta_spool_keys_rec *r = malloc(sizeof(*r));
+	int rc;
+
+	if (r == NULL)
+		return 1;
+	rc = mta_spool_keys_get(sp, dom, r);
+	if (rc == MTA_ENOTFOUND) {
+		printf("keys: none on record\n");
+		free(r);
+		return 0;
+	}
+	if (rc != 0) {
+		fprintf(stderr, "mtactl: policy show %s: keys: %s\n", dom,
+			mta_strerror(rc));
+		free(r);
+		return 1;
+	}
+	if (r->accepted_at > 0) {
+		char a[32];
+		fmt_ts(a, r->accepted_at);
+		printf("keys accepted: %s\n", a);
+	}
+	for (size_t i = 0; i < r->n; i++) {
+		const struct mta_spool_keys_entry *e = &r->e[i];
+		char l[2 * MTA_SPOOL_KEYS_HASH + 1], is[2 * MTA_SPOOL_KEYS_HASH + 1];
+		char f[32], t[32];
+		mta_spool_keys_to_hex(e->leaf, l);
+		mta_spool_keys_to_hex(e->issuer, is);
+		fmt_ts(f, e->first);
+		fmt_ts(t, e->last);
+		printf("key: %s %s leaf=%s issuer=%s first=%s last=%s\n",
+		       e->host,
+		       e->state == MTA_SPOOL_KEYS_TRUSTED ? "trusted" : "held",
+		       l, is, f, t);
+	}
+	free(r);
+	return 0;
+}
+
 static int cmd_policy(const struct mta_config *cfg, int argc, char **argv)
 {
 	struct mta_spool *sp;
@@ -869,7 +913,8 @@ static int cmd_policy(const struct mta_config *cfg, int argc, char **argv)
 		return 0;
 	}
 	if (argc != 2 || (strcmp(argv[0], "show") && strcmp(argv[0], "purge") &&
-			  strcmp(argv[0], "refresh"))) {
+			  strcmp(argv[0], "refresh") &&
+			  strcmp(argv[0], "accept"))) {
 		usage(stderr);
 		return 2;
 	}
@@ -880,8 +925,10 @@ static int cmd_policy(const struct mta_config *cfg, int argc, char **argv)
 	if (strcmp(argv[0], "show") != 0) {
 		if (tool_ctl_open("mtactl", cfg, false, &c) != 0)
 			return 1;
-		rc = ctl_one(&c, argv[0][0] == 'p' ? MTA_CTL_POLICY_PURGE
-						   : MTA_CTL_POLICY_REFRESH,
+		rc = ctl_one(&c,
+			     argv[0][0] == 'p'	 ? MTA_CTL_POLICY_PURGE
+			     : argv[0][0] == 'a' ? MTA_CTL_POLICY_ACCEPT
+						 : MTA_CTL_POLICY_REFRESH,
 			     dom, false);
 		tool_ctl_close(&c);
 		return rc;
@@ -918,6 +965,7 @@ static int cmd_policy(const struct mta_config *cfg, int argc, char **argv)
 		(void)mta_spool_foreach(sp, find_evidence, &v);
 		printf("last decision seen: %s\n",
 		       v.last[0] ? v.last : "none (no queued mail to it)");
+		rc = print_keys(sp, dom);
 	}
 	mta_spool_close(sp);
 	return rc;
