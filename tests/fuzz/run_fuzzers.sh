@@ -23,6 +23,7 @@ declare -A extra=(
 	[config]="libmta/config.c libmta/log.c libmta/dkim.c $(pkg-config --libs inih gnutls)"
 	[dns]="libmta/dns.c $(pkg-config --libs getdns libuv)"
 	[http]="libmta/http_request.c"
+	[dkim]="libmta/dkim.c $(pkg-config --libs gnutls)"
 )
 status=0
 for f in tests/fuzz/fuzz_*.c; do
