@@ -288,12 +288,18 @@ int mta_dkim_keys_load(const char *path, struct mta_dkim_keys **out,
 
 	*out = NULL;
 	slash = strrchr(path, '/');
-	if (slash == NULL)
-		dir[0] = '\0';
-	else
-		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
-	if (slash == path)
-		snprintf(dir, sizeof(dir), "/");
+	dir[0] = '\0';
+	if (slash == path) {
+		strcpy(dir, "/");
+	} else if (slash != NULL) {
+		size_t dl = (size_t)(slash - path);
+		if (dl >= sizeof(dir)) {
+			errf(err, errlen, "%s: path too long", path);
+			return MTA_ECONFIG;
+		}
+		memcpy(dir, path, dl);
+		dir[dl] = '\0';
+	}
 	f = fopen(path, "re");
 	if (f == NULL) {
 		errf(err, errlen, "%s: %s", path, strerror(errno));
