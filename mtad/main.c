@@ -10,6 +10,7 @@
 #include "ct.h"
 #include "ctlsock.h"
 #include "delivery.h"
+#include "dkim.h"
 #include "dns.h"
 #include "err.h"
 #include "health.h"
@@ -291,6 +292,13 @@ static int load_config_files(struct daemon *d)
 	    mta_ct_loglist_load(d->cfg->tls_ct_log_list, &d->ct, err,
 				sizeof(err)) != 0) {
 		key_error(d->cfg, "tls", "ct_log_list", "%s", err);
+		return -1;
+	}
+	/* the DKIM keys ride on the config snapshot (freed with it) */
+	if (d->cfg->dkim_keys_file != NULL &&
+	    mta_dkim_keys_load(d->cfg->dkim_keys_file, &d->cfg->dkim_keys,
+			       err, sizeof(err)) != 0) {
+		key_error(d->cfg, "dkim", "keys_file", "%s", err);
 		return -1;
 	}
 	return 0;
