@@ -20,7 +20,7 @@ DEB_PACKAGES := gcc clang libclang-rt-14-dev meson ninja-build pkg-config \
 	libgnutls28-dev gnutls-bin libcurl4-gnutls-dev libcmocka-dev libcrypt-dev zlib1g-dev openssl \
 	libseccomp-dev libseccomp2 strace \
 	swaks libnet-ssleay-perl python3-pytest python3-aiosmtpd python3-dnspython \
-	python3-cryptography python3-yaml postfix knot ldnsutils unbound \
+	python3-cryptography python3-dkim python3-nacl python3-yaml postfix knot ldnsutils unbound \
 	prometheus buildah mmdebstrap
 
 .PHONY: all deps build run test certs fuzz bench clean

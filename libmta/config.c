@@ -11,6 +11,7 @@
  * only handed out on success.
  */
 #include "config.h"
+#include "dkim.h"
 #include "err.h"
 #include "log.h"
 
@@ -129,6 +130,7 @@ static const struct key keys[] = {
 	KEY("auth", "users_file", "", T_OPTPATH, auth_users_file, 0, 0),
 	KEY("auth", "max_failures", "5", T_COUNT, auth_max_failures, 1, 1000),
 	KEY("auth", "failure_delay", "1s", T_DURATION, auth_failure_delay, 0, 30),
+	KEY("dkim", "keys_file", "", T_OPTPATH, dkim_keys_file, 0, 0),
 	KEY("log", "level", "info", T_LOGLEVEL, log_level, 0, 0),
 };
 
@@ -1300,6 +1302,7 @@ void mta_config_free(struct mta_config *c)
 {
 	if (c == NULL)
 		return;
+	mta_dkim_keys_free(c->dkim_keys);
 	free(c->origin_path);
 	for (size_t i = 0; i < NKEYS; i++)
 		if (is_string_type(keys[i].type))

@@ -86,6 +86,8 @@
 #include "policy.h"    /* enum mta_policy_cont_mode */
 #include "tlspolicy.h" /* enum mta_tls_level */
 
+struct mta_dkim_keys;
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -190,6 +192,11 @@ struct mta_config {
 	char *auth_users_file;	     /* NULL = none */
 	unsigned auth_max_failures;  /* then 421 until the window passed */
 	unsigned auth_failure_delay; /* seconds, doubled per failure */
+	/* [dkim] */
+	char *dkim_keys_file; /* NULL = no signing */
+	/* the table it names, loaded by the daemon (mta_dkim_keys_load());
+	 * freed with the config, so a session's snapshot keeps its keys */
+	struct mta_dkim_keys *dkim_keys;
 	/* [log] */
 	int log_level; /* enum mta_log_level */
 	/* where each value came from (mta_config_where) */

@@ -24,6 +24,8 @@ static const struct {
 	[MTA_CTL_STATS] = {"STATS", 0, false},
 	[MTA_CTL_QUIT] = {"QUIT", 0, false},
 	[MTA_CTL_EXPLAIN] = {"EXPLAIN", 2, false, 1},
+	[MTA_CTL_SITES] = {"SITES", 0, false},
+	[MTA_CTL_POLICY_ACCEPT] = {"POLICY-ACCEPT", 1, true},
 };
 
 static bool nargs_ok(size_t v, size_t n)

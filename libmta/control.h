@@ -16,10 +16,18 @@
  *	One request at a time; the client waits for OK/ERR before the next.
  *	Verbs and arguments:
  *	  HOLD qid, RELEASE qid, DELETE qid, BOUNCE qid, FLUSH qid,
- *	  POLICY-PURGE domain, POLICY-REFRESH domain   (changes: logged by
+ *	  POLICY-PURGE domain, POLICY-REFRESH domain,
+ *	  POLICY-ACCEPT domain (key continuity: trust the new keys held for
+ *	                  the domain; notfound when none is held)
+ *	                                 (changes: logged by
  *	                                  mtad with the peer's credentials)
  *	  ACTIVE          (data lines: qids being delivered now)
  *	  STATS           (data lines: "key value")
+ *	  SITES           (data lines: one per shaping site of
+ *	                  delivery.shaping_file, "<site> key=value ...":
+ *	                  connections max_connections rate ceiling (messages
+ *	                  per minute, 0 = no limit) sent throttles next_ms
+ *	                  line; no lines without a shaping table)
  *	  EXPLAIN domain [CONNECT]  (data lines: the decision trace of
  *	                  explain.h, "<tag> <text>"; OK at its end; with
  *	                  CONNECT the usable hosts are connected, never MAIL)
@@ -85,6 +93,8 @@ enum mta_ctl_verb {
 	MTA_CTL_STATS,
 	MTA_CTL_QUIT,
 	MTA_CTL_EXPLAIN,
+	MTA_CTL_SITES,
+	MTA_CTL_POLICY_ACCEPT,
 	MTA_CTL_NVERBS
 };
 

@@ -5,6 +5,8 @@
  */
 #include "delivery_int.h"
 
+#include <strings.h>
+
 int64_t dlv_now_us(void)
 {
 	struct timeval tv;
@@ -218,6 +220,10 @@ static struct dest *dest_get(struct mta_delivery *d, const char *name,
 	snprintf(ds->name, sizeof(ds->name), "%s", name);
 	ds->relay = relay;
 	ds->route = route;
+	if (route != NULL) {
+		ds->rtab = d->rtab; /* route came from d->routes */
+		ds->rtab->refs++;
+	}
 	ds->fallback = fallback;
 	if (relay && route == NULL) {
 		snprintf(ds->host, sizeof(ds->host), "%s", d->relay_host);
@@ -235,6 +241,14 @@ static struct dest *dest_get(struct mta_delivery *d, const char *name,
 	return ds;
 }
 
+static void rtab_unref(struct dlv_rtab *t)
+{
+	if (t == NULL || --t->refs > 0)
+		return;
+	mta_routes_free(t->r);
+	free(t);
+}
+
 void dlv_dest_maybe_free(struct mta_delivery *d, struct dest *ds)
 {
 	if (ds->nq > 0 || ds->nconn > 0)
@@ -242,6 +256,7 @@ void dlv_dest_maybe_free(struct mta_delivery *d, struct dest *ds)
 	for (struct dest **pp = &d->dests; *pp; pp = &(*pp)->next) {
 		if (*pp == ds) {
 			*pp = ds->next;
+			rtab_unref(ds->rtab);
 			free(ds);
 			return;
 		}
@@ -957,57 +972,88 @@ static int parse_relayhost(const char *spec, unsigned defport, char *host,
 	return 0;
 }
 
-/* delivery.routes_file and delivery.shaping_file: an error is logged
- * (the daemon refuses to start). */
-static int load_tables(struct mta_delivery *d)
+void mta_delivery_tables_free(struct mta_delivery_tables *t)
 {
-	char err[512];
+	if (t == NULL)
+		return;
+	rtab_unref(t->rtab);
+	mta_shaping_free(t->shaping);
+	free(t->sites);
+	free(t);
+}
+
+int mta_delivery_tables_load(const struct mta_config *cfg, bool have_auth,
+			     struct mta_delivery_tables **out, char *err,
+			     size_t errlen)
+{
+	struct mta_delivery_tables *t = calloc(1, sizeof(*t));
 	int rc;
 
-	if (d->cfg->routes_file != NULL) {
-		rc = mta_routes_load(d->cfg->routes_file, &d->routes, err,
-				     sizeof(err));
+	if (t == NULL)
+		return -ENOMEM;
+	if (cfg->routes_file != NULL) {
+		struct mta_routes *r = NULL;
+		rc = mta_routes_load(cfg->routes_file, &r, err, errlen);
 		if (rc != 0)
 			goto fail;
-		for (size_t i = 0; i < mta_routes_count(d->routes); i++) {
-			const struct mta_routes_rule *x =
-				mta_routes_get(d->routes, i);
+		t->rtab = calloc(1, sizeof(*t->rtab));
+		if (t->rtab == NULL) {
+			mta_routes_free(r);
+			snprintf(err, errlen, "out of memory");
+			rc = -ENOMEM;
+			goto fail;
+		}
+		t->rtab->r = r;
+		t->rtab->refs = 1;
+		for (size_t i = 0; i < mta_routes_count(r); i++) {
+			const struct mta_routes_rule *x = mta_routes_get(r, i);
 			if (x->auth[0] != '\0' &&
-			    (strcmp(x->auth, "default") != 0 ||
-			     d->auth_user == NULL)) {
-				snprintf(err, sizeof(err),
+			    (strcmp(x->auth, "default") != 0 || !have_auth)) {
+				snprintf(err, errlen,
 					 "%s:%u: auth=%s: only \"default\" "
 					 "(delivery.relayhost_auth_file, "
 					 "which must be set)",
-					 d->cfg->routes_file, x->line, x->auth);
+					 cfg->routes_file, x->line, x->auth);
+				rc = MTA_ECONFIG;
 				goto fail;
 			}
 		}
 	}
-	if (d->cfg->shaping_file != NULL) {
-		rc = mta_shaping_load(d->cfg->shaping_file, &d->shaping, err,
-				      sizeof(err));
+	if (cfg->shaping_file != NULL) {
+		rc = mta_shaping_load(cfg->shaping_file, &t->shaping, err,
+				      errlen);
 		if (rc != 0)
 			goto fail;
-		size_t n = mta_shaping_count(d->shaping);
-		d->sites = calloc(n + 1, sizeof(*d->sites));
-		if (d->sites == NULL) {
-			snprintf(err, sizeof(err), "out of memory");
+		t->nsites = mta_shaping_count(t->shaping);
+		t->sites = calloc(t->nsites + 1, sizeof(*t->sites));
+		if (t->sites == NULL) {
+			snprintf(err, errlen, "out of memory");
+			rc = -ENOMEM;
 			goto fail;
 		}
-		for (size_t i = 0; i < n; i++)
-			mta_shaping_site_init(&d->sites[i],
-					      mta_shaping_get(d->shaping, i),
+		for (size_t i = 0; i < t->nsites; i++)
+			mta_shaping_site_init(&t->sites[i],
+					      mta_shaping_get(t->shaping, i),
 					      dlv_now_us());
 	}
+	*out = t;
 	return 0;
-fail: {
-	struct mta_logline ll;
-	mta_log_begin(&ll, MTA_LOG_ERR, "config_error");
-	mta_log_str(&ll, "error", err);
-	mta_log_end(&ll);
-	return MTA_ECONFIG;
+fail:
+	mta_delivery_tables_free(t);
+	return rc;
 }
+
+/* Makes t the tables in force (taken over); d's old ones are the
+ * caller's business (tables_swap). */
+static void tables_install(struct mta_delivery *d,
+			   struct mta_delivery_tables *t)
+{
+	d->rtab = t->rtab;
+	d->routes = t->rtab != NULL ? t->rtab->r : NULL;
+	d->shaping = t->shaping;
+	d->sites = t->sites;
+	d->nsites = t->nsites;
+	free(t);
 }
 
 int mta_delivery_start(const struct mta_delivery_params *p,
@@ -1046,13 +1092,22 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 		free(d);
 		return MTA_ECONFIG;
 	}
-	if (load_tables(d) != 0) {
-		mta_routes_free(d->routes);
-		mta_shaping_free(d->shaping);
-		free(d->sites);
-		free(d);
-		return MTA_ECONFIG;
+	struct mta_delivery_tables *tab = p->tables;
+	if (tab == NULL) {
+		char err[512];
+		int rc = mta_delivery_tables_load(p->cfg, p->auth_user != NULL,
+						  &tab, err, sizeof(err));
+		if (rc != 0) {
+			struct mta_logline ll;
+			mta_log_begin(&ll, MTA_LOG_ERR, "config_error");
+			mta_log_str(&ll, "error", err);
+			mta_log_end(&ll);
+			free(d);
+			return MTA_ECONFIG;
+		}
 	}
+	/* the daemon refuses to start on a table error (logged above) */
+	tables_install(d, tab);
 	uv_timer_init(d->loop, &d->scan_timer);
 	d->scan_timer.data = d;
 	d->dnssec_ok = true; /* until the first self-test says otherwise */
@@ -1072,9 +1127,10 @@ static void on_scan_timer_closed(uv_handle_t *h)
 
 	for (struct dest *ds = d->dests, *n; ds; ds = n) {
 		n = ds->next;
+		rtab_unref(ds->rtab);
 		free(ds);
 	}
-	mta_routes_free(d->routes);
+	rtab_unref(d->rtab);
 	mta_shaping_free(d->shaping);
 	free(d->sites);
 	free(d);
@@ -1162,6 +1218,71 @@ size_t mta_delivery_nconn(const struct mta_delivery *d)
 	return d->nconn;
 }
 
+/* The shaping site of the new table with the pattern of old, or NULL. */
+static struct mta_shaping_site *
+site_same(struct mta_shaping_site *sites, size_t n,
+	  const struct mta_shaping_site *old)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcasecmp(sites[i].rule->site, old->rule->site) == 0)
+			return &sites[i];
+	return NULL;
+}
+
+/*
+ * Reload: t's tables replace d's.  Routing: the current reference of the
+ * old table is dropped; destinations routed by it keep theirs.  Shaping:
+ * the new sites take over the state of the old ones with the same
+ * pattern, every connection and destination is moved to the new site (or
+ * to none: a connection finishes unshaped, a destination finds its site
+ * again with its next connection), then the old sites and rules go.
+ */
+static void tables_swap(struct mta_delivery *d, struct mta_delivery_tables *t)
+{
+	struct dlv_rtab *ortab = d->rtab;
+	struct mta_shaping *oshaping = d->shaping;
+	struct mta_shaping_site *osites = d->sites;
+	size_t onsites = d->nsites;
+	struct mta_shaping_site *ns;
+
+	for (size_t i = 0; i < t->nsites; i++) {
+		struct mta_shaping_site *old =
+			site_same(osites, onsites, &t->sites[i]);
+		if (old != NULL &&
+		    site_same(t->sites, t->nsites, old) == &t->sites[i])
+			mta_shaping_site_carry(&t->sites[i], old);
+	}
+	for (struct conn *c = d->conns; c; c = c->next) {
+		if (c->site == NULL)
+			continue;
+		ns = site_same(t->sites, t->nsites, c->site);
+		c->site = ns;
+		if (ns != NULL)
+			ns->nconn++;
+	}
+	for (struct dest *ds = d->dests; ds; ds = ds->next) {
+		if (!ds->site_known)
+			continue;
+		ns = ds->site ? site_same(t->sites, t->nsites, ds->site)
+			      : NULL;
+		ds->site = ns;
+		ds->site_known = ns != NULL;
+	}
+	tables_install(d, t);
+	rtab_unref(ortab);
+	mta_shaping_free(oshaping);
+	free(osites);
+	{
+		struct mta_logline ll;
+		mta_log_begin(&ll, MTA_LOG_INFO, "tables_reloaded");
+		mta_log_int(&ll, "routes",
+			    d->routes ? (long long)mta_routes_count(d->routes)
+				      : 0);
+		mta_log_int(&ll, "shaping", (long long)d->nsites);
+		mta_log_end(&ll);
+	}
+}
+
 void mta_delivery_reconfigure(struct mta_delivery *d,
 			      const struct mta_delivery_params *p)
 {
@@ -1184,6 +1305,41 @@ void mta_delivery_reconfigure(struct mta_delivery *d,
 			    d->relay_host, sizeof(d->relay_host),
 			    &d->relay_port) != 0)
 		d->relay_host[0] = '\0';
+	if (p->tables != NULL)
+		tables_swap(d, p->tables);
+}
+
+static void site_info(const struct mta_shaping_site *st, int64_t now,
+		      struct mta_delivery_site *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->site = st->rule->site;
+	out->line = st->rule->line;
+	out->nconn = st->nconn;
+	out->max_conn = st->rule->connections;
+	out->rate = st->rate;
+	out->ceiling = st->ceiling;
+	out->sent = st->sent;
+	out->throttles = st->throttles;
+	if (st->rate > 0 && st->next_us > now)
+		out->next_ms = (st->next_us - now + 999) / 1000;
+}
+
+int mta_delivery_foreach_site(const struct mta_delivery *d,
+			      int (*cb)(void *ud,
+					const struct mta_delivery_site *s),
+			      void *ud)
+{
+	int64_t now = dlv_now_us();
+	struct mta_delivery_site si;
+
+	for (size_t i = 0; i < d->nsites; i++) {
+		site_info(&d->sites[i], now, &si);
+		int rc = cb(ud, &si);
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
 }
 
 /* ---- for the control socket ------------------------------------------ */

@@ -79,9 +79,14 @@
 #include "writer.h"
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct mta_delivery;
+/* delivery.routes_file and delivery.shaping_file, parsed (routes.h,
+ * shaping.h), with the site state of each shaping rule. */
+struct mta_delivery_tables;
 
 struct mta_delivery_params {
 	uv_loop_t *loop;
@@ -98,7 +103,21 @@ struct mta_delivery_params {
 	const char *auth_pass;
 	const char *auth_plain;		 /* or this (smtp_client.h) */
 	struct mta_metrics *metrics;	 /* counters (metrics.h), or NULL */
+	/* from mta_delivery_tables_load(), taken over by start and
+	 * reconfigure (freed by the delivery, also when start fails);
+	 * NULL: start loads cfg's files itself, reconfigure keeps its
+	 * tables */
+	struct mta_delivery_tables *tables;
 };
+
+/* Reads cfg's delivery.routes_file and delivery.shaping_file (each may be
+ * unset: an empty table set) and checks them (auth= needs have_auth, the
+ * relayhost credentials).  MTA_ECONFIG with "file:line: why" in err,
+ * -ENOMEM; nothing is logged. */
+int mta_delivery_tables_load(const struct mta_config *cfg, bool have_auth,
+			     struct mta_delivery_tables **out, char *err,
+			     size_t errlen);
+void mta_delivery_tables_free(struct mta_delivery_tables *t);
 
 int mta_delivery_start(const struct mta_delivery_params *p,
 		       struct mta_delivery **out);
@@ -138,9 +157,34 @@ size_t mta_delivery_nconn(const struct mta_delivery *d);
  * the old pointers alive until mta_delivery_nconn() has been 0 once
  * after the call.  delivery.relayhost is parsed again (jobs already
  * queued for the old relayhost go to the new one).  loop, spool, writer,
- * dns, mtasts and metrics do not change. */
+ * dns, mtasts and metrics do not change.
+ * Tables (p->tables): every message routed from now on uses the new
+ * routing table; a destination created under the old table keeps its
+ * rule and delivers the jobs already queued on it (the old table is
+ * reference counted by such destinations and freed with the last).
+ * Shaping sites whose pattern the new table keeps carry their state
+ * over (mta_shaping_site_carry(): a throttled rate stays throttled) and
+ * count the open connections they had; a site whose pattern is gone
+ * lets its connections finish unshaped. */
 void mta_delivery_reconfigure(struct mta_delivery *d,
 			      const struct mta_delivery_params *p);
+/* Per shaping site now (control SITES, metrics): calls cb once per rule
+ * of the shaping table in force, in table order; stops at cb's first
+ * non-zero return and returns it. */
+struct mta_delivery_site {
+	const char *site;	 /* the rule's pattern */
+	unsigned line;		 /* in delivery.shaping_file */
+	unsigned nconn;		 /* connections open now */
+	unsigned max_conn;	 /* connections=, 0 = no limit */
+	double rate;		 /* messages per minute now, 0 = no limit */
+	double ceiling;		 /* what recovery returns to, 0 = none */
+	uint64_t sent, throttles;
+	int64_t next_ms;	 /* until the next message may start, >= 0 */
+};
+int mta_delivery_foreach_site(const struct mta_delivery *d,
+			      int (*cb)(void *ud,
+					const struct mta_delivery_site *s),
+			      void *ud);
 void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		       void *arg);
 

@@ -611,15 +611,143 @@ static void tlsrpt_count(struct conn *c, const char *ptype,
 }
 
 /* Key continuity of an MTA-STS host: what the spool's record of the
- * destination says about this leaf and issuer (continuity.h). */
-static enum mta_policy_cont dlv_continuity_check(struct conn *c,
-						 const char *leaf,
-						 const char *issuer)
+ * destination says about this leaf and issuer (spool_keys.h).  A
+ * record that cannot be read leaves the host unclassified (NONE: not
+ * learned, never held). */
+static enum mta_policy_cont
+dlv_continuity_check(struct conn *c, const char *leaf, const char *issuer)
 {
-	(void)c;
-	(void)leaf;
-	(void)issuer;
-	return MTA_POLICY_CONT_NONE;
+	struct mta_spool_keys_rec *r;
+	const struct mta_spool_keys_entry *known;
+	const char *mx[MAX_HOSTS];
+	uint8_t lh[MTA_SPOOL_KEYS_HASH], ih[MTA_SPOOL_KEYS_HASH];
+	enum mta_policy_cont v;
+	int rc;
+
+	if (mta_spool_keys_from_hex(leaf, lh) != 0 ||
+	    mta_spool_keys_from_hex(issuer, ih) != 0)
+		return MTA_POLICY_CONT_NONE;
+	r = malloc(sizeof(*r));
+	if (r == NULL)
+		return MTA_POLICY_CONT_NONE;
+	rc = mta_spool_keys_get(c->d->spool, c->dest->name, r);
+	if (rc == MTA_ENOTFOUND) {
+		free(r);
+		return MTA_POLICY_CONT_FIRST;
+	}
+	if (rc != 0) {
+		free(r);
+		return MTA_POLICY_CONT_NONE;
+	}
+	for (size_t i = 0; i < c->nhosts && i < MAX_HOSTS; i++)
+		mx[i] = c->hosts[i].name;
+	struct mta_spool_keys_query q = {
+		.host = c->hosts[c->hi].name,
+		.leaf = lh,
+		.issuer = ih,
+		.now = (int64_t)time(NULL),
+		.window = c->d->cfg->mta_sts_continuity_window,
+		.hold = c->d->cfg->mta_sts_continuity_hold,
+		.mx = mx,
+		.nmx = c->nhosts < MAX_HOSTS ? c->nhosts : MAX_HOSTS,
+	};
+	v = mta_spool_keys_classify(r, &q, &known);
+	free(r);
+	return v;
+}
+
+/* A key continuity change on its way to the writer. */
+struct keys_req {
+	struct mta_commit commit;
+	struct mta_delivery *d;
+	struct mta_spool_keys_op op;
+	char domain[MTA_DNS_NAME_MAX], host[MTA_DNS_NAME_MAX];
+};
+
+static void on_keys_done(struct mta_commit *cm)
+{
+	struct keys_req *r = container_of(cm, struct keys_req, commit);
+	struct mta_delivery *d = r->d;
+
+	if (cm->result != 0) {
+		struct mta_logline ll;
+		mta_log_begin(&ll, MTA_LOG_WARN, "tls_continuity_store");
+		mta_log_str(&ll, "domain", r->domain);
+		mta_log_str(&ll, "error", mta_strerror(cm->result));
+		mta_log_end(&ll);
+	}
+	free(r);
+	d->commits_pending--;
+	dlv_maybe_stopped(d);
+}
+
+static void keys_submit(struct conn *c, int kind, const char *leaf,
+			const char *issuer)
+{
+	struct mta_delivery *d = c->d;
+	struct keys_req *r;
+
+	if (d->stopping)
+		return;
+	r = calloc(1, sizeof(*r));
+	if (r == NULL)
+		return;
+	if (mta_spool_keys_from_hex(leaf, r->op.leaf) != 0 ||
+	    mta_spool_keys_from_hex(issuer, r->op.issuer) != 0) {
+		free(r);
+		return;
+	}
+	snprintf(r->domain, sizeof(r->domain), "%s", c->dest->name);
+	snprintf(r->host, sizeof(r->host), "%s", c->hosts[c->hi].name);
+	r->op.kind = kind;
+	r->op.domain = r->domain;
+	r->op.host = r->host;
+	r->op.now = (int64_t)time(NULL);
+	r->op.window = d->cfg->mta_sts_continuity_window;
+	r->d = d;
+	d->commits_pending++;
+	mta_writer_submit_keys(d->writer, &r->commit, &r->op, on_keys_done);
+}
+
+/* event=tls_continuity: the new key and issuer, and the known ones the
+ * record names (the same host's latest, else the domain's). */
+static void continuity_log(struct conn *c, enum mta_policy_cont cont,
+			   bool held, const char *leaf, const char *issuer)
+{
+	struct mta_spool_keys_rec *r = malloc(sizeof(*r));
+	const struct mta_spool_keys_entry *known = NULL;
+	char kk[2 * MTA_SPOOL_KEYS_HASH + 1] = "",
+	     ki[2 * MTA_SPOOL_KEYS_HASH + 1] = "";
+	struct mta_logline ll;
+	uint8_t lh[MTA_SPOOL_KEYS_HASH], ih[MTA_SPOOL_KEYS_HASH];
+
+	if (r != NULL &&
+	    mta_spool_keys_from_hex(leaf, lh) == 0 &&
+	    mta_spool_keys_from_hex(issuer, ih) == 0 &&
+	    mta_spool_keys_get(c->d->spool, c->dest->name, r) == 0) {
+		struct mta_spool_keys_query q = {
+			.host = c->hosts[c->hi].name, .leaf = lh, .issuer = ih,
+			.now = (int64_t)time(NULL),
+			.window = c->d->cfg->mta_sts_continuity_window,
+			.hold = c->d->cfg->mta_sts_continuity_hold,
+		};
+		(void)mta_spool_keys_classify(r, &q, &known);
+		if (known != NULL) {
+			mta_spool_keys_to_hex(known->leaf, kk);
+			mta_spool_keys_to_hex(known->issuer, ki);
+		}
+	}
+	mta_log_begin(&ll, MTA_LOG_WARN, "tls_continuity");
+	mta_log_str(&ll, "status", mta_policy_cont_name(cont));
+	mta_log_str(&ll, "domain", c->dest->name);
+	mta_log_str(&ll, "host", c->hosts[c->hi].name);
+	mta_log_str(&ll, "key", leaf);
+	mta_log_str(&ll, "issuer", issuer);
+	mta_log_str(&ll, "known_key", kk);
+	mta_log_str(&ll, "known_issuer", ki);
+	mta_log_str(&ll, "action", held ? "held" : "delivered");
+	mta_log_end(&ll);
+	free(r);
 }
 
 /* After the verdict: CT and continuity evidence (log, metrics) and
@@ -641,8 +769,20 @@ static void dlv_ct_continuity_after(struct conn *c,
 		mta_log_str(&ll, "detail", chk->ct_why ? chk->ct_why : "");
 		mta_log_end(&ll);
 	}
-	(void)leaf;
-	(void)issuer;
+	if (leaf[0] == '\0' || issuer[0] == '\0' ||
+	    chk->cont == MTA_POLICY_CONT_NONE)
+		return;
+	if (v->cont_log)
+		continuity_log(c, chk->cont, v->cont_held, leaf, issuer);
+	if (v->cont_held || v->cont_log || v->cont_learn)
+		mta_metrics_continuity(c->d->metrics,
+				       v->cont_held ? "held"
+						    : mta_policy_cont_name(
+							      chk->cont));
+	if (v->cont_held)
+		keys_submit(c, MTA_SPOOL_KEYS_SEEN_PENDING, leaf, issuer);
+	else if (v->cont_learn && v->accept)
+		keys_submit(c, MTA_SPOOL_KEYS_LEARN, leaf, issuer);
 }
 
 /* After the handshake: runs the verifier policy.c named for this host

@@ -52,6 +52,21 @@ enum rstate { R_UNDECIDED = 0, R_TENTATIVE, R_FINAL };
 struct msg;
 struct dest;
 
+/* A routing table in use: one reference while it is the current one, one
+ * per destination routed by one of its rules (dest.route points into
+ * it), so a reload frees the old table only after the last of those. */
+struct dlv_rtab {
+	struct mta_routes *r;
+	unsigned refs;
+};
+
+struct mta_delivery_tables {
+	struct dlv_rtab *rtab;		/* or NULL: no routes_file */
+	struct mta_shaping *shaping;	/* or NULL */
+	struct mta_shaping_site *sites; /* one per shaping rule */
+	size_t nsites;
+};
+
 struct job {
 	struct job *next;
 	struct msg *m;
@@ -91,6 +106,7 @@ struct dest {
 	/* routing (routes.h): the rule that sent the jobs here, or NULL for
 	 * the plain MX / delivery.relayhost destination; a relay's host */
 	const struct mta_routes_rule *route;
+	struct dlv_rtab *rtab; /* holds route's table (NULL with route) */
 	bool fallback;	     /* the route's fallback relay */
 	char host[MTA_DNS_NAME_MAX]; /* relay: host name or [literal] */
 	unsigned port;	     /* relay: port */
@@ -218,9 +234,11 @@ struct mta_delivery {
 	char relay_host[MTA_DNS_NAME_MAX];
 	unsigned relay_port;
 	struct mta_stream_scratch scratch; /* receive buffer of every conn */
-	struct mta_routes *routes;	   /* delivery.routes_file, or NULL */
+	struct dlv_rtab *rtab;		   /* current routing table, or NULL */
+	struct mta_routes *routes;	   /* rtab->r: delivery.routes_file */
 	struct mta_shaping *shaping;	   /* delivery.shaping_file, or NULL */
 	struct mta_shaping_site *sites;	   /* one per shaping rule */
+	size_t nsites;
 };
 
 int64_t dlv_now_us(void);

@@ -323,6 +323,29 @@ void mta_shaping_site_init(struct mta_shaping_site *st,
 	st->change_us = now;
 }
 
+void mta_shaping_site_carry(struct mta_shaping_site *st,
+			    const struct mta_shaping_site *old)
+{
+	bool throttled = old->rate > 0 &&
+			 (old->ceiling <= 0 || old->rate < old->ceiling);
+
+	st->next_us = old->next_us;
+	st->throttle_us = old->throttle_us;
+	st->change_us = old->change_us;
+	st->win_us = old->win_us;
+	st->win_n = old->win_n;
+	st->prev_n = old->prev_n;
+	st->sent = old->sent;
+	st->throttles = old->throttles;
+	if (!throttled)
+		return; /* at its ceiling: the new rule's rate */
+	if (st->rule->rate <= 0)
+		st->ceiling = old->ceiling; /* learned, or the old rate */
+	st->rate = old->rate;
+	if (st->ceiling > 0 && st->rate > st->ceiling)
+		st->rate = st->ceiling;
+}
+
 bool mta_shaping_conn_ok(const struct mta_shaping_site *st)
 {
 	return st->rule->connections == 0 ||

@@ -24,6 +24,9 @@
  *	throttling reply (421, or 4xx with 4.7.x): with backoff on it halves
  *	the current rate (at most once per 10 s; from the rate observed over
  *	the last minute when no rate is configured), floor 1/min.
+ *	mta_shaping_site_carry() moves a site's state to the rule that
+ *	replaces its rule on reload (same pattern): a throttled rate stays
+ *	throttled (capped by the new ceiling) and recovers from there.
  *	mta_shaping_tick() recovers: after each recover period (default 60 s)
  *	without throttling the rate grows by a quarter of its ceiling, back
  *	to the ceiling (the configured rate, or unlimited).  Both return true
@@ -88,6 +91,11 @@ long mta_shaping_find(const struct mta_shaping *s, const char *domain,
 
 void mta_shaping_site_init(struct mta_shaping_site *st,
 			   const struct mta_shaping_rule *rule, int64_t now);
+/* Reload: st (just initialised for its new rule) takes over old's
+ * state: counters, message spacing, and a throttled rate (at most the
+ * new ceiling).  Not nconn: the caller counts its connections again. */
+void mta_shaping_site_carry(struct mta_shaping_site *st,
+			    const struct mta_shaping_site *old);
 bool mta_shaping_conn_ok(const struct mta_shaping_site *st);
 int64_t mta_shaping_take(struct mta_shaping_site *st, int64_t now);
 bool mta_shaping_throttled(struct mta_shaping_site *st, int64_t now);

@@ -28,9 +28,10 @@
 
 struct mta_spool {
 	MDB_env *env;
-	MDB_dbi meta, messages, bodies, due, dest, sts, tlsrpt, held;
+	MDB_dbi meta, messages, bodies, due, dest, sts, tlsrpt, held, keys;
 	bool have_tlsrpt; /* absent in a read-only spool made before it */
 	bool have_held;   /* likewise (spool_admin section) */
+	bool have_keys;   /* likewise (key continuity section) */
 	size_t chunk; /* body chunk size: page size - 16 */
 	bool readonly;
 	char *tmpdir;
@@ -395,6 +396,10 @@ static int open_dbs(struct mta_spool *sp)
 	if (rc != 0 && rc != MDB_NOTFOUND)
 		goto fail;
 	sp->have_held = rc == 0;
+	rc = mdb_dbi_open(txn, "keys", create, &sp->keys);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		goto fail;
+	sp->have_keys = rc == 0;
 	k.mv_size = sizeof(TOTALS_KEY) - 1;
 	k.mv_data = (void *)TOTALS_KEY;
 	if (!sp->readonly && mdb_get(txn, sp->meta, &k, &v) == MDB_NOTFOUND) {
@@ -1712,4 +1717,76 @@ int mta_spool_dest_foreach(struct mta_spool *sp,
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
 	return err;
+}
+
+/* ---- key continuity records (spool_keys.h) ---------------------------
+ * The "keys" database: policy domain -> spool_keys.c record.  This
+ * section only stores bytes; the record's codec and meaning live in
+ * spool_keys.c. */
+
+int mta_spool_keys_raw_get(struct mta_spool *sp, const char *domain,
+			   struct mta_buf *out)
+{
+	MDB_txn *txn;
+	MDB_val k = {strlen(domain), (void *)domain}, v;
+	int rc, err;
+
+	if (!sp->have_keys || k.mv_size == 0 || k.mv_size > 255)
+		return MTA_ENOTFOUND;
+	err = read_begin(sp, &txn);
+	if (err != 0)
+		return err;
+	rc = mdb_get(txn, sp->keys, &k, &v);
+	out->len = 0;
+	err = rc == 0 ? mta_buf_append(out, v.mv_data, v.mv_size)
+		      : sp_err(sp, rc);
+	mdb_txn_abort(txn);
+	return err;
+}
+
+int mta_spool_keys_update(struct mta_spool_txn *t, const char *domain,
+			  int (*fn)(void *ud, const uint8_t *old,
+				    size_t oldlen, struct mta_buf *out),
+			  void *ud)
+{
+	MDB_val k = {strlen(domain), (void *)domain}, v;
+	struct mta_buf out = {0};
+	MDB_txn *child;
+	int rc, err;
+
+	if (!t->sp->have_keys)
+		return -EROFS;
+	if (k.mv_size == 0 || k.mv_size > 255)
+		return -EINVAL;
+	/* nested, like every write: a failure leaves the batch usable */
+	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
+	if (rc != 0)
+		return sp_err(t->sp, rc);
+	rc = mdb_get(child, t->sp->keys, &k, &v);
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		mdb_txn_abort(child);
+		return sp_err(t->sp, rc);
+	}
+	err = fn(ud, rc == 0 ? v.mv_data : NULL, rc == 0 ? v.mv_size : 0,
+		 &out);
+	if (err != 0) {
+		mta_buf_free(&out);
+		mdb_txn_abort(child);
+		return err;
+	}
+	if (out.len == 0) {
+		rc = mdb_del(child, t->sp->keys, &k, NULL);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	} else {
+		v.mv_size = out.len;
+		v.mv_data = out.data;
+		rc = mdb_put(child, t->sp->keys, &k, &v, 0);
+	}
+	mta_buf_free(&out);
+	if (rc != 0) {
+		mdb_txn_abort(child);
+		return sp_err(t->sp, rc);
+	}
+	return sp_err(t->sp, mdb_txn_commit(child));
 }

@@ -15,6 +15,7 @@
  *	            '@domain' is not indexed.
  *	  sts       MTA-STS policy cache: policy domain -> sts.h cache record
  *	  tlsrpt    TLS report counters: "<date> <domain> <type> <result>" -> u64
+ *	  keys      key continuity: policy domain -> spool_keys.h record
  *	Queue ids: MTA_QID_LEN printable characters, Crockford base32
  *	("0123456789ABCDEFGHJKMNPQRSTVWXYZ") of the arrival time in
  *	microseconds (11 chars, big-endian) then 5 chars of a per-process
@@ -343,5 +344,18 @@ int mta_spool_dest_foreach(struct mta_spool *sp,
 			   int (*cb)(void *ud, const char *domain,
 				     const char *qid),
 			   void *ud);
+
+/* Key continuity records (the bytes; spool_keys.h gives them meaning).
+ * raw_get copies a domain's record into out (MTA_ENOTFOUND when none,
+ * or when a read-only spool predates the database).  update runs, in a
+ * nested transaction, fn(ud, old record or NULL, its length, out):
+ * fn returns 0 and fills out (empty: delete the record), or an error
+ * that is returned with nothing written. */
+int mta_spool_keys_raw_get(struct mta_spool *sp, const char *domain,
+			   struct mta_buf *out);
+int mta_spool_keys_update(struct mta_spool_txn *t, const char *domain,
+			  int (*fn)(void *ud, const uint8_t *old,
+				    size_t oldlen, struct mta_buf *out),
+			  void *ud);
 
 #endif

@@ -47,6 +47,7 @@ static uint64_t req_bytes(const struct mta_commit *c)
 						   : 0;
 	case MTA_COMMIT_STS_PUT:
 	case MTA_COMMIT_COUNTER:
+	case MTA_COMMIT_KEYS:
 		return 0;
 	}
 	return 0;
@@ -83,6 +84,8 @@ static int apply(struct mta_spool_txn *txn, const struct mta_commit *c)
 		return mta_spool_admin(txn, a->op, a->qid, a->now_us,
 				       a->dsn_qid, a->dsn_env, a->dsn_body);
 	}
+	case MTA_COMMIT_KEYS:
+		return mta_spool_keys_apply(txn, c->u.keys.op);
 	}
 	return -EINVAL;
 }
@@ -400,6 +403,16 @@ void mta_writer_submit_counter_note(struct mta_writer *w,
 	c->kind = MTA_COMMIT_COUNTER;
 	c->u.counter = (struct mta_commit_counter){
 		.key = key, .delta = delta, .note_key = note_key, .note = note};
+	submit(w, c, done);
+}
+
+void mta_writer_submit_keys(struct mta_writer *w, struct mta_commit *c,
+			    const struct mta_spool_keys_op *op,
+			    mta_commit_done_fn done)
+{
+	assert(op != NULL && op->domain != NULL);
+	c->kind = MTA_COMMIT_KEYS;
+	c->u.keys = (struct mta_commit_keys){.op = op};
 	submit(w, c, done);
 }
 

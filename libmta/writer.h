@@ -9,7 +9,9 @@
  *	optional DSN), mta_writer_submit_sts_put() (MTA-STS cache entry),
  *	mta_writer_submit_counter_add() (TLS report counter),
  *	mta_writer_submit_admin() (hold, release, flush, delete, bounce from
- *	the control socket).  A struct
+ *	the control socket), mta_writer_submit_keys() (key continuity:
+ *	learn a key, note a held one, accept a domain's change;
+ *	spool_keys.h).  A struct
  *	mta_commit is a tagged union: kind says which variant of c->u the
  *	request carries, and only the submit function sets it (mutex-
  *	protected FIFOs and a condition
@@ -76,6 +78,7 @@
 
 #include "metrics.h"
 #include "spool.h"
+#include "spool_keys.h"
 
 #include <uv.h>
 
@@ -96,6 +99,7 @@ enum mta_commit_kind {
 	MTA_COMMIT_STS_PUT, /* mta_writer_submit_sts_put() */
 	MTA_COMMIT_COUNTER, /* mta_writer_submit_counter_add() */
 	MTA_COMMIT_ADMIN,   /* mta_writer_submit_admin() */
+	MTA_COMMIT_KEYS,    /* mta_writer_submit_keys() */
 };
 
 /* MTA_COMMIT_NEW: store a new message (mta_spool_put_message()). */
@@ -146,6 +150,12 @@ struct mta_commit_counter {
 	const char *note;
 };
 
+/* MTA_COMMIT_KEYS: a key continuity change (mta_spool_keys_apply());
+ * ACCEPT with nothing pending ends with MTA_ENOTFOUND. */
+struct mta_commit_keys {
+	const struct mta_spool_keys_op *op;
+};
+
 /*
  * One request.  Caller-owned; the submit functions set kind and the
  * variant of that kind and nothing else reads another variant.  The
@@ -160,6 +170,7 @@ struct mta_commit {
 		struct mta_commit_sts_put sts;
 		struct mta_commit_counter counter;
 		struct mta_commit_admin admin;
+		struct mta_commit_keys keys;
 	} u;
 	int result;
 	void (*done)(struct mta_commit *c);
@@ -192,6 +203,10 @@ void mta_writer_submit_counter_note(struct mta_writer *w,
 				    struct mta_commit *c, const char *key,
 				    int64_t delta, const char *note_key,
 				    const char *note, mta_commit_done_fn done);
+/* Key continuity: the "pending" queue.  *op is borrowed until done. */
+void mta_writer_submit_keys(struct mta_writer *w, struct mta_commit *c,
+			    const struct mta_spool_keys_op *op,
+			    mta_commit_done_fn done);
 /* Operator change: the "pending" queue, like new mail.  *a is copied. */
 void mta_writer_submit_admin(struct mta_writer *w, struct mta_commit *c,
 			     const struct mta_commit_admin *a,

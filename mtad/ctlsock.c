@@ -44,6 +44,7 @@ struct conn {
 	char dsn_qid[MTA_QID_LEN + 1];
 	char qid[MTA_QID_LEN + 1]; /* the commit's message */
 	char note[300]; /* POLICY-REFRESH: the OK text */
+	struct mta_spool_keys_op keys; /* POLICY-ACCEPT */
 	struct mta_mtasts_query *q;
 	struct mta_explain *x; /* EXPLAIN running */
 };
@@ -231,6 +232,26 @@ static void on_commit(struct mta_commit *cm)
 		done(c, 0, NULL, c->note);
 		return;
 	}
+	if (c->req.verb == MTA_CTL_POLICY_ACCEPT) {
+		if (err == MTA_ENOTFOUND) {
+			snprintf(text, sizeof(text),
+				 "%s: no new key held by key continuity "
+				 "(mtactl policy show %s)", c->req.args[0],
+				 c->req.args[0]);
+			done(c, err, "notfound", text);
+		} else if (err != 0) {
+			snprintf(text, sizeof(text), "spool: %s",
+				 mta_strerror(err));
+			done(c, err, "failed", text);
+		} else {
+			if (d != NULL)
+				mta_delivery_kick(d);
+			done(c, 0, NULL,
+			     "accepted (held mail goes at its next attempt; "
+			     "mtactl flush to retry now)");
+		}
+		return;
+	}
 	if (err == MTA_ENOTFOUND) {
 		snprintf(text, sizeof(text),
 			 "%s: no such message (delivered, deleted, or never "
@@ -295,6 +316,16 @@ static void submit(struct conn *c, int kind, int op)
 
 	memset(cm, 0, sizeof(*cm));
 	c->commit_pending = true;
+	if (kind == MTA_COMMIT_KEYS) { /* POLICY-ACCEPT */
+		c->keys = (struct mta_spool_keys_op){
+			.kind = MTA_SPOOL_KEYS_ACCEPT,
+			.domain = c->req.args[0],
+			.now = now_us() / 1000000,
+		};
+		mta_writer_submit_keys(c->ctl->p.writer, cm, &c->keys,
+				       on_commit);
+		return;
+	}
 	if (kind == MTA_COMMIT_STS_PUT) { /* POLICY-PURGE: delete the entry */
 		mta_writer_submit_sts_put(c->ctl->p.writer, cm, c->req.args[0],
 					  NULL, 0, on_commit);
@@ -495,6 +526,19 @@ static int send_active(void *ud, const char *qid)
 	return 0;
 }
 
+/* One SITES line; the site is an operator's pattern (no spaces). */
+static int send_site(void *ud, const struct mta_delivery_site *si)
+{
+	send_line(ud,
+		  "* %s connections=%u max_connections=%u rate=%.1f "
+		  "ceiling=%.1f sent=%llu throttles=%llu next_ms=%lld line=%u",
+		  si->site, si->nconn, si->max_conn, si->rate, si->ceiling,
+		  (unsigned long long)si->sent,
+		  (unsigned long long)si->throttles, (long long)si->next_ms,
+		  si->line);
+	return 0;
+}
+
 static int count_held(void *ud, const char *qid, int64_t since)
 {
 	(void)qid;
@@ -617,6 +661,12 @@ static void handle_request(struct conn *c, const char *line)
 		}
 		submit(c, MTA_COMMIT_STS_PUT, MTA_SPOOL_NOP);
 		return;
+	case MTA_CTL_POLICY_ACCEPT:
+		for (char *p = c->req.args[0]; *p; p++)
+			if (*p >= 'A' && *p <= 'Z')
+				*p = (char)(*p - 'A' + 'a');
+		submit(c, MTA_COMMIT_KEYS, MTA_SPOOL_NOP);
+		return;
 	case MTA_CTL_POLICY_REFRESH:
 		if (mtasts_of(ctl) == NULL) {
 			done(c, MTA_ECLOSED, "unavailable",
@@ -660,6 +710,16 @@ static void handle_request(struct conn *c, const char *line)
 	}
 	case MTA_CTL_EXPLAIN:
 		explain(c);
+		return;
+	case MTA_CTL_SITES:
+		if (d == NULL) {
+			done(c, MTA_ECLOSED, "unavailable",
+			     "delivery is not running in mtad; see the mtad "
+			     "log");
+			return;
+		}
+		(void)mta_delivery_foreach_site(d, send_site, c);
+		done(c, 0, NULL, NULL);
 		return;
 	case MTA_CTL_QUIT:
 	default:

@@ -10,6 +10,7 @@
 #include "ct.h"
 #include "ctlsock.h"
 #include "delivery.h"
+#include "dkim.h"
 #include "dns.h"
 #include "err.h"
 #include "auth.h"
@@ -388,6 +389,13 @@ static int load_config_files(struct daemon *d)
 		key_error(d->cfg, "tls", "ct_log_list", "%s", err);
 		return -1;
 	}
+	/* the DKIM keys ride on the config snapshot (freed with it) */
+	if (d->cfg->dkim_keys_file != NULL &&
+	    mta_dkim_keys_load(d->cfg->dkim_keys_file, &d->cfg->dkim_keys,
+			       err, sizeof(err)) != 0) {
+		key_error(d->cfg, "dkim", "keys_file", "%s", err);
+		return -1;
+	}
 	return 0;
 }
 
@@ -402,7 +410,9 @@ static int load_config_files(struct daemon *d)
  * public chain; the key is the holder's), tls.policy_file, tls.ca_file,
  * dns.trust_anchor, tls.ct_log_list, auth.users_file,
  * delivery.routes_file and delivery.shaping_file (the last two are
- * read after the drop at start too, when delivery starts). */
+ * read after the drop at start too, when delivery starts), and
+ * dkim.keys_file (its directory also holds the DKIM keys it names when
+ * they are relative to it). */
 #define RO_MAX 12
 
 /* Is path (or what it names) inside dir?  Both resolved. */
@@ -459,6 +469,7 @@ static size_t runtime_read_paths(const struct daemon *d,
 		c->tls_ca_file,	     c->dns_trust_anchor,
 		c->tls_ct_log_list,  c->auth_users_file,
 		c->routes_file,	     c->shaping_file,
+		c->dkim_keys_file,
 	};
 	size_t n = 0;
 
@@ -1160,7 +1171,7 @@ static void reload_failed(const char *why)
  * start), with the files it names loaded again through the start-up
  * functions (load_config_files(): inbound certificate and key via
  * load_server_tls(), policy table, relayhost credentials; then the CA
- * file).  Anything that fails refuses the whole reload, logged, and the
+ * file, then delivery's routing and shaping tables).  Anything that fails refuses the whole reload, logged, and the
  * old generation stays in force.  Otherwise the new one is handed to the
  * listener (new sessions), delivery (new decisions and connections) and
  * MTA-STS (CA file), log.level applies at once, and the old generation
@@ -1220,7 +1231,19 @@ static void reload(struct daemon *d)
 	d->users = NULL;
 	d->ct = NULL;
 	d->have_auth = false;
-	if (load_config_files(d) != 0) {
+	/* delivery.routes_file and delivery.shaping_file: parsed before the
+	 * commit, handed to delivery below (a broken table refuses all) */
+	struct mta_delivery_tables *ntab = NULL;
+	const char *why = "a file named by the new configuration does not "
+			  "load (see the line before)";
+	bool bad = load_config_files(d) != 0;
+	if (!bad && d->delivery != NULL &&
+	    mta_delivery_tables_load(ncfg, d->have_auth, &ntab, err,
+				     sizeof(err)) != 0) {
+		bad = true;
+		why = err;
+	}
+	if (bad) {
 		mta_tls_creds_free(d->tls);
 		mta_tlspolicy_free(d->policy);
 		mta_auth_users_unref(d->users);
@@ -1239,8 +1262,7 @@ static void reload(struct daemon *d)
 		explicit_bzero(save_pass, sizeof(save_pass));
 		explicit_bzero(save_plain, sizeof(save_plain));
 		free(old);
-		reload_failed("a file named by the new configuration does not "
-			      "load (see the line before)");
+		reload_failed(why);
 		return;
 	}
 	explicit_bzero(save_pass, sizeof(save_pass));
@@ -1267,6 +1289,7 @@ static void reload(struct daemon *d)
 			.ct = d->ct,
 			.auth_user = d->have_auth ? d->auth_user : NULL,
 			.auth_plain = d->have_auth ? d->auth_plain : NULL,
+			.tables = ntab,
 		};
 		mta_delivery_reconfigure(d->delivery, &dp);
 	}

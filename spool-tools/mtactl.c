@@ -8,6 +8,7 @@
  */
 #include "auth.h"
 #include "err.h"
+#include "spool_keys.h"
 #include "sts.h"
 #include "tool.h"
 #include "tlsrpt.h"
@@ -40,10 +41,12 @@ static void usage(FILE *f)
 		"--older-than AGE\n"
 		"  evacuate --to HOST:PORT [QID ...|FILTERS] [--yes] "
 		"[--verify]\n"
-		"  policy list | policy show|refresh|purge DOMAIN\n"
+		"  policy list | policy show|refresh|purge|accept DOMAIN\n"
 		"  explain DOMAIN [--connect] [--json]   what mtad decides "
 		"for DOMAIN now, and why\n"
 		"  stats | tlsrpt | tlsrpt show [DOMAIN] [--day YYYY-MM-DD]\n"
+		"  sites                    per shaping site: connections, "
+		"rate, throttles\n"
 		"  passwd USER [--file F]   set USER's AUTH password (read "
 		"from stdin) in\n"
 		"                           F or auth.users_file\n");
@@ -845,6 +848,49 @@ static int find_evidence(void *ud, const struct mta_spool_entry *en)
 	return 0;
 }
 
+/* Key continuity: the keys and issuers on record for dom, one line
+ * each ("key: HOST trusted|held leaf=... issuer=... first=... last=..."). */
+static int print_keys(struct mta_spool *sp, const char *dom)
+{
+	struct mta_spool_keys_rec *r = malloc(sizeof(*r));
+	int rc;
+
+	if (r == NULL)
+		return 1;
+	rc = mta_spool_keys_get(sp, dom, r);
+	if (rc == MTA_ENOTFOUND) {
+		printf("keys: none on record\n");
+		free(r);
+		return 0;
+	}
+	if (rc != 0) {
+		fprintf(stderr, "mtactl: policy show %s: keys: %s\n", dom,
+			mta_strerror(rc));
+		free(r);
+		return 1;
+	}
+	if (r->accepted_at > 0) {
+		char a[32];
+		fmt_ts(a, r->accepted_at);
+		printf("keys accepted: %s\n", a);
+	}
+	for (size_t i = 0; i < r->n; i++) {
+		const struct mta_spool_keys_entry *e = &r->e[i];
+		char l[2 * MTA_SPOOL_KEYS_HASH + 1], is[2 * MTA_SPOOL_KEYS_HASH + 1];
+		char f[32], t[32];
+		mta_spool_keys_to_hex(e->leaf, l);
+		mta_spool_keys_to_hex(e->issuer, is);
+		fmt_ts(f, e->first);
+		fmt_ts(t, e->last);
+		printf("key: %s %s leaf=%s issuer=%s first=%s last=%s\n",
+		       e->host,
+		       e->state == MTA_SPOOL_KEYS_TRUSTED ? "trusted" : "held",
+		       l, is, f, t);
+	}
+	free(r);
+	return 0;
+}
+
 static int cmd_policy(const struct mta_config *cfg, int argc, char **argv)
 {
 	struct mta_spool *sp;
@@ -867,7 +913,8 @@ static int cmd_policy(const struct mta_config *cfg, int argc, char **argv)
 		return 0;
 	}
 	if (argc != 2 || (strcmp(argv[0], "show") && strcmp(argv[0], "purge") &&
-			  strcmp(argv[0], "refresh"))) {
+			  strcmp(argv[0], "refresh") &&
+			  strcmp(argv[0], "accept"))) {
 		usage(stderr);
 		return 2;
 	}
@@ -878,8 +925,10 @@ static int cmd_policy(const struct mta_config *cfg, int argc, char **argv)
 	if (strcmp(argv[0], "show") != 0) {
 		if (tool_ctl_open("mtactl", cfg, false, &c) != 0)
 			return 1;
-		rc = ctl_one(&c, argv[0][0] == 'p' ? MTA_CTL_POLICY_PURGE
-						   : MTA_CTL_POLICY_REFRESH,
+		rc = ctl_one(&c,
+			     argv[0][0] == 'p'	 ? MTA_CTL_POLICY_PURGE
+			     : argv[0][0] == 'a' ? MTA_CTL_POLICY_ACCEPT
+						 : MTA_CTL_POLICY_REFRESH,
 			     dom, false);
 		tool_ctl_close(&c);
 		return rc;
@@ -916,6 +965,7 @@ static int cmd_policy(const struct mta_config *cfg, int argc, char **argv)
 		(void)mta_spool_foreach(sp, find_evidence, &v);
 		printf("last decision seen: %s\n",
 		       v.last[0] ? v.last : "none (no queued mail to it)");
+		rc = print_keys(sp, dom);
 	}
 	mta_spool_close(sp);
 	return rc;
@@ -1055,6 +1105,91 @@ static int cmd_explain(const struct mta_config *cfg, int argc, char **argv)
 	return 0;
 }
 
+/* ---- sites ------------------------------------------------------------ */
+
+/* The value of "key=" in a SITES line, copied into out ("" if absent). */
+static void site_field(const char *t, const char *key, char *out, size_t cap)
+{
+	size_t kl = strlen(key);
+	const char *p = t;
+
+	out[0] = '\0';
+	while ((p = strstr(p, key)) != NULL) {
+		if (p > t && p[-1] == ' ' && p[kl] == '=') {
+			size_t n = strcspn(p + kl + 1, " ");
+			snprintf(out, cap, "%.*s", (int)n, p + kl + 1);
+			return;
+		}
+		p += kl;
+	}
+}
+
+static void rate_text(const char *v, char *out, size_t cap)
+{
+	if (v[0] == '\0' || strtod(v, NULL) <= 0)
+		snprintf(out, cap, "-");
+	else
+		snprintf(out, cap, "%s/m", v);
+}
+
+static void print_site(void *ud, const char *t)
+{
+	char conn[24], max[24], rate[32], ceil[32], sent[24], thr[24],
+		next[24], r1[40], r2[40], c1[56];
+	size_t *n = ud;
+
+	if (*n == 0)
+		printf("%-28s %-9s %-12s %-12s %10s %9s %8s\n", "SITE",
+		       "CONN", "RATE", "CEILING", "SENT", "THROTTLES",
+		       "NEXT_MS");
+	(*n)++;
+	site_field(t, "connections", conn, sizeof(conn));
+	site_field(t, "max_connections", max, sizeof(max));
+	site_field(t, "rate", rate, sizeof(rate));
+	site_field(t, "ceiling", ceil, sizeof(ceil));
+	site_field(t, "sent", sent, sizeof(sent));
+	site_field(t, "throttles", thr, sizeof(thr));
+	site_field(t, "next_ms", next, sizeof(next));
+	rate_text(rate, r1, sizeof(r1));
+	rate_text(ceil, r2, sizeof(r2));
+	snprintf(c1, sizeof(c1), "%s/%s", conn,
+		 strcmp(max, "0") == 0 ? "-" : max);
+	printf("%-28.*s %-9s %-12s %-12s %10s %9s %8s\n",
+	       (int)strcspn(t, " "), t, c1, r1, r2, sent, thr, next);
+}
+
+static int cmd_sites(const struct mta_config *cfg)
+{
+	struct tool_ctl c;
+	bool ok = false;
+	char code[32], text[600];
+	size_t n = 0;
+	int rc;
+
+	if (tool_ctl_open("mtactl", cfg, true, &c) != 0) {
+		fprintf(stderr, "mtactl: sites shows the shaping state inside "
+				"mtad, and mtad is not running (control "
+				"socket %s)\n", cfg->control_socket);
+		return 1;
+	}
+	rc = tool_ctl_request(&c, MTA_CTL_SITES, NULL, print_site, &n, &ok,
+			      code, sizeof(code), text, sizeof(text));
+	tool_ctl_close(&c);
+	if (rc != 0) {
+		fprintf(stderr, "mtactl: the connection to mtad broke; see "
+				"the mtad log\n");
+		return 1;
+	}
+	if (!ok) {
+		fprintf(stderr, "mtactl: sites: %s\n", text);
+		return 1;
+	}
+	if (n == 0)
+		printf("no shaping sites (delivery.shaping_file is not "
+		       "set)\n");
+	return 0;
+}
+
 static int cmd_stats(const struct mta_config *cfg)
 {
 	struct tool_ctl c;
@@ -1122,7 +1257,7 @@ int main(int argc, char **argv)
 	bool known = ai >= 0 || !strcmp(cmd, "policy") ||
 		     !strcmp(cmd, "evacuate") || !strcmp(cmd, "explain") ||
 		     !strcmp(cmd, "stats") || !strcmp(cmd, "tlsrpt") ||
-		     !strcmp(cmd, "cat") || !strcmp(cmd, "show");
+		     !strcmp(cmd, "sites") || !strcmp(cmd, "cat") || !strcmp(cmd, "show");
 	if (!known) {
 		fprintf(stderr, "mtactl: unknown command %s\n", cmd);
 		usage(stderr);
@@ -1131,7 +1266,7 @@ int main(int argc, char **argv)
 	if ((!strcmp(cmd, "show") && nargs != 1) ||
 	    (!strcmp(cmd, "cat") &&
 	     !(nargs == 1 || (nargs == 2 && !strcmp(args[1], "--headers")))) ||
-	    (!strcmp(cmd, "stats") && nargs != 0) ||
+	    ((!strcmp(cmd, "stats") || !strcmp(cmd, "sites")) && nargs != 0) ||
 	    (!strcmp(cmd, "tlsrpt") && nargs != 0 &&
 	     strcmp(args[0], "show") != 0)) {
 		usage(stderr);
@@ -1158,6 +1293,8 @@ int main(int argc, char **argv)
 		rc = cmd_policy(cfg, nargs, args);
 	} else if (!strcmp(cmd, "stats")) {
 		rc = cmd_stats(cfg);
+	} else if (!strcmp(cmd, "sites")) {
+		rc = cmd_sites(cfg);
 	} else {
 		rc = tool_open_spool("mtactl", cfg, true, &sp);
 		if (rc == 0) {

@@ -20,9 +20,10 @@ declare -A extra=(
 	[policy]="libmta/policy.c libmta/dane.c libmta/sts.c libmta/tlspolicy.c $(pkg-config --libs gnutls)"
 	[sts]="libmta/sts.c"
 	[spool_records]=" "
-	[config]="libmta/config.c libmta/log.c $(pkg-config --libs inih)"
+	[config]="libmta/config.c libmta/log.c libmta/dkim.c $(pkg-config --libs inih gnutls)"
 	[dns]="libmta/dns.c $(pkg-config --libs getdns libuv)"
 	[http]="libmta/http_request.c"
+	[dkim]="libmta/dkim.c $(pkg-config --libs gnutls)"
 )
 status=0
 for f in tests/fuzz/fuzz_*.c; do

@@ -12,6 +12,7 @@ connection), RFC 3463 4.7.x throttling replies.
 """
 import email
 import email.policy
+import signal
 import os
 import sys
 import time
@@ -263,3 +264,96 @@ def test_delay_warning_once_and_parsed(env):
     assert "Will-Retry-Until:" in fields, fields
     # the message is still queued, the warning remembered in the spool
     assert q in m.queue() and qn in m.queue()
+
+
+# -- reload (SIGHUP) and per-site figures -----------------------------------
+
+def _ctl(m, *args):
+    from mtadtest import MTACTL
+    p = m.run_tool([MTACTL, "-c", m.conf] + list(args), check=False)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def _sites(m):
+    """{site: row} from mtactl sites (SITE CONN RATE CEILING SENT
+    THROTTLES NEXT_MS)."""
+    rc, out, err = _ctl(m, "sites")
+    assert rc == 0, (rc, out, err)
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["SITE", "CONN"], out
+    rows = {}
+    for line in lines[1:]:
+        site, conn, rate, ceil, sent, thr, nxt = line.split()
+        rows[site] = {"conn": conn, "rate": rate, "ceiling": ceil,
+                      "sent": int(sent), "throttles": int(thr),
+                      "next_ms": int(nxt)}
+    return rows
+
+
+def _hup(m, ok=True):
+    n = len(m.events("reloaded")) if ok else len(m.events("reload_failed"))
+    m.signal(signal.SIGHUP)
+    ev = "reloaded" if ok else "reload_failed"
+    wait_until(lambda: len(m.events(ev)) > n, 10, "event=%s" % ev)
+    return m.events(ev)[-1]
+
+
+def test_sighup_rereads_routes_and_refuses_a_broken_table(env):
+    relay1 = env.aio("relay1")
+    relay2 = env.aio("relay2")
+    m = env.start(routes="rel.rt.s.test relay %s level=may\n" % lit(env, "relay1"))
+    q1 = submit(m, SENDER, ["a1@rel.rt.s.test"], msg("before"))
+    delivlab.wait_delivery(m, q1, status="sent")
+    relay1.wait_messages(1)
+    # a changed table: new mail takes the new route
+    (env.tmp / "routes").write_text(
+        "# moved\nrel.rt.s.test relay %s level=may\n" % lit(env, "relay2"))
+    _hup(m)
+    tr = m.wait_event("tables_reloaded", timeout=5)
+    assert tr and tr[-1]["routes"] == "1", tr
+    q2 = submit(m, SENDER, ["a2@rel.rt.s.test"], msg("after"))
+    delivlab.wait_delivery(m, q2, status="sent")
+    (got,) = relay2.wait_messages(1)
+    assert got["rcpt_tos"] == ["a2@rel.rt.s.test"], got
+    # a broken table refuses the whole reload, with file:line in the log;
+    # the route in force (relay2) stays
+    (env.tmp / "routes").write_text(
+        "rel.rt.s.test relay %s\nrel.rt.s.test teleport\n" % lit(env, "relay1"))
+    ev = _hup(m, ok=False)
+    assert "%s:2:" % (env.tmp / "routes") in ev["error"], ev
+    q3 = submit(m, SENDER, ["a3@rel.rt.s.test"], msg("after broken"))
+    delivlab.wait_delivery(m, q3, status="sent")
+    relay2.wait_messages(2)
+    time.sleep(0.5)
+    assert len(relay1.messages()) == 1, relay1.messages()
+    assert [x["rcpt_tos"] for x in relay2.messages()] == [
+        ["a2@rel.rt.s.test"], ["a3@rel.rt.s.test"]]
+
+
+def test_sites_show_halved_rate_and_keep_it_across_reload(env):
+    thr = env.aio("thr", fail_first=1, fail_stage="mail",
+                  fail_reply="450 4.7.28 rate limited, slow down")
+    m = env.start(shaping="thr.rt.s.test rate=60/m recover=10m connections=3\n")
+    rows = _sites(m)
+    assert rows["thr.rt.s.test"]["rate"] == "60.0/m", rows
+    assert rows["thr.rt.s.test"]["throttles"] == 0, rows
+    qs = [submit(m, SENDER, ["s%d@thr.rt.s.test" % i], msg("s%d" % i))
+          for i in range(2)]
+    assert m.wait_event("shaping_throttle", timeout=20), m.log_tail()
+    thr.wait_messages(2, timeout=40)
+    for q in qs:
+        delivlab.wait_delivery(m, q, status="sent", timeout=40)
+    row = _sites(m)["thr.rt.s.test"]
+    assert row["rate"] == "30.0/m" and row["ceiling"] == "60.0/m", row
+    assert row["throttles"] == 1 and row["sent"] >= 2, row
+    assert row["conn"].endswith("/3"), row
+    # a reload that keeps the pattern keeps the halved rate and counters
+    (env.tmp / "shaping").write_text(
+        ".other.example rate=10/m\nthr.rt.s.test rate=60/m recover=10m connections=3\n")
+    _hup(m)
+    rows = _sites(m)
+    assert rows["thr.rt.s.test"]["rate"] == "30.0/m", rows
+    assert rows["thr.rt.s.test"]["throttles"] == 1, rows
+    assert rows[".other.example"]["rate"] == "10.0/m", rows
+    # the new rule is counted in the reload line
+    assert m.events("tables_reloaded")[-1]["shaping"] == "2"

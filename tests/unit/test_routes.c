@@ -235,6 +235,51 @@ static void test_shaping_rate_halves_and_recovers(void **state)
 	mta_shaping_free(sh);
 }
 
+/* Reload: a throttled site keeps its rate (capped by a lower new ceiling),
+ * its counters and its throttle time; an unthrottled one takes the new
+ * rate. */
+static void test_shaping_carry_over(void **state)
+{
+	static const char t1[] = "a.example rate=60/m\nb.example rate=60/m\n";
+	static const char t2[] = "b.example rate=20/m\na.example rate=100/m\n";
+	struct mta_shaping *s1 = NULL, *s2 = NULL;
+	struct mta_shaping_site o[2], n[2];
+	char err[256];
+	int64_t now = 1000 * S;
+
+	(void)state;
+	assert_int_equal(mta_shaping_parse(t1, strlen(t1), "s1", &s1, err,
+					   sizeof(err)), 0);
+	assert_int_equal(mta_shaping_parse(t2, strlen(t2), "s2", &s2, err,
+					   sizeof(err)), 0);
+	for (int i = 0; i < 2; i++)
+		mta_shaping_site_init(&o[i], mta_shaping_get(s1, (size_t)i), now);
+	assert_int_equal(mta_shaping_take(&o[0], now), 0);
+	assert_true(mta_shaping_throttled(&o[0], now)); /* a: 30/m */
+	assert_true(mta_shaping_throttled(&o[1], now)); /* b: 30/m */
+	/* new table: b first, at 20/m; a at 100/m */
+	mta_shaping_site_init(&n[0], mta_shaping_get(s2, 0), now);
+	mta_shaping_site_init(&n[1], mta_shaping_get(s2, 1), now);
+	mta_shaping_site_carry(&n[1], &o[0]);
+	mta_shaping_site_carry(&n[0], &o[1]);
+	assert_true(n[1].rate > 29.9 && n[1].rate < 30.1); /* still halved */
+	assert_true(n[1].ceiling > 99.9 && n[1].ceiling < 100.1);
+	assert_int_equal(n[1].sent, 1);
+	assert_int_equal(n[1].throttles, 1);
+	assert_true(n[0].rate > 19.9 && n[0].rate < 20.1); /* capped */
+	/* recovery goes on from the carried rate, toward the new ceiling */
+	assert_true(mta_shaping_tick(&n[1], now + 61 * S));
+	assert_true(n[1].rate > 54.9 && n[1].rate < 55.1);
+	/* an unthrottled site takes the new rate */
+	struct mta_shaping_site u;
+	mta_shaping_site_init(&o[0], mta_shaping_get(s1, 0), now);
+	mta_shaping_site_init(&u, mta_shaping_get(s2, 1), now);
+	mta_shaping_site_carry(&u, &o[0]);
+	assert_true(u.rate > 99.9 && u.rate < 100.1);
+	mta_shaping_free(s1);
+	mta_shaping_free(s2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -243,6 +288,7 @@ int main(void)
 		cmocka_unit_test(test_errors_name_line),
 		cmocka_unit_test(test_shaping_parse_find),
 		cmocka_unit_test(test_shaping_rate_halves_and_recovers),
+		cmocka_unit_test(test_shaping_carry_over),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
