@@ -336,8 +336,6 @@ static int reload_held(struct daemon *d)
 				  "cannot load with the held key: %s", err);
 		return -1;
 	}
-	if (d->cfg->tls_cert != NULL && d->held_key == NULL)
-		holder_path_not_live("server.tls_key", NULL, d->cfg->tls_key);
 	if (d->cfg->relayhost_auth_file != NULL && d->held_auth != NULL &&
 	    user[0] != '\0') {
 		snprintf(d->auth_user, sizeof(d->auth_user), "%s", user);

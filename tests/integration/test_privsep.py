@@ -240,3 +240,43 @@ def test_leak_check_still_reports_under_sandbox(mtad_factory):
     assert "ERROR: LeakSanitizer: detected memory leaks" in log, m.log_tail()
     assert "77 byte(s) leaked" in log, m.log_tail()
     assert rc not in (0, -9), (rc, m.log_tail())  # reported, not hung
+
+
+def _served_cert(m):
+    c = smtplib.SMTP(m.addr, m.port, timeout=20)
+    c.ehlo("tls.test")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    c.starttls(context=ctx)
+    der = c.sock.getpeercert(binary_form=True)
+    c.quit()
+    return der
+
+
+def test_reload_new_key_path_not_live_old_key_kept(mtad_factory, tmp_path):
+    """SIGHUP after the drop: a new server.tls_key path cannot reach the
+    holder (it reads only the file it was started with): logged
+    event=reload_not_live key=server.tls_key with the reason, the reload
+    still applies, and STARTTLS goes on with the old key."""
+    import shutil
+    m = mtad_factory()
+    before = _served_cert(m)
+    newkey = str(tmp_path / "moved.key")
+    shutil.copy(m.settings["server.tls_key"], newkey)
+    s = dict(m.settings)
+    s["server.tls_key"] = newkey
+    s["server.max_message_size"] = "300k"
+    mtadtest.write_config(m.conf, s)
+    m.signal(signal.SIGHUP)
+    assert m.wait_event("reloaded", timeout=10), m.log_tail()
+    ev = m.events("reload_not_live", key="server.tls_key")
+    assert ev and ev[-1]["reason"] == "restart to use a new key path", \
+        m.log_tail()
+    assert not m.events("reload_failed"), m.log_tail()
+    assert _served_cert(m) == before
+    with smtplib.SMTP(m.addr, m.port, timeout=10) as c:
+        c.ehlo("client.test")
+        assert c.esmtp_features["size"] == str(300 * 1024)
+    send_tls(m)
+    assert len(m.queue()) == 1
