@@ -26,6 +26,7 @@ static const struct {
 	[MTA_CTL_EXPLAIN] = {"EXPLAIN", 2, false, 1},
 	[MTA_CTL_SITES] = {"SITES", 0, false},
 	[MTA_CTL_POLICY_ACCEPT] = {"POLICY-ACCEPT", 1, true},
+	[MTA_CTL_TLSRPT_SEND] = {"TLSRPT-SEND", 1, false, 1},
 };
 
 static bool nargs_ok(size_t v, size_t n)

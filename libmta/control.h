@@ -31,6 +31,11 @@
  *	  EXPLAIN domain [CONNECT]  (data lines: the decision trace of
  *	                  explain.h, "<tag> <text>"; OK at its end; with
  *	                  CONNECT the usable hosts are connected, never MAIL)
+ *	  TLSRPT-SEND [day]  (a TLSRPT reporter round now, tlsrpt_send.h:
+ *	                  data lines "<day> <domain> <result> <detail>";
+ *	                  day YYYY-MM-DD: only that day, today included;
+ *	                  unavailable when tlsrpt.enabled is 0, busy when
+ *	                  a round is running)
  *	  QUIT
  *	Error codes (one lower-case word): usage, version, notfound, state
  *	(the operation does not apply: already held, not held, held),
@@ -95,6 +100,7 @@ enum mta_ctl_verb {
 	MTA_CTL_EXPLAIN,
 	MTA_CTL_SITES,
 	MTA_CTL_POLICY_ACCEPT,
+	MTA_CTL_TLSRPT_SEND,
 	MTA_CTL_NVERBS
 };
 

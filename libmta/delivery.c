@@ -4,6 +4,7 @@
  * self-test, start and stop.  See delivery.h.
  */
 #include "delivery_int.h"
+#include "tlsrpt_send.h"
 
 #include <strings.h>
 
@@ -1056,6 +1057,64 @@ static void tables_install(struct mta_delivery *d,
 	free(t);
 }
 
+/* ---- the TLSRPT reporter (tlsrpt_send.h) ----------------------------- */
+
+static void tlsrpt_kick(void *ud)
+{
+	mta_delivery_kick(ud);
+}
+
+/* Start or stop the reporter as tlsrpt.enabled says; a failure to start
+ * is logged and delivery goes on without reports. */
+static void tlsrpt_apply(struct mta_delivery *d)
+{
+	struct mta_tlsrpt_sender_params tp = {0};
+	int rc;
+
+	if (!d->cfg->tlsrpt_enabled) {
+		if (d->tlsrpt != NULL)
+			mta_tlsrpt_sender_stop(d->tlsrpt);
+		d->tlsrpt = NULL;
+		return;
+	}
+	if (d->tlsrpt != NULL) {
+		mta_tlsrpt_sender_set_config(d->tlsrpt, d->cfg);
+		return;
+	}
+	tp.loop = d->loop;
+	tp.cfg = d->cfg;
+	tp.spool = d->spool;
+	tp.writer = d->writer;
+	tp.dns = d->dns;
+	tp.qid_seq = &d->seq;
+	tp.kick = tlsrpt_kick;
+	tp.kick_ud = d;
+	rc = mta_tlsrpt_sender_start(&tp, &d->tlsrpt);
+	if (rc != 0) {
+		struct mta_logline ll;
+		d->tlsrpt = NULL;
+		mta_log_begin(&ll, MTA_LOG_ERR, "tlsrpt_round");
+		mta_log_str(&ll, "error", mta_errname(rc));
+		mta_log_str(&ll, "effect", "no TLS reports are sent");
+		mta_log_end(&ll);
+	}
+}
+
+int mta_delivery_tlsrpt_send(struct mta_delivery *d, const char *day,
+			     void (*line)(void *ud, const char *text),
+			     void (*done)(void *ud, int rc), void *ud)
+{
+	if (d->tlsrpt == NULL)
+		return MTA_ECLOSED;
+	return mta_tlsrpt_sender_run(d->tlsrpt, day, line, done, ud);
+}
+
+void mta_delivery_tlsrpt_detach(struct mta_delivery *d, void *ud)
+{
+	if (d != NULL && d->tlsrpt != NULL)
+		mta_tlsrpt_sender_detach(d->tlsrpt, ud);
+}
+
 int mta_delivery_start(const struct mta_delivery_params *p,
 		       struct mta_delivery **out)
 {
@@ -1115,6 +1174,7 @@ int mta_delivery_start(const struct mta_delivery_params *p,
 	d->selftest_timer.data = d;
 	uv_timer_start(&d->selftest_timer, on_selftest_timer, 0,
 		       SELFTEST_EVERY_MS);
+	tlsrpt_apply(d);
 	*out = d;
 	return 0;
 }
@@ -1169,6 +1229,10 @@ void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 	d->done_arg = arg;
 	uv_timer_stop(&d->scan_timer);
 	uv_timer_stop(&d->selftest_timer);
+	if (d->tlsrpt != NULL) {
+		mta_tlsrpt_sender_stop(d->tlsrpt); /* frees itself */
+		d->tlsrpt = NULL;
+	}
 	if (d->selftest_q != NULL) {
 		mta_dns_cancel(d->selftest_q);
 		d->selftest_q = NULL;
@@ -1307,6 +1371,8 @@ void mta_delivery_reconfigure(struct mta_delivery *d,
 		d->relay_host[0] = '\0';
 	if (p->tables != NULL)
 		tables_swap(d, p->tables);
+	if (!d->stopping)
+		tlsrpt_apply(d);
 }
 
 static void site_info(const struct mta_shaping_site *st, int64_t now,

@@ -185,6 +185,12 @@ int mta_delivery_foreach_site(const struct mta_delivery *d,
 			      int (*cb)(void *ud,
 					const struct mta_delivery_site *s),
 			      void *ud);
+/* TLSRPT-SEND: a reporter round now (tlsrpt_send.h
+ * mta_tlsrpt_sender_run()); MTA_ECLOSED when tlsrpt.enabled is 0. */
+int mta_delivery_tlsrpt_send(struct mta_delivery *d, const char *day,
+			     void (*line)(void *ud, const char *text),
+			     void (*done)(void *ud, int rc), void *ud);
+void mta_delivery_tlsrpt_detach(struct mta_delivery *d, void *ud);
 void mta_delivery_stop(struct mta_delivery *d, void (*done)(void *arg),
 		       void *arg);
 

@@ -226,6 +226,7 @@ struct mta_delivery {
 	const struct mta_tlspolicy *policy;
 	const struct mta_ct_loglist *ct; /* tls.ct_log_list, or NULL */
 	struct mta_mtasts *mtasts;
+	struct mta_tlsrpt_sender *tlsrpt; /* tlsrpt.enabled, or NULL */
 	uv_timer_t selftest_timer;
 	struct mta_dns_query *selftest_q;
 	bool dnssec_ok;	      /* last DNSSEC self-test passed */

@@ -51,6 +51,8 @@ struct mta_sts_fetch {
 	struct mta_sts_fetch *prev, *next;
 	CURL *easy;
 	struct curl_slist *connect_to;
+	struct curl_slist *hdrs; /* POST: Content-Type */
+	bool post;		 /* a POST (opts.url): 2xx is success */
 	mta_sts_fetch_cb cb;
 	void *ud;
 	struct mta_buf body;
@@ -217,6 +219,8 @@ static enum abort_reason check_response(struct mta_sts_fetch *q)
 	if (!peer_has_dns_san(q->easy))
 		return ABORT_NO_SAN;
 	curl_easy_getinfo(q->easy, CURLINFO_RESPONSE_CODE, &code);
+	if (q->post)
+		return code >= 200 && code < 300 ? ABORT_NONE : ABORT_STATUS;
 	if (code != 200)
 		return ABORT_STATUS;
 	curl_easy_getinfo(q->easy, CURLINFO_CONTENT_TYPE, &ct);
@@ -353,7 +357,10 @@ static void classify(struct mta_sts_fetch *q, CURLcode rc,
 	}
 	switch (rc) {
 	case CURLE_OK:
-		if (r->http_code != 200) {
+		if (q->post && r->http_code >= 200 && r->http_code < 300) {
+			r->status = MTA_STS_FETCH_OK;
+			snprintf(q->why, sizeof(q->why), "ok");
+		} else if (r->http_code != 200) {
 			r->status = MTA_STS_FETCH_HTTP_STATUS;
 			snprintf(q->why, sizeof(q->why),
 				 "HTTP status %ld, not 200", r->http_code);
@@ -491,21 +498,44 @@ int mta_sts_fetch_start(struct mta_sts_fetcher *f,
 	int err;
 
 	assert(cb != NULL);
-	if (o->domain == NULL || !domain_ok(o->domain) ||
-	    o->connect_addr == NULL)
+	if (o->url != NULL) {
+		if (o->url_host == NULL || !domain_ok(o->url_host) ||
+		    strncmp(o->url, "https://", 8) != 0 ||
+		    strlen(o->url) >= sizeof(url) || o->post == NULL ||
+		    o->post_type == NULL)
+			return -EINVAL;
+	} else if (o->domain == NULL || !domain_ok(o->domain)) {
+		return -EINVAL;
+	}
+	if (o->connect_addr == NULL)
 		return -EINVAL;
 	if (inet_pton(AF_INET6, o->connect_addr, addrbuf) == 1)
 		v6 = true;
 	else if (inet_pton(AF_INET, o->connect_addr, addrbuf) != 1)
 		return -EINVAL;
-	snprintf(host, sizeof(host), "mta-sts.%s", o->domain);
-	for (char *c = host; *c; c++)
+	if (o->url != NULL) {
+		unsigned uport = o->url_port ? o->url_port : 443u;
+		snprintf(host, sizeof(host), "%s", o->url_host);
+		snprintf(url, sizeof(url), "%s", o->url);
+		snprintf(map, sizeof(map),
+			 v6 ? "%s:%u:[%s]:%u" : "%s:%u:%s:%u", host, uport,
+			 o->connect_addr,
+			 o->https_port ? (unsigned)o->https_port : uport);
+	} else {
+		snprintf(host, sizeof(host), "mta-sts.%s", o->domain);
+		for (char *c = host; *c; c++)
+			if (*c >= 'A' && *c <= 'Z')
+				*c = (char)(*c - 'A' + 'a');
+		snprintf(url, sizeof(url), "https://%s/.well-known/mta-sts.txt",
+			 host);
+		snprintf(map, sizeof(map),
+			 v6 ? "%s:443:[%s]:%u" : "%s:443:%s:%u", host,
+			 o->connect_addr,
+			 o->https_port ? (unsigned)o->https_port : 443u);
+	}
+	for (char *c = map; *c && *c != ':'; c++)
 		if (*c >= 'A' && *c <= 'Z')
 			*c = (char)(*c - 'A' + 'a');
-	snprintf(url, sizeof(url), "https://%s/.well-known/mta-sts.txt", host);
-	snprintf(map, sizeof(map), v6 ? "%s:443:[%s]:%u" : "%s:443:%s:%u",
-		 host, o->connect_addr,
-		 o->https_port ? (unsigned)o->https_port : 443u);
 	timeout = (long)(o->timeout_ms ? o->timeout_ms
 				       : FETCH_DEFAULT_TIMEOUT_MS);
 
@@ -516,10 +546,20 @@ int mta_sts_fetch_start(struct mta_sts_fetcher *f,
 	q->cb = cb;
 	q->ud = ud;
 	q->max_body = o->max_body ? o->max_body : MTA_STS_POLICY_MAX;
+	q->post = o->url != NULL;
 	q->connect_to = curl_slist_append(NULL, map);
 	if (q->connect_to == NULL) {
 		err = -ENOMEM;
 		goto fail_free;
+	}
+	if (q->post) {
+		char ct[160];
+		snprintf(ct, sizeof(ct), "Content-Type: %s", o->post_type);
+		q->hdrs = curl_slist_append(NULL, ct);
+		if (q->hdrs == NULL) {
+			err = -ENOMEM;
+			goto fail_free;
+		}
 	}
 	q->easy = curl_easy_init();
 	if (q->easy == NULL) {
@@ -537,7 +577,14 @@ int mta_sts_fetch_start(struct mta_sts_fetcher *f,
 	SET(CURLOPT_PROTOCOLS_STR, "https");
 	SET(CURLOPT_REDIR_PROTOCOLS_STR, "https");
 	SET(CURLOPT_FOLLOWLOCATION, 0L);
-	SET(CURLOPT_HTTPGET, 1L);
+	if (q->post) {
+		SET(CURLOPT_POST, 1L);
+		SET(CURLOPT_POSTFIELDS, o->post);
+		SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->post_len);
+		SET(CURLOPT_HTTPHEADER, q->hdrs);
+	} else {
+		SET(CURLOPT_HTTPGET, 1L);
+	}
 	SET(CURLOPT_NOSIGNAL, 1L);
 	SET(CURLOPT_TIMEOUT_MS, timeout);
 	SET(CURLOPT_CONNECTTIMEOUT_MS, timeout);
@@ -584,6 +631,7 @@ fail_free:
 	if (q->easy != NULL)
 		curl_easy_cleanup(q->easy);
 	curl_slist_free_all(q->connect_to);
+	curl_slist_free_all(q->hdrs);
 	free(q);
 	return err;
 }

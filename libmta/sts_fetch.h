@@ -49,6 +49,15 @@
  *	environment variables are ignored), a fresh connection and no TLS
  *	session reuse per fetch, signals off (CURLOPT_NOSIGNAL).
  *
+ *	POST mode (url set; the TLSRPT reporter, RFC 8460 5.4): POST the
+ *	post bytes with Content-Type post_type to url, connecting to
+ *	connect_addr (https_port, else url_port, else 443) with url_host
+ *	kept for Host, SNI and the name check; same TLS, proxy, redirect
+ *	and time rules; any 2xx status is OK (the response body is
+ *	discarded, bounded by max_body), another status HTTP_STATUS.  post
+ *	is borrowed (CURLOPT_POSTFIELDS): it must stay valid until the
+ *	callback or the cancel.
+ *
  *	The callback receives a struct mta_sts_fetch_result:
  *	  OK            HTTP 200 with a text/plain Content-Type (parameters
  *	                allowed, STS-46), body/body_len hold the policy bytes
@@ -142,6 +151,13 @@ struct mta_sts_fetch_opts {
 	const char *ca_file;	  /* PEM roots; NULL: curl's default */
 	unsigned timeout_ms;	  /* whole transfer; 0: 10000 */
 	size_t max_body;	  /* 0: 65536 */
+	/* POST mode (TLSRPT https rua): url set, domain unused */
+	const char *url;	  /* https://host[:port]/path */
+	const char *url_host;	  /* host of url (for CONNECT_TO) */
+	uint16_t url_port;	  /* port of url (0: 443) */
+	const void *post;	  /* body, borrowed until the callback */
+	size_t post_len;
+	const char *post_type;	  /* Content-Type of the body */
 };
 
 enum mta_sts_fetch_status {

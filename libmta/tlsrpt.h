@@ -52,8 +52,6 @@
  * CAVEATS
  *	A counter key longer than the spool's 500-byte key limit (very long
  *	domain and host names together) is cut and not reported.
- *	The reports are not DKIM-signed yet (RFC 8460 §3 MUST): see the
- *	DKIM hook in tlsrpt_send.c.
  */
 #ifndef MTA_TLSRPT_H
 #define MTA_TLSRPT_H

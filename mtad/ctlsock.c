@@ -47,6 +47,7 @@ struct conn {
 	struct mta_spool_keys_op keys; /* POLICY-ACCEPT */
 	struct mta_mtasts_query *q;
 	struct mta_explain *x; /* EXPLAIN running */
+	bool tlsrpt_running;   /* TLSRPT-SEND waiting for its round */
 };
 
 struct mtad_control {
@@ -111,6 +112,10 @@ static void conn_close(struct conn *c)
 	if (c->x != NULL) {
 		mta_explain_cancel(c->x);
 		c->x = NULL;
+	}
+	if (c->tlsrpt_running) {
+		mta_delivery_tlsrpt_detach(delivery_of(c->ctl), c);
+		c->tlsrpt_running = false;
 	}
 	uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 	uv_close((uv_handle_t *)&c->pipe, on_handle_closed);
@@ -613,6 +618,53 @@ static void explain(struct conn *c)
 	}
 }
 
+static void on_tlsrpt_line(void *ud, const char *text)
+{
+	send_line(ud, "* %s", text);
+}
+
+static void on_tlsrpt_done(void *ud, int rc)
+{
+	struct conn *c = ud;
+
+	c->tlsrpt_running = false;
+	if (rc != 0)
+		done(c, rc, "failed", mta_strerror(rc));
+	else
+		done(c, 0, NULL, "round done");
+}
+
+/* TLSRPT-SEND [day]: a reporter round now (tlsrpt_send.h). */
+static void tlsrpt_send(struct conn *c)
+{
+	struct mta_delivery *d = delivery_of(c->ctl);
+	const char *day = c->req.nargs == 1 ? c->req.args[0] : NULL;
+	int rc;
+
+	if (day != NULL &&
+	    (strlen(day) != 10 || strspn(day, "0123456789-") != 10 ||
+	     day[4] != '-' || day[7] != '-')) {
+		done(c, MTA_EPROTO, "usage", "TLSRPT-SEND [YYYY-MM-DD]");
+		return;
+	}
+	if (d == NULL) {
+		done(c, MTA_ECLOSED, "unavailable",
+		     "delivery is not running in mtad; see the mtad log");
+		return;
+	}
+	rc = mta_delivery_tlsrpt_send(d, day, on_tlsrpt_line, on_tlsrpt_done,
+				      c);
+	if (rc == MTA_ECLOSED)
+		done(c, rc, "unavailable",
+		     "the TLSRPT reporter is off (tlsrpt.enabled = 0)");
+	else if (rc == MTA_EAGAIN)
+		done(c, rc, "busy", "a TLSRPT round is running; retry");
+	else if (rc != 0)
+		done(c, rc, "failed", mta_strerror(rc));
+	else
+		c->tlsrpt_running = true;
+}
+
 static void handle_request(struct conn *c, const char *line)
 {
 	struct mtad_control *ctl = c->ctl;
@@ -710,6 +762,9 @@ static void handle_request(struct conn *c, const char *line)
 	}
 	case MTA_CTL_EXPLAIN:
 		explain(c);
+		return;
+	case MTA_CTL_TLSRPT_SEND:
+		tlsrpt_send(c);
 		return;
 	case MTA_CTL_SITES:
 		if (d == NULL) {

@@ -45,6 +45,7 @@ static void usage(FILE *f)
 		"  explain DOMAIN [--connect] [--json]   what mtad decides "
 		"for DOMAIN now, and why\n"
 		"  stats | tlsrpt | tlsrpt show [DOMAIN] [--day YYYY-MM-DD]\n"
+		"  tlsrpt send [--day YYYY-MM-DD]   send the TLS reports now\n"
 		"  sites                    per shaping site: connections, "
 		"rate, throttles\n"
 		"  passwd USER [--file F]   set USER's AUTH password (read "
@@ -1105,6 +1106,52 @@ static int cmd_explain(const struct mta_config *cfg, int argc, char **argv)
 	return 0;
 }
 
+/* ---- tlsrpt send ------------------------------------------------------ */
+
+static void print_line(void *ud, const char *t)
+{
+	(void)ud;
+	printf("%s\n", t);
+}
+
+/* tlsrpt send [--day YYYY-MM-DD]: a reporter round in mtad now. */
+static int cmd_tlsrpt_send(const struct mta_config *cfg, int argc,
+			   char **argv)
+{
+	const char *args[1] = {NULL};
+	struct tool_ctl c;
+	bool ok = false;
+	char code[32], text[600];
+	int rc;
+
+	if (argc == 2 && !strcmp(argv[0], "--day")) {
+		args[0] = argv[1];
+	} else if (argc != 0) {
+		usage(stderr);
+		return 2;
+	}
+	if (tool_ctl_open("mtactl", cfg, true, &c) != 0) {
+		fprintf(stderr, "mtactl: tlsrpt send runs inside mtad, and mtad "
+				"is not running (control socket %s)\n",
+			cfg->control_socket);
+		return 1;
+	}
+	rc = tool_ctl_request_args(&c, MTA_CTL_TLSRPT_SEND, args,
+				   args[0] ? 1 : 0, print_line, NULL, &ok,
+				   code, sizeof(code), text, sizeof(text));
+	tool_ctl_close(&c);
+	if (rc != 0) {
+		fprintf(stderr, "mtactl: the connection to mtad broke during "
+				"tlsrpt send; see the mtad log\n");
+		return 1;
+	}
+	if (!ok) {
+		fprintf(stderr, "mtactl: tlsrpt send: %s\n", text);
+		return !strcmp(code, "usage") ? 2 : 1;
+	}
+	return 0;
+}
+
 /* ---- sites ------------------------------------------------------------ */
 
 /* The value of "key=" in a SITES line, copied into out ("" if absent). */
@@ -1268,7 +1315,7 @@ int main(int argc, char **argv)
 	     !(nargs == 1 || (nargs == 2 && !strcmp(args[1], "--headers")))) ||
 	    ((!strcmp(cmd, "stats") || !strcmp(cmd, "sites")) && nargs != 0) ||
 	    (!strcmp(cmd, "tlsrpt") && nargs != 0 &&
-	     strcmp(args[0], "show") != 0)) {
+	     strcmp(args[0], "show") != 0 && strcmp(args[0], "send") != 0)) {
 		usage(stderr);
 		return 2;
 	}
@@ -1295,6 +1342,9 @@ int main(int argc, char **argv)
 		rc = cmd_stats(cfg);
 	} else if (!strcmp(cmd, "sites")) {
 		rc = cmd_sites(cfg);
+	} else if (!strcmp(cmd, "tlsrpt") && nargs > 0 &&
+		   !strcmp(args[0], "send")) {
+		rc = cmd_tlsrpt_send(cfg, nargs - 1, args + 1);
 	} else {
 		rc = tool_open_spool("mtactl", cfg, true, &sp);
 		if (rc == 0) {

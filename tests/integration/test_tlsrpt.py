@@ -2,9 +2,11 @@
 result type, and the report `mtactl tlsrpt show` prints (the JSON that
 would be sent).  Uses the MTA-STS lab of test_sts.py.
 
-Not covered yet (the sender is not built): https POST, mail to a sink,
-the _smtp._tls lookup, "no report about report mail" end to end."""
+The reporter (tlsrpt_send.c) is covered by test_rpt45_rpt40: https POST,
+mail to a sink, the _smtp._tls lookup, no report about report mail.
+Not covered yet: DKIM verification of the report mail, retry back-off."""
 import datetime
+import time
 import json
 import os
 import re
@@ -108,3 +110,147 @@ def test_rpt10_rpt21_report_json_counts_equal_deliveries(env):
     assert f["receiving-mx-hostname"] == "mx1.cn.u.test"
     assert re.match(r"^127\.\d+\.\d+\.\d+$", f["receiving-ip"]), f
     assert re.match(r"^127\.", f["sending-mta-ip"]), f
+
+
+# ---- the reporter (tlsrpt_send.c): https POST and mail -----------------
+
+import email  # noqa: E402
+import email.policy  # noqa: E402
+import gzip  # noqa: E402
+import http.server  # noqa: E402
+import ssl  # noqa: E402
+import threading  # noqa: E402
+
+import sinks as _sinks  # noqa: E402
+
+
+class Collector:
+    """A loopback HTTPS collector (RPT-45): a certificate from the lab CA
+    for host, records every POST (path, headers, body)."""
+
+    def __init__(self, ca, host, workdir):
+        self.posts = []
+        self.addr = _sinks.alloc_addr()
+        cert, key = _sinks.issue(ca, [host]).write(workdir, "collector")
+        posts = self.posts
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                posts.append({"path": self.path,
+                              "ctype": self.headers.get("Content-Type"),
+                              "body": self.rfile.read(n)})
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer((self.addr, 0), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True)
+        self.port = self.srv.server_address[1]
+        self.t = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.t.start()
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def _today():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def test_rpt45_rpt40_reports_sent_by_https_and_mail(env, tmp_path):
+    """RPT-01/06/45: `_smtp._tls.ok.u.test` has an https rua (a loopback
+    collector with a lab-CA certificate) and a mailto rua (a sink): after
+    two deliveries, `mtactl tlsrpt send --day <today>` POSTs the gzip JSON
+    (application/tlsrpt+gzip) and queues the report mail.  RPT-40..42:
+    the mail's headers and multipart/report layout; the counts equal the
+    deliveries made.  RPT-44: the report mail is not counted itself (no
+    counters for the rua's domain).  Once sent, the day is marked reported
+    and a second round sends nothing."""
+    lab = env.s
+    dns = lab.dns
+    # ok.u.test: the MTA-STS enforce domain of the lab
+    mx = "mx1.ok.u.test"
+    col = Collector(lab.ca, "rpt.ok.u.test", str(tmp_path))
+    rmx = "mx1.rptmail.u.test"
+    lab.addr[rmx] = _sinks.alloc_addr()
+    lab.cert(rmx, "ok")
+    dns.add_zone_records("u.test.", [
+        "rpt.ok.u.test. 60 IN A %s" % col.addr,
+        '_smtp._tls.ok.u.test. 60 IN TXT "v=TLSRPTv1; rua=https://'
+        'rpt.ok.u.test:%d/tlsrpt,mailto:reports@rptmail.u.test"' % col.port,
+        "rptmail.u.test. 60 IN MX 10 %s." % rmx,
+        "%s. 60 IN A %s" % (rmx, lab.addr[rmx]),
+    ])
+    try:
+        s_rep = env.sink(mx)
+        s_mail = env.sink(rmx)
+        mtad = env.start(tlsrpt__enabled="1",
+                         tlsrpt__submitter="reporter.test")
+        for i in range(2):
+            qid, _ = send(mtad, "ok.u.test", tag="r%d" % i)
+            wait_delivery(mtad, qid, status="sent")
+        s_rep.wait_messages(2)
+        _wait_tlsrpt(mtad, ("ok.u.test", "sts", "successful-session"))
+        out = mtad.run_tool([mtad_mtactl(), "-c", mtad.conf, "tlsrpt",
+                             "send", "--day", _today()]).stdout.decode()
+        print(out)
+        assert re.search(r"ok\.u\.test https posted", out), out
+        assert re.search(r"ok\.u\.test mail queued", out), out
+
+        # https (RPT-45, RPT-33)
+        (post,) = col.posts
+        assert post["path"] == "/tlsrpt"
+        assert post["ctype"] == "application/tlsrpt+gzip", post["ctype"]
+        rep = json.loads(gzip.decompress(post["body"]))
+        check_schema(rep)
+        [p] = rep["policies"]
+        assert p["policy"]["policy-type"] == "sts"
+        assert p["policy"]["policy-domain"] == "ok.u.test"
+        assert p["summary"] == {"total-successful-session-count": 2,
+                                "total-failure-session-count": 0}
+
+        # mail (RPT-40/41/42)
+        (rec,) = s_mail.wait_messages(1, timeout=15)
+        assert rec["mail_from"] in ("", "<>"), rec["mail_from"]
+        assert rec["rcpt_tos"] == ["reports@rptmail.u.test"]
+        m = email.message_from_bytes(rec["data"], policy=email.policy.default)
+        assert m["TLS-Report-Domain"] == "ok.u.test"
+        assert m["TLS-Report-Submitter"] == "reporter.test"
+        assert m["TLS-Required"].strip().lower() == "no"
+        assert re.match(r"^Report Domain: ok\.u\.test Submitter: "
+                        r"reporter\.test Report-ID: <[^>]+@[^>]+>$",
+                        str(m["Subject"])), m["Subject"]
+        assert m.get_content_type() == "multipart/report"
+        assert m.get_param("report-type") == "tlsrpt"
+        parts = list(m.iter_parts())
+        assert parts[0].get_content_type() == "text/plain"
+        att = parts[1]
+        assert att.get_content_type() == "application/tlsrpt+gzip"
+        assert re.match(r"^reporter\.test!ok\.u\.test!\d+!\d+\.json\.gz$",
+                        att.get_filename()), att.get_filename()
+        mrep = json.loads(gzip.decompress(att.get_content()))
+        check_schema(mrep)
+        assert mrep["policies"][0]["summary"] == p["summary"]
+        assert mrep["contact-info"].endswith("@reporter.test")  # RPT-41
+
+        # RPT-44: the report mail's delivery is not counted
+        time.sleep(0.5)
+        cnt = mtad.run_tool([mtad_mtactl(), "-c", mtad.conf,
+                             "tlsrpt"]).stdout.decode()
+        assert "rptmail.u.test" not in cnt, cnt
+        assert "ok.u.test" in cnt, cnt
+
+        # marked reported: the next round sends nothing more
+        out = mtad.run_tool([mtad_mtactl(), "-c", mtad.conf, "tlsrpt",
+                             "send", "--day", _today()]).stdout.decode()
+        assert "ok.u.test" not in out, out
+        assert len(col.posts) == 1
+    finally:
+        col.stop()
