@@ -291,6 +291,7 @@ static void fetch_destroy(struct mta_sts_fetch *q)
 		curl_easy_cleanup(q->easy);
 	}
 	curl_slist_free_all(q->connect_to);
+	curl_slist_free_all(q->hdrs); /* POST's Content-Type (TLSRPT) */
 	mta_buf_free(&q->body);
 	free(q);
 }
