@@ -190,7 +190,7 @@ int mta_ct_precert_tbs(const uint8_t *cert, size_t n, uint8_t *out,
 		post = 0;
 	} else {
 		/* [3] { SEQUENCE OF Extension } */
-		size_t h3, l3, hs, ls;
+		size_t h3 = 0, l3 = 0, hs = 0, ls = 0;
 		const uint8_t *q;
 
 		if (der_tlv(ext, extlen, &tag, &h3, &l3) != 0 ||
@@ -232,19 +232,23 @@ int mta_ct_precert_tbs(const uint8_t *cert, size_t n, uint8_t *out,
 		off += pre;
 		if (ext != NULL && exts_content > 0) {
 			size_t seq = der_hdr_size(exts_content) + exts_content;
-			size_t h3, l3, hs, ls;
+			size_t h3 = 0, l3 = 0, hs = 0, ls = 0;
 			const uint8_t *q;
 
 			off += der_put_hdr(out + off, 0xa3, seq);
 			off += der_put_hdr(out + off, 0x30, exts_content);
-			(void)der_tlv(ext, extlen, &tag, &h3, &l3);
-			(void)der_tlv(ext + h3, l3, &tag, &hs, &ls);
+			/* checked by the first pass; checked again so that no
+			 * path can loop on a failed read */
+			if (der_tlv(ext, extlen, &tag, &h3, &l3) != 0 ||
+			    der_tlv(ext + h3, l3, &tag, &hs, &ls) != 0)
+				return MTA_ECORRUPT;
 			q = ext + h3 + hs;
 			left = ls;
 			while (left > 0) {
-				size_t he, le, ho, lo;
-				(void)der_tlv(q, left, &tag, &he, &le);
-				(void)der_tlv(q + he, le, &tag, &ho, &lo);
+				size_t he = 0, le = 0, ho = 0, lo = 0;
+				if (der_tlv(q, left, &tag, &he, &le) != 0 ||
+				    der_tlv(q + he, le, &tag, &ho, &lo) != 0)
+					return MTA_ECORRUPT;
 				if (!(ho + lo == sizeof(sct_oid_der) &&
 				      memcmp(q + he, sct_oid_der,
 					     sizeof(sct_oid_der)) == 0)) {

@@ -65,6 +65,8 @@ static const char *state_word(int st)
 	}
 }
 
+#define DUE_SLACK_US 1000000 /* see msg_start() */
+
 /* Records the outcome of one attempt for env recipient r and logs it. */
 void dlv_record(struct msg *m, size_t r, int code, const char *status,
 		   const char *text, const char *relay, const char *tls,
@@ -727,7 +729,10 @@ static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 		bool fallback = false;
 
 		m->was_pending[i] = mta_queue_pending(r);
-		if (!mta_queue_due(r, now))
+		/* recipients deferred in one attempt were stamped a few
+		 * moments apart (one clock read per reply): a second of
+		 * slack keeps them together on the retry (CLI-12) */
+		if (!mta_queue_due(r, now + DUE_SLACK_US))
 			continue;
 		if (d->routes != NULL) {
 			int act = route_rcpt(m, i, now, dname, sizeof(dname),

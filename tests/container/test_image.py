@@ -168,7 +168,17 @@ def import_base(b, name, tarball):
         b("config", "--cmd", "/bin/bash", "--env",
           "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
           "--annotation", "org.mtad.base-tarball=" + stamp, ctr)
-        b("commit", "--rm", ctr, name, timeout=600)
+        p = b("commit", "--rm", ctr, name, timeout=600, check=False)
+        if p.returncode != 0 and "remount /" in p.stdout:
+            # buildah unpacks layers with a chroot of its own that remounts
+            # /: impossible where / is not a mount point (the test itself
+            # runs inside a plain chroot, e.g. fresh-root-test)
+            pytest.skip("buildah cannot unpack layers here (/ is not a "
+                        "mount point: running inside a chroot): "
+                        + p.stdout.strip().splitlines()[-1][:200])
+        if p.returncode != 0:
+            raise AssertionError("buildah commit: exit %d\n%s"
+                                 % (p.returncode, p.stdout[-6000:]))
         ctr = None
     finally:
         if ctr:
