@@ -47,6 +47,15 @@ var/tls/cert.pem:
 
 run: build certs
 	@mkdir -p var/spool
+	@# as root, mtad drops to server.user (mtad): make it exist and own
+	@# the spool (as an ordinary user mtad simply runs as that user)
+	@if [ "$$(id -u)" -eq 0 ]; then \
+		getent group mtad >/dev/null || groupadd --system mtad; \
+		getent passwd mtad >/dev/null || useradd --system --gid mtad \
+			--no-create-home --home-dir /nonexistent \
+			--shell /usr/sbin/nologin mtad; \
+		chown -R mtad:mtad var/spool; \
+	fi
 	exec $(BUILD)/mtad -c etc/mtad.conf
 
 test: deps
