@@ -415,3 +415,35 @@ def test_socket_group_refuses_outsiders(mtad_factory, tmp_path):
         import shutil
         if "sockdir" in locals():
             shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_evacuate_500_to_a_second_mtad(mtad_factory):
+    """Issue 12.5: 500 queued messages handed on to a second mtad: every
+    one arrives exactly once (one unique sender per message), none is left
+    behind, and the evacuating spool ends empty."""
+    n = 500
+    src = mtad_factory(dict(NODNS, **{"delivery.min_backoff": "600s"}))
+    dst = mtad_factory(dict(NODNS, **{"delivery.min_backoff": "600s"}))
+    c = RawSMTP(src.addr, src.port, timeout=60)
+    assert c.greeting().code == 220
+    assert c.ehlo("bulk.client.test").code == 250
+    for i in range(n):
+        r = c.send_message("s%03d@src.test" % i, ["r%03d@dest.test" % i],
+                           message("evac %d" % i))
+        assert r.code == 250, r
+    c.quit()
+    wait_until(lambda: src.mtaq()["count"] == n, 60, "%d queued" % n)
+    p = src.run_tool([MTACTL, "-c", src.conf, "evacuate", "--to",
+                      "[%s]:%d" % (dst.addr, dst.port), "--yes"],
+                     check=False, timeout=900)
+    out = p.stdout.decode()
+    assert p.returncode == 0, (out[-2000:], p.stderr[-2000:])
+    assert "%d of %d messages evacuated" % (n, n) in out, out[-2000:]
+    assert src.mtaq()["count"] == 0
+    got = dst.mtaq()["messages"]
+    senders = sorted(m["sender"] for m in got)
+    assert senders == ["s%03d@src.test" % i for i in range(n)], (
+        "lost or duplicated: %d messages at the target" % len(got))
+    for m in got:
+        i = m["sender"][1:4]
+        assert [r["addr"] for r in m["recipients"]] == ["r%s@dest.test" % i], m
