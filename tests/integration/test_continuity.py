@@ -27,6 +27,7 @@ from test_sts import (StsLab, Env, send, expect_sent, expect_deferred,  # noqa: 
                       no_message, log_of)
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 
 
 class ContLab(StsLab):
@@ -46,6 +47,10 @@ class ContLab(StsLab):
         self.cert("mx1.clog.u.test", "rogue")
         self.cert("mx1.crot.u.test", "ok2")
         self.cert("mx1.chold.u.test", "rogue")
+        # hold mode, a rotation to the second CA on both MX that heals
+        self.domain("cheal.u.test", [(10, "mx1", "ok"), (20, "mx2", "ok")])
+        self.cert("mx1.cheal.u.test", "rogue")
+        self.cert("mx2.cheal.u.test", "rogue")
 
     def cert(self, host, kind):
         key = (host, kind)
@@ -200,3 +205,73 @@ def test_continuity_hold_mode_deferred_until_accepted(env):
               "accepted key trusted")
     mtactl(mtad, "flush", qid, check=False)
     expect_sent(mtad, qid, r, "mta-sts id=1", timeout=15.0)
+
+
+HOLD = 3  # mta_sts.continuity_hold (seconds; the key's minimum is 1)
+
+
+def test_continuity_hold_rotation_on_all_mx_heals(env):
+    """Hold mode: a new issuer served by every MX of the domain is held at
+    first (4.7.5, nothing sent, the keys held); once it has been seen on
+    every MX for mta_sts.continuity_hold with no known key since, the
+    change heals by itself: the mail goes without mtactl policy accept
+    and the new keys are on record as trusted."""
+    mtad = env.start(**{"mta_sts.continuity": "hold",
+                        "mta_sts.continuity_hold": "%ds" % HOLD})
+    dom = "cheal.u.test"
+    h1, h2 = "mx1." + dom, "mx2." + dom
+    # first contact learns the lab CA's key on mx1, then on mx2 (mx1 down)
+    s1, leaf1, ca = learn(env, mtad, dom)
+    s1.stop()
+    s2 = env.sink(h2)
+    qid, _ = send(mtad, dom, "first via mx2")
+    expect_sent(mtad, qid, s2, "mta-sts id=1")
+    leaf2 = spki(env.s.certobj[(h2, "ok")])
+    wait_keys(mtad, dom, lambda k: (h2, "trusted", leaf2, ca) in k
+              and (h1, "trusted", leaf1, ca) in k,
+              "first contact learns the key of both MX")
+    s2.stop()
+    # the known keys' last sighting strictly before the new issuer's first
+    # (the record counts whole seconds)
+    time.sleep(1.1)
+    r1 = env.sink(h1, kind="rogue")
+    r2 = env.sink(h2, kind="rogue")
+    rca = env.s.rogue.tlsa(2, 1, 1).split()[-1]
+    rleaf1 = spki(env.s.certobj[(h1, "rogue")])
+    rleaf2 = spki(env.s.certobj[(h2, "rogue")])
+    t0 = time.time()
+    qid, _ = send(mtad, dom, "rotation to the second CA")
+    expect_deferred(mtad, qid, r"4\.7\.5")
+    evs = mtad.wait_event("tls_continuity", domain=dom, status="new_issuer")
+    assert evs, log_of(mtad, dom=dom)
+    assert {e["host"] for e in evs} <= {h1, h2}
+    assert all(e["action"] == "held" and e["issuer"] == rca for e in evs)
+    # the new issuer is held on both MX
+    wait_keys(mtad, dom, lambda k: (h1, "held", rleaf1, rca) in k
+              and (h2, "held", rleaf2, rca) in k,
+              "the new key held on both MX")
+    no_message(r1)
+    no_message(r2, settle=0)
+    # retried within the hold period: still held
+    mtactl(mtad, "flush", qid, check=False)
+    time.sleep(0.5)
+    if time.time() < t0 + HOLD - 0.5:
+        assert r1.messages() == [] and r2.messages() == [], \
+            log_of(mtad, qid)
+    # after the hold period: delivered at a retry, no accept
+    time.sleep(max(0.0, t0 + HOLD + 1.1 - time.time()))
+    for _ in range(4):
+        mtactl(mtad, "flush", qid, check=False)
+        deadline = time.monotonic() + 3.0
+        while not r1.messages() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if r1.messages():
+            break
+    expect_sent(mtad, qid, r1, "mta-sts id=1", timeout=5.0)
+    assert r2.messages() == []
+    wait_keys(mtad, dom, lambda k: (h1, "trusted", rleaf1, rca) in k
+              and (h2, "trusted", rleaf2, rca) in k
+              and not any(st == "held" for (_, st, _, _) in k),
+              "the healed keys trusted")
+    p = mtactl(mtad, "policy", "accept", dom, check=False)
+    assert p.returncode == 1, "healed, nothing left to accept:\n" + p.stdout
