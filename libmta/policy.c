@@ -406,6 +406,10 @@ void mta_policy_verdict(const struct mta_policy_in *in,
 	v->count_ptype = p->ptype;
 	switch (p->verifier) {
 	case MTA_POLICY_V_NONE:
+		/* RPT-21: a TLS session to a domain without a published
+		 * policy is a success under "no-policy-found" */
+		if (p->ptype == MTA_POLICY_PT_NO_POLICY)
+			v->count_rpt = mta_rpt_name(MTA_RPT_SUCCESS);
 		snprintf(v->auth, sizeof(v->auth), "none");
 		return;
 	case MTA_POLICY_V_TLSA_UNUSABLE:
@@ -499,7 +503,7 @@ void mta_policy_verdict(const struct mta_policy_in *in,
 		v->cont_learn = chk->cont != MTA_POLICY_CONT_NONE;
 	}
 	if (chk->webpki_ok) {
-		if (p->sts_host)
+		if (p->sts_host || p->ptype == MTA_POLICY_PT_NO_POLICY)
 			v->count_rpt = mta_rpt_name(MTA_RPT_SUCCESS);
 		if (p->verifier == MTA_POLICY_V_STS ||
 		    p->verifier == MTA_POLICY_V_STS_TESTING)

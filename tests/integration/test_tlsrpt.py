@@ -3,8 +3,9 @@ result type, and the report `mtactl tlsrpt show` prints (the JSON that
 would be sent).  Uses the MTA-STS lab of test_sts.py.
 
 The reporter (tlsrpt_send.c) is covered by test_rpt45_rpt40: https POST,
-mail to a sink, the _smtp._tls lookup, no report about report mail.
-Not covered yet: DKIM verification of the report mail, retry back-off."""
+mail to a sink, the _smtp._tls lookup, no report about report mail, the
+report mail's DKIM signature (RPT-43, Debian's dkimpy with a stubbed DNS).
+Not covered yet: retry back-off."""
 import datetime
 import time
 import json
@@ -171,8 +172,31 @@ def test_rpt45_rpt40_reports_sent_by_https_and_mail(env, tmp_path):
     (application/tlsrpt+gzip) and queues the report mail.  RPT-40..42:
     the mail's headers and multipart/report layout; the counts equal the
     deliveries made.  RPT-44: the report mail is not counted itself (no
-    counters for the rua's domain).  Once sent, the day is marked reported
-    and a second round sends nothing."""
+    counters for the rua's domain).  RPT-43: the report mail carries a
+    DKIM signature of the submitter domain (selector tlsrpt, no l=) over
+    the TLS-Report-* headers that Debian's dkimpy verifies.  Once sent,
+    the day is marked reported and a second round sends nothing."""
+    import base64
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    rk = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "reporter.pem").write_bytes(rk.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (tmp_path / "dkim.keys").write_text(
+        "reporter.test tlsrpt reporter.pem rsa\n")
+    pub = base64.b64encode(rk.public_key().public_bytes(
+        serialization.Encoding.DER,
+        serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    dkim_txt = {"tlsrpt._domainkey.reporter.test.": "v=DKIM1; k=rsa; p=" + pub}
+
+    def dnsfunc(name, timeout=5):
+        if isinstance(name, bytes):
+            name = name.decode()
+        v = dkim_txt.get(name)
+        return v.encode() if v is not None else None
+
     lab = env.s
     dns = lab.dns
     # ok.u.test: the MTA-STS enforce domain of the lab
@@ -192,7 +216,8 @@ def test_rpt45_rpt40_reports_sent_by_https_and_mail(env, tmp_path):
         s_rep = env.sink(mx)
         s_mail = env.sink(rmx)
         mtad = env.start(tlsrpt__enabled="1",
-                         tlsrpt__submitter="reporter.test")
+                         tlsrpt__submitter="reporter.test",
+                         dkim__keys_file=str(tmp_path / "dkim.keys"))
         for i in range(2):
             qid, _ = send(mtad, "ok.u.test", tag="r%d" % i)
             wait_delivery(mtad, qid, status="sent")
@@ -240,6 +265,23 @@ def test_rpt45_rpt40_reports_sent_by_https_and_mail(env, tmp_path):
         assert mrep["policies"][0]["summary"] == p["summary"]
         assert mrep["contact-info"].endswith("@reporter.test")  # RPT-41
 
+        # RPT-43: DKIM-signed by the submitter domain, TLS-Report-* signed
+        data = rec["data"]
+        sigs = m.get_all("DKIM-Signature") or []
+        assert len(sigs) == 1, sigs
+        tags = dict(t.strip().split("=", 1) for t in
+                    re.sub(r"\s+", "", str(sigs[0])).split(";") if "=" in t)
+        assert tags["d"] == "reporter.test" and tags["s"] == "tlsrpt", tags
+        assert "l" not in tags, tags
+        signed = tags["h"].lower().split(":")
+        assert "tls-report-domain" in signed, signed
+        assert "tls-report-submitter" in signed, signed
+        assert dkim.verify(data, dnsfunc=dnsfunc), data[:800]
+        bad = data.replace(b"TLS-Report-Domain: ok.u.test",
+                           b"TLS-Report-Domain: xk.u.test", 1)
+        assert bad != data
+        assert not dkim.verify(bad, dnsfunc=dnsfunc)
+
         # RPT-44: the report mail's delivery is not counted
         time.sleep(0.5)
         cnt = mtad.run_tool([mtad_mtactl(), "-c", mtad.conf,
@@ -254,3 +296,24 @@ def test_rpt45_rpt40_reports_sent_by_https_and_mail(env, tmp_path):
         assert len(col.posts) == 1
     finally:
         col.stop()
+
+
+def test_rpt21_no_policy_tls_session_counted(env):
+    """RPT-21: a TLS delivery to a domain with no published policy (no
+    TLSA: insecure zone u.test; no MTA-STS: vsan.u.test has no
+    _mta-sts record) is a successful session under no-policy-found."""
+    s = env.sink("mx1.vsan.u.test")
+    mtad = env.start()
+    qid, _ = send(mtad, "vsan.u.test")
+    expect_sent(mtad, qid, s, "none")
+    c = _wait_tlsrpt(mtad, ("vsan.u.test", "no-policy-found",
+                            "successful-session"))
+    assert c[("vsan.u.test", "no-policy-found", "successful-session")] == 1, c
+    assert not [k for k in c if k[0] == "vsan.u.test"
+                and k[2] != "successful-session"], c
+    rep, _ = show(mtad, "vsan.u.test")
+    check_schema(rep)
+    [p] = rep["policies"]
+    assert p["policy"]["policy-type"] == "no-policy-found"
+    assert p["summary"] == {"total-successful-session-count": 1,
+                            "total-failure-session-count": 0}

@@ -695,7 +695,14 @@ static void test_verdict(void **state)
 	verdict(TL_NONE, ST_NONE, MTA_TLS_VERIFY, &chk, &v);
 	assert_true(v.accept);
 	assert_string_equal(v.auth, "verify");
-	assert_null(v.count_rpt);
+	/* RPT-21: no published policy: a success under no-policy-found */
+	assert_string_equal(v.count_rpt, "successful-session");
+	assert_int_equal(v.count_ptype, MTA_POLICY_PT_NO_POLICY);
+	verdict(TL_NONE, ST_NONE, MTA_TLS_MAY, &chk, &v);
+	assert_true(v.accept);
+	assert_string_equal(v.auth, "none");
+	assert_string_equal(v.count_rpt, "successful-session");
+	assert_int_equal(v.count_ptype, MTA_POLICY_PT_NO_POLICY);
 
 	/* DANE-51: unusable only: encrypted, not authenticated */
 	verdict(TL_UNUSABLE, ST_NONE, MTA_TLS_MAY, &chk, &v);
