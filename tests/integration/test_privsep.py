@@ -99,10 +99,20 @@ def test_dropped_ids_no_new_privs_seccomp(mtad, daemon_user):
     assert mtad.stop() == 0, mtad.log_tail()
 
 
-def test_tools_run_as_daemon_user(mtad, daemon_user):
+def test_tools_run_as_daemon_user(mtad, daemon_user, tmp_path):
     send_tls(mtad)
+    import shutil
     import subprocess
-    p = subprocess.run([mtadtest.MTAQ, "-c", mtad.conf], user=daemon_user,
+    # the checkout may sit under a directory only root can enter (a CI
+    # clone in a mktemp -d): run a copy of mtaq from a reachable place
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    mtaq = str(bindir / "mtaq")
+    shutil.copy(mtadtest.MTAQ, mtaq)
+    for d in (tmp_path, bindir):
+        os.chmod(d, 0o755)
+    os.chmod(mtaq, 0o755)
+    p = subprocess.run([mtaq, "-c", mtad.conf], user=daemon_user,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        env=mtadtest.clean_env(), timeout=20)
     assert p.returncode == 0, p.stderr
