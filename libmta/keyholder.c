@@ -338,7 +338,7 @@ holder_main(int fd, pid_t parent, const char *key_file,
 	    (pd->active && keep_read_cap(err, sizeof(err)) != 0) ||
 	    mta_sandbox_landlock(NULL, 0, ro, 2, &abi, err, sizeof(err)) !=
 		    0 ||
-	    mta_sandbox_seccomp(MTA_SANDBOX_HOLDER, false, err, sizeof(err)) !=
+	    mta_sandbox_seccomp(MTA_SANDBOX_HOLDER, false, err, sizeof(err)) <
 		    0) {
 		fprintf(stderr, "mtad-keyholder: %s\n", err);
 		_exit(1);

@@ -26,6 +26,10 @@
  *	log it instead (SECCOMP_RET_LOG: an audit record type=1326 with
  *	the syscall number in dmesg), so one run finds every missing call.
  *	It must be called after mta_privdrop_apply() (no_new_privs set).
+ *	It returns 0 when the filter is installed, 1 when the kernel lacks
+ *	seccomp (seccomp(2) answers ENOSYS, as it does under valgrind:
+ *	nothing is done, the caller logs the layer as inactive), -1 with
+ *	err filled on failure.
  *
  *	mta_sandbox_test_escape() exists only in MTAD_TEST_HOOKS builds:
  *	the daemon calls it after start-up to prove the sandbox ("shadow":

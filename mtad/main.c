@@ -539,7 +539,7 @@ static int privsep_lockdown(struct daemon *d)
 	struct mta_logline ll;
 	char err[600] = "";
 	bool log_only = false;
-	int abi = 0;
+	int abi = 0, rc;
 
 	if (mta_privdrop_own_dir(&d->priv, d->cfg->spool_dir, err,
 				 sizeof(err)) != 0 ||
@@ -574,13 +574,18 @@ static int privsep_lockdown(struct daemon *d)
 	/* developing the allow-list: log instead of kill (test builds only) */
 	log_only = getenv("MTA_SECCOMP_LOG") != NULL;
 #endif
-	if (mta_sandbox_seccomp(MTA_SANDBOX_DAEMON, log_only, err,
-				sizeof(err)) != 0)
+	rc = mta_sandbox_seccomp(MTA_SANDBOX_DAEMON, log_only, err,
+				 sizeof(err));
+	if (rc < 0)
 		goto fail;
-	mta_log_begin(&ll, MTA_LOG_INFO, "sandbox");
+	mta_log_begin(&ll, rc == 0 ? MTA_LOG_INFO : MTA_LOG_WARN, "sandbox");
 	mta_log_str(&ll, "layer", "seccomp");
-	mta_log_str(&ll, "active", log_only ? "log-only" : "yes");
-	mta_log_str(&ll, "action", log_only ? "log" : "kill-process");
+	if (rc != 0) {
+		mta_log_str(&ll, "active", "no (kernel lacks it)");
+	} else {
+		mta_log_str(&ll, "active", log_only ? "log-only" : "yes");
+		mta_log_str(&ll, "action", log_only ? "log" : "kill-process");
+	}
 	mta_log_end(&ll);
 	return 0;
 

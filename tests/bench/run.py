@@ -842,8 +842,16 @@ class Bench:
         m = self.a.callgrind_messages
         out = {"messages": [m, 2 * m], "sessions": 10, "size": 5120, "rcpts": 1}
         totals = {}
+        # mtad drops to server.user after start-up: valgrind writes its
+        # output file as that user at exit
+        cgdir = os.path.join(self.tmp, "callgrind")
+        os.makedirs(cgdir, exist_ok=True)
+        os.chmod(cgdir, 0o1777)
         for k in (m, 2 * m):
-            cg = os.path.join(self.tmp, "callgrind.%d.out" % k)
+            cg = os.path.join(cgdir, "callgrind.%d.out" % k)
+            with open(cg, "w"):
+                pass
+            os.chmod(cg, 0o666)   # created here, rewritten by server.user
             mt = Mtad(self, "mtad-callgrind", ADDR_MTAD,
                       valgrind=["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg])
             mt.start(fresh=True, timeout=120)
