@@ -23,7 +23,7 @@ static const struct {
 	[MTA_CTL_ACTIVE] = {"ACTIVE", 0, false},
 	[MTA_CTL_STATS] = {"STATS", 0, false},
 	[MTA_CTL_QUIT] = {"QUIT", 0, false},
-	[MTA_CTL_EXPLAIN] = {"EXPLAIN", 2, false, 1},
+	[MTA_CTL_EXPLAIN] = {"EXPLAIN", 3, false, 2},
 	[MTA_CTL_SITES] = {"SITES", 0, false},
 	[MTA_CTL_POLICY_ACCEPT] = {"POLICY-ACCEPT", 1, true},
 	[MTA_CTL_TLSRPT_SEND] = {"TLSRPT-SEND", 1, false, 1},

@@ -28,9 +28,12 @@
  *	                  connections max_connections rate ceiling (messages
  *	                  per minute, 0 = no limit) sent throttles next_ms
  *	                  line; no lines without a shaping table)
- *	  EXPLAIN domain [CONNECT]  (data lines: the decision trace of
- *	                  explain.h, "<tag> <text>"; OK at its end; with
- *	                  CONNECT the usable hosts are connected, never MAIL)
+ *	  EXPLAIN domain [CONNECT] [FROM=sender-domain]  (data lines: the
+ *	                  decision trace of explain.h, "<tag> <text>"; OK at
+ *	                  its end; with CONNECT the usable hosts are
+ *	                  connected, never MAIL; FROM= the sender's domain
+ *	                  for routing rules with a from clause, "FROM=" the
+ *	                  null sender)
  *	  TLSRPT-SEND [day]  (a TLSRPT reporter round now, tlsrpt_send.h:
  *	                  data lines "<day> <domain> <result> <detail>";
  *	                  day YYYY-MM-DD: only that day, today included;

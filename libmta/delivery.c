@@ -942,6 +942,7 @@ void mta_delivery_env(const struct mta_delivery *d,
 	out->relay_host = d->relay_host[0] != '\0' ? d->relay_host : NULL;
 	out->relay_port = d->relay_port;
 	out->relay_auth = d->auth_user != NULL;
+	out->routes = d->routes;
 }
 
 /* ---- start and stop ------------------------------------------------- */

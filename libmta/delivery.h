@@ -142,6 +142,7 @@ struct mta_delivery_env {
 	const char *relay_host; /* NULL: MX delivery */
 	unsigned relay_port;
 	bool relay_auth;
+	const struct mta_routes *routes; /* delivery.routes_file, or NULL */
 };
 void mta_delivery_env(const struct mta_delivery *d,
 		      struct mta_delivery_env *out);

@@ -10,6 +10,7 @@
 #include "mtasts.h"
 #include "policy.h"
 #include "route.h"
+#include "routes.h"
 #include "smtp_client.h"
 #include "stream.h"
 #include "sts.h"
@@ -47,6 +48,10 @@ struct mta_explain {
 	bool cancelled, finished;
 	struct mta_dns_query *q;
 	struct mta_mtasts_query *sq;
+	/* the routing table's rule, copied at start (a reload may free the
+	 * table while the trace runs) */
+	bool has_rule, rule_skipped_from;
+	struct mta_routes_rule rule;
 	/* per destination */
 	bool has_table;
 	enum mta_tls_level table_level;
@@ -164,7 +169,10 @@ static void policy_in(const struct mta_explain *x, const struct xhost *h,
 	in->has_table = x->has_table;
 	in->table_level = x->table_level;
 	in->default_level = x->p.env.default_level;
-	in->relay_auth = x->relay && x->p.env.relay_auth;
+	/* as delivery_conn.c: a route's relay uses the relayhost
+	 * credentials only with auth=default */
+	in->relay_auth = x->relay && x->p.env.relay_auth &&
+			 (!x->has_rule || strcmp(x->rule.auth, "default") == 0);
 	in->dnssec_ok = x->p.env.dnssec_ok;
 	in->mx = x->mx_secure ? MTA_POLICY_MX_SECURE : MTA_POLICY_MX_INSECURE;
 	in->addr = h->addr;
@@ -579,16 +587,91 @@ static void on_sts(const struct mta_mtasts_result *r, void *ud)
 	resolve_mx(x);
 }
 
+/* The routing table's rule (delivery.c route_rcpt(), dest_get() and
+ * delivery_conn.c's use of level=, helo=, auth=, bind=): true when the
+ * trace ends here (refuse, hold). */
+static bool show_rule(struct mta_explain *x)
+{
+	const struct mta_routes_rule *r = &x->rule;
+	char opts[700] = "", ip[64];
+	size_t u = 0;
+
+	if (r->has_level)
+		u += (size_t)snprintf(opts + u, sizeof(opts) - u, " level=%s",
+				      mta_tls_level_name(r->level));
+	if (r->auth[0] != '\0' && u < sizeof(opts))
+		u += (size_t)snprintf(opts + u, sizeof(opts) - u, " auth=%s",
+				      r->auth);
+	if (r->helo[0] != '\0' && u < sizeof(opts))
+		u += (size_t)snprintf(opts + u, sizeof(opts) - u, " helo=%s",
+				      r->helo);
+	for (int f = 0; f < 2 && u < sizeof(opts); f++) {
+		const struct sockaddr_storage *b = f ? &r->bind6 : &r->bind4;
+		if (!(f ? r->has_bind6 : r->has_bind4))
+			continue;
+		if ((f ? uv_ip6_name((const struct sockaddr_in6 *)b, ip,
+				     sizeof(ip))
+		       : uv_ip4_name((const struct sockaddr_in *)b, ip,
+				     sizeof(ip))) != 0)
+			snprintf(ip, sizeof(ip), "?");
+		u += (size_t)snprintf(opts + u, sizeof(opts) - u, " bind=%s",
+				      ip);
+	}
+	out(x, "route", "delivery.routes_file line %u: %s%s%s %s%s%s",
+	    r->line, r->rcpt, r->sender[0] ? " from " : "", r->sender,
+	    mta_routes_action_name(r->action),
+	    r->action == MTA_ROUTES_RELAY ? " " : "",
+	    r->action == MTA_ROUTES_RELAY ? r->host : "");
+	if (opts[0] != '\0')
+		out(x, "route", "options:%s", opts);
+	switch (r->action) {
+	case MTA_ROUTES_REFUSE:
+		out(x, "result", "refused by the routing table: recipients "
+				 "bounce (550 %s %s); nothing is connected",
+		    r->status, r->text);
+		finish(x, 0);
+		return true;
+	case MTA_ROUTES_HOLD:
+		out(x, "result", "held by the routing table: recipients stay "
+				 "queued (4.3.2, retried at the normal "
+				 "backoff); nothing is connected");
+		finish(x, 0);
+		return true;
+	case MTA_ROUTES_RELAY:
+	case MTA_ROUTES_MX:
+		break;
+	}
+	if (r->fb_host[0] != '\0')
+		out(x, "route", "fallback=%s:%u once a recipient has had %u "
+				"attempts%s (not walked here)",
+		    r->fb_host, r->fb_port ? r->fb_port : x->p.env.cfg->delivery_port,
+		    r->fb_attempts, r->fb_age ? " or the message is that old"
+					      : "");
+	return false;
+}
+
 static void on_kick(uv_timer_t *t)
 {
 	struct mta_explain *x = t->data;
 	const struct mta_delivery_env *e = &x->p.env;
+	const char *relay_host = e->relay_host;
+	unsigned relay_port = e->relay_port;
 	struct mta_buf raw = {0};
 	int rc;
 
+	/* a rule of the routing table wins over delivery.relayhost */
+	if (x->has_rule) {
+		relay_host = x->rule.action == MTA_ROUTES_RELAY ? x->rule.host
+								: NULL;
+		relay_port = x->rule.port ? x->rule.port : e->cfg->delivery_port;
+	}
 	x->has_table = mta_route_table(e->policy,
-				       e->relay_host ? e->relay_host : x->domain,
+				       relay_host ? relay_host : x->domain,
 				       &x->table_level);
+	if (x->has_rule && x->rule.has_level) {
+		x->has_table = true;
+		x->table_level = x->rule.level;
+	}
 	out(x, "domain", "%s (delivery port %u)", x->domain,
 	    e->cfg->delivery_port);
 	out(x, "dnssec", "%s",
@@ -596,7 +679,11 @@ static void on_kick(uv_timer_t *t)
 	    : e->dnssec_ok    ? "self-test passed: DNSSEC validation works"
 			      : "self-test FAILED: unsigned MX answers are "
 				"deferred");
-	if (x->has_table)
+	if (x->has_rule && x->rule.has_level)
+		out(x, "table", "the route's level=%s (wins over "
+				"tls.policy_file, DANE and MTA-STS)",
+		    mta_tls_level_name(x->table_level));
+	else if (x->has_table)
 		out(x, "table", "tls.policy_file entry: %s (wins over DANE "
 				"and MTA-STS)",
 		    mta_tls_level_name(x->table_level));
@@ -605,15 +692,27 @@ static void on_kick(uv_timer_t *t)
 		    e->policy ? "" : " (no table loaded)");
 	out(x, "default", "tls.default_level %s",
 	    mta_tls_level_name(e->default_level));
-	if (e->relay_host != NULL) {
+	if (x->rule_skipped_from && !x->has_rule)
+		out(x, "route", "delivery.routes_file: rules with a from clause "
+				"were passed over (no sender given: --from)");
+	if (x->has_rule && show_rule(x))
+		return;
+	if (!x->has_rule && e->routes != NULL)
+		out(x, "route", "no delivery.routes_file rule matches");
+	if (relay_host != NULL) {
 		x->relay = true;
 		x->mx_secure = true; /* a non-MX destination (delivery) */
-		out(x, "route", "delivery.relayhost %s:%u: every destination "
-				"goes there (no MX, no MTA-STS)",
-		    e->relay_host, e->relay_port);
+		if (x->has_rule)
+			out(x, "route", "relay %s:%u (no MX, no MTA-STS)",
+			    relay_host, relay_port);
+		else
+			out(x, "route", "delivery.relayhost %s:%u: every "
+					"destination goes there (no MX, no "
+					"MTA-STS)",
+			    relay_host, relay_port);
 		snprintf(x->hosts[0].h.name, sizeof(x->hosts[0].h.name), "%s",
-			 e->relay_host);
-		x->hosts[0].h.port = e->relay_port;
+			 relay_host);
+		x->hosts[0].h.port = relay_port;
 		x->nhosts = 1;
 		next_host(x);
 		return;
@@ -987,6 +1086,33 @@ static void next_connect(struct mta_explain *x)
 			 (uint64_t)x->p.env.cfg->connect_timeout * 1000u);
 }
 
+/* The first routing rule for the domain, as delivery.c's route_rcpt()
+ * matches it; without a sender, rules with a from clause other than "*"
+ * are passed over (and that is said). */
+static void match_rule(struct mta_explain *x, const char *sender_domain)
+{
+	const struct mta_routes *t = x->p.env.routes;
+	size_t n = mta_routes_count(t);
+
+	for (size_t i = 0; t != NULL && i < n; i++) {
+		const struct mta_routes_rule *r = mta_routes_get(t, i);
+
+		if (!mta_routes_pattern_match(r->rcpt, x->domain))
+			continue;
+		if (r->sender[0] != '\0' && sender_domain == NULL &&
+		    strcmp(r->sender, "*") != 0) {
+			x->rule_skipped_from = true;
+			continue;
+		}
+		if (r->sender[0] != '\0' && sender_domain != NULL &&
+		    !mta_routes_pattern_match(r->sender, sender_domain))
+			continue;
+		x->rule = *r;
+		x->has_rule = true;
+		return;
+	}
+}
+
 int mta_explain_start(const struct mta_explain_params *p,
 		      struct mta_explain **outp)
 {
@@ -1009,6 +1135,8 @@ int mta_explain_start(const struct mta_explain_params *p,
 	if (n > 0 && x->domain[n - 1] == '.')
 		x->domain[n - 1] = '\0';
 	x->p.domain = x->domain;
+	match_rule(x, p->sender_domain);
+	x->p.sender_domain = NULL; /* borrowed: not kept */
 	uv_timer_init(p->loop, &x->kick);
 	x->kick.data = x;
 	x->handles = 1;

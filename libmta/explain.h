@@ -6,8 +6,12 @@
  * DESCRIPTION
  *	mta_explain_start() walks the route of a destination as delivery
  *	does (delivery_conn.c), with the same input gathering (route.h) and
- *	the same decision (policy.c): the local table entry, the MTA-STS
- *	policy (mta_mtasts_lookup(), so a lookup may fetch and cache a
+ *	the same decision (policy.c): the routing table's rule
+ *	(delivery.routes_file: the first rule for the domain and
+ *	p->sender_domain, matched when explain starts; refuse and hold end
+ *	the trace there, relay walks the relay host with the rule's level=,
+ *	mx the MX hosts; fallback= is shown), the local table entry, the
+ *	MTA-STS policy (mta_mtasts_lookup(), so a lookup may fetch and cache a
  *	policy, as the next delivery would), the MX RRset and its DNSSEC
  *	status, and for each host its addresses, the TLSA lookup (records,
  *	usable or why not) and mta_policy_decide()'s outcome: action, level,
@@ -72,6 +76,10 @@ struct mta_explain_params {
 	struct mta_delivery_env env; /* what delivery decides with */
 	struct mta_spool *spool;     /* the MTA-STS cache (times shown) */
 	const char *domain;
+	/* the sender's domain for delivery.routes_file rules with a from
+	 * clause: "" the null sender, NULL none given (such rules are not
+	 * considered) */
+	const char *sender_domain;
 	bool connect;
 	void (*line)(void *ud, const char *text);
 	void (*done)(void *ud, int rc);

@@ -579,9 +579,9 @@ static void on_explain_done(void *ud, int rc)
 	done(c, 0, NULL, "explained");
 }
 
-/* EXPLAIN domain [CONNECT]: the decision trace of explain.h with what
- * delivery decides with (its resolver, self-test state, policy table,
- * MTA-STS resolver and cache). */
+/* EXPLAIN domain [CONNECT] [FROM=sender-domain]: the decision trace of
+ * explain.h with what delivery decides with (its resolver, self-test
+ * state, routing and policy tables, MTA-STS resolver and cache). */
 static void explain(struct conn *c)
 {
 	struct mtad_control *ctl = c->ctl;
@@ -590,10 +590,16 @@ static void explain(struct conn *c)
 	char text[600];
 	int rc;
 
-	if (c->req.nargs == 2 && strcmp(c->req.args[1], "CONNECT") != 0) {
-		done(c, MTA_EPROTO, "usage",
-		     "EXPLAIN domain [CONNECT]: the second word is CONNECT");
-		return;
+	for (size_t i = 1; i < c->req.nargs; i++) {
+		if (strcmp(c->req.args[i], "CONNECT") == 0)
+			xp.connect = true;
+		else if (strncmp(c->req.args[i], "FROM=", 5) == 0)
+			xp.sender_domain = c->req.args[i] + 5;
+		else {
+			done(c, MTA_EPROTO, "usage",
+			     "EXPLAIN domain [CONNECT] [FROM=sender-domain]");
+			return;
+		}
 	}
 	if (d == NULL) {
 		done(c, MTA_ECLOSED, "unavailable",
@@ -605,7 +611,6 @@ static void explain(struct conn *c)
 	mta_delivery_env(d, &xp.env);
 	xp.spool = ctl->p.spool;
 	xp.domain = c->req.args[0];
-	xp.connect = c->req.nargs == 2;
 	xp.line = on_explain_line;
 	xp.done = on_explain_done;
 	xp.ud = c;

@@ -42,7 +42,8 @@ static void usage(FILE *f)
 		"  evacuate --to HOST:PORT [QID ...|FILTERS] [--yes] "
 		"[--verify]\n"
 		"  policy list | policy show|refresh|purge|accept DOMAIN\n"
-		"  explain DOMAIN [--connect] [--json]   what mtad decides "
+		"  explain DOMAIN [--connect] [--json] [--from SENDER]\n"
+		"                                        what mtad decides "
 		"for DOMAIN now, and why\n"
 		"  stats | tlsrpt | tlsrpt show [DOMAIN] [--day YYYY-MM-DD]\n"
 		"  tlsrpt send [--day YYYY-MM-DD]   send the TLS reports now\n"
@@ -1046,7 +1047,9 @@ static void explain_line(void *ud, const char *t)
 
 static int cmd_explain(const struct mta_config *cfg, int argc, char **argv)
 {
-	const char *domain = NULL, *args[2];
+	const char *domain = NULL, *from = NULL, *args[3];
+	char fromarg[MTA_CTL_ARG_MAX + 8];
+	size_t nargs = 1;
 	struct xout o = {0};
 	struct tool_ctl c;
 	bool connect = false, ok = false;
@@ -1058,6 +1061,8 @@ static int cmd_explain(const struct mta_config *cfg, int argc, char **argv)
 			connect = true;
 		else if (!strcmp(argv[i], "--json"))
 			o.json = true;
+		else if (!strcmp(argv[i], "--from") && i + 1 < argc)
+			from = argv[++i];
 		else if (argv[i][0] != '-' && domain == NULL)
 			domain = argv[i];
 		else {
@@ -1068,9 +1073,28 @@ static int cmd_explain(const struct mta_config *cfg, int argc, char **argv)
 	if (domain == NULL || strlen(domain) > MTA_CTL_ARG_MAX ||
 	    strspn(domain, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 			   "0123456789-._[]:") != strlen(domain)) {
-		fprintf(stderr, "mtactl: explain DOMAIN [--connect] [--json]: "
-				"DOMAIN is a domain name (A-labels)\n");
+		fprintf(stderr, "mtactl: explain DOMAIN [--connect] [--json] "
+				"[--from SENDER]: DOMAIN is a domain name "
+				"(A-labels)\n");
 		return 2;
+	}
+	if (from != NULL) {
+		/* the sender's domain, as delivery matches it: "" for <> */
+		const char *at = strrchr(from, '@');
+		const char *dom = at ? at + 1 : from;
+		if (!strcmp(from, "<>") || !strcmp(from, ""))
+			dom = "";
+		else if (dom[0] == '\0' || strlen(dom) > MTA_CTL_ARG_MAX ||
+			 strspn(dom, "abcdefghijklmnopqrstuvwxyz"
+				     "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				     "0123456789-._[]:>") != strlen(dom)) {
+			fprintf(stderr, "mtactl: explain --from SENDER: an "
+					"address, a domain or <> (the null "
+					"sender)\n");
+			return 2;
+		}
+		snprintf(fromarg, sizeof(fromarg), "FROM=%.*s",
+			 (int)strcspn(dom, ">"), dom);
 	}
 	if (tool_ctl_open("mtactl", cfg, true, &c) != 0) {
 		fprintf(stderr,
@@ -1081,14 +1105,17 @@ static int cmd_explain(const struct mta_config *cfg, int argc, char **argv)
 		return 1;
 	}
 	args[0] = domain;
-	args[1] = "CONNECT";
+	if (connect)
+		args[nargs++] = "CONNECT";
+	if (from != NULL)
+		args[nargs++] = fromarg;
 	if (o.json) {
 		printf("{\"domain\": ");
 		json_str(domain);
 		printf(", \"connect\": %s, \"lines\": [", connect ? "true"
 								   : "false");
 	}
-	rc = tool_ctl_request_args(&c, MTA_CTL_EXPLAIN, args, connect ? 2 : 1,
+	rc = tool_ctl_request_args(&c, MTA_CTL_EXPLAIN, args, nargs,
 				   explain_line, &o, &ok, code, sizeof(code),
 				   text, sizeof(text));
 	tool_ctl_close(&c);

@@ -249,3 +249,71 @@ def test_policy_refresh_and_purge_seen_in_cache_and_delivery(lab, mtad, sink_lab
     assert len(lab.requests(dom)) == 2, lab.requests(dom)
     wait_until(lambda: "mta-sts id: 1" in _show(mtad, dom), 5, "policy cached again")
     assert len(sink.messages()) == 2
+
+
+def test_explain_routes(lab, mtad_factory, build):
+    """mtactl explain shows the routing table's rule (delivery.routes_file):
+    hold and refuse end the trace with what delivery would record; a rule
+    with a from clause is used only for a matching --from (and said to be
+    passed over without one); relay walks the rule's host with its
+    level=; an mx rule's level= wins over DANE/MTA-STS like a table
+    entry."""
+    global MTACTL
+    MTACTL = os.path.join(build, "mtactl")
+    routes = os.path.join(lab.dir, "routes-explain")
+    with open(routes, "w") as f:
+        f.write('held.test hold\n'
+                'refused.test refuse "5.7.1 not to them"\n'
+                'ix.u.test from corp.test relay [127.0.0.1]:%d level=none '
+                'helo=out.corp.test\n'
+                'dx.s.test mx level=verify fallback=[127.0.0.1]:%d '
+                'fallback_after=2\n' % (lab.port, lab.port))
+    os.chmod(routes, 0o644)
+    s = delivlab.mtad_settings(lab.dns, lab.port, **{
+        "tls.ca_file": lab.ca_file,
+        "mta_sts.https_port": str(lab.https.port),
+        "delivery.routes_file": routes,
+    })
+    m = mtad_factory(settings=s)
+    wait_until(lambda: m.events("dnssec_selftest"), 10, "event=dnssec_selftest")
+
+    out = explain(m, "held.test")
+    has(out, r"^route +delivery\.routes_file line 1: held\.test hold$")
+    has(out, r"^result +held by the routing table: .*4\.3\.2")
+    assert not re.search(r"^(mx|host|decision) ", out, re.M), out
+
+    out = explain(m, "refused.test")
+    has(out, r"^route +delivery\.routes_file line 2: refused\.test refuse$")
+    has(out, r"^result +refused by the routing table: recipients bounce "
+             r"\(550 5\.7\.1 not to them\)")
+
+    out = explain(m, "ix.u.test")
+    has(out, r"^route +delivery\.routes_file: rules with a from clause were "
+             r"passed over")
+    has(out, r"^mx +OK, dnssec INSECURE: 10 mx1\.ix\.u\.test$")
+
+    out = explain(m, "ix.u.test", "--from", "someone@corp.test")
+    has(out, r"^route +delivery\.routes_file line 3: ix\.u\.test from "
+             r"corp\.test relay \[127\.0\.0\.1\]$")
+    has(out, r"^route +options: level=none helo=out\.corp\.test$")
+    has(out, r"^table +the route's level=none")
+    has(out, r"^route +relay \[127\.0\.0\.1\]:%d \(no MX, no MTA-STS\)$" % lab.port)
+    assert not re.search(r"^mx ", out, re.M), out
+    has(out, r"^decision +\[127\.0\.0\.1\]: connect level=none")
+
+    # another sender: the rule does not apply, MX delivery as usual
+    out = explain(m, "ix.u.test", "--from", "<>")
+    assert "line 3" not in out and "passed over" not in out, out
+    has(out, r"^route +no delivery\.routes_file rule matches$")
+
+    out = explain(m, "dx.s.test")
+    has(out, r"^route +delivery\.routes_file line 4: dx\.s\.test mx$")
+    has(out, r"^route +options: level=verify$")
+    has(out, r"^route +fallback=\[127\.0\.0\.1\]:%d once a recipient has had "
+             r"2 attempts" % lab.port)
+    has(out, r"^table +the route's level=verify")
+    has(out, r"^mta-sts +not looked up: the table entry rules$")
+    has(out, r"^decision +mx1\.dx\.s\.test: connect level=verify")
+
+    p = ctl(m, "explain", "ix.u.test", "--from", "bad sender@x y")
+    assert p.returncode == 2 and "--from" in p.stderr, (p.stdout, p.stderr)
