@@ -31,7 +31,9 @@
  * closed; a client that does not read its answers stops being read from
  * until it does.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
