@@ -5,9 +5,10 @@
 
 Parts (--only to pick some, comma separated):
   disk      synchronous small-write rate (fdatasync/s) in the spool's file system
-  ceiling   smtp-source -> smtp-sink directly (no relay, no disk)
+  ceiling   smtp-source -> sink directly (no relay, no disk); the sink is
+            tests/bench/sink (threads), or smtp-sink with --sink smtp-sink
   accept    smtp-source -> mtad and -> a private Postfix (hold queue), alternating
-  relay     smtp-source -> relay -> smtp-sink until the sink counted everything
+  relay     smtp-source -> relay -> sink until the sink counted everything
             (skipped when mtad does not deliver yet)
   scale     queue scale: spool of --scale-count messages built with spoolfill
   callgrind instructions per accepted message (valgrind --tool=callgrind)
