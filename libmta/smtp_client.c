@@ -1224,6 +1224,16 @@ bool mta_smtpc_wants_body(const struct mta_smtpc *c)
 	       out_free(c) >= OUT_RESERVE + MTA_SMTPC_BODY_ROOM;
 }
 
+/* Length of the leading run of d[0..len) that holds neither CR nor LF. */
+static size_t plain_run(const uint8_t *d, size_t len)
+{
+	const uint8_t *lf = memchr(d, '\n', len);
+	size_t n = lf != NULL ? (size_t)(lf - d) : len;
+	const uint8_t *cr = memchr(d, '\r', n);
+
+	return cr != NULL ? (size_t)(cr - d) : n;
+}
+
 size_t mta_smtpc_body(struct mta_smtpc *c, const uint8_t *data, size_t len,
 		      bool last)
 {
@@ -1235,7 +1245,27 @@ size_t mta_smtpc_body(struct mta_smtpc *c, const uint8_t *data, size_t len,
 	p = out_tail(c);
 	n = 0;
 	while (i < len && out_free(c) - n >= OUT_RESERVE + BODY_STEP) {
-		uint8_t b = data[i++];
+		uint8_t b = data[i];
+
+		if (!c->b_cr && b != '\r' && b != '\n' &&
+		    !(c->b_bol && b == '.')) {
+			/* Bytes up to the next CR or LF go out as they are,
+			 * copied as a run: one output byte each, as far as the
+			 * byte loop below would take them (it stops with
+			 * fewer than OUT_RESERVE + BODY_STEP bytes free). */
+			size_t room = out_free(c) - n -
+				      (OUT_RESERVE + BODY_STEP) + 1;
+			size_t run = plain_run(data + i, len - i < room
+								 ? len - i
+								 : room);
+
+			memcpy(p + n, data + i, run);
+			n += run;
+			i += run;
+			c->b_bol = false;
+			continue;
+		}
+		i++;
 
 		if (b == '\r') {
 			if (c->b_cr) { /* bare CR */

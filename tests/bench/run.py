@@ -5,9 +5,10 @@
 
 Parts (--only to pick some, comma separated):
   disk      synchronous small-write rate (fdatasync/s) in the spool's file system
-  ceiling   smtp-source -> smtp-sink directly (no relay, no disk)
+  ceiling   smtp-source -> sink directly (no relay, no disk); the sink is
+            tests/bench/sink (threads), or smtp-sink with --sink smtp-sink
   accept    smtp-source -> mtad and -> a private Postfix (hold queue), alternating
-  relay     smtp-source -> relay -> smtp-sink until the sink counted everything
+  relay     smtp-source -> relay -> sink until the sink counted everything
             (skipped when mtad does not deliver yet)
   scale     queue scale: spool of --scale-count messages built with spoolfill
   callgrind instructions per accepted message (valgrind --tool=callgrind)
@@ -192,6 +193,55 @@ def thread_cpu(pid):
     except (FileNotFoundError, ProcessLookupError):
         pass
     return list(out.values())
+
+
+def cpu_idle_pct(seconds=0.5):
+    """Idle (+ iowait) share of all CPUs over `seconds`, from /proc/stat."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v[:8])     # idle+iowait, total (no guest)
+    i0, t0 = sample()
+    time.sleep(seconds)
+    i1, t1 = sample()
+    return round(100.0 * (i1 - i0) / max(1, t1 - t0), 1)
+
+
+# A cell is noisy when other work shared the machine with it.  Measured
+# while no benchmark process works (just before the cell and just after its
+# last run): the 1-minute load average and /proc/stat's idle share over
+# 0.5 s.  The rule, with C CPUs:
+#   idle before or after < NOISE_IDLE_PCT %       (someone else was busy)
+#   load1 before > NOISE_LOAD_FRAC x C             (queued work at the start)
+#   load1 after - load1 before > NOISE_LOAD_FRAC x C   (more than the cell's
+#       own processes add in the seconds a cell lasts)
+NOISE_IDLE_PCT = 75.0
+NOISE_LOAD_FRAC = 0.5
+
+
+def noise_begin():
+    return {"load1_before": round(os.getloadavg()[0], 2),
+            "idle_before_pct": cpu_idle_pct()}
+
+
+def noise_end(nz):
+    nz["idle_after_pct"] = cpu_idle_pct()
+    nz["load1_after"] = round(os.getloadavg()[0], 2)
+    ncpu = os.cpu_count() or 1
+    why = []
+    if min(nz["idle_before_pct"], nz["idle_after_pct"]) < NOISE_IDLE_PCT:
+        why.append("idle %.0f%%/%.0f%%" % (nz["idle_before_pct"], nz["idle_after_pct"]))
+    if nz["load1_before"] > NOISE_LOAD_FRAC * ncpu:
+        why.append("load %.2f" % nz["load1_before"])
+    if nz["load1_after"] - nz["load1_before"] > NOISE_LOAD_FRAC * ncpu:
+        why.append("load %.2f->%.2f" % (nz["load1_before"], nz["load1_after"]))
+    nz["noisy"] = bool(why)
+    nz["why"] = why
+    return nz
+
+
+def is_noisy(cell):
+    return bool(cell) and cell.get("noise", {}).get("noisy", False)
 
 
 def drop_file_cache(path):
@@ -453,9 +503,68 @@ def postfix_stop(procs, etc):
 
 
 # --------------------------------------------------------------------------
-# smtp-sink with a message counter
+# the receiving sinks: tests/bench/sink (default) or Postfix's smtp-sink
 
-class Sink:
+class FastSink:
+    """tests/bench/sink: one SO_REUSEPORT listener and epoll loop per thread
+    (default: one per CPU), discards data, counts messages in a shared-mapped
+    8-byte file (read with pread, no latency)."""
+
+    def __init__(self, bench, name, addr=ADDR_SINK):
+        self.b = bench
+        self.name = name
+        self.addr = addr
+        self.port = free_port(addr)
+        self.dir = os.path.join(bench.tmp, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.countfile = os.path.join(self.dir, "count")
+        self._base = 0
+
+    def start(self):
+        argv = [self.b.sink_bin(), "-c", self.countfile]
+        if self.b.a.sink_threads:
+            argv += ["-t", str(self.b.a.sink_threads)]
+        argv.append("%s:%d" % (self.addr, self.port))
+        self.proc = self.b.procs.start(self.name, argv,
+                                       stdout=os.path.join(self.dir, "stdout"),
+                                       stderr=os.path.join(self.dir, "stderr"))
+        if wait_greeting(self.addr, self.port, 10, self.proc) is None:
+            raise RuntimeError("sink did not start")
+        self._base = self._total()
+
+    def _total(self):
+        try:
+            fd = os.open(self.countfile, os.O_RDONLY)
+        except FileNotFoundError:
+            return 0
+        try:
+            # the value only grows: two equal reads are not a torn one
+            prev = None
+            while True:
+                b = os.pread(fd, 8, 0)
+                v = int.from_bytes(b, "little") if len(b) == 8 else 0
+                if v == prev:
+                    return v
+                prev = v
+        finally:
+            os.close(fd)
+
+    def messages(self):
+        """Messages the sink has received since start (or the last reset)."""
+        return self._total() - self._base
+
+    def reset(self):
+        self._base = self._total()
+
+    def stop(self):
+        self.b.procs.stop(self.name)
+
+
+def make_sink(bench, name):
+    return (SmtpSink if bench.a.sink == "smtp-sink" else FastSink)(bench, name)
+
+
+class SmtpSink:
     def __init__(self, bench, name, addr=ADDR_SINK):
         self.b = bench
         self.name = name
@@ -516,13 +625,27 @@ class Bench:
     # ---- environment
 
     def check_tools(self):
-        missing = [p for p in (self.mtad, self.mtaq, SMTP_SOURCE, SMTP_SINK, POSTFIX)
-                   if not os.access(p, os.X_OK)]
+        need = [self.mtad, self.mtaq, SMTP_SOURCE, POSTFIX]
+        if self.a.sink == "smtp-sink":
+            need.append(SMTP_SINK)
+        missing = [p for p in need if not os.access(p, os.X_OK)]
         if missing:
             sys.exit("bench: missing %s (build with `meson setup build-bench "
                      "--buildtype=release && ninja -C build-bench`; smtp-source, "
                      "smtp-sink and postfix come from Debian's postfix package)"
                      % ", ".join(missing))
+
+    def sink_bin(self):
+        p = os.path.join(self.build, "tests", "bench", "sink")
+        if os.access(p, os.X_OK):
+            return p
+        out = os.path.join(self.tmp, "sink")
+        if not os.access(out, os.X_OK):
+            r = sh(["cc", "-O2", "-std=gnu11", "-D_GNU_SOURCE",
+                    os.path.join(HERE, "sink.c"), "-lpthread", "-o", out])
+            if r.returncode != 0:
+                raise RuntimeError("building sink failed: %s" % r.stderr)
+        return out
 
     def spoolfill(self):
         p = os.path.join(self.build, "tests", "bench", "spoolfill")
@@ -607,22 +730,31 @@ class Bench:
         log("disk:", out)
 
     def part_ceiling(self):
-        sink = Sink(self, "sink-ceiling")
+        sink = make_sink(self, "sink-ceiling")
         sink.start()
         out = {}
         try:
             for (s, z, r) in self.cells:
                 runs = []
+                nz = noise_begin()
                 for i in range(self.a.runs):
                     sink.reset()
                     dt = run_source(sink.addr, sink.port, self.a.messages, z, r, s, self.a.reuse)
+                    got = sink.messages()
+                    if self.a.sink == "sink" and got != self.a.messages:
+                        raise RuntimeError("sink counted %d of %d" % (got, self.a.messages))
                     runs.append(self.a.messages / dt)
+                noise_end(nz)
                 out[cell_key(s, z, r)] = {"runs": [round(x, 1) for x in runs],
-                                          "median": round(median(runs), 1)}
-                log("ceiling %s: %.0f msg/s" % (cell_key(s, z, r), median(runs)))
+                                          "median": round(median(runs), 1),
+                                          "noise": nz}
+                log("ceiling %s: %.0f msg/s%s" % (cell_key(s, z, r), median(runs),
+                                                  "  NOISY " + ", ".join(nz["why"])
+                                                  if nz["noisy"] else ""))
         finally:
             sink.stop()
         self.res["results"]["ceiling"] = out
+        self.res["results"]["ceiling_sink"] = self.a.sink
 
     def part_accept(self):
         n = self.a.messages
@@ -633,6 +765,7 @@ class Bench:
         try:
             for (s, z, r) in self.cells:
                 rm, rp, cpu = [], [], []
+                nz = noise_begin()
                 for i in range(self.a.runs):
                     order = ("mtad", "postfix") if i % 2 == 0 else ("postfix", "mtad")
                     for who in order:
@@ -658,6 +791,7 @@ class Bench:
                     "postfix_runs": [round(x, 1) for x in rp],
                     "mtad": round(mm, 1), "postfix": round(mp, 1),
                     "ratio": round(mm / mp, 2),
+                    "noise": noise_end(nz),
                     # CPU seconds of mtad's threads per run (start-up
                     # included): loop thread first, then the writer
                     "mtad_thread_cpu_s": cpu,
@@ -672,7 +806,7 @@ class Bench:
 
     def part_relay(self):
         n = self.a.messages
-        sink = Sink(self, "sink-relay")
+        sink = make_sink(self, "sink-relay")
         sink.start()
         mt = Mtad(self, "mtad-relay", ADDR_MTAD,
                   relayhost="[%s]:%d" % (sink.addr, sink.port))
@@ -698,6 +832,7 @@ class Bench:
             try:
                 for (s, z, r) in self.cells:
                     rm, rp = [], []
+                    nz = noise_begin()
                     for i in range(self.a.runs):
                         order = ("mtad", "postfix") if i % 2 == 0 else ("postfix", "mtad")
                         for who in order:
@@ -723,12 +858,13 @@ class Bench:
                         "mtad_runs": [round(x, 1) for x in rm],
                         "postfix_runs": [round(x, 1) for x in rp],
                         "mtad": round(mm, 1), "postfix": round(mp, 1),
-                        "ratio": round(mm / mp, 2)}
+                        "ratio": round(mm / mp, 2), "noise": noise_end(nz)}
                     log("relay %s: mtad %.0f  postfix %.0f msg/s  (x%.2f)" % (
                         cell_key(s, z, r), mm, mp, mm / mp))
             finally:
                 pf.stop()
             self.res["results"]["relay"] = out
+            self.res["results"]["relay_sink"] = self.a.sink
         finally:
             mt.stop()
             sink.stop()
@@ -898,19 +1034,25 @@ class Bench:
             w("disk: %.0f fdatasync/s (512 B overwrite), %.0f fdatasync/s (4 KiB append)" % (
                 R["disk"]["overwrite_512_per_s"], R["disk"]["append_4k_per_s"]))
         w("")
-        hdr = "%-20s %10s %10s %7s %10s %8s" % ("cell (sess/size/rcpt)", "mtad", "postfix",
-                                               "ratio", "ceiling", "mtad/ceil")
+        hdr = "%-20s %10s %10s %7s %10s %9s  %s" % ("cell (sess/size/rcpt)", "mtad", "postfix",
+                                                   "ratio", "ceiling", "mtad/ceil", "noisy")
         if "accept" in R or "ceiling" in R:
-            w("accept, msgs/s (median)")
+            w("accept, msgs/s (median); ceiling: smtp-source -> %s; noisy: see the rule "
+              "in run.py (other work on the machine), %% of ceiling only when the "
+              "ceiling is clean" % R.get("ceiling_sink", self.a.sink))
             w(hdr)
             for (s, z, r) in self.cells:
                 k = cell_key(s, z, r)
                 a = R.get("accept", {}).get(k, {})
-                c = R.get("ceiling", {}).get(k, {}).get("median")
-                w("%-20s %10s %10s %7s %10s %8s" % (
+                cc = R.get("ceiling", {}).get(k, {})
+                c = cc.get("median")
+                pct = fmt(a["mtad"] / c if a.get("mtad") and c else None, "%.0f%%", 100)
+                if is_noisy(cc) and pct != "-":
+                    pct = "(noisy)"
+                w("%-20s %10s %10s %7s %10s %9s  %s" % (
                     k, fmt(a.get("mtad")), fmt(a.get("postfix")),
-                    fmt(a.get("ratio"), "%.2fx"), fmt(c),
-                    fmt(a["mtad"] / c if a.get("mtad") and c else None, "%.0f%%", 100)))
+                    fmt(a.get("ratio"), "%.2fx"), fmt(c), pct,
+                    ",".join(n for n, x in (("accept", a), ("ceiling", cc)) if is_noisy(x))))
         if "relay" in R:
             w("")
             if "skipped" in R["relay"]:
@@ -918,12 +1060,20 @@ class Bench:
                                               R["relay"].get("reason", "")))
             else:
                 w("relay, msgs/s until the sink counted all (median)")
-                w("%-20s %10s %10s %7s" % ("cell", "mtad", "postfix", "ratio"))
+                w("%-20s %10s %10s %7s %11s  %s" % ("cell", "mtad", "postfix", "ratio",
+                                                    "mtad/accept", "noisy"))
                 for (s, z, r) in self.cells:
                     a = R["relay"].get(cell_key(s, z, r), {})
-                    w("%-20s %10s %10s %7s" % (cell_key(s, z, r), fmt(a.get("mtad")),
-                                               fmt(a.get("postfix")),
-                                               fmt(a.get("ratio"), "%.2fx")))
+                    acc = R.get("accept", {}).get(cell_key(s, z, r), {})
+                    pa = fmt(a["mtad"] / acc["mtad"] if a.get("mtad") and acc.get("mtad")
+                             else None, "%.0f%%", 100)
+                    if is_noisy(acc) and pa != "-":
+                        pa = "(noisy)"
+                    w("%-20s %10s %10s %7s %11s  %s" % (
+                        cell_key(s, z, r), fmt(a.get("mtad")), fmt(a.get("postfix")),
+                        fmt(a.get("ratio"), "%.2fx"), pa,
+                        ",".join(n for n, x in (("relay", a), ("accept", acc))
+                                 if is_noisy(x))))
         if "scale" in R:
             S = R["scale"]
             w("")
@@ -978,9 +1128,11 @@ class Bench:
             out.append(("relay >= 2x postfix (50 sess, 5 KB, 1 rcpt)",
                         "%.2fx" % rl[k]["ratio"], verdict(rl[k]["ratio"] >= 2)))
         c = R.get("ceiling", {}).get(k)
-        if a and c:
+        if a and c and is_noisy(c):
+            out.append(("accept >= 50% of the ceiling", "ceiling noisy", "-"))
+        elif a and c:
             f = a["mtad"] / c["median"]
-            out.append(("accept >= 50% of smtp-source->smtp-sink", "%.0f%%" % (100 * f),
+            out.append(("accept >= 50% of the ceiling", "%.0f%%" % (100 * f),
                         verdict(f >= 0.5)))
         S = R.get("scale")
         if S:
@@ -1046,6 +1198,11 @@ def main():
                          "(default: one connection per message)")
     ap.add_argument("--postfix-mode", choices=("hold", "defer"), default="hold",
                     help="how Postfix holds accepted mail (default hold queue)")
+    ap.add_argument("--sink", choices=("sink", "smtp-sink"), default="sink",
+                    help="receiving end of ceiling and relay: tests/bench/sink "
+                         "(threads, default) or Postfix's smtp-sink (one loop)")
+    ap.add_argument("--sink-threads", type=int, default=0,
+                    help="sink worker threads (default: one per CPU)")
     ap.add_argument("--relay-probe", type=float, default=10.0,
                     help="seconds to wait for mtad's first delivery before skipping relay")
     ap.add_argument("--relay-timeout", type=float, default=300.0)
@@ -1089,6 +1246,10 @@ def main():
         "parts": parts, "messages": a.messages, "runs": a.runs,
         "sessions": a.sessions, "sizes": a.sizes, "rcpts": a.rcpts,
         "reuse": a.reuse, "postfix_mode": a.postfix_mode,
+        "sink": a.sink, "sink_threads": a.sink_threads or os.cpu_count(),
+        "noise_rule": {"idle_pct_below": NOISE_IDLE_PCT,
+                       "load1_above_x_cpus": NOISE_LOAD_FRAC,
+                       "load1_rise_above_x_cpus": NOISE_LOAD_FRAC},
         "scale_count": a.scale_count, "scale_batch": a.scale_batch,
         "scale_body": a.scale_body, "rss_count": a.rss_count,
         "churn_window": a.churn_window, "callgrind_messages": a.callgrind_messages,

@@ -1034,6 +1034,96 @@ static void sc_body_large(struct h *h)
 }
 SC(body_large, MTA_SMTPC_TLS_NONE, NULL, NULL)
 
+/* The wire form of a body, byte by byte, as mta_smtpc_body() is specified:
+ * bare CR and bare LF become CRLF, a '.' at a line start is doubled, a
+ * missing final CRLF is added, then ".\r\n" (SMUG-05/08/10). */
+static size_t ref_wire(const char *b, size_t n, char *out)
+{
+	bool bol = true, cr = false;
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		char x = b[i];
+
+		if (x == '\r') {
+			if (cr) {
+				out[o++] = '\r';
+				out[o++] = '\n';
+				bol = true;
+			}
+			cr = true;
+			continue;
+		}
+		if (cr || x == '\n') {
+			out[o++] = '\r';
+			out[o++] = '\n';
+			cr = false;
+			bol = true;
+			if (x == '\n')
+				continue;
+		}
+		if (bol && x == '.')
+			out[o++] = '.';
+		out[o++] = x;
+		bol = false;
+	}
+	if (cr || !bol) {
+		out[o++] = '\r';
+		out[o++] = '\n';
+	}
+	memcpy(out + o, ".\r\n", 4);
+	return o + 3;
+}
+
+/* Random bodies (plain runs of every length, CR, LF, CRLF, dots at and
+ * off line starts) across output-buffer boundaries come out exactly as
+ * the byte-by-byte reference says: the plain-run copy changes nothing
+ * (SMUG-05, SMUG-08, SMUG-10, SMUG-11). */
+static void sc_body_random(struct h *h)
+{
+	static const char pre[] =
+		"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n";
+	size_t n = 2 * MTA_SMTPC_OUT_SIZE + 123;
+	char *body = malloc(n + 1), *want = malloc(2 * n + sizeof(pre) + 8);
+	uint32_t seed = 12345;
+
+	assert_non_null(body);
+	assert_non_null(want);
+	rcpt("b@y.test", NULL, NULL);
+	h_hello(h, "250 PIPELINING\r\n");
+	expect_ev(h, "READY\n");
+	for (int round = 0; round < 8; round++) {
+		size_t i = 0;
+
+		while (i < n) {
+			seed = seed * 1103515245u + 12345u;
+			uint32_t r = (seed >> 8) % 16, len;
+
+			seed = seed * 1103515245u + 12345u;
+			/* round 0: long plain runs; later: denser specials */
+			len = 1 + (seed >> 8) % (round == 0 ? 3000u : 90u);
+			if (r < 4) {
+				body[i++] = "\r\n.\r"[r];
+			} else if (r < 6) {
+				body[i++] = '\r';
+				if (i < n)
+					body[i++] = '\n';
+			} else {
+				for (uint32_t k = 0; k < len && i < n; k++)
+					body[i++] = (char)('a' + k % 26);
+			}
+		}
+		body[n] = '\0';
+		memcpy(want, pre, sizeof(pre) - 1);
+		ref_wire(body, n, want + sizeof(pre) - 1);
+		one_body(h, body, want);
+		h->out_len = h->out_seen = 0; /* room for the next round */
+	}
+	free(body);
+	free(want);
+}
+SC(body_random, MTA_SMTPC_TLS_NONE, NULL, NULL)
+
 /* ---- reply parsing ------------------------------------------------------ */
 
 static void sc_multiline(struct h *h)
@@ -1322,6 +1412,7 @@ int main(void)
 		cmocka_unit_test(body_smuggling),
 		cmocka_unit_test(body_edges),
 		cmocka_unit_test(body_large),
+		cmocka_unit_test(body_random),
 		cmocka_unit_test(multiline),
 		cmocka_unit_test(malformed_greeting),
 		cmocka_unit_test(inconsistent),
