@@ -37,6 +37,16 @@ Durability before 250, as each does by default:
   updates are fsynced.  There is no option to make it sync.  Its accept
   numbers are therefore not durable-equivalent to mtad's, Postfix's or
   Exim's: the table marks it.
+
+Known limits of the peers under smtp-source's burst of connections:
+  OpenSMTPD listens with a backlog of 5 (compiled in; `ss -ltn` shows
+  Send-Q 5): with 10 or 50 sessions connecting at once the accept queue
+  overflows (TcpExtListenOverflows grows), the dropped SYNs are resent after
+  1 s, 3 s, ..., and its msgs/s are mostly those waits.  No option changes
+  it.  Exim forks a process per connection and another per delivery (relay),
+  and fsyncs three times per message.  Exim's smtp_accept_max (20) and
+  smtp_connect_backlog (20) are raised to 1000 / 1024 so that 50 sessions
+  are not refused, as Postfix's default_process_limit is raised to 200.
 """
 
 import os
@@ -310,7 +320,8 @@ class OpenSMTPD:
 
     def start(self, timeout=30):
         inner = ("mount --bind {sp} /var/spool && mount --bind {vl} /var/lib && "
-                 "mount --bind {run} /run && mount --bind {resolv} /etc/resolv.conf && exec {smtpd} -d {pause}-f {conf}").format(
+                 "mount --bind {run} /run && mount --bind {resolv} /etc/resolv.conf && "
+                 "exec {smtpd} -d {pause}-f {conf}").format(
             sp=self.var_spool, vl=self.var_lib, run=self.run, resolv=self.resolv, smtpd=self.smtpd,
             pause="-P mta " if self.mode == "hold" else "", conf=self.conf)
         # unshare and sh both exec: the PID recorded is smtpd's parent process

@@ -6,9 +6,10 @@
 Parts (--only to pick some, comma separated):
   disk      synchronous small-write rate (fdatasync/s) in the spool's file system
   ceiling   smtp-source -> smtp-sink directly (no relay, no disk)
-  accept    smtp-source -> mtad and -> a private Postfix (hold queue), alternating
+  accept    smtp-source -> mtad and -> a private Postfix (hold queue), alternating;
+            also -> private Exim and OpenSMTPD instances (--peers, peers.py)
   relay     smtp-source -> relay -> smtp-sink until the sink counted everything
-            (skipped when mtad does not deliver yet)
+            (skipped when mtad does not deliver yet); the same peers
   scale     queue scale: spool of --scale-count messages built with spoolfill
   callgrind instructions per accepted message (valgrind --tool=callgrind)
 
@@ -640,7 +641,7 @@ class Bench:
                 for i in range(self.a.runs):
                     for who in rotate(["mtad", "postfix"] + list(others), i):
                         if who in others:
-                            self.peer_run(others, who, rpeer[who], n, s, z, r)
+                            self.peer_run(others, who, rpeer[who], s, z, r)
                         elif who == "mtad":
                             mt.start(fresh=True)
                             dt = run_source(mt.addr, mt.port, n, z, r, s, self.a.reuse)
@@ -710,7 +711,7 @@ class Bench:
                     for i in range(self.a.runs):
                         for who in rotate(["mtad", "postfix"] + list(others), i):
                             if who in others:
-                                self.peer_run(others, who, rpeer[who], n, s, z, r, sink)
+                                self.peer_run(others, who, rpeer[who], s, z, r, sink)
                             elif who == "mtad":
                                 mt.start(fresh=True)
                                 sink.reset()
@@ -798,11 +799,13 @@ class Bench:
                 pass
             p.stop()
 
-    def peer_run(self, live, who, runs, n, s, z, r, sink=None):
-        """One run of one peer: accept (queued count checked) or, with
-        SINK, relay (until the sink counted N and the peer's queue is
-        empty).  A failure drops the peer from the rest of the part."""
+    def peer_run(self, live, who, runs, s, z, r, sink=None):
+        """One run of one peer with --peer-messages N: accept (queued count
+        checked) or, with SINK, relay (until the sink counted N and the
+        peer's queue is empty).  A failure drops the peer from the rest of
+        the part."""
         p = live[who]
+        n = self.a.peer_messages
         try:
             p.clear()
             if sink:
@@ -1083,9 +1086,10 @@ class Bench:
         if not P or not P.get("names"):
             return ""
         V = self.res["versions"].get("peers", {})
-        L = ["", "peers: %s" % "; ".join(
+        L = ["", "peers (%d messages per run): %s" % (self.res["parameters"]["peer_messages"],
+                                                    "; ".join(
             "%s (%s)" % (n, V[n].get("reports") or ", ".join(
-                "%s %s" % kv for kv in V[n]["debs"].items())) for n in V)]
+                "%s %s" % kv for kv in V[n]["debs"].items())) for n in V))]
         L.append("  ratio = mtad / postfix; vs best = mtad / the fastest of postfix, exim, "
                  "opensmtpd; vs sync = mtad / the fastest that syncs before its 250")
         L.append("  * opensmtpd does not fsync its queue before 250 (tests/bench/peers.py)")
@@ -1194,6 +1198,10 @@ def main():
     ap.add_argument("--peers", default="exim,opensmtpd",
                     help="other relays in the accept and relay parts besides Postfix "
                          "(comma separated, empty for none; tests/bench/peers.py)")
+    ap.add_argument("--peer-messages", type=int,
+                    help="messages per run of Exim and OpenSMTPD (default: --messages, "
+                         "at most 500: they take one process per connection and are "
+                         "10-50x slower here; the rate is messages / wall time either way)")
     ap.add_argument("--peer-cache",
                     help="where the peers' .debs are downloaded and unpacked "
                          "(default BUILD/peers)")
@@ -1214,6 +1222,7 @@ def main():
     a.sessions = parse_list(a.sessions)
     a.sizes = parse_list(a.sizes)
     a.rcpts = parse_list(a.rcpts)
+    a.peer_messages = a.peer_messages or min(a.messages, 500)
     a.peer_cache = os.path.abspath(a.peer_cache or os.path.join(a.build, "peers"))
     parts = [p for p in a.only.split(",") if p]
 
@@ -1240,6 +1249,7 @@ def main():
         "parts": parts, "messages": a.messages, "runs": a.runs,
         "sessions": a.sessions, "sizes": a.sizes, "rcpts": a.rcpts,
         "reuse": a.reuse, "postfix_mode": a.postfix_mode,
+        "peers": a.peers, "peer_messages": a.peer_messages,
         "scale_count": a.scale_count, "scale_batch": a.scale_batch,
         "scale_body": a.scale_body, "rss_count": a.rss_count,
         "churn_window": a.churn_window, "callgrind_messages": a.callgrind_messages,
