@@ -373,6 +373,9 @@ def prepare(names, cache):
     {name: reason skipped})."""
     roots, versions, skipped = {}, {}, {}
     for name in names:
+        if name not in PEER_CLASSES:
+            skipped[name] = "unknown peer (known: %s)" % ", ".join(PEER_CLASSES)
+            continue
         try:
             roots[name], versions[name] = unpack(name, os.path.join(cache, name))
         except (RuntimeError, OSError) as e:

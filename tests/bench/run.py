@@ -756,6 +756,7 @@ class Bench:
         self.peer_roots = roots
         self.res["peers"] = {"names": names, "skipped": dict(skipped), "configs": {},
                              "errors": {}}
+        self.res["peers"]["available"] = list(roots)
         self.res["versions"]["peers"] = {k: {"debs": v} for k, v in debs.items()}
         for name, why in skipped.items():
             print("%s: skipped (%s)" % (name, why), flush=True)
@@ -1070,12 +1071,12 @@ class Bench:
         return "\n".join(L)
 
     def peer_hdr(self):
-        if not self.res.get("peers", {}).get("names"):
+        if not self.res.get("peers", {}).get("available"):
             return ""
         return " | %10s %10s %8s %8s" % ("exim", "opensmtpd*", "vs best", "vs sync")
 
     def peer_cols(self, a):
-        if not self.res.get("peers", {}).get("names"):
+        if not self.res.get("peers", {}).get("available"):
             return ""
         return " | %10s %10s %8s %8s" % (fmt(a.get("exim")), fmt(a.get("opensmtpd")),
                                          fmt(a.get("ratio_best"), "%.2fx"),
