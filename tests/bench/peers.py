@@ -14,8 +14,10 @@ Their library dependencies are ordinary Debian libraries installed normally
       when missing, as the package's postinst would) and its spool and log
       directories belong to that user.  Accept: `queue_only` and no -q
       (no queue runner: accepted mail stays in the spool).  Relay: no
-      queue_only, so each message gets its own immediate delivery process,
-      routed by manualroute to the sink.
+      queue_only and smtp_accept_queue_per_connection = 0 (default 10, which
+      leaves the 11th and later messages of a connection to a queue runner),
+      so each message gets its own immediate delivery process, routed by
+      manualroute to the sink.
   OpenSMTPD (opensmtpd)         127.0.200.22, `smtpd -d -f CONF`.
       Its spool (/var/spool/smtpd), chroot (/var/lib/opensmtpd/empty) and
       control socket (/var/run/smtpd.sock) are compiled in, so it runs in a
@@ -197,6 +199,9 @@ class Exim:
         host, _, port = (relayhost or "%s:9" % ADDR_NOWHERE).rpartition(":")
         self.conf = os.path.join(self.dir, "exim.conf")
         self.config = "\n".join([
+            "# mtad bench: exim4 -C exim.conf -bdf -oP exim.pid (%s; no -q: no queue "
+            "runner)" % ("queue_only: accepted mail stays queued" if mode == "hold"
+                         else "immediate delivery to the sink"),
             "primary_hostname = bench.exim.test",
             "spool_directory = %s" % self.spool,
             "log_file_path = %s/%%slog" % self.logdir,
@@ -213,7 +218,10 @@ class Exim:
             "rfc1413_hosts =",
             "tls_advertise_hosts =",
             "acl_smtp_rcpt = acl_rcpt",
-        ] + (["queue_only = true"] if mode == "hold" else []) + [
+        ] + (["queue_only = true"] if mode == "hold" else [
+            # default 10: from the 11th message of one connection on, Exim
+            # only queues, for a queue runner; there is none here
+            "smtp_accept_queue_per_connection = 0"]) + [
             "",
             "begin acl",
             "acl_rcpt:",
@@ -311,6 +319,9 @@ class OpenSMTPD:
         self.queue = os.path.join(self.var_spool, "smtpd")
         self.conf = os.path.join(self.dir, "smtpd.conf")
         self.config = "\n".join([
+            "# mtad bench: smtpd -d %s-f smtpd.conf" % ("-P mta (MTA paused: accepted "
+                                                      "mail stays queued) " if mode == "hold"
+                                                      else ""),
             "listen on %s port %d hostname bench.opensmtpd.test" % (self.addr, self.port),
             "action \"relay\" relay host smtp://%s" % (relayhost or "%s:9" % ADDR_NOWHERE),
             "match from any for any action \"relay\"",
