@@ -64,9 +64,14 @@ test: deps
 fuzz: deps
 	@bash tests/fuzz/run_fuzzers.sh $${FUZZ_SECONDS:-60}
 
-# Benchmarks against Postfix (tests/bench/README.md); never part of `make test`.
+# Benchmarks against Postfix, Exim and OpenSMTPD (tests/bench/README.md);
+# never part of `make test`.  Exim and OpenSMTPD are not installed (one MTA
+# package at a time): run.py unpacks their .debs into build-bench/peers/, and
+# these are their shared libraries, installed normally.
+BENCH_PEER_LIBS := libcrypt1 libdb5.3 libgnutls-dane0 libgnutls30 libidn12 \
+	libidn2-0 libnsl2 libpcre2-8-0 libevent-2.1-7 libpam0g libssl3 zlib1g
 bench: deps
-	@bash tests/install_deps.sh valgrind
+	@bash tests/install_deps.sh valgrind $(BENCH_PEER_LIBS)
 	@[ -f build-bench/build.ninja ] || meson setup build-bench --buildtype=release -Dwerror=$(WERROR)
 	ninja -C build-bench
 	/usr/bin/python3 tests/bench/run.py --build build-bench $(BENCH_ARGS)

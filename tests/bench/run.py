@@ -7,9 +7,10 @@ Parts (--only to pick some, comma separated):
   disk      synchronous small-write rate (fdatasync/s) in the spool's file system
   ceiling   smtp-source -> sink directly (no relay, no disk); the sink is
             tests/bench/sink (threads), or smtp-sink with --sink smtp-sink
-  accept    smtp-source -> mtad and -> a private Postfix (hold queue), alternating
+  accept    smtp-source -> mtad and -> a private Postfix (hold queue), alternating;
+            also -> private Exim and OpenSMTPD instances (--peers, peers.py)
   relay     smtp-source -> relay -> sink until the sink counted everything
-            (skipped when mtad does not deliver yet)
+            (skipped when mtad does not deliver yet); the same peers
   scale     queue scale: spool of --scale-count messages built with spoolfill
   callgrind instructions per accepted message (valgrind --tool=callgrind)
 
@@ -34,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import peers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -761,15 +764,18 @@ class Bench:
         mt = Mtad(self, "mtad-accept", ADDR_MTAD)
         pf = Postfix(self, "postfix-accept", self.a.postfix_mode)
         pf.start()
+        others = self.start_peers("accept", "hold")
         out = {}
         try:
             for (s, z, r) in self.cells:
                 rm, rp, cpu = [], [], []
                 nz = noise_begin()
+                rpeer = {name: [] for name in others}
                 for i in range(self.a.runs):
-                    order = ("mtad", "postfix") if i % 2 == 0 else ("postfix", "mtad")
-                    for who in order:
-                        if who == "mtad":
+                    for who in rotate(["mtad", "postfix"] + list(others), i):
+                        if who in others:
+                            self.peer_run(others, who, rpeer[who], s, z, r)
+                        elif who == "mtad":
                             mt.start(fresh=True)
                             dt = run_source(mt.addr, mt.port, n, z, r, s, self.a.reuse)
                             cpu.append(thread_cpu(mt.proc.pid))
@@ -796,12 +802,14 @@ class Bench:
                     # included): loop thread first, then the writer
                     "mtad_thread_cpu_s": cpu,
                     "mtad_wall_s": [round(n / x, 3) for x in rm]}
-                log("accept %s: mtad %.0f  postfix %.0f msg/s  (x%.2f)" % (
-                    cell_key(s, z, r), mm, mp, mm / mp))
+                self.peer_cell(out[cell_key(s, z, r)], rpeer)
+                log("accept %s: mtad %.0f  postfix %.0f msg/s  (x%.2f)%s" % (
+                    cell_key(s, z, r), mm, mp, mm / mp, peer_log(out[cell_key(s, z, r)])))
         finally:
             mt.stop()
             pf.clear()
             pf.stop()
+            self.stop_peers(others)
         self.res["results"]["accept"] = out
 
     def part_relay(self):
@@ -828,15 +836,18 @@ class Bench:
             pf = Postfix(self, "postfix-relay", "relay",
                          relayhost="[%s]:%d" % (sink.addr, sink.port))
             pf.start()
+            others = self.start_peers("relay", "relay", sink)
             out = {}
             try:
                 for (s, z, r) in self.cells:
                     rm, rp = [], []
                     nz = noise_begin()
+                    rpeer = {name: [] for name in others}
                     for i in range(self.a.runs):
-                        order = ("mtad", "postfix") if i % 2 == 0 else ("postfix", "mtad")
-                        for who in order:
-                            if who == "mtad":
+                        for who in rotate(["mtad", "postfix"] + list(others), i):
+                            if who in others:
+                                self.peer_run(others, who, rpeer[who], s, z, r, sink)
+                            elif who == "mtad":
                                 mt.start(fresh=True)
                                 sink.reset()
                                 t0 = time.monotonic()
@@ -859,15 +870,115 @@ class Bench:
                         "postfix_runs": [round(x, 1) for x in rp],
                         "mtad": round(mm, 1), "postfix": round(mp, 1),
                         "ratio": round(mm / mp, 2), "noise": noise_end(nz)}
-                    log("relay %s: mtad %.0f  postfix %.0f msg/s  (x%.2f)" % (
-                        cell_key(s, z, r), mm, mp, mm / mp))
+                    self.peer_cell(out[cell_key(s, z, r)], rpeer)
+                    log("relay %s: mtad %.0f  postfix %.0f msg/s  (x%.2f)%s" % (
+                        cell_key(s, z, r), mm, mp, mm / mp, peer_log(out[cell_key(s, z, r)])))
             finally:
                 pf.stop()
+                self.stop_peers(others)
             self.res["results"]["relay"] = out
             self.res["results"]["relay_sink"] = self.a.sink
         finally:
             mt.stop()
             sink.stop()
+
+    # ---- peers (issue 15): Exim and OpenSMTPD, see peers.py
+
+    def prepare_peers(self):
+        """Unpacks the --peers once; a peer that cannot be had is skipped
+        with its reason (printed, and in the results)."""
+        names = [x for x in self.a.peers.split(",") if x]
+        roots, debs, skipped = peers.prepare(names, self.a.peer_cache)
+        self.peer_roots = roots
+        self.res["peers"] = {"names": names, "skipped": dict(skipped), "configs": {},
+                             "errors": {}}
+        self.res["peers"]["available"] = list(roots)
+        self.res["versions"]["peers"] = {k: {"debs": v} for k, v in debs.items()}
+        for name, why in skipped.items():
+            print("%s: skipped (%s)" % (name, why), flush=True)
+
+    def start_peers(self, part, mode, sink=None):
+        """Starts every prepared peer for PART; returns {name: peer}.  In
+        relay mode one probe message must reach SINK within --relay-probe
+        seconds, or that peer is skipped for the part."""
+        live = {}
+        for name, root in getattr(self, "peer_roots", {}).items():
+            relayhost = "%s:%d" % (sink.addr, sink.port) if sink else None
+            p = peers.PEER_CLASSES[name](self, "%s-%s" % (name, part), mode, root,
+                                         relayhost=relayhost)
+            self.res["peers"]["configs"][p.name] = p.config
+            try:
+                p.start()
+                self.res["versions"]["peers"][name]["reports"] = p.version()
+                if sink:
+                    sink.reset()
+                    send_one(p.addr, p.port)
+                    t0 = time.monotonic()
+                    while ((sink.messages() < 1 or p.count() > 0)
+                           and time.monotonic() - t0 < self.a.relay_probe):
+                        time.sleep(0.05)
+                    if sink.messages() < 1:
+                        raise RuntimeError("delivered nothing to smtp-sink within %gs"
+                                           % self.a.relay_probe)
+                    sink.reset()
+                live[name] = p
+            except (RuntimeError, OSError) as e:
+                p.stop()
+                self.res["peers"]["skipped"]["%s/%s" % (name, part)] = str(e)
+                print("%s %s: skipped (%s)" % (part, name, e), flush=True)
+        return live
+
+    def stop_peers(self, live):
+        for p in live.values():
+            try:
+                p.clear()
+            except (RuntimeError, OSError):
+                pass
+            p.stop()
+
+    def peer_run(self, live, who, runs, s, z, r, sink=None):
+        """One run of one peer with --peer-messages N: accept (queued count
+        checked) or, with SINK, relay (until the sink counted N and the
+        peer's queue is empty).  A failure drops the peer from the rest of
+        the part."""
+        p = live[who]
+        n = self.a.peer_messages
+        try:
+            p.clear()
+            if sink:
+                sink.reset()
+            t0 = time.monotonic()
+            run_source(p.addr, p.port, n, z, r, s, self.a.reuse)
+            if sink:
+                wait_relayed(sink, n, lambda: p.count() == 0, self.a.relay_timeout)
+            else:
+                got = p.count()
+                if got != n:
+                    raise RuntimeError("%s queued %d of %d" % (who, got, n))
+            runs.append(n / (time.monotonic() - t0))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            log("%s: %s (dropped from this part)" % (who, e))
+            self.res["peers"]["errors"]["%s %s" % (p.name, cell_key(s, z, r))] = str(e)
+            runs.clear()
+            p.stop()
+            del live[who]
+
+    def peer_cell(self, cell, rpeer):
+        """Adds the peers' medians to a result cell, and mtad's ratio to the
+        best peer (Postfix included) and to the best peer that syncs before
+        its 250 (all but OpenSMTPD)."""
+        for name, runs in rpeer.items():
+            if runs:
+                cell[name + "_runs"] = [round(x, 1) for x in runs]
+                cell[name] = round(median(runs), 1)
+        for key, names in (("best", ["postfix"] + list(peers.PEER_CLASSES)),
+                           ("best_sync", ["postfix"] + [k for k in peers.PEER_CLASSES
+                                                        if k not in peers.NO_SYNC])):
+            have = [(cell[k], k) for k in names if cell.get(k)]
+            if have and cell.get("mtad"):
+                v, k = max(have)
+                cell[key + "_peer"] = k
+                cell["ratio_" + key] = round(cell["mtad"] / v, 2)
 
     def part_scale(self):
         fill = self.spoolfill()
@@ -1034,13 +1145,13 @@ class Bench:
             w("disk: %.0f fdatasync/s (512 B overwrite), %.0f fdatasync/s (4 KiB append)" % (
                 R["disk"]["overwrite_512_per_s"], R["disk"]["append_4k_per_s"]))
         w("")
-        hdr = "%-20s %10s %10s %7s %10s %9s  %s" % ("cell (sess/size/rcpt)", "mtad", "postfix",
+        hdr = "%-20s %10s %10s %7s %10s %9s  %-14s" % ("cell (sess/size/rcpt)", "mtad", "postfix",
                                                    "ratio", "ceiling", "mtad/ceil", "noisy")
         if "accept" in R or "ceiling" in R:
             w("accept, msgs/s (median); ceiling: smtp-source -> %s; noisy: see the rule "
               "in run.py (other work on the machine), %% of ceiling only when the "
               "ceiling is clean" % R.get("ceiling_sink", self.a.sink))
-            w(hdr)
+            w(hdr + self.peer_hdr())
             for (s, z, r) in self.cells:
                 k = cell_key(s, z, r)
                 a = R.get("accept", {}).get(k, {})
@@ -1049,10 +1160,11 @@ class Bench:
                 pct = fmt(a["mtad"] / c if a.get("mtad") and c else None, "%.0f%%", 100)
                 if is_noisy(cc) and pct != "-":
                     pct = "(noisy)"
-                w("%-20s %10s %10s %7s %10s %9s  %s" % (
+                w("%-20s %10s %10s %7s %10s %9s  %-14s" % (
                     k, fmt(a.get("mtad")), fmt(a.get("postfix")),
                     fmt(a.get("ratio"), "%.2fx"), fmt(c), pct,
-                    ",".join(n for n, x in (("accept", a), ("ceiling", cc)) if is_noisy(x))))
+                    ",".join(n for n, x in (("accept", a), ("ceiling", cc)) if is_noisy(x)))
+                  + self.peer_cols(a))
         if "relay" in R:
             w("")
             if "skipped" in R["relay"]:
@@ -1060,8 +1172,9 @@ class Bench:
                                               R["relay"].get("reason", "")))
             else:
                 w("relay, msgs/s until the sink counted all (median)")
-                w("%-20s %10s %10s %7s %11s  %s" % ("cell", "mtad", "postfix", "ratio",
-                                                    "mtad/accept", "noisy"))
+                w("%-20s %10s %10s %7s %11s  %-14s" % ("cell", "mtad", "postfix", "ratio",
+                                                       "mtad/accept", "noisy")
+                  + self.peer_hdr())
                 for (s, z, r) in self.cells:
                     a = R["relay"].get(cell_key(s, z, r), {})
                     acc = R.get("accept", {}).get(cell_key(s, z, r), {})
@@ -1069,11 +1182,13 @@ class Bench:
                              else None, "%.0f%%", 100)
                     if is_noisy(acc) and pa != "-":
                         pa = "(noisy)"
-                    w("%-20s %10s %10s %7s %11s  %s" % (
+                    w("%-20s %10s %10s %7s %11s  %-14s" % (
                         cell_key(s, z, r), fmt(a.get("mtad")), fmt(a.get("postfix")),
                         fmt(a.get("ratio"), "%.2fx"), pa,
                         ",".join(n for n, x in (("relay", a), ("accept", acc))
-                                 if is_noisy(x))))
+                                 if is_noisy(x)))
+                      + self.peer_cols(a))
+        w(self.peer_notes())
         if "scale" in R:
             S = R["scale"]
             w("")
@@ -1111,6 +1226,36 @@ class Bench:
         w("targets")
         for t in self.targets():
             w("  %-48s %-22s %s" % t)
+        return "\n".join(L)
+
+    def peer_hdr(self):
+        if not self.res.get("peers", {}).get("available"):
+            return ""
+        return " | %10s %10s %8s %8s" % ("exim", "opensmtpd*", "vs best", "vs sync")
+
+    def peer_cols(self, a):
+        if not self.res.get("peers", {}).get("available"):
+            return ""
+        return " | %10s %10s %8s %8s" % (fmt(a.get("exim")), fmt(a.get("opensmtpd")),
+                                         fmt(a.get("ratio_best"), "%.2fx"),
+                                         fmt(a.get("ratio_best_sync"), "%.2fx"))
+
+    def peer_notes(self):
+        P = self.res.get("peers")
+        if not P or not P.get("names"):
+            return ""
+        V = self.res["versions"].get("peers", {})
+        L = ["", "peers (%d messages per run): %s" % (self.res["parameters"]["peer_messages"],
+                                                    "; ".join(
+            "%s (%s)" % (n, V[n].get("reports") or ", ".join(
+                "%s %s" % kv for kv in V[n]["debs"].items())) for n in V))]
+        L.append("  ratio = mtad / postfix; vs best = mtad / the fastest of postfix, exim, "
+                 "opensmtpd; vs sync = mtad / the fastest that syncs before its 250")
+        L.append("  * opensmtpd does not fsync its queue before 250 (tests/bench/peers.py)")
+        for k, why in sorted(P.get("skipped", {}).items()):
+            L.append("  %s: skipped (%s)" % (k, why))
+        for k, why in sorted(P.get("errors", {}).items()):
+            L.append("  %s: failed, dropped (%s)" % (k, why))
         return "\n".join(L)
 
     def targets(self):
@@ -1151,6 +1296,16 @@ class Bench:
             if n < 1000000:
                 out.append(("(scale ran with %d, not 1,000,000)" % n, "", ""))
         return out
+
+
+def rotate(xs, i):
+    """Run order of run I: the systems rotated by I (alternating for two)."""
+    i %= len(xs)
+    return xs[i:] + xs[:i]
+
+
+def peer_log(cell):
+    return "".join("  %s %.0f" % (k, cell[k]) for k in peers.PEER_CLASSES if cell.get(k))
 
 
 def verdict(ok):
@@ -1206,6 +1361,16 @@ def main():
     ap.add_argument("--relay-probe", type=float, default=10.0,
                     help="seconds to wait for mtad's first delivery before skipping relay")
     ap.add_argument("--relay-timeout", type=float, default=300.0)
+    ap.add_argument("--peers", default="exim,opensmtpd",
+                    help="other relays in the accept and relay parts besides Postfix "
+                         "(comma separated, empty for none; tests/bench/peers.py)")
+    ap.add_argument("--peer-messages", type=int,
+                    help="messages per run of Exim and OpenSMTPD (default: --messages, "
+                         "at most 500: they take one process per connection and are "
+                         "10-50x slower here; the rate is messages / wall time either way)")
+    ap.add_argument("--peer-cache",
+                    help="where the peers' .debs are downloaded and unpacked "
+                         "(default BUILD/peers)")
     ap.add_argument("--scale-count", type=int, default=1000000)
     ap.add_argument("--scale-batch", type=int, default=10000)
     ap.add_argument("--scale-body", type=int, default=1000)
@@ -1223,6 +1388,8 @@ def main():
     a.sessions = parse_list(a.sessions)
     a.sizes = parse_list(a.sizes)
     a.rcpts = parse_list(a.rcpts)
+    a.peer_messages = a.peer_messages or min(a.messages, 500)
+    a.peer_cache = os.path.abspath(a.peer_cache or os.path.join(a.build, "peers"))
     parts = [p for p in a.only.split(",") if p]
 
     b = Bench(a)
@@ -1242,6 +1409,8 @@ def main():
     b.res["timestamp"] = stamp
     b.res["machine"] = b.machine()
     b.res["versions"] = b.versions()
+    if "accept" in parts or "relay" in parts:
+        b.prepare_peers()
     b.res["parameters"] = {
         "parts": parts, "messages": a.messages, "runs": a.runs,
         "sessions": a.sessions, "sizes": a.sizes, "rcpts": a.rcpts,
@@ -1250,6 +1419,7 @@ def main():
         "noise_rule": {"idle_pct_below": NOISE_IDLE_PCT,
                        "load1_above_x_cpus": NOISE_LOAD_FRAC,
                        "load1_rise_above_x_cpus": NOISE_LOAD_FRAC},
+        "peers": a.peers, "peer_messages": a.peer_messages,
         "scale_count": a.scale_count, "scale_batch": a.scale_batch,
         "scale_body": a.scale_body, "rss_count": a.rss_count,
         "churn_window": a.churn_window, "callgrind_messages": a.callgrind_messages,
