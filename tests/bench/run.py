@@ -10,6 +10,7 @@ Parts (--only to pick some, comma separated):
   relay     smtp-source -> relay -> smtp-sink until the sink counted everything
             (skipped when mtad does not deliver yet)
   scale     queue scale: spool of --scale-count messages built with spoolfill
+  memcg     mtad in a 128 MiB memory cgroup with 1 M queued (memcg.py)
   callgrind instructions per accepted message (valgrind --tool=callgrind)
 
 Every process it starts has a PID file in <tmpdir>/pids and is stopped by that
@@ -33,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import memcg    # tests/bench/memcg.py: the memcg part
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -834,6 +837,9 @@ class Bench:
         mt.stop()
         return {"greeting_s": round(g, 4), "first_250_s": round(f, 4)}
 
+    def part_memcg(self):
+        memcg.run(self)
+
     def part_callgrind(self):
         if not shutil.which("valgrind"):
             log("callgrind: valgrind missing (apt-get install valgrind): skipped")
@@ -949,6 +955,7 @@ class Bench:
             w("callgrind: %d instructions per accepted message (5 KB, 1 rcpt, 10 sessions; "
               "marginal between %d and %d messages)" % (
                 C["per_message_marginal"], C["messages"][0], C["messages"][1]))
+        L += memcg.table_lines(R)
         w("")
         w("targets")
         for t in self.targets():
@@ -990,7 +997,7 @@ class Bench:
                         "%.1f MB" % (rss / 1e6), verdict(rss < 100e6)))
             if n < 1000000:
                 out.append(("(scale ran with %d, not 1,000,000)" % n, "", ""))
-        return out
+        return out + memcg.targets(R)
 
 
 def verdict(ok):
@@ -1027,7 +1034,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build-bench"),
                     help="meson build directory with mtad and mtaq (default build-bench)")
-    ap.add_argument("--only", default="disk,ceiling,accept,relay,scale,callgrind")
+    ap.add_argument("--only", default="disk,ceiling,accept,relay,scale,memcg,callgrind")
     ap.add_argument("--messages", type=int, default=2000, help="messages per run")
     ap.add_argument("--runs", type=int, default=3, help="alternating runs per cell")
     ap.add_argument("--sessions", default="10,50")
@@ -1049,6 +1056,7 @@ def main():
     ap.add_argument("--callgrind-messages", type=int, default=500)
     ap.add_argument("--keep-callgrind", action="store_true",
                     help="copy the callgrind.out files to tests/bench/results/")
+    memcg.add_args(ap)
     ap.add_argument("--disk-seconds", type=float, default=3.0)
     ap.add_argument("--tmpdir", help="where the spools go (default /var/tmp); "
                                      "its file system is the one measured")
@@ -1089,7 +1097,7 @@ def main():
     }
     t0 = time.monotonic()
     errors = {}
-    for p in ("disk", "ceiling", "accept", "relay", "scale", "callgrind"):
+    for p in ("disk", "ceiling", "accept", "relay", "scale", "memcg", "callgrind"):
         if p in parts:
             log("=== %s" % p)
             try:
