@@ -22,8 +22,9 @@ Only mtad is in the group: spoolfill, smtp-source, smtp-sink and mtaq run
 outside.  data.mdb is evicted from the page cache (posix_fadvise) before
 mtad starts, because cgroup v1 charges a page to the group that first
 faulted it in: pages left cached by spoolfill would be free for mtad.
-mtad's log (stderr to a file, level info) is written from inside the
-group, so its page cache is charged there as well.  The group is removed at
+mtad's log (level info) goes to a pipe read by a cat outside the group, as
+a container's stderr would (--memcg-log file: mtad writes the file itself,
+and its page cache is charged to the group too).  The group is removed at
 the end (rmdir once mtad has exited).  --memcg-control repeats the run in a
 group without a limit, for comparison.
 
@@ -62,6 +63,10 @@ def add_args(ap):
     ap.add_argument("--memcg-after", type=float, default=15.0,
                     help="memcg: seconds of delivery after smtp-source ended")
     ap.add_argument("--memcg-interval", type=float, default=0.5)
+    ap.add_argument("--memcg-log", choices=("pipe", "file"), default="pipe",
+                    help="memcg: mtad's stderr to a pipe read outside the group "
+                         "(as a container's), or to a file written from inside "
+                         "(its page cache charged to the group)")
     ap.add_argument("--memcg-control", action="store_true",
                     help="memcg: run once more in a group without a limit")
 
@@ -251,8 +256,17 @@ def one(b, limit_mib):
     sink.start()
     try:
         t0 = time.monotonic()
+        logf = os.path.join(mt.dir, "mtad.log")
+        out["log"] = a.memcg_log
+        if a.memcg_log == "pipe":
+            # as a container's stderr: a pipe to a writer outside the group
+            fifo = os.path.join(mt.dir, "mtad.log.fifo")
+            if not os.path.exists(fifo):
+                os.mkfifo(fifo)
+            b.procs.start("memcg-log", ["/bin/cat", fifo], stdout=logf)
+            logf = fifo
         mt.proc = b.procs.start(mt.name, cg.argv([b.mtad, "-c", mt.conf]),
-                                stderr=os.path.join(mt.dir, "mtad.log"))
+                                stderr=logf)
         g = R.wait_greeting(mt.addr, mt.port, 120, mt.proc)
         if g is None:
             raise RuntimeError("mtad did not start in the cgroup; see %s"
@@ -324,17 +338,19 @@ def one(b, limit_mib):
         out["alive_to_end"] = alive_end
         rc = mt.stop()
         out["mtad_exit"] = rc
+        b.procs.stop("memcg-log")
         time.sleep(1)       # the sink's counter line of the last session
         out["delivered"] = sink.messages()
         dt, got, text = mt.summary()
         out["queued_after_stop"] = got
         out["data_mdb_bytes_end"] = os.path.getsize(data)
-        # written by mtad (stderr, log level info): its page cache is
-        # charged to the group too
+        # log level info; with --memcg-log file its page cache is charged
+        # to the group too
         out["mtad_log_bytes"] = os.path.getsize(os.path.join(mt.dir, "mtad.log"))
         out["series"] = smp.series[::max(1, len(smp.series) // 400)]
     finally:
         mt.stop()
+        b.procs.stop("memcg-log")
         sink.stop()
         out["cgroup_removed"] = cg.remove()
     shutil.rmtree(mt.spool, ignore_errors=True)
@@ -386,7 +402,8 @@ def table_lines(res):
     pk = M["peaks_sampled"]
     mib = lambda x: "%.1f MiB" % ((x or 0) / 2**20)
     L = ["", "memcg: mtad in a %d MiB memory cgroup (v1), %d queued, %d sent by "
-         "smtp-source while it delivers" % (M["limit_mib"], M["count"], M["send"]),
+         "smtp-source while it delivers, log to a %s" % (
+             M["limit_mib"], M["count"], M["send"], M.get("log", "file")),
          "  data.mdb                     %s at start, %s at end" % (
              mib(M["data_mdb_bytes_start"]), mib(M["data_mdb_bytes_end"])),
          "  cgroup peak usage            %s (failcnt %d, oom_kill %s)" % (
