@@ -749,6 +749,7 @@ class Bench:
             r = sh([fill, mt.spool] + [str(x) for x in args])
             if r.returncode != 0:
                 raise RuntimeError("spoolfill %s: %s" % (args, r.stderr))
+            memcg.chown_spool(mt.spool)   # mtad as root runs as user mtad
             return json.loads(r.stdout)
 
         # RSS of mtad with rss_count queued (a spool of its own)
