@@ -347,7 +347,7 @@ def one(b, limit_mib):
         # log level info; with --memcg-log file its page cache is charged
         # to the group too
         out["mtad_log_bytes"] = os.path.getsize(os.path.join(mt.dir, "mtad.log"))
-        out["series"] = smp.series[::max(1, len(smp.series) // 400)]
+        out["series"] = smp.series[::max(1, len(smp.series) // 60)]
     finally:
         mt.stop()
         b.procs.stop("memcg-log")
