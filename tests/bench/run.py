@@ -12,6 +12,7 @@ Parts (--only to pick some, comma separated):
   relay     smtp-source -> relay -> sink until the sink counted everything
             (skipped when mtad does not deliver yet); the same peers
   scale     queue scale: spool of --scale-count messages built with spoolfill
+  memcg     mtad in a 128 MiB memory cgroup with 1 M queued (memcg.py)
   callgrind instructions per accepted message (valgrind --tool=callgrind)
 
 Every process it starts has a PID file in <tmpdir>/pids and is stopped by that
@@ -37,6 +38,7 @@ import tempfile
 import time
 
 import peers
+import memcg    # tests/bench/memcg.py: the memcg part
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -993,6 +995,7 @@ class Bench:
             r = sh([fill, mt.spool] + [str(x) for x in args])
             if r.returncode != 0:
                 raise RuntimeError("spoolfill %s: %s" % (args, r.stderr))
+            memcg.chown_spool(mt.spool)   # mtad as root runs as user mtad
             return json.loads(r.stdout)
 
         # RSS of mtad with rss_count queued (a spool of its own)
@@ -1080,6 +1083,9 @@ class Bench:
         f = time.monotonic() - t0
         mt.stop()
         return {"greeting_s": round(g, 4), "first_250_s": round(f, 4)}
+
+    def part_memcg(self):
+        memcg.run(self)
 
     def part_callgrind(self):
         if not shutil.which("valgrind"):
@@ -1222,6 +1228,7 @@ class Bench:
             w("callgrind: %d instructions per accepted message (5 KB, 1 rcpt, 10 sessions; "
               "marginal between %d and %d messages)" % (
                 C["per_message_marginal"], C["messages"][0], C["messages"][1]))
+        L += memcg.table_lines(R)
         w("")
         w("targets")
         for t in self.targets():
@@ -1295,7 +1302,7 @@ class Bench:
                         "%.1f MB" % (rss / 1e6), verdict(rss < 100e6)))
             if n < 1000000:
                 out.append(("(scale ran with %d, not 1,000,000)" % n, "", ""))
-        return out
+        return out + memcg.targets(R)
 
 
 def rotate(xs, i):
@@ -1342,7 +1349,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build-bench"),
                     help="meson build directory with mtad and mtaq (default build-bench)")
-    ap.add_argument("--only", default="disk,ceiling,accept,relay,scale,callgrind")
+    ap.add_argument("--only", default="disk,ceiling,accept,relay,scale,memcg,callgrind")
     ap.add_argument("--messages", type=int, default=2000, help="messages per run")
     ap.add_argument("--runs", type=int, default=3, help="alternating runs per cell")
     ap.add_argument("--sessions", default="10,50")
@@ -1379,6 +1386,7 @@ def main():
     ap.add_argument("--callgrind-messages", type=int, default=500)
     ap.add_argument("--keep-callgrind", action="store_true",
                     help="copy the callgrind.out files to tests/bench/results/")
+    memcg.add_args(ap)
     ap.add_argument("--disk-seconds", type=float, default=3.0)
     ap.add_argument("--tmpdir", help="where the spools go (default /var/tmp); "
                                      "its file system is the one measured")
@@ -1428,7 +1436,7 @@ def main():
     }
     t0 = time.monotonic()
     errors = {}
-    for p in ("disk", "ceiling", "accept", "relay", "scale", "callgrind"):
+    for p in ("disk", "ceiling", "accept", "relay", "scale", "memcg", "callgrind"):
         if p in parts:
             log("=== %s" % p)
             try:
