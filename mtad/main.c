@@ -1403,6 +1403,8 @@ int main(int argc, char **argv)
 		d.accepting = true;
 		mta_log_begin(&ll, MTA_LOG_INFO, "ready");
 		mta_log_int(&ll, "pid", (long long)getpid());
+		mta_log_int(&ll, "threads",
+			    mtad_listener_threads(d.listener));
 		mta_log_end(&ll);
 		d.exit_code = 0;
 	} else if (d.parts_running == 0) {

@@ -1,0 +1,183 @@
+"""server.threads: inbound SMTP on N loop threads, each with its own
+SO_REUSEPORT sockets (issue 15, item 3).  The sessions of all threads share
+the limits (server.max_sessions_per_client, SRV-17 family), every message
+answered 250 is in the spool, SIGTERM drains every thread (SRV-16), and
+server.threads = 1 keeps one loop."""
+import http.client
+import signal
+import time
+
+import pytest
+
+from mtadtest import message
+from smtpraw import RawSMTP
+
+
+def threads_of(mtad, event="connect"):
+    return {e.get("thread") for e in mtad.events(event)}
+
+
+def metrics(mtad):
+    c = http.client.HTTPConnection(mtad.addr, mtad.http_port, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def open_many(mtad, n):
+    conns = [RawSMTP(mtad.addr, mtad.port, timeout=20) for _ in range(n)]
+    for c in conns:
+        assert c.greeting().code == 220
+    return conns
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_threads_spread_every_250_spooled(mtad_factory, threads):
+    """N threads: 40 concurrent sessions land on more than one thread (the
+    connect lines say thread=), each sends two messages, every one
+    answered 250 is in the spool under its queue id, the ids are unique,
+    and /metrics counts every session and message of every thread."""
+    mtad = mtad_factory({"server.threads": threads})
+    ready = mtad.events("ready")
+    assert ready and ready[-1].get("threads") == str(threads), ready
+    conns = open_many(mtad, 40)
+    qids = []
+    for i, c in enumerate(conns):
+        assert c.ehlo().code == 250
+    for rnd in range(2):
+        for i, c in enumerate(conns):
+            r = c.send_message("a%d@client.test" % i, ["b%d@example.org" % i],
+                               message(subject="t%d-%d" % (i, rnd)))
+            assert r.code == 250, r
+            qids.append(r.qid)
+    for c in conns:
+        assert c.quit().code == 221
+    seen = threads_of(mtad)
+    assert len(seen) > 1, seen
+    assert seen <= {str(t) for t in range(threads)}, seen
+    assert len(set(qids)) == len(qids) == 80
+    q = mtad.queue()
+    assert set(qids) <= set(q), set(qids) - set(q)
+    sids = [e["sid"] for e in mtad.events("connect")]
+    assert len(set(sids)) == len(sids) == 40
+    deadline = time.monotonic() + 5
+    while True:
+        m = metrics(mtad)
+        if m.get("mtad_sessions_open") == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert m["mtad_sessions_total"] == 40, m
+    assert m["mtad_sessions_open"] == 0, m
+    assert m["mtad_messages_accepted_total"] == 80, m
+
+
+def test_threads_per_client_limit_across_threads(mtad_factory):
+    """server.max_sessions_per_client = 3 with 2 threads: of 12 concurrent
+    connections from one address, spread over both threads, exactly 3 are
+    greeted and the other 9 get 421 4.7.0 and are closed."""
+    mtad = mtad_factory({"server.threads": 2,
+                         "server.max_sessions_per_client": 3})
+    held, refused = [], 0
+    for _ in range(12):
+        c = RawSMTP(mtad.addr, mtad.port)
+        r = c.reply()
+        if r.code == 220:
+            held.append(c)
+        else:
+            assert r.code == 421 and r.dsn == "4.7.0", r
+            assert c.wait_closed(5)
+            c.close()
+            refused += 1
+    assert len(held) == 3 and refused == 9, (len(held), refused)
+    assert len(threads_of(mtad)) == 2, threads_of(mtad)
+    rej = mtad.events("reject", verb="CONNECT")
+    assert len(rej) == 9 and all(e["dsn"] == "4.7.0" for e in rej), rej
+    for c in held:
+        assert c.ehlo().code == 250
+        c.quit()
+
+
+def test_threads_sigterm_drains_every_thread(mtad_factory):
+    """SIGTERM with 2 threads (SRV-16): idle sessions on both threads get
+    421 4.3.2 at once; one in DATA on each thread finishes its message
+    (250, in the spool after exit), then gets 421; mtad exits 0."""
+    mtad = mtad_factory({"server.threads": 2, "server.shutdown_grace": "10s"})
+    conns = open_many(mtad, 16)
+    for c in conns:
+        assert c.ehlo().code == 250
+    by_thread = {}
+    sids = [e for e in mtad.events("connect")]
+    assert len(sids) == 16
+    # connect lines come in accept order, our sockets in connect order:
+    # match them by client port
+    ports = {int(e["port"]): e["thread"] for e in sids}
+    for c in conns:
+        by_thread.setdefault(ports[c.sock.getsockname()[1]], []).append(c)
+    assert len(by_thread) == 2, by_thread.keys()
+    busy = [v[0] for v in by_thread.values()]
+    idle = [c for v in by_thread.values() for c in v[1:]]
+    for b in busy:
+        assert b.cmd("MAIL FROM:<a@client.test>").code == 250
+        assert b.cmd("RCPT TO:<b@example.org>").code == 250
+        assert b.cmd("DATA").code == 354
+    mtad.signal(signal.SIGTERM)
+    for c in idle:
+        r = c.reply()
+        assert r.code == 421 and r.dsn == "4.3.2", r
+        assert c.wait_closed(5)
+    qids = []
+    for b in busy:
+        b.send(b"Subject: drain\r\n\r\nbody\r\n.\r\n")
+        r = b.reply()
+        assert r.code == 250, r
+        qids.append(r.qid)
+        r = b.reply()
+        assert r.code == 421 and r.dsn == "4.3.2", r
+        assert b.wait_closed(5)
+    rc = mtad.proc.wait(15)
+    assert rc == 0, mtad.log_tail()
+    assert set(qids) <= set(mtad.queue())
+
+
+def test_threads_reload_reaches_every_thread(mtad_factory):
+    """SIGHUP with 2 threads: the reload is logged, and afterwards new
+    sessions on both threads are served and their mail is spooled."""
+    mtad = mtad_factory({"server.threads": 2})
+    mtad.signal(signal.SIGHUP)
+    assert mtad.wait_event("reload", timeout=10), mtad.log_tail()
+    before = len(mtad.events("connect"))
+    conns = open_many(mtad, 16)
+    qids = []
+    for c in conns:
+        assert c.ehlo().code == 250
+        r = c.send_message("a@client.test", ["b@example.org"], message())
+        assert r.code == 250, r
+        qids.append(r.qid)
+        c.quit()
+    after = mtad.events("connect")[before:]
+    assert len({e["thread"] for e in after}) == 2
+    assert set(qids) <= set(mtad.queue())
+    assert mtad.alive()
+
+
+def test_threads_one_is_one_loop(mtad_factory):
+    """server.threads = 1: ready says threads=1, every session is on
+    thread 0 and works as before."""
+    mtad = mtad_factory({"server.threads": 1})
+    assert mtad.events("ready")[-1].get("threads") == "1"
+    conns = open_many(mtad, 6)
+    for c in conns:
+        assert c.ehlo().code == 250
+        r = c.send_message("a@client.test", ["b@example.org"], message())
+        assert r.code == 250, r
+        c.quit()
+    assert threads_of(mtad) == {"0"}
+    assert len(mtad.queue()) == 6
