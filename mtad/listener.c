@@ -22,6 +22,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_SERVERS (3 * MTA_CONFIG_MAX_LISTEN)
@@ -45,6 +46,7 @@ struct shard {
 	bool shutting_down;
 	bool now_done;	    /* shutdown_now applied */
 	unsigned gen;	    /* config generation applied (under l->mu) */
+	bool closed_servers; /* under l->mu: its sockets are closed */
 	pthread_t thread;
 	bool thread_started;
 	atomic_bool finished; /* shard thread: all closed */
@@ -64,14 +66,16 @@ struct mtad_listener {
 	void (*on_queued)(void *arg);
 	void *on_queued_arg;
 	pthread_mutex_t mu;
+	pthread_cond_t cv; /* a shard closed its sockets */
 	/* under mu: what thread 0 asked of the shards */
-	bool cmd_shutdown, cmd_now;
+	bool cmd_stop, cmd_shutdown, cmd_now;
 	unsigned gen;
 	const struct mta_config *gen_cfg;
 	const struct mta_tls_creds *gen_tls;
 	struct mta_auth_users *gen_users; /* a reference */
 	/* thread 0 */
 	bool started;
+	bool stopped_accepting;
 	bool shutting_down;
 	void (*done)(void *arg);
 	void *done_arg;
@@ -193,16 +197,23 @@ static void on_sessions_done(void *arg)
 	shard_check(s);
 }
 
-static void shard_shutdown(struct shard *s)
+/* The shard's listening sockets are closed at once (uv_close() closes
+ * the descriptor); their callbacks come later. */
+static void shard_close_servers(struct shard *s)
 {
-	if (s->shutting_down)
-		return;
-	s->shutting_down = true;
 	for (size_t i = 0; i < MAX_SERVERS; i++) {
 		uv_handle_t *h = (uv_handle_t *)&s->servers[i];
 		if (h->loop != NULL && !uv_is_closing(h))
 			uv_close(h, on_server_closed);
 	}
+}
+
+static void shard_shutdown(struct shard *s)
+{
+	if (s->shutting_down)
+		return;
+	s->shutting_down = true;
+	shard_close_servers(s);
 	if (s->in != NULL)
 		mta_inbound_shutdown(s->in, on_sessions_done, s);
 	else
@@ -215,9 +226,10 @@ static void on_cmd(uv_async_t *a)
 {
 	struct shard *s = a->data;
 	struct mtad_listener *l = s->l;
-	bool down, now;
+	bool stop, down, now;
 
 	pthread_mutex_lock(&l->mu);
+	stop = l->cmd_stop;
 	down = l->cmd_shutdown;
 	now = l->cmd_now;
 	if (s->gen != l->gen && s->in != NULL) {
@@ -227,6 +239,13 @@ static void on_cmd(uv_async_t *a)
 	}
 	s->gen = l->gen;
 	pthread_mutex_unlock(&l->mu);
+	if (stop && !s->closed_servers) {
+		shard_close_servers(s);
+		pthread_mutex_lock(&l->mu);
+		s->closed_servers = true;
+		pthread_cond_signal(&l->cv);
+		pthread_mutex_unlock(&l->mu);
+	}
 	if (down)
 		shard_shutdown(s);
 	if (now && !s->now_done && !s->sessions_done && s->in != NULL) {
@@ -401,6 +420,7 @@ int mtad_listener_open(uv_loop_t *loop, const struct mta_config *cfg,
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&l->mu, NULL); /* cannot fail on Linux */
+	pthread_cond_init(&l->cv, NULL);
 	rc = init_shards(l);
 	if (rc == 0)
 		rc = mta_inbound_shared_new(cfg, &l->shared);
@@ -496,11 +516,50 @@ static void close_unstarted(struct shard *s)
 	atomic_store(&s->finished, true);
 }
 
+/*
+ * Under l->mu: waits (at most a second) until every running shard has
+ * closed its listening sockets, so that once shutdown returns no thread
+ * accepts any more (a connection is refused, as with one thread).  The
+ * shards never wait for thread 0 while holding anything it needs.
+ */
+static void wait_closed_locked(struct mtad_listener *l)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 1;
+	for (unsigned i = 1; i < l->nthreads; i++) {
+		struct shard *s = &l->shards[i];
+		while (s->thread_started && !s->closed_servers &&
+		       !atomic_load(&s->finished))
+			if (pthread_cond_timedwait(&l->cv, &l->mu, &until) ==
+			    ETIMEDOUT)
+				return;
+	}
+}
+
+void mtad_listener_stop_accepting(struct mtad_listener *l)
+{
+	if (l->stopped_accepting)
+		return;
+	l->stopped_accepting = true;
+	for (unsigned i = 1; i < l->nthreads; i++)
+		if (!l->shards[i].thread_started && l->shards[i].loop_init)
+			shard_close_servers(&l->shards[i]); /* loop idle */
+	pthread_mutex_lock(&l->mu);
+	l->cmd_stop = true;
+	broadcast_locked(l);
+	wait_closed_locked(l);
+	pthread_mutex_unlock(&l->mu);
+	shard_close_servers(&l->shards[0]);
+}
+
 void mtad_listener_shutdown(struct mtad_listener *l, void (*done)(void *arg),
 			    void *arg)
 {
 	if (l->shutting_down)
 		return;
+	mtad_listener_stop_accepting(l);
 	l->shutting_down = true;
 	l->done = done;
 	l->done_arg = arg;
@@ -603,6 +662,7 @@ void mtad_listener_free(struct mtad_listener *l)
 	}
 	mta_inbound_shared_free(l->shared);
 	mta_auth_users_unref(l->gen_users);
+	pthread_cond_destroy(&l->cv);
 	pthread_mutex_destroy(&l->mu);
 	free(l->shards);
 	free(l);

@@ -69,6 +69,10 @@ int mtad_listener_open(uv_loop_t *loop, const struct mta_config *cfg,
 		       struct mtad_listener **out);
 int mtad_listener_start(struct mtad_listener *l,
 			const struct mtad_listener_params *p);
+/* SIGTERM, first step: every thread closes its listening sockets; on
+ * return none accepts (new connections are refused), sessions go on.
+ * mtad_listener_shutdown() does it too. */
+void mtad_listener_stop_accepting(struct mtad_listener *l);
 void mtad_listener_shutdown(struct mtad_listener *l, void (*done)(void *arg),
 			    void *arg);
 /* After mtad_listener_shutdown(): the drain is over (shutdown_grace),

@@ -663,6 +663,9 @@ static void on_signal(uv_signal_t *h, int signum)
 		reload(d);
 		return;
 	}
+	/* logged once nothing accepts any more, on any loop thread */
+	if (d->listener != NULL)
+		mtad_listener_stop_accepting(d->listener);
 	mta_log_begin(&ll, MTA_LOG_INFO, "shutdown");
 	mta_log_str(&ll, "signal", signum == SIGTERM ? "TERM" : "INT");
 	mta_log_end(&ll);

@@ -5,6 +5,7 @@ answered 250 is in the spool, SIGTERM drains every thread (SRV-16), and
 server.threads = 1 keeps one loop."""
 import http.client
 import signal
+import socket
 import time
 
 import pytest
@@ -106,7 +107,8 @@ def test_threads_per_client_limit_across_threads(mtad_factory):
 
 
 def test_threads_sigterm_drains_every_thread(mtad_factory):
-    """SIGTERM with 2 threads (SRV-16): idle sessions on both threads get
+    """SIGTERM with 2 threads (SRV-16): once event=shutdown is logged new
+    connections are refused; idle sessions on both threads get
     421 4.3.2 at once; one in DATA on each thread finishes its message
     (250, in the spool after exit), then gets 421; mtad exits 0."""
     mtad = mtad_factory({"server.threads": 2, "server.shutdown_grace": "10s"})
@@ -129,6 +131,12 @@ def test_threads_sigterm_drains_every_thread(mtad_factory):
         assert b.cmd("RCPT TO:<b@example.org>").code == 250
         assert b.cmd("DATA").code == 354
     mtad.signal(signal.SIGTERM)
+    assert mtad.wait_event("shutdown", timeout=5)
+    # logged once no thread accepts: every new connection is refused
+    # (SO_REUSEPORT would hand it to any socket still listening)
+    for _ in range(8):
+        with pytest.raises(OSError):
+            socket.create_connection((mtad.addr, mtad.port), timeout=2).close()
     for c in idle:
         r = c.reply()
         assert r.code == 421 and r.dsn == "4.3.2", r
