@@ -1084,6 +1084,7 @@ static const char *const not_live[] = {
 	"mta_sts.https_port", "mta_sts.refresh_interval",
 	"control.socket",     "control.group",	  "http.listen",
 	"server.shutdown_grace", "submission.listen",	  "submissions.listen",
+	"server.threads",
 };
 
 /* The value line of section.key in mta_config_print() output, or NULL. */

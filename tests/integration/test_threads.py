@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mtadtest import message
+from mtadtest import message, write_config
 from smtpraw import RawSMTP
 
 
@@ -156,11 +156,16 @@ def test_threads_sigterm_drains_every_thread(mtad_factory):
 
 
 def test_threads_reload_reaches_every_thread(mtad_factory):
-    """SIGHUP with 2 threads: the reload is logged, and afterwards new
-    sessions on both threads are served and their mail is spooled."""
+    """SIGHUP with 2 threads: server.threads itself is not reloadable
+    (reload_not_live), the reload goes through, and afterwards new
+    sessions on both threads (and no third) are served and their mail is
+    spooled."""
     mtad = mtad_factory({"server.threads": 2})
+    mtad.settings["server.threads"] = 4
+    write_config(mtad.conf, mtad.settings)
     mtad.signal(signal.SIGHUP)
-    assert mtad.wait_event("reload", timeout=10), mtad.log_tail()
+    assert mtad.wait_event("reloaded", timeout=10), mtad.log_tail()
+    assert mtad.events("reload_not_live", key="server.threads")
     before = len(mtad.events("connect"))
     conns = open_many(mtad, 16)
     qids = []
@@ -171,7 +176,7 @@ def test_threads_reload_reaches_every_thread(mtad_factory):
         qids.append(r.qid)
         c.quit()
     after = mtad.events("connect")[before:]
-    assert len({e["thread"] for e in after}) == 2
+    assert {e["thread"] for e in after} == {"0", "1"}
     assert set(qids) <= set(mtad.queue())
     assert mtad.alive()
 
