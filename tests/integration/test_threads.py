@@ -194,3 +194,59 @@ def test_threads_one_is_one_loop(mtad_factory):
         c.quit()
     assert threads_of(mtad) == {"0"}
     assert len(mtad.queue()) == 6
+
+
+def test_threads_auth_failures_shared(mtad_factory, tmp_path):
+    """auth.max_failures = 3 with 2 threads: after 3 failed AUTH from one
+    address (one per connection, wherever they landed), every later AUTH
+    from that address gets 421 4.7.0 even with the right password, on
+    connections that reach both threads: the failure table is shared."""
+    import base64
+    import os
+    import subprocess
+
+    import mtadtest
+    from mtadtest import alloc_addr, clean_env, free_port
+
+    pw = "s3cret pass"
+    users = os.path.join(str(tmp_path), "users")
+    r = subprocess.run([os.path.join(mtadtest.BUILD_DIR, "mtactl"), "passwd",
+                        "alice", "--file", users], input=(pw + "\n").encode(),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=clean_env(), timeout=30)
+    assert r.returncode == 0, r.stderr
+    mtadtest.give_group_read(users)
+    addr = alloc_addr()
+    port = free_port(addr)
+    m = mtad_factory({"server.threads": 2, "server.relay_networks": "127.0.0.1/32",
+                      "submission.listen": "%s:%d" % (addr, port),
+                      "auth.users_file": users, "auth.failure_delay": "0s",
+                      "auth.max_failures": "3"})
+    src = alloc_addr()
+
+    def session():
+        c = RawSMTP(addr, port, source=src)
+        assert c.greeting().code == 220
+        assert c.ehlo("app.test").code == 250
+        assert c.starttls().code == 220
+        assert "AUTH" in c.ehlo("app.test").text
+        return c
+
+    def b64(s):
+        return base64.b64encode(s.encode()).decode()
+
+    for _ in range(3):
+        c = session()
+        assert c.cmd("AUTH PLAIN " + b64("\0alice\0nope")).code == 535
+        c.quit()
+    limited_on = set()
+    for _ in range(10):
+        c = session()
+        port_c = c.sock.getsockname()[1]
+        r = c.cmd("AUTH PLAIN " + b64("\0alice\0" + pw))
+        assert r.code == 421 and r.dsn == "4.7.0", r
+        ev = [e for e in m.events("connect") if e["port"] == str(port_c)]
+        limited_on.add(ev[-1]["thread"])
+        c.close()
+    assert limited_on == {"0", "1"}, limited_on
+    assert len([e for e in m.events("auth") if e.get("result") == "limit"]) == 10
