@@ -309,6 +309,49 @@ static int open_reuseport(uv_tcp_t *t, const struct sockaddr *sa)
 	return rc;
 }
 
+/*
+ * Before a SO_REUSEPORT group is bound: is sa free?  Another process of
+ * the same user with SO_REUSEPORT sockets on it (a second mtad) would
+ * otherwise silently share the port; a socket without the option fails
+ * with EADDRINUSE as uv_tcp_bind() always did.  0 or -errno.
+ */
+static int probe_free(const struct sockaddr *sa)
+{
+	socklen_t len = sa->sa_family == AF_INET6
+				? sizeof(struct sockaddr_in6)
+				: sizeof(struct sockaddr_in);
+	int one = 1, zero = 0, rc = 0;
+	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    (sa->sa_family == AF_INET6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) !=
+		     0) ||
+	    bind(fd, sa, len) != 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/* Port 0 asks the kernel for one: the other threads bind the port the
+ * first socket got. */
+static void resolve_port(uv_tcp_t *t, struct sockaddr_storage *ss)
+{
+	struct sockaddr_storage got;
+	int len = sizeof(got);
+
+	if (uv_tcp_getsockname(t, (struct sockaddr *)&got, &len) != 0)
+		return;
+	if (ss->ss_family == AF_INET6)
+		((struct sockaddr_in6 *)ss)->sin6_port =
+			((struct sockaddr_in6 *)&got)->sin6_port;
+	else
+		((struct sockaddr_in *)ss)->sin_port =
+			((struct sockaddr_in *)&got)->sin_port;
+}
+
 /* Server k of shard s on sa: a plain libuv socket with one thread (as
  * mtad always did), a SO_REUSEPORT one per thread otherwise. */
 static int open_server(struct mtad_listener *l, struct shard *s, size_t k,
@@ -380,14 +423,20 @@ static int open_all(struct mtad_listener *l, const struct mta_config *cfg)
 
 	for (size_t k = 0; k < 3 && rc == 0; k++) {
 		for (size_t j = 0; j < sets[k].n && rc == 0; j++) {
-			const struct sockaddr *sa =
-				(const struct sockaddr *)&sets[k].addrs[j];
+			struct sockaddr_storage ss = sets[k].addrs[j];
+			const struct sockaddr *sa = (const struct sockaddr *)&ss;
 			size_t ns = l->nservers++;
 
 			l->kinds[ns] = sets[k].kind;
-			format_addr(&sets[k].addrs[j], addr, sizeof(addr));
-			for (unsigned i = 0; i < l->nthreads && rc == 0; i++)
+			format_addr(&ss, addr, sizeof(addr));
+			if (l->nthreads > 1)
+				rc = probe_free(sa);
+			for (unsigned i = 0; i < l->nthreads && rc == 0; i++) {
 				rc = open_server(l, &l->shards[i], ns, sa);
+				if (rc == 0 && i == 0)
+					resolve_port(&l->shards[0].servers[ns],
+						     &ss);
+			}
 			mta_log_begin(&ll, rc == 0 ? MTA_LOG_INFO : MTA_LOG_ERR,
 				      rc == 0 ? "listen" : "listen_failed");
 			mta_log_str(&ll, "addr", addr);

@@ -250,3 +250,24 @@ def test_threads_auth_failures_shared(mtad_factory, tmp_path):
         c.close()
     assert limited_on == {"0", "1"}, limited_on
     assert len([e for e in m.events("auth") if e.get("result") == "limit"]) == 10
+
+
+def test_threads_second_mtad_on_same_port_refused(mtad_factory):
+    """SO_REUSEPORT must not let a second mtad (same user, another spool)
+    share the port of a running one: it fails with event=listen_failed
+    (EADDRINUSE) and exit 1, and the first keeps every connection."""
+    first = mtad_factory({"server.threads": 2})
+    second = mtad_factory({"server.threads": 2,
+                           "server.listen": "%s:%d" % (first.addr, first.port)},
+                          start=False)
+    second.start(wait_ready=False)
+    rc = second.proc.wait(15)
+    second.exit_codes.append(rc)
+    assert rc == 1, second.log_tail()
+    ev = second.events("listen_failed")
+    assert ev and ev[0]["addr"] == "%s:%d" % (first.addr, first.port), second.log_tail()
+    assert "in use" in ev[0]["error"], ev
+    conns = open_many(first, 8)
+    for c in conns:
+        c.quit()
+    assert len(first.events("connect")) == 8
