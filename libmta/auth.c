@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,7 @@ struct entry {
 };
 
 struct mta_auth_users {
-	unsigned refs;
+	atomic_uint refs; /* inbound sessions of every loop thread */
 	size_t n;
 	struct entry *e;
 };
@@ -168,13 +169,14 @@ int mta_auth_users_load(const char *path, struct mta_auth_users **out,
 struct mta_auth_users *mta_auth_users_ref(struct mta_auth_users *u)
 {
 	if (u != NULL)
-		u->refs++;
+		atomic_fetch_add_explicit(&u->refs, 1, memory_order_relaxed);
 	return u;
 }
 
 void mta_auth_users_unref(struct mta_auth_users *u)
 {
-	if (u != NULL && --u->refs == 0)
+	if (u != NULL &&
+	    atomic_fetch_sub_explicit(&u->refs, 1, memory_order_acq_rel) == 1)
 		users_free(u);
 }
 

@@ -43,8 +43,10 @@
  *
  * THREADS
  *	mta_auth_verify() and mta_auth_hash(): any thread (crypt_r, no
- *	shared state).  The table's reference count and the limiter: loop
- *	thread only.  A table is never modified after load, so a worker may
+ *	shared state).  The table's reference count: any thread (atomic:
+ *	inbound sessions on every loop thread hold references).  The
+ *	limiter: one thread at a time (inbound.c shares one between its loop
+ *	threads under a mutex).  A table is never modified after load, so a worker may
  *	read it while the loop holds a reference.
  *
  * OWNERSHIP

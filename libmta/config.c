@@ -83,6 +83,7 @@ static const struct key keys[] = {
 	KEY("server", "command_timeout", "300s", T_DURATION, command_timeout, 1, 86400),
 	KEY("server", "data_timeout", "600s", T_DURATION, data_timeout, 1, 86400),
 	KEY("server", "message_timeout", "1800s", T_DURATION, message_timeout, 1, 7 * 86400),
+	KEY("server", "threads", "0", T_COUNT, server_threads, 0, 64),
 	KEY("server", "shutdown_grace", "30s", T_DURATION, shutdown_grace, 0, 3600),
 	KEY("server", "postmaster", "", T_MAILBOX, server_postmaster, 0, 0),
 	KEY("server", "tls_cert", "", T_OPTPATH, tls_cert, 0, 0),

@@ -130,6 +130,8 @@ struct mta_config {
 	unsigned command_timeout;     /* server.command_timeout s, 300 */
 	unsigned data_timeout;	      /* server.data_timeout s, 600 */
 	unsigned message_timeout;     /* server.message_timeout s, 1800 */
+	unsigned server_threads;      /* server.threads, 0 = online CPUs,
+					 at most 8 (mtad/listener.c) */
 	unsigned shutdown_grace;      /* server.shutdown_grace s, 30 */
 	char *server_postmaster;      /* server.postmaster or NULL */
 	char *tls_cert;		      /* server.tls_cert or NULL */

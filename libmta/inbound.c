@@ -11,7 +11,10 @@
 #include "log.h"
 #include "smtp_server.h"
 
+#include <assert.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +27,23 @@
 #define AUTH_WINDOW_MS (15u * 60u * 1000u) /* failures remembered */
 
 struct session;
+
+/*
+ * What the session sets of all loop threads share (server.threads): the
+ * sessions not closing (for the limits), the AUTH failure table, the
+ * session and queue id sequences.  mu guards active, nactive, nuntrusted
+ * and limit; the rest are atomics.
+ */
+struct mta_inbound_shared {
+	pthread_mutex_t mu;
+	struct session *active; /* not closing, every set (anext/aprev) */
+	size_t nactive;
+	size_t nuntrusted; /* of active: from outside relay_networks */
+	struct mta_auth_limit limit; /* failed AUTH per client */
+	atomic_size_t nsessions;     /* every session, closing too */
+	atomic_uint_fast64_t next_sid;
+	atomic_uint_fast32_t qid_seq;
+};
 
 /* One AUTH verification: the hash on the thread pool, then the delay of
  * a failure on the loop.  It outlives its session when the client goes
@@ -42,6 +62,8 @@ struct auth_job {
 
 struct session {
 	struct session *prev, *next;
+	struct session *aprev, *anext; /* sh->active, under sh->mu */
+	bool active;		       /* in sh->active */
 	struct mta_inbound *l;
 	/* the snapshot the session started with (kept alive by the owner
 	 * until mta_inbound_nsessions() was 0 after a reconfigure) */
@@ -59,7 +81,7 @@ struct session {
 	int client_port;
 	uint8_t client_key[16]; /* IPv4 address, or IPv6 /64 prefix */
 	bool trusted;		/* inside relay_networks */
-	bool counted_untrusted; /* in l->nuntrusted (until closing) */
+	bool counted_untrusted; /* in sh->nuntrusted (until closing) */
 	/* deadlines, uv_now() milliseconds (arm_timer()) */
 	uint32_t progress_seen;
 	bool in_message;
@@ -91,13 +113,12 @@ struct mta_inbound {
 	void *on_queued_arg;
 	struct mta_metrics *metrics;
 	struct mta_auth_users *users; /* a reference, or NULL */
-	struct mta_auth_limit *limit; /* failed AUTH per client */
+	struct mta_inbound_shared *sh;
+	bool own_sh; /* sh made by mta_inbound_new(), freed with l */
+	struct mta_writer_port *port; /* or NULL: the writer's loop */
+	unsigned thread;	      /* logged on connect lines */
 	struct session *sessions;
 	size_t nsessions;
-	size_t nuntrusted; /* sessions from outside relay_networks */
-	size_t nclosing;   /* sessions closing, freed in a moment */
-	uint64_t next_sid;
-	uint32_t qid_seq;
 	bool shutting_down;
 	void (*done)(void *arg);
 	void *done_arg;
@@ -124,6 +145,29 @@ static void maybe_done(struct mta_inbound *l)
 		l->done = NULL;
 		done(l->done_arg);
 	}
+}
+
+/* The session leaves the active list (it is closing): it no longer counts
+ * against the limits. */
+static void deactivate(struct session *s)
+{
+	struct mta_inbound_shared *sh = s->l->sh;
+
+	if (!s->active)
+		return;
+	pthread_mutex_lock(&sh->mu);
+	if (s->aprev != NULL)
+		s->aprev->anext = s->anext;
+	else
+		sh->active = s->anext;
+	if (s->anext != NULL)
+		s->anext->aprev = s->aprev;
+	sh->nactive--;
+	if (s->counted_untrusted)
+		sh->nuntrusted--;
+	pthread_mutex_unlock(&sh->mu);
+	s->active = false;
+	s->counted_untrusted = false;
 }
 
 /* ---- output ---------------------------------------------------------- */
@@ -174,12 +218,10 @@ static void session_free(struct session *s)
 		l->sessions = s->next;
 	if (s->next != NULL)
 		s->next->prev = s->prev;
+	deactivate(s);
 	l->nsessions--;
+	atomic_fetch_sub(&l->sh->nsessions, 1);
 	mta_metrics_session(l->metrics, -1);
-	if (s->counted_untrusted)
-		l->nuntrusted--;
-	if (s->closing)
-		l->nclosing--;
 	free(s);
 	maybe_done(l);
 }
@@ -201,11 +243,7 @@ static void session_close(struct session *s, const char *reason,
 	if (s->closing)
 		return;
 	s->closing = true;
-	s->l->nclosing++;
-	if (s->counted_untrusted) {
-		s->l->nuntrusted--;
-		s->counted_untrusted = false;
-	}
+	deactivate(s);
 	s->close_reason = reason;
 	if (graceful)
 		flush_engine(s);
@@ -317,7 +355,9 @@ static void start_message(struct session *s)
 	char rec[2048];
 	int n;
 
-	mta_qid_make(s->qid, now_us(), ++l->qid_seq);
+	/* one sequence for every loop thread: ids stay unique */
+	mta_qid_make(s->qid, now_us(),
+		     (uint32_t)atomic_fetch_add(&l->sh->qid_seq, 1) + 1);
 	if (s->body_open)
 		mta_body_free(&s->body);
 	mta_body_init(&s->body, mta_spool_tmpdir(l->spool), MTA_INBOUND_BODY_SPILL);
@@ -449,8 +489,12 @@ static void submit_message(struct session *s)
 	s->env.arrival_us = (int64_t)now_us();
 	s->env.size = s->body.len;
 	s->commit_pending = true;
-	mta_writer_submit_new(l->writer, &s->commit, s->qid, &s->env, &s->body,
-			      on_commit_done);
+	if (l->port != NULL)
+		mta_writer_port_submit_new(l->port, &s->commit, s->qid, &s->env,
+					   &s->body, on_commit_done);
+	else
+		mta_writer_submit_new(l->writer, &s->commit, s->qid, &s->env,
+				      &s->body, on_commit_done);
 }
 
 static void start_tls(struct session *s, size_t discarded)
@@ -492,13 +536,20 @@ static void log_auth(struct session *s, const char *result, unsigned fails)
 
 static unsigned client_failures(struct session *s)
 {
+	struct mta_inbound_shared *sh = s->l->sh;
+	unsigned n = 0;
+
+	pthread_mutex_lock(&sh->mu);
 	for (size_t i = 0; i < MTA_AUTH_LIMIT_SLOTS; i++) {
-		const struct mta_auth_limit_slot *sl = &s->l->limit->slot[i];
+		const struct mta_auth_limit_slot *sl = &sh->limit.slot[i];
 		if (sl->last_ms != 0 &&
-		    memcmp(sl->key, s->client_key, sizeof(s->client_key)) == 0)
-			return sl->failures;
+		    memcmp(sl->key, s->client_key, sizeof(s->client_key)) == 0) {
+			n = sl->failures;
+			break;
+		}
 	}
-	return 0;
+	pthread_mutex_unlock(&sh->mu);
+	return n;
 }
 
 static void job_free(struct auth_job *j)
@@ -557,13 +608,17 @@ static void auth_after(uv_work_t *w, int status)
 		log_auth(s, "tempfail", 0);
 	} else if (j->result == 0) {
 		j->verdict = MTA_SMTPD_AUTH_OK;
-		mta_auth_limit_ok(s->l->limit, s->client_key);
+		pthread_mutex_lock(&s->l->sh->mu);
+		mta_auth_limit_ok(&s->l->sh->limit, s->client_key);
+		pthread_mutex_unlock(&s->l->sh->mu);
 		memcpy(s->auth_name, j->user, sizeof(s->auth_name));
 		log_auth(s, "ok", 0);
 	} else {
 		j->verdict = MTA_SMTPD_AUTH_FAIL;
-		delay = mta_auth_limit_fail(s->l->limit, s->client_key,
+		pthread_mutex_lock(&s->l->sh->mu);
+		delay = mta_auth_limit_fail(&s->l->sh->limit, s->client_key,
 					    uv_now(s->l->loop));
+		pthread_mutex_unlock(&s->l->sh->mu);
 		log_auth(s, "fail", client_failures(s));
 	}
 	if (delay > 0 && uv_timer_init(s->l->loop, &j->timer) == 0) {
@@ -594,8 +649,13 @@ static void start_auth(struct session *s, const struct mta_smtpd_event *e)
 {
 	struct mta_inbound *l = s->l;
 	struct auth_job *j;
+	bool allowed;
 
-	if (!mta_auth_limit_check(l->limit, s->client_key, uv_now(l->loop))) {
+	pthread_mutex_lock(&l->sh->mu);
+	allowed = mta_auth_limit_check(&l->sh->limit, s->client_key,
+				       uv_now(l->loop));
+	pthread_mutex_unlock(&l->sh->mu);
+	if (!allowed) {
 		log_auth(s, "limit", client_failures(s));
 		mta_smtpd_auth_done(&s->smtpd, MTA_SMTPD_AUTH_LIMIT);
 		return;
@@ -852,29 +912,52 @@ static void arm_timer(struct session *s)
  * client (an IPv4 address or an IPv6 /64); and clients outside
  * relay_networks, who can at most reach Postmaster, share a quarter of
  * server.max_sessions, so they can never crowd out the clients the relay
- * serves.  The per-client count walks the session list: O(sessions) per
- * connection, at most server.max_sessions.
+ * serves.  The per-client count walks the active list: O(sessions) per
+ * connection, at most server.max_sessions.  The counts are those of every
+ * loop thread (struct mta_inbound_shared); the caller holds sh->mu.
  */
 static const char *session_limit(struct mta_inbound *l,
 				 const struct session *s)
 {
 	const struct mta_config *cfg = l->cfg;
+	const struct mta_inbound_shared *sh = l->sh;
 	size_t same = 0, untrusted_max = cfg->max_sessions / 4;
 
 	/* sessions already refused and closing do not hold a slot: a burst
 	 * of refused connections must not lock out the next good client */
-	if (l->nsessions - l->nclosing > cfg->max_sessions)
+	if (sh->nactive > cfg->max_sessions)
 		return "too many connections";
-	if (!s->trusted && l->nuntrusted > (untrusted_max ? untrusted_max : 1))
+	if (!s->trusted && sh->nuntrusted > (untrusted_max ? untrusted_max : 1))
 		return "too many connections from outside the relay networks";
-	for (const struct session *o = l->sessions; o != NULL; o = o->next)
-		if (!o->closing &&
-		    memcmp(o->client_key, s->client_key,
+	for (const struct session *o = sh->active; o != NULL; o = o->anext)
+		if (memcmp(o->client_key, s->client_key,
 			   sizeof(s->client_key)) == 0)
 			same++;
 	if (same > cfg->max_sessions_per_client)
 		return "too many connections from your address";
 	return NULL;
+}
+
+/* s counts from now on (until it closes); why it may not start, or NULL. */
+static const char *activate(struct session *s, bool untrusted)
+{
+	struct mta_inbound_shared *sh = s->l->sh;
+	const char *why;
+
+	pthread_mutex_lock(&sh->mu);
+	s->anext = sh->active;
+	if (sh->active != NULL)
+		sh->active->aprev = s;
+	sh->active = s;
+	s->active = true;
+	sh->nactive++;
+	if (untrusted) {
+		sh->nuntrusted++;
+		s->counted_untrusted = true;
+	}
+	why = session_limit(s->l, s);
+	pthread_mutex_unlock(&sh->mu);
+	return why;
 }
 
 int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
@@ -907,13 +990,14 @@ int mta_inbound_accept_kind(struct mta_inbound *l, uv_stream_t *server,
 	s->kind = kind;
 	if (kind != MTA_INBOUND_SMTP)
 		s->users = mta_auth_users_ref(l->users);
-	s->sid = ++l->next_sid;
+	s->sid = atomic_fetch_add(&l->sh->next_sid, 1) + 1;
 	s->st.write_low = MTA_INBOUND_OUTBUF_MAX / 2;
 	s->next = l->sessions;
 	if (l->sessions != NULL)
 		l->sessions->prev = s;
 	l->sessions = s;
 	l->nsessions++;
+	atomic_fetch_add(&l->sh->nsessions, 1);
 	mta_metrics_session(l->metrics, 1);
 	s->close_reason = "unknown";
 
@@ -921,7 +1005,6 @@ int mta_inbound_accept_kind(struct mta_inbound *l, uv_stream_t *server,
 	if (rc != 0) {
 		s->close_reason = "accept_failed";
 		s->closing = true;
-		l->nclosing++;
 		mta_stream_close(&s->st, false);
 		return rc;
 	}
@@ -952,10 +1035,6 @@ int mta_inbound_accept_kind(struct mta_inbound *l, uv_stream_t *server,
 	s->scfg.relay_allowed =
 		mta_config_relay_allowed(l->cfg, (struct sockaddr *)&ss);
 	s->trusted = s->scfg.relay_allowed;
-	if (!s->trusted && kind == MTA_INBOUND_SMTP) {
-		l->nuntrusted++;
-		s->counted_untrusted = true;
-	}
 	/* outside relay_networks a client can only ever reach Postmaster:
 	 * without server.postmaster it can reach nothing, so say so now */
 	s->scfg.refused = !s->trusted && l->cfg->server_postmaster == NULL &&
@@ -969,13 +1048,15 @@ int mta_inbound_accept_kind(struct mta_inbound *l, uv_stream_t *server,
 	mta_log_str(&ll, "client", s->client);
 	mta_log_int(&ll, "port", s->client_port);
 	mta_log_str(&ll, "relay", s->scfg.relay_allowed ? "yes" : "no");
+	mta_log_int(&ll, "thread", l->thread);
 	if (kind != MTA_INBOUND_SMTP)
 		mta_log_str(&ll, "listener", kind == MTA_INBOUND_SUBMISSION
 						     ? "submission"
 						     : "submissions");
 	mta_log_end(&ll);
 
-	const char *why = session_limit(l, s);
+	const char *why =
+		activate(s, !s->trusted && kind == MTA_INBOUND_SMTP);
 	if (why != NULL) {
 		char msg[300];
 		int n = snprintf(msg, sizeof(msg),
@@ -1028,14 +1109,17 @@ int mta_inbound_new(const struct mta_inbound_params *p,
 	l->on_queued = p->on_queued;
 	l->on_queued_arg = p->on_queued_arg;
 	l->metrics = p->metrics;
-	l->limit = calloc(1, sizeof(*l->limit));
-	if (l->limit == NULL) {
-		free(l);
-		return -ENOMEM;
+	l->port = p->port;
+	l->thread = p->thread;
+	l->sh = p->shared;
+	if (l->sh == NULL) {
+		int rc = mta_inbound_shared_new(p->cfg, &l->sh);
+		if (rc != 0) {
+			free(l);
+			return rc;
+		}
+		l->own_sh = true;
 	}
-	mta_auth_limit_init(l->limit, p->cfg->auth_max_failures,
-			    (uint64_t)p->cfg->auth_failure_delay * 1000u,
-			    AUTH_WINDOW_MS);
 	l->users = mta_auth_users_ref(p->users);
 	*out = l;
 	return 0;
@@ -1090,9 +1174,7 @@ void mta_inbound_reconfigure(struct mta_inbound *l,
 {
 	l->cfg = cfg;
 	l->tls = tls;
-	/* the failures counted so far stay */
-	l->limit->max_failures = cfg->auth_max_failures;
-	l->limit->base_delay_ms = (uint64_t)cfg->auth_failure_delay * 1000u;
+	mta_inbound_shared_reconfigure(l->sh, cfg);
 }
 
 void mta_inbound_set_users(struct mta_inbound *l,
@@ -1112,6 +1194,53 @@ size_t mta_inbound_nsessions(const struct mta_inbound *l)
 void mta_inbound_free(struct mta_inbound *l)
 {
 	mta_auth_users_unref(l->users);
-	free(l->limit);
+	if (l->own_sh)
+		mta_inbound_shared_free(l->sh);
 	free(l);
+}
+
+int mta_inbound_shared_new(const struct mta_config *cfg,
+			   struct mta_inbound_shared **out)
+{
+	struct mta_inbound_shared *sh = calloc(1, sizeof(*sh));
+	int rc;
+
+	if (sh == NULL)
+		return -ENOMEM;
+	if ((rc = -pthread_mutex_init(&sh->mu, NULL)) != 0) {
+		free(sh);
+		return rc;
+	}
+	mta_auth_limit_init(&sh->limit, cfg->auth_max_failures,
+			    (uint64_t)cfg->auth_failure_delay * 1000u,
+			    AUTH_WINDOW_MS);
+	atomic_init(&sh->nsessions, 0);
+	atomic_init(&sh->next_sid, 0);
+	atomic_init(&sh->qid_seq, 0);
+	*out = sh;
+	return 0;
+}
+
+void mta_inbound_shared_reconfigure(struct mta_inbound_shared *sh,
+				    const struct mta_config *cfg)
+{
+	pthread_mutex_lock(&sh->mu);
+	/* the failures counted so far stay */
+	sh->limit.max_failures = cfg->auth_max_failures;
+	sh->limit.base_delay_ms = (uint64_t)cfg->auth_failure_delay * 1000u;
+	pthread_mutex_unlock(&sh->mu);
+}
+
+size_t mta_inbound_shared_nsessions(struct mta_inbound_shared *sh)
+{
+	return atomic_load(&sh->nsessions);
+}
+
+void mta_inbound_shared_free(struct mta_inbound_shared *sh)
+{
+	if (sh == NULL)
+		return;
+	assert(sh->active == NULL);
+	pthread_mutex_destroy(&sh->mu);
+	free(sh);
 }

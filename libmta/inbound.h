@@ -55,7 +55,18 @@
  *	session is gone (possibly before mta_inbound_shutdown() returns).
  *
  * THREADS
- *	Loop thread only.
+ *	A set and its sessions belong to one loop thread: call its functions
+ *	there.  mtad runs one set per loop thread (server.threads); the sets
+ *	share one struct mta_inbound_shared (mta_inbound_shared_new(), any
+ *	thread; free it after the last set): the sessions not closing of
+ *	all sets (so server.max_sessions, max_sessions_per_client and the
+ *	quarter for outsiders hold across threads), the AUTH failure table
+ *	(auth.max_failures per client, whichever thread the client reached),
+ *	and the session id and queue id sequences (unique across threads),
+ *	under a mutex or as atomics.  A set's messages go to the writer
+ *	through its port (writer.h), so their done() runs on its thread;
+ *	on_queued runs on the set's thread too (the daemon forwards it to
+ *	thread 0).  A set made without a shared object makes its own.
  *
  * OWNERSHIP
  *	The set is owned by the caller: mta_inbound_free() after done ran.
@@ -97,6 +108,7 @@
 #define MTA_INBOUND_BODY_SPILL (256 * 1024)
 
 struct mta_inbound;
+struct mta_inbound_shared;
 struct mta_auth_users;
 
 enum mta_inbound_kind {
@@ -116,7 +128,27 @@ struct mta_inbound_params {
 	struct mta_metrics *metrics;	 /* counters (metrics.h), or NULL */
 	struct mta_auth_users *users;	 /* AUTH table (a reference is
 					    taken), or NULL: no AUTH */
+	/* several loop threads (server.threads): */
+	struct mta_inbound_shared *shared; /* limits and ids shared with
+					      the other sets, or NULL: its
+					      own */
+	struct mta_writer_port *port;	 /* commits through this port
+					    (writer.h), or NULL: writer's
+					    own loop */
+	unsigned thread;		 /* logged as thread= on connect */
 };
+
+/* Shared between the sets of several loop threads; see THREADS. */
+struct mta_inbound_shared;
+int mta_inbound_shared_new(const struct mta_config *cfg,
+			   struct mta_inbound_shared **out);
+/* Reload: auth.max_failures and auth.failure_delay from cfg. */
+void mta_inbound_shared_reconfigure(struct mta_inbound_shared *sh,
+				    const struct mta_config *cfg);
+/* Sessions of every set, closing ones too. */
+size_t mta_inbound_shared_nsessions(struct mta_inbound_shared *sh);
+/* After every set using it was freed. */
+void mta_inbound_shared_free(struct mta_inbound_shared *sh);
 
 int mta_inbound_new(const struct mta_inbound_params *p,
 		    struct mta_inbound **out);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -43,7 +44,10 @@ struct kh_ans {
 struct mta_keyholder {
 	int fd;
 	pid_t pid;
-	bool dead;
+	/* one round trip at a time: inbound sessions of several loop
+	 * threads (server.threads) sign through the same socket */
+	pthread_mutex_t mu;
+	bool dead; /* under mu */
 	gnutls_pk_algorithm_t pk;
 	unsigned bits;
 };
@@ -382,6 +386,7 @@ int mta_keyholder_start(const char *key_file, const char *auth_file,
 	}
 	close(sv[1]);
 	kh->fd = sv[0];
+	pthread_mutex_init(&kh->mu, NULL); /* cannot fail on Linux */
 	*out = kh;
 	return 0;
 }
@@ -404,10 +409,10 @@ static void mark_dead(struct mta_keyholder *kh)
 	mta_log_end(&ll);
 }
 
-static int roundtrip(struct mta_keyholder *kh, uint32_t type, uint32_t algo,
-		     uint32_t flags, const gnutls_datum_t *in,
-		     gnutls_datum_t *out, size_t *outlen, char *raw,
-		     size_t rawlen)
+static int roundtrip_locked(struct mta_keyholder *kh, uint32_t type,
+			    uint32_t algo, uint32_t flags,
+			    const gnutls_datum_t *in, gnutls_datum_t *out,
+			    size_t *outlen, char *raw, size_t rawlen)
 {
 	unsigned char buf[sizeof(struct kh_req) + MTA_KEYHOLDER_MAX + 1];
 	struct kh_req r = {.type = type, .algo = algo, .flags = flags};
@@ -459,6 +464,20 @@ static int roundtrip(struct mta_keyholder *kh, uint32_t type, uint32_t algo,
 dead:
 	mark_dead(kh);
 	return GNUTLS_E_PK_SIGN_FAILED;
+}
+
+static int roundtrip(struct mta_keyholder *kh, uint32_t type, uint32_t algo,
+		     uint32_t flags, const gnutls_datum_t *in,
+		     gnutls_datum_t *out, size_t *outlen, char *raw,
+		     size_t rawlen)
+{
+	int rc;
+
+	pthread_mutex_lock(&kh->mu);
+	rc = roundtrip_locked(kh, type, algo, flags, in, out, outlen, raw,
+			      rawlen);
+	pthread_mutex_unlock(&kh->mu);
+	return rc;
 }
 
 static int cb_sign_data(gnutls_privkey_t key, gnutls_sign_algorithm_t algo,
@@ -543,9 +562,15 @@ bool mta_keyholder_alive(struct mta_keyholder *kh)
 {
 	struct pollfd p;
 	char c;
+	bool alive = true;
 
-	if (kh == NULL || kh->dead)
+	if (kh == NULL)
 		return false;
+	pthread_mutex_lock(&kh->mu);
+	if (kh->dead) {
+		pthread_mutex_unlock(&kh->mu);
+		return false;
+	}
 	/* between round trips nothing is due from the holder: a readable
 	 * socket is its end of file (or junk: either way not trusted) */
 	p.fd = kh->fd;
@@ -555,9 +580,10 @@ bool mta_keyholder_alive(struct mta_keyholder *kh)
 	    ((p.revents & (POLLHUP | POLLERR)) ||
 	     recv(kh->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0)) {
 		mark_dead(kh);
-		return false;
+		alive = false;
 	}
-	return true;
+	pthread_mutex_unlock(&kh->mu);
+	return alive;
 }
 
 pid_t mta_keyholder_pid(const struct mta_keyholder *kh)
@@ -571,5 +597,6 @@ void mta_keyholder_free(struct mta_keyholder *kh)
 		return;
 	close(kh->fd);
 	(void)waitpid(kh->pid, NULL, 0);
+	pthread_mutex_destroy(&kh->mu);
 	free(kh);
 }

@@ -39,8 +39,9 @@
  *	cleanly.
  *
  * THREADS
- *	Loop thread (the socket is used by one thread at a time; the
- *	callbacks run inside gnutls_handshake on the loop thread).
+ *	Any loop thread: the callbacks run inside gnutls_handshake on the
+ *	thread of the session (server.threads); a mutex keeps one round
+ *	trip (and mta_keyholder_alive()'s look at the socket) at a time.
  *
  * OWNERSHIP
  *	mta_keyholder_free() closes the socket (the holder exits on EOF)

@@ -26,6 +26,10 @@ static const char *const auth_names[MTA_METRICS_NAUTH] = {
 void mta_metrics_init(struct mta_metrics *m)
 {
 	memset(m, 0, sizeof(*m));
+	atomic_init(&m->sessions_total, 0);
+	atomic_init(&m->sessions_open, 0);
+	atomic_init(&m->accepted, 0);
+	atomic_flag_clear(&m->rejected_lock);
 	atomic_init(&m->commits, 0);
 	atomic_init(&m->commit_failures, 0);
 	for (size_t i = 0; i < MTA_METRICS_FSYNC_BUCKETS; i++)
@@ -77,20 +81,38 @@ void mta_metrics_session(struct mta_metrics *m, int delta)
 	if (m == NULL)
 		return;
 	if (delta > 0)
-		m->sessions_total++;
-	m->sessions_open += delta;
+		atomic_fetch_add_explicit(&m->sessions_total, 1,
+					  memory_order_relaxed);
+	atomic_fetch_add_explicit(&m->sessions_open, delta,
+				  memory_order_relaxed);
+}
+
+static void rejected_lock(struct mta_metrics *m)
+{
+	while (atomic_flag_test_and_set_explicit(&m->rejected_lock,
+						 memory_order_acquire))
+		; /* held for a few string compares */
+}
+
+static void rejected_unlock(struct mta_metrics *m)
+{
+	atomic_flag_clear_explicit(&m->rejected_lock, memory_order_release);
 }
 
 void mta_metrics_accepted(struct mta_metrics *m)
 {
 	if (m != NULL)
-		m->accepted++;
+		atomic_fetch_add_explicit(&m->accepted, 1,
+					  memory_order_relaxed);
 }
 
 void mta_metrics_rejected(struct mta_metrics *m, const char *dsn)
 {
-	if (m != NULL)
-		count_label(&m->rejected, dsn != NULL && *dsn ? dsn : "none");
+	if (m == NULL)
+		return;
+	rejected_lock(m);
+	count_label(&m->rejected, dsn != NULL && *dsn ? dsn : "none");
+	rejected_unlock(m);
 }
 
 static enum mta_metrics_auth auth_kind(const char *auth)
@@ -240,17 +262,22 @@ int mta_metrics_render(struct mta_metrics *m,
 
 	family(&o, "mtad_sessions_total", "counter",
 	       "Inbound SMTP sessions accepted.");
-	put(&o, "mtad_sessions_total %" PRIu64 "\n", m->sessions_total);
+	put(&o, "mtad_sessions_total %" PRIu64 "\n",
+	    (uint64_t)atomic_load(&m->sessions_total));
 	family(&o, "mtad_sessions_open", "gauge",
 	       "Inbound SMTP sessions open now.");
-	put(&o, "mtad_sessions_open %" PRId64 "\n", m->sessions_open);
+	put(&o, "mtad_sessions_open %" PRId64 "\n",
+	    (int64_t)atomic_load(&m->sessions_open));
 	family(&o, "mtad_messages_accepted_total", "counter",
 	       "Messages answered 250 (committed and synced).");
-	put(&o, "mtad_messages_accepted_total %" PRIu64 "\n", m->accepted);
+	put(&o, "mtad_messages_accepted_total %" PRIu64 "\n",
+	    (uint64_t)atomic_load(&m->accepted));
 	family(&o, "mtad_messages_rejected_total", "counter",
 	       "Commands refused by the SMTP server, by enhanced status "
 	       "code.");
+	rejected_lock(m);
 	labeled(&o, "mtad_messages_rejected_total", "reason", &m->rejected);
+	rejected_unlock(m);
 
 	family(&o, "mtad_spool_commits_total", "counter",
 	       "Spool write transactions committed and synced.");

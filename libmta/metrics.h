@@ -10,10 +10,13 @@
  *
  *	mta_metrics_init() zeroes a registry.
  *
- *	Loop-thread counters: mta_metrics_session() (a session opened: +1,
- *	closed: -1), mta_metrics_accepted() (a message answered 250),
- *	mta_metrics_rejected() (a command refused, by the enhanced status
- *	code of the reply, "none" without one), mta_metrics_delivery() (one
+ *	Inbound counters, from any loop thread (server.threads: atomics, the
+ *	rejected labels under a spin lock): mta_metrics_session() (a session
+ *	opened: +1, closed: -1), mta_metrics_accepted() (a message answered
+ *	250), mta_metrics_rejected() (a command refused, by the enhanced
+ *	status code of the reply, "none" without one).
+ *
+ *	Loop-thread (thread 0) counters: mta_metrics_delivery() (one
  *	recipient attempt: status word "sent", "deferred", "bounced", the
  *	authentication text of the channel, whose first word names the
  *	method: "dane ...", "mta-sts ...", "verify ...", else none; a
@@ -37,7 +40,8 @@
  *	"mtad_"; counters end in "_total".
  *
  * THREADS
- *	Loop-thread functions: the loop thread only.  mta_metrics_commit()
+ *	Inbound counters: any loop thread.  Other loop-thread functions:
+ *	loop thread 0 only.  mta_metrics_commit()
  *	and mta_metrics_writer_busy(): the writer thread.  Render and
  *	writer_stuck: the loop thread.
  *
@@ -92,11 +96,14 @@ struct mta_metrics_labeled {
 };
 
 struct mta_metrics {
-	/* loop thread */
-	uint64_t sessions_total;
-	int64_t sessions_open;
-	uint64_t accepted;
+	/* inbound, from every loop thread (server.threads): atomics, and
+	 * rejected under rejected_lock */
+	atomic_uint_fast64_t sessions_total;
+	atomic_int_fast64_t sessions_open;
+	atomic_uint_fast64_t accepted;
+	atomic_flag rejected_lock;
 	struct mta_metrics_labeled rejected;
+	/* loop thread 0 */
 	uint64_t deliveries[MTA_METRICS_NSTATUS][MTA_METRICS_NAUTH];
 	struct mta_metrics_labeled deferrals;
 	struct mta_metrics_labeled sts_fetches;

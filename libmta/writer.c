@@ -9,10 +9,20 @@
 #include <stdlib.h>
 #include <time.h>
 
+/* Where the done() callbacks of one loop's requests go. */
+struct mta_writer_port {
+	struct mta_writer *w;
+	uv_async_t async;
+	/* under w->mu */
+	struct mta_commit *done, *done_tail;
+	size_t inflight; /* submitted, done() not yet called */
+	bool closed;
+};
+
 struct mta_writer {
 	uv_loop_t *loop;
 	struct mta_spool *sp;
-	uv_async_t async;
+	struct mta_writer_port port0; /* the loop of mta_writer_start() */
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -20,7 +30,6 @@ struct mta_writer {
 	 * pending everything else, each in submission order */
 	struct mta_commit *urgent, *urgent_tail;
 	struct mta_commit *pending, *pending_tail;
-	struct mta_commit *done, *done_tail;
 	bool stopping;
 	struct mta_metrics *metrics; /* under mu; the registry is atomic */
 	struct mta_metrics *metrics_now; /* writer thread's copy */
@@ -161,14 +170,22 @@ log:;
 		}
 	}
 	if (fin != NULL) {
+		/* each request goes back to the loop that submitted it; the
+		 * send is made under mu so that a port closed after its last
+		 * done() is never signalled (mta_writer_port_close()) */
 		pthread_mutex_lock(&w->mu);
-		if (w->done_tail)
-			w->done_tail->next = fin;
-		else
-			w->done = fin;
-		w->done_tail = fin_tail;
+		for (c = fin; c != NULL; c = next) {
+			struct mta_writer_port *p = c->port;
+			next = c->next;
+			c->next = NULL;
+			if (p->done_tail)
+				p->done_tail->next = c;
+			else
+				p->done = c;
+			p->done_tail = c;
+			uv_async_send(&p->async);
+		}
 		pthread_mutex_unlock(&w->mu);
-		uv_async_send(&w->async);
 	}
 	for (c = retry; c != NULL; c = next) {
 		next = c->next;
@@ -253,15 +270,17 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-/* Loop thread: run done() for every finished request. */
-static void run_done(struct mta_writer *w)
+/* The port's loop thread: run done() for every finished request. */
+static void run_done(struct mta_writer_port *p)
 {
 	struct mta_commit *c, *next;
 
-	pthread_mutex_lock(&w->mu);
-	c = w->done;
-	w->done = w->done_tail = NULL;
-	pthread_mutex_unlock(&w->mu);
+	pthread_mutex_lock(&p->w->mu);
+	c = p->done;
+	p->done = p->done_tail = NULL;
+	for (next = c; next != NULL; next = next->next)
+		p->inflight--;
+	pthread_mutex_unlock(&p->w->mu);
 	for (; c != NULL; c = next) {
 		next = c->next;
 		c->next = NULL;
@@ -274,9 +293,14 @@ static void on_async(uv_async_t *a)
 	run_done(a->data);
 }
 
+static void on_port_close(uv_handle_t *h)
+{
+	free(h->data);
+}
+
 static void on_close(uv_handle_t *h)
 {
-	struct mta_writer *w = h->data;
+	struct mta_writer *w = ((struct mta_writer_port *)h->data)->w;
 
 	pthread_cond_destroy(&w->cv);
 	pthread_mutex_destroy(&w->mu);
@@ -299,9 +323,10 @@ int mta_writer_start(uv_loop_t *loop, struct mta_spool *sp,
 	if ((err = -pthread_cond_init(&w->cv, NULL)) != 0)
 		goto fail_mu;
 	/* uv errors are negated errno values on Unix */
-	if ((err = uv_async_init(loop, &w->async, on_async)) != 0)
+	w->port0.w = w;
+	if ((err = uv_async_init(loop, &w->port0.async, on_async)) != 0)
 		goto fail_cv;
-	w->async.data = w;
+	w->port0.async.data = &w->port0;
 	if ((err = -pthread_create(&w->thread, NULL, writer_main, w)) != 0)
 		goto fail_async;
 	*out = w;
@@ -310,7 +335,7 @@ int mta_writer_start(uv_loop_t *loop, struct mta_spool *sp,
 fail_async:
 	/* an initialised handle must be closed; on_close frees w when the
 	 * caller next runs the loop */
-	uv_close((uv_handle_t *)&w->async, on_close);
+	uv_close((uv_handle_t *)&w->port0.async, on_close);
 	return err;
 fail_cv:
 	pthread_cond_destroy(&w->cv);
@@ -321,16 +346,20 @@ fail_w:
 	return err;
 }
 
-/* Loop thread: queues c (kind and variant already set). */
-static void submit(struct mta_writer *w, struct mta_commit *c,
-		   mta_commit_done_fn done)
+/* The port's loop thread: queues c (kind and variant already set). */
+static void submit_port(struct mta_writer_port *p, struct mta_commit *c,
+			mta_commit_done_fn done)
 {
+	struct mta_writer *w = p->w;
+
 	assert(done != NULL);
 	c->done = done;
 	c->next = NULL;
 	c->result = 0;
+	c->port = p;
 	pthread_mutex_lock(&w->mu);
-	assert(!w->stopping);
+	assert(!w->stopping && !p->closed);
+	p->inflight++;
 	if (c->kind == MTA_COMMIT_UPDATE) {
 		if (w->urgent_tail)
 			w->urgent_tail->next = c;
@@ -346,6 +375,52 @@ static void submit(struct mta_writer *w, struct mta_commit *c,
 	}
 	pthread_cond_signal(&w->cv);
 	pthread_mutex_unlock(&w->mu);
+}
+
+static void submit(struct mta_writer *w, struct mta_commit *c,
+		   mta_commit_done_fn done)
+{
+	submit_port(&w->port0, c, done);
+}
+
+int mta_writer_port_open(struct mta_writer *w, uv_loop_t *loop,
+			 struct mta_writer_port **out)
+{
+	struct mta_writer_port *p = calloc(1, sizeof(*p));
+	int err;
+
+	if (p == NULL)
+		return -ENOMEM;
+	p->w = w;
+	if ((err = uv_async_init(loop, &p->async, on_async)) != 0) {
+		free(p);
+		return err;
+	}
+	p->async.data = p;
+	*out = p;
+	return 0;
+}
+
+void mta_writer_port_submit_new(struct mta_writer_port *p,
+				struct mta_commit *c, const char *qid,
+				const struct mta_envelope *env,
+				const struct mta_body *body,
+				mta_commit_done_fn done)
+{
+	assert(qid != NULL && env != NULL && body != NULL);
+	c->kind = MTA_COMMIT_NEW;
+	c->u.msg = (struct mta_commit_new){
+		.qid = qid, .env = env, .body = body};
+	submit_port(p, c, done);
+}
+
+void mta_writer_port_close(struct mta_writer_port *p)
+{
+	pthread_mutex_lock(&p->w->mu);
+	assert(p->inflight == 0 && p->done == NULL);
+	p->closed = true; /* the writer sends to it no more */
+	pthread_mutex_unlock(&p->w->mu);
+	uv_close((uv_handle_t *)&p->async, on_port_close);
 }
 
 void mta_writer_submit_new(struct mta_writer *w, struct mta_commit *c,
@@ -437,8 +512,8 @@ void mta_writer_stop(struct mta_writer *w)
 	pthread_cond_signal(&w->cv);
 	pthread_mutex_unlock(&w->mu);
 	pthread_join(w->thread, NULL);
-	run_done(w);
-	uv_close((uv_handle_t *)&w->async, on_close);
+	run_done(&w->port0);
+	uv_close((uv_handle_t *)&w->port0.async, on_close);
 }
 
 void mta_writer_set_metrics(struct mta_writer *w, struct mta_metrics *m)

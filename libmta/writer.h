@@ -53,8 +53,9 @@
  *	stop, not even from a done() callback run by stop.
  *
  * THREADS
- *	start/submit/stop: loop thread.  done callbacks: loop thread.  The
- *	spool's write transactions: the writer thread only.
+ *	start/submit/stop: loop thread.  done callbacks: loop thread (the
+ *	loop of the port the request was submitted through, see Ports
+ *	below).  The spool's write transactions: the writer thread only.
  *
  * OWNERSHIP
  *	A struct mta_commit is caller-owned (embed it in the session); the
@@ -83,6 +84,7 @@
 #include <uv.h>
 
 struct mta_writer;
+struct mta_writer_port;
 
 /* Batch bounds (see DESCRIPTION): a batch holds at most this many
  * requests and this many body bytes; a batch of new mail this small
@@ -175,6 +177,7 @@ struct mta_commit {
 	int result;
 	void (*done)(struct mta_commit *c);
 	struct mta_commit *next; /* private */
+	struct mta_writer_port *port; /* private: where done() runs */
 };
 
 typedef void (*mta_commit_done_fn)(struct mta_commit *c);
@@ -214,6 +217,25 @@ void mta_writer_submit_admin(struct mta_writer *w, struct mta_commit *c,
 /* Counters of the writer (metrics.h: commits, their commit-and-sync
  * time, the start of the batch in progress for the stuck check); taken
  * by the thread at its next batch.  m must outlive the writer. */
+/*
+ * Ports: requests from another loop thread (mtad's inbound shards,
+ * server.threads).  mta_writer_port_open() makes a port on loop (call
+ * it on the thread that runs loop, or before that loop runs); requests
+ * submitted through it are committed with everyone else's and their
+ * done() is called on that loop's thread.  mta_writer_port_close(), on
+ * the same thread, once every done() of the port has run: closes the
+ * handle (the memory is freed when the loop runs its close callback).
+ * Every port is closed before mta_writer_stop().  0, -ENOMEM or a
+ * libuv code.
+ */
+int mta_writer_port_open(struct mta_writer *w, uv_loop_t *loop,
+			 struct mta_writer_port **out);
+void mta_writer_port_submit_new(struct mta_writer_port *p,
+				struct mta_commit *c, const char *qid,
+				const struct mta_envelope *env,
+				const struct mta_body *body,
+				mta_commit_done_fn done);
+void mta_writer_port_close(struct mta_writer_port *p);
 void mta_writer_set_metrics(struct mta_writer *w, struct mta_metrics *m);
 void mta_writer_stop(struct mta_writer *w);
 

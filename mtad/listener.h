@@ -19,8 +19,22 @@
  *	first; mtad_listener_shutdown_now() ends that wait.  Shutting down a
  *	listener that was opened but never started only closes its sockets.
  *
+ *	server.threads (N, 0 = online CPUs, at most 8): mtad_listener_open()
+ *	binds every address N times with SO_REUSEPORT (once, as always,
+ *	when N is 1) and makes N-1 more loops; mtad_listener_start() gives
+ *	each loop a session set (inbound.h; limits, the AUTH failure table
+ *	and ids shared by all), a writer port (writer.h) and, for loops
+ *	1..N-1, a thread.  The kernel spreads new connections over the
+ *	sockets.  Shutdown, shutdown_now, reconfigure and set_users reach
+ *	every thread (uv_async); done() is called on thread 0 once every
+ *	thread has closed its sessions and sockets and was joined.
+ *	on_queued is always called on thread 0.  nsessions counts the
+ *	sessions of all threads, plus one for each thread that has not yet
+ *	taken the latest reconfigure (so the caller keeps the old config
+ *	alive until every thread let go of it).
+ *
  * THREADS
- *	Loop thread only.
+ *	These functions: loop thread 0 (the daemon's loop) only.
  *
  * SECURITY
  *	See inbound.h: per-session memory bounds and session limits.
@@ -55,6 +69,10 @@ int mtad_listener_open(uv_loop_t *loop, const struct mta_config *cfg,
 		       struct mtad_listener **out);
 int mtad_listener_start(struct mtad_listener *l,
 			const struct mtad_listener_params *p);
+/* SIGTERM, first step: every thread closes its listening sockets; on
+ * return none accepts (new connections are refused), sessions go on.
+ * mtad_listener_shutdown() does it too. */
+void mtad_listener_stop_accepting(struct mtad_listener *l);
 void mtad_listener_shutdown(struct mtad_listener *l, void (*done)(void *arg),
 			    void *arg);
 /* After mtad_listener_shutdown(): the drain is over (shutdown_grace),
@@ -69,6 +87,8 @@ void mtad_listener_reconfigure(struct mtad_listener *l,
 void mtad_listener_set_users(struct mtad_listener *l,
 			     struct mta_auth_users *users);
 size_t mtad_listener_nsessions(const struct mtad_listener *l);
+/* server.threads as resolved at open. */
+unsigned mtad_listener_threads(const struct mtad_listener *l);
 void mtad_listener_free(struct mtad_listener *l);
 
 #endif

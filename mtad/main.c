@@ -668,6 +668,9 @@ static void on_signal(uv_signal_t *h, int signum)
 		reload(d);
 		return;
 	}
+	/* logged once nothing accepts any more, on any loop thread */
+	if (d->listener != NULL)
+		mtad_listener_stop_accepting(d->listener);
 	mta_log_begin(&ll, MTA_LOG_INFO, "shutdown");
 	mta_log_str(&ll, "signal", signum == SIGTERM ? "TERM" : "INT");
 	mta_log_end(&ll);
@@ -1086,6 +1089,7 @@ static const char *const not_live[] = {
 	"mta_sts.https_port", "mta_sts.refresh_interval",
 	"control.socket",     "control.group",	  "http.listen",
 	"server.shutdown_grace", "submission.listen",	  "submissions.listen",
+	"server.threads",
 };
 
 /* The value line of section.key in mta_config_print() output, or NULL. */
@@ -1408,6 +1412,8 @@ int main(int argc, char **argv)
 		d.accepting = true;
 		mta_log_begin(&ll, MTA_LOG_INFO, "ready");
 		mta_log_int(&ll, "pid", (long long)getpid());
+		mta_log_int(&ll, "threads",
+			    mtad_listener_threads(d.listener));
 		mta_log_end(&ll);
 		d.exit_code = 0;
 	} else if (d.parts_running == 0) {

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -482,6 +483,128 @@ static void test_stop_pending(void **state)
 	fx_free(&fx);
 }
 
+/* ---- two loop threads: every done() on the thread that submitted ---- */
+
+struct shard {
+	struct fx *fx;
+	uv_loop_t loop;
+	struct mta_writer_port *port;
+	size_t first, n, ndone; /* reqs[first .. first + n) */
+	pthread_t thread, *done_on; /* done_on[i]: thread of reqs[first + i] */
+	atomic_bool finished;
+};
+
+static struct shard *shard_of(struct req *r, struct shard *sh)
+{
+	size_t i = (size_t)(r - r->fx->reqs);
+	return i < sh[0].first + sh[0].n ? &sh[0] : &sh[1];
+}
+
+static struct shard shards[2]; /* [0]: fx.loop, [1]: its own thread */
+
+static void on_shard_done(struct mta_commit *c)
+{
+	struct req *r = (struct req *)c;
+	struct shard *sh = shard_of(r, shards);
+
+	r->ndone++;
+	sh->done_on[(size_t)(r - r->fx->reqs) - sh->first] = pthread_self();
+	if (++sh->ndone == sh->n && sh == &shards[1]) {
+		mta_writer_port_close(sh->port); /* on its own thread */
+		atomic_store(&sh->finished, true);
+	}
+}
+
+static void *shard_main(void *arg)
+{
+	struct shard *sh = arg;
+
+	sh->thread = pthread_self();
+	for (size_t i = 0; i < sh->n; i++) {
+		struct req *r = &sh->fx->reqs[sh->first + i];
+		mta_writer_port_submit_new(sh->port, &r->c, r->qid, &r->env,
+					   &r->body, on_shard_done);
+	}
+	uv_run(&sh->loop, UV_RUN_DEFAULT); /* ends with the port closed */
+	return NULL;
+}
+
+static void on_main_tick(uv_timer_t *t)
+{
+	struct fx *fx = t->data;
+
+	if (shards[0].ndone == shards[0].n &&
+	    atomic_load(&shards[1].finished) && !fx->stopped) {
+		fx->stopped = true;
+		pthread_join(shards[1].thread, NULL);
+		mta_writer_stop(fx->w);
+		uv_close((uv_handle_t *)t, NULL);
+	}
+}
+
+static void test_two_loops(void **state)
+{
+	(void)state;
+	struct fx fx;
+	enum { N = 400 };
+	pthread_t tid;
+
+	fx_init(&fx, 64u << 20, N);
+	drain_start(&fx);
+	memset(shards, 0, sizeof(shards));
+	for (size_t i = 0; i < N; i++)
+		req_init(&fx, i, 200 + (i * 131) % 5000);
+	for (size_t k = 0; k < 2; k++) {
+		shards[k].fx = &fx;
+		shards[k].first = k * (N / 2);
+		shards[k].n = N / 2;
+		shards[k].done_on = calloc(N / 2, sizeof(pthread_t));
+		assert_non_null(shards[k].done_on);
+	}
+	shards[0].thread = pthread_self();
+	assert_int_equal(uv_loop_init(&shards[1].loop), 0);
+	assert_int_equal(mta_writer_port_open(fx.w, &shards[1].loop,
+					      &shards[1].port),
+			 0);
+	assert_int_equal(pthread_create(&tid, NULL, shard_main, &shards[1]),
+			 0);
+	/* thread 0 submits its half meanwhile, interleaved in the batches */
+	for (size_t i = 0; i < shards[0].n; i++) {
+		struct req *r = &fx.reqs[i];
+		mta_writer_submit_new(fx.w, &r->c, r->qid, &r->env, &r->body,
+				      on_shard_done);
+	}
+	assert_int_equal(uv_timer_init(&fx.loop, &fx.timer), 0);
+	fx.timer.data = &fx;
+	assert_int_equal(uv_timer_start(&fx.timer, on_main_tick, 1, 1), 0);
+	assert_int_equal(uv_run(&fx.loop, UV_RUN_DEFAULT), 0);
+	assert_int_equal(uv_loop_close(&fx.loop), 0);
+	assert_int_equal(uv_loop_close(&shards[1].loop), 0);
+	assert_true(fx.stopped);
+	for (size_t k = 0; k < 2; k++) {
+		assert_int_equal(shards[k].ndone, shards[k].n);
+		for (size_t i = 0; i < shards[k].n; i++) {
+			struct req *r = &fx.reqs[shards[k].first + i];
+			assert_int_equal(r->ndone, 1);
+			assert_int_equal(r->c.result, 0);
+			assert_true(pthread_equal(shards[k].done_on[i],
+						  shards[k].thread));
+		}
+		free(shards[k].done_on);
+	}
+	assert_false(pthread_equal(shards[0].thread, shards[1].thread));
+	uint64_t n = 0;
+	assert_int_equal(mta_spool_stat(fx.sp, &n), 0);
+	assert_int_equal(n, N);
+	drain_stop(&fx);
+	size_t lines, sum, max;
+	log_commits(&fx, &lines, &sum, &max);
+	printf("# two loops: %zu commits for %d messages, largest batch %zu\n",
+	       lines, N, max);
+	assert_int_equal(sum, N);
+	fx_free(&fx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -491,6 +614,7 @@ int main(void)
 		cmocka_unit_test(test_outcome_before_heavy_batch),
 		cmocka_unit_test(test_outcome_merged_with_small_batch),
 		cmocka_unit_test(test_stop_pending),
+		cmocka_unit_test(test_two_loops),
 	};
 	alarm(100);
 	return cmocka_run_group_tests(tests, NULL, NULL);
