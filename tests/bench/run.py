@@ -11,6 +11,7 @@ Parts (--only to pick some, comma separated):
             also -> private Exim and OpenSMTPD instances (--peers, peers.py)
   relay     smtp-source -> relay -> sink until the sink counted everything
             (skipped when mtad does not deliver yet); the same peers
+  threads   server.threads = 1 against 2: the accept cells, mtad alone, alternating
   scale     queue scale: spool of --scale-count messages built with spoolfill
   memcg     mtad in a 128 MiB memory cgroup with 1 M queued (memcg.py)
   callgrind instructions per accepted message (valgrind --tool=callgrind)
@@ -274,7 +275,7 @@ def sh(argv, **kw):
 
 class Mtad:
     def __init__(self, bench, name, addr, relayhost=None, spool=None,
-                 valgrind=None, log_level="info"):
+                 valgrind=None, log_level="info", threads=None):
         self.b = bench
         self.name = name
         self.addr = addr
@@ -290,6 +291,7 @@ class Mtad:
             "hostname = bench.mtad.test",
             "listen = %s:%d" % (addr, self.port),
             "max_sessions = 10000",
+        ] + (["threads = %d" % threads] if threads else []) + [
             "[spool]",
             "dir = %s" % self.spool,
             "[delivery]",
@@ -761,6 +763,38 @@ class Bench:
         self.res["results"]["ceiling"] = out
         self.res["results"]["ceiling_sink"] = self.a.sink
 
+    def part_threads(self):
+        """server.threads = 1 against 2 (issue 15 item 3): the accept
+        cells with mtad alone, alternating.  On 2 cores smtp-source competes
+        with mtad's threads for the same cores."""
+        n = self.a.messages
+        counts = [1, 2]
+        out = {}
+        for (s, z, r) in self.cells:
+            runs = {t: [] for t in counts}
+            nz = noise_begin()
+            for i in range(self.a.runs):
+                for t in rotate(counts, i):
+                    mt = Mtad(self, "mtad-threads-%d" % t, ADDR_MTAD, threads=t)
+                    try:
+                        mt.start(fresh=True)
+                        dt = run_source(mt.addr, mt.port, n, z, r, s, self.a.reuse)
+                        _, got, _ = mt.summary()
+                    finally:
+                        mt.stop()
+                    if got != n:
+                        raise RuntimeError("mtad (threads=%d) queued %s of %d" % (t, got, n))
+                    runs[t].append(n / dt)
+            k = cell_key(s, z, r)
+            out[k] = {"runs": {str(t): [round(x, 1) for x in runs[t]] for t in counts},
+                      "median": {str(t): round(median(runs[t]), 1) for t in counts},
+                      "noise": noise_end(nz)}
+            out[k]["ratio_2_to_1"] = round(median(runs[2]) / median(runs[1]), 2)
+            log("threads %s: 1 thread %.0f, 2 threads %.0f msg/s (x%.2f)%s" % (
+                k, median(runs[1]), median(runs[2]), out[k]["ratio_2_to_1"],
+                " noisy" if is_noisy(out[k]) else ""))
+        self.res["results"]["threads"] = out
+
     def part_accept(self):
         n = self.a.messages
         mt = Mtad(self, "mtad-accept", ADDR_MTAD)
@@ -1195,6 +1229,16 @@ class Bench:
                                  if is_noisy(x)))
                       + self.peer_cols(a))
         w(self.peer_notes())
+        if "threads" in R:
+            w("")
+            w("server.threads, accept msgs/s (median; smtp-source shares the same cores)")
+            w("%-20s %10s %10s %7s  %s" % ("cell", "1 thread", "2 threads", "ratio", "noisy"))
+            for (s, z, r) in self.cells:
+                t = R["threads"].get(cell_key(s, z, r), {})
+                md = t.get("median", {})
+                w("%-20s %10s %10s %7s  %s" % (
+                    cell_key(s, z, r), fmt(md.get("1")), fmt(md.get("2")),
+                    fmt(t.get("ratio_2_to_1"), "%.2fx"), "noisy" if is_noisy(t) else ""))
         if "scale" in R:
             S = R["scale"]
             w("")
@@ -1349,7 +1393,8 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build-bench"),
                     help="meson build directory with mtad and mtaq (default build-bench)")
-    ap.add_argument("--only", default="disk,ceiling,accept,relay,scale,memcg,callgrind")
+    ap.add_argument("--only",
+                    default="disk,ceiling,accept,relay,threads,scale,memcg,callgrind")
     ap.add_argument("--messages", type=int, default=2000, help="messages per run")
     ap.add_argument("--runs", type=int, default=3, help="alternating runs per cell")
     ap.add_argument("--sessions", default="10,50")
@@ -1436,7 +1481,8 @@ def main():
     }
     t0 = time.monotonic()
     errors = {}
-    for p in ("disk", "ceiling", "accept", "relay", "scale", "memcg", "callgrind"):
+    for p in ("disk", "ceiling", "accept", "relay", "threads", "scale", "memcg",
+              "callgrind"):
         if p in parts:
             log("=== %s" % p)
             try:
