@@ -284,6 +284,9 @@ static bool requiretls_stage(const struct mta_policy_in *in,
 	return false;
 }
 
+/* Just over 100 lines: the sequence of the decision (destination, address,
+ * DANE, MTA-STS, REQUIRETLS, STARTTLS) in RFC order; each stage is its
+ * own function, this is the order they run in. */
 void mta_policy_decide(const struct mta_policy_in *in, struct mta_policy *out)
 {
 	enum mta_tls_level want;
@@ -393,6 +396,9 @@ void mta_policy_decide(const struct mta_policy_in *in, struct mta_policy *out)
 	out->action = MTA_POLICY_CONNECT;
 }
 
+/* Over 100 lines: one case per verifier, then the CT, key continuity and
+ * MTA-STS testing rules in the order they apply to the one verdict;
+ * split, the half-built verdict would be passed around. */
 void mta_policy_verdict(const struct mta_policy_in *in,
 			const struct mta_policy *p,
 			const struct mta_policy_check *chk,
