@@ -30,9 +30,6 @@
 #define CASE_TLSA(e, name)                                                    \
 	case MTA_POLICY_TLSA_##e:                                             \
 		return name;
-#define CASE_STS(e, name)                                                     \
-	case MTA_POLICY_STS_##e:                                              \
-		return name;
 #define CASE_ACTION(e, name)                                                  \
 	case MTA_POLICY_##e:                                                  \
 		return name;
@@ -51,8 +48,6 @@ NAME_FN(mta_policy_addr_name, enum mta_policy_addr, MTA_POLICY_ADDR_MAP,
 	CASE_ADDR)
 NAME_FN(mta_policy_tlsa_name, enum mta_policy_tlsa, MTA_POLICY_TLSA_MAP,
 	CASE_TLSA)
-NAME_FN(mta_policy_sts_name, enum mta_policy_sts, MTA_POLICY_STS_MAP,
-	CASE_STS)
 NAME_FN(mta_policy_action_name, enum mta_policy_action,
 	MTA_POLICY_ACTION_MAP, CASE_ACTION)
 NAME_FN(mta_policy_verifier_name, enum mta_policy_verifier,

@@ -731,17 +731,3 @@ const char *mta_sts_fetch_status_name(enum mta_sts_fetch_status s)
 	}
 	return "?";
 }
-
-const char *mta_sts_fetch_report_type(enum mta_sts_fetch_status s)
-{
-	switch (s) {
-	case MTA_STS_FETCH_OK:
-		return NULL;
-	case MTA_STS_FETCH_TLS:
-		return "sts-webpki-invalid";
-	case MTA_STS_FETCH_CONTENT_TYPE:
-		return "sts-policy-invalid";
-	default:
-		return "sts-policy-fetch-error";
-	}
-}
