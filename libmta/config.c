@@ -219,6 +219,7 @@ static void origin_prefix(const struct loader *ld, size_t i, char *buf,
 		env_name(&keys[i], env, sizeof(env));
 		snprintf(buf, len, "environment %s: ", env);
 		break;
+	case O_DEFAULT:
 	default:
 		snprintf(buf, len, "default: ");
 		break;
@@ -271,6 +272,14 @@ static int is_string_type(enum key_type t)
 	case T_MAILBOX:
 	case T_ACCOUNT:
 		return 1;
+	case T_CONTMODE:
+	case T_COUNT:
+	case T_DURATION:
+	case T_IPVER:
+	case T_LOGLEVEL:
+	case T_PORT:
+	case T_SIZE:
+	case T_TLSLEVEL:
 	default:
 		return 0;
 	}
@@ -420,6 +429,23 @@ static int check_number(struct loader *ld, struct mta_config *c, size_t i,
 	case T_DURATION:
 		bad = cfg_parse_duration(v, &n) < 0;
 		break;
+	case T_ACCOUNT:
+	case T_ADDRPORT:
+	case T_CIDRS:
+	case T_CONTMODE:
+	case T_COUNT:
+	case T_HOSTNAME:
+	case T_IPVER:
+	case T_LISTEN:
+	case T_LOGLEVEL:
+	case T_MAILBOX:
+	case T_OPTPATH:
+	case T_PATH:
+	case T_PORT:
+	case T_RELAYHOST:
+	case T_RESOLVER:
+	case T_SOCKET:
+	case T_TLSLEVEL:
 	default:
 		bad = cfg_parse_u64(v, &n, &e) < 0 || *e != '\0';
 		break;
@@ -1113,6 +1139,15 @@ void mta_config_print(const struct mta_config *c, FILE *f)
 				l >= 0 && l <= 3 ? lv[l] : "info");
 			break;
 		}
+		case T_ACCOUNT:
+		case T_ADDRPORT:
+		case T_HOSTNAME:
+		case T_MAILBOX:
+		case T_OPTPATH:
+		case T_PATH:
+		case T_RELAYHOST:
+		case T_RESOLVER:
+		case T_SOCKET:
 		default: {
 			const char *s = *(char *const *)(const void *)(
 				(const char *)c + k->off);

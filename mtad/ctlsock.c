@@ -310,6 +310,15 @@ static void on_commit(struct mta_commit *cm)
 	case MTA_CTL_POLICY_PURGE:
 		done(c, 0, NULL, "purged");
 		break;
+	case MTA_CTL_ACTIVE:
+	case MTA_CTL_EXPLAIN:
+	case MTA_CTL_NVERBS:
+	case MTA_CTL_POLICY_ACCEPT:
+	case MTA_CTL_POLICY_REFRESH:
+	case MTA_CTL_QUIT:
+	case MTA_CTL_SITES:
+	case MTA_CTL_STATS:
+	case MTA_CTL_TLSRPT_SEND:
 	default:
 		done(c, 0, NULL, NULL);
 	}
@@ -502,6 +511,16 @@ static void message_op(struct conn *c)
 		}
 		submit(c, MTA_COMMIT_ADMIN, MTA_SPOOL_DELETE);
 		break;
+	case MTA_CTL_ACTIVE:
+	case MTA_CTL_EXPLAIN:
+	case MTA_CTL_NVERBS:
+	case MTA_CTL_POLICY_ACCEPT:
+	case MTA_CTL_POLICY_PURGE:
+	case MTA_CTL_POLICY_REFRESH:
+	case MTA_CTL_QUIT:
+	case MTA_CTL_SITES:
+	case MTA_CTL_STATS:
+	case MTA_CTL_TLSRPT_SEND:
 	default:
 		break;
 	}
@@ -779,6 +798,7 @@ static void handle_request(struct conn *c, const char *line)
 		done(c, 0, NULL, NULL);
 		return;
 	case MTA_CTL_QUIT:
+	case MTA_CTL_NVERBS:
 	default:
 		done(c, 0, NULL, "bye");
 		return;
