@@ -214,8 +214,8 @@ static void on_keys_done(struct mta_commit *cm)
 	dlv_maybe_stopped(d);
 }
 
-static void keys_submit(struct conn *c, int kind, const char *leaf,
-			const char *issuer)
+static void keys_submit(struct conn *c, enum mta_spool_keys_opkind kind,
+			const char *leaf, const char *issuer)
 {
 	struct mta_delivery *d = c->d;
 	struct keys_req *r;

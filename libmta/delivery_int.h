@@ -114,7 +114,7 @@ struct dest {
 	/* shaping (shaping.h): the site, once a connection found it */
 	bool site_known;
 	struct mta_shaping_site *site;
-	uint8_t tlsreq; /* enum mta_tlsreq of its messages */
+	enum mta_tlsreq tlsreq; /* of its messages */
 	struct job *q_head, *q_tail;
 	size_t nq;
 	unsigned nconn;

@@ -79,7 +79,8 @@ static int due_put_del(struct mta_spool_txn *t, MDB_txn *txn, const char *qid,
 	return sp_err(t->sp, rc);
 }
 
-static int admin_in(struct mta_spool_txn *t, MDB_txn *txn, int op,
+static int admin_in(struct mta_spool_txn *t, MDB_txn *txn,
+		    enum mta_spool_admin_op op,
 		    const char *qid, int64_t now_us, struct mta_envelope *e)
 {
 	struct mta_spool *sp = t->sp;
@@ -128,13 +129,15 @@ static int admin_in(struct mta_spool_txn *t, MDB_txn *txn, int op,
 		return sp_err(sp, sp_totals_add(txn, sp->meta, -1,
 						-(int64_t)e->nrcpt,
 					     -(int64_t)e->size));
+	case MTA_SPOOL_NOP:
+	case MTA_SPOOL_UNDUE:
 	default:
 		return -EINVAL;
 	}
 }
 
-int mta_spool_admin(struct mta_spool_txn *t, int op, const char *qid,
-		    int64_t now_us, const char *new_qid,
+int mta_spool_admin(struct mta_spool_txn *t, enum mta_spool_admin_op op,
+		    const char *qid, int64_t now_us, const char *new_qid,
 		    const struct mta_envelope *new_env,
 		    const struct mta_body *new_body)
 {

@@ -324,7 +324,8 @@ static void on_commit(struct mta_commit *cm)
 	}
 }
 
-static void submit(struct conn *c, int kind, int op)
+static void submit(struct conn *c, enum mta_commit_kind kind,
+		   enum mta_spool_admin_op op)
 {
 	struct mta_commit *cm = &c->commit;
 

@@ -89,6 +89,7 @@ static const char *msg_state(const struct mta_envelope *e)
 		case MTA_RCPT_DEFERRED:
 			deferred++;
 			break;
+		case MTA_RCPT_QUEUED:
 		default:
 			break;
 		}
