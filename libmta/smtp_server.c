@@ -318,7 +318,8 @@ static enum mta_smtpd_ev cmd_helo(struct mta_smtpd *s, char *arg,
 struct mail_params {
 	bool size, body, utf8, ret, envid, auth, requiretls;
 	uint64_t size_val;
-	uint8_t body_val, ret_val;
+	enum mta_body_type body_val;
+	enum mta_ret ret_val;
 	const char *ret_raw, *envid_raw;
 };
 
