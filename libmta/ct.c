@@ -36,18 +36,6 @@ const char *mta_ct_verdict_name(enum mta_ct_verdict v)
 	return "?";
 }
 
-const char *mta_ct_state_name(enum mta_ct_state v)
-{
-	switch (v) {
-#define MTA_CT_E(e, name)                                                     \
-	case MTA_CT_STATE_##e:                                                \
-		return name;
-		MTA_CT_STATE_MAP(MTA_CT_E)
-#undef MTA_CT_E
-	}
-	return "?";
-}
-
 /* ---- a bounded DER walker ------------------------------------------- */
 
 /* One TLV at p[0..n): *tag, *hdr (tag + length bytes) and *clen (content
