@@ -28,8 +28,8 @@ struct mta_spool {
 	MDB_env *env;
 	MDB_dbi meta, messages, bodies, due, dest, sts, tlsrpt, held, keys;
 	bool have_tlsrpt; /* absent in a read-only spool made before it */
-	bool have_held;   /* likewise (spool_admin section) */
-	bool have_keys;   /* likewise (key continuity section) */
+	bool have_held;   /* likewise (spool_admin.c) */
+	bool have_keys;   /* likewise (key records, spool_admin.c) */
 	size_t chunk; /* body chunk size: page size - 16 */
 	bool readonly;
 	char *tmpdir;
