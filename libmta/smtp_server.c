@@ -1,11 +1,11 @@
 /*
  * smtp_server.c - sans-I/O SMTP server engine.  See smtp_server.h.
  *
- * Layout: output queue, replies and events; one function per command (address and parameter syntax
- * is smtp_syntax.c);
- * the three input modes (command lines, DATA, BDAT chunks) in
- * mta_smtpd_feed(); the driver calls at the end.  The body checker
- * shared by DATA and BDAT is smtp_server_body.c.
+ * Layout: output queue, replies and events; one function per command
+ * (address and parameter syntax is smtp_syntax.c); the input modes
+ * (command lines, BDAT chunks; DATA is smtp_server_body.c with the body
+ * checker shared by DATA and BDAT) in mta_smtpd_feed(); the driver calls
+ * at the end.
  */
 #include "smtp_server.h"
 
@@ -991,89 +991,13 @@ static enum mta_smtpd_ev feed_cmd(struct mta_smtpd *s, const uint8_t *in,
 	return MTA_SMTPD_EV_NONE;
 }
 
-static enum mta_smtpd_ev feed_data(struct mta_smtpd *s, const uint8_t *in,
-				   size_t len, size_t *i,
-				   struct mta_smtpd_event *ev)
+/* The end of a DATA body (the "." line): back to commands, then MESSAGE
+ * or ABORT as body_end() decides (smtp_server_body.c calls this). */
+enum mta_smtpd_ev smtpd_data_end(struct mta_smtpd *s,
+				 struct mta_smtpd_event *ev)
 {
-	size_t run = *i, runlen = 0;
-
-	while (*i < len) {
-		/* fast path: mid-line (or a line not starting with a dot),
-		 * up to the next CR, LF or NUL */
-		if ((s->d_state == D_MID && !s->b_cr) ||
-		    (s->d_state == D_BOL && in[*i] != '.')) {
-			size_t n = smtpd_plain_len(in + *i, len - *i);
-
-			if (runlen == 0)
-				run = *i;
-			if (n > 0) {
-				/* D_BOL has no CR pending either */
-				s->d_state = D_MID;
-				smtpd_chk_run(s, in + *i, n);
-				runlen += n;
-				*i += n;
-				if (*i == len)
-					break;
-			}
-			if (len - *i >= 2 && in[*i] == '\r' &&
-			    in[*i + 1] == '\n') {
-				smtpd_chk_crlf(s);
-				s->d_state = D_BOL;
-				runlen += 2;
-				*i += 2;
-				continue;
-			}
-		}
-
-		uint8_t c = in[(*i)++];
-		bool content = false;
-
-		switch (s->d_state) {
-		case D_BOL:
-			if (c == '.') {
-				s->d_state = D_DOT; /* never content (4.5.2) */
-				break;
-			}
-			content = true;
-			break;
-		case D_DOT:
-			if (c == '\r') {
-				s->d_state = D_DOTCR;
-				break;
-			}
-			content = true;
-			break;
-		case D_DOTCR:
-			if (c == '\n') {
-				set_state(s, MODE_CMD);
-				return body_end(s, ev, "DATA");
-			}
-			/* ".<CR>x": the CR is content, and bare: a violation,
-			 * so nothing more is emitted */
-			(void)smtpd_chk_byte(s, '\r');
-			content = true;
-			break;
-		default:
-			content = true;
-			break;
-		}
-		if (!content) {
-			if (runlen > 0 && s->b_viol == V_NONE)
-				goto emit;
-			runlen = 0;
-			continue;
-		}
-		s->d_state = smtpd_chk_byte(s, c) ? D_BOL : D_MID;
-		if (runlen == 0)
-			run = *i - 1;
-		runlen++;
-	}
-	if (runlen == 0 || s->b_viol != V_NONE)
-		return MTA_SMTPD_EV_NONE;
-emit:
-	ev->data = in + run;
-	ev->len = runlen;
-	return MTA_SMTPD_EV_BODY;
+	set_state(s, MODE_CMD);
+	return body_end(s, ev, "DATA");
 }
 
 static enum mta_smtpd_ev feed_bdat(struct mta_smtpd *s, const uint8_t *in,
@@ -1176,7 +1100,7 @@ enum mta_smtpd_ev mta_smtpd_feed(struct mta_smtpd *s, const uint8_t *in,
 			e = feed_cmd(s, in, len, &i, ev);
 			break;
 		case MODE_DATA:
-			e = feed_data(s, in, len, &i, ev);
+			e = smtpd_feed_data(s, in, len, &i, ev);
 			break;
 		case MODE_BDAT:
 			e = feed_bdat(s, in, len, &i, ev);

@@ -1,7 +1,9 @@
 /*
  * smtp_server_body.c - the SMTP server engine's body checker, shared by
  * DATA and BDAT: message size, line length (RFC 5322 2.1.1), bare CR, LF
- * and NUL, the Received hop count and the TLS-Required header (RFC 8689).
+ * and NUL, the Received hop count and the TLS-Required header (RFC 8689);
+ * and the DATA input mode (dot-stuffing and the end-of-data line, RFC
+ * 5321 4.5.2), the hot loop that feeds it.
  * See smtp_server.h; shared declarations in smtp_server_int.h.
  */
 #include "smtp_server_int.h"
@@ -110,7 +112,7 @@ static bool hdr_active(const struct mta_smtpd *s)
 
 /* Feeds one content byte (after dot-unstuffing) to the checks; true when
  * it was the LF of a CRLF. */
-bool smtpd_chk_byte(struct mta_smtpd *s, uint8_t c)
+static bool chk_byte(struct mta_smtpd *s, uint8_t c)
 {
 	s->b_size++;
 	if (s->cfg->max_message_size != 0 &&
@@ -147,8 +149,8 @@ bool smtpd_chk_byte(struct mta_smtpd *s, uint8_t c)
 }
 
 /* Length of the leading run of p[0..n) without CR, LF or NUL (the only
- * bytes smtpd_chk_byte() treats specially). */
-size_t smtpd_plain_len(const uint8_t *p, size_t n)
+ * bytes chk_byte() treats specially). */
+static size_t plain_len(const uint8_t *p, size_t n)
 {
 	size_t k = 0;
 
@@ -188,10 +190,10 @@ size_t smtpd_plain_len(const uint8_t *p, size_t n)
 	return k;
 }
 
-/* smtpd_chk_byte() for each of p[0..n), which smtpd_plain_len() passed,
+/* chk_byte() for each of p[0..n), which plain_len() passed,
  * with no CR pending: the counters move once per run and the Received
  * matcher runs only at the start of a header line. */
-void smtpd_chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n)
+static void chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n)
 {
 	uint64_t max = s->cfg->max_message_size;
 	bool bol = s->b_linelen == 0;
@@ -203,7 +205,7 @@ void smtpd_chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n)
 		/* a limit is crossed here: byte by byte, so that the first
 		 * violation in input order is the one reported */
 		for (size_t k = 0; k < n; k++)
-			(void)smtpd_chk_byte(s, p[k]);
+			(void)chk_byte(s, p[k]);
 		return;
 	}
 	/* any violation below comes after the one already recorded, except
@@ -220,9 +222,9 @@ void smtpd_chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n)
 			hdr_byte(s, p[k], bol && k == 0);
 }
 
-/* smtpd_chk_byte() of CR then LF with no CR pending: only the size check
+/* chk_byte() of CR then LF with no CR pending: only the size check
  * can fire, and the LF ends the line. */
-void smtpd_chk_crlf(struct mta_smtpd *s)
+static void chk_crlf(struct mta_smtpd *s)
 {
 	uint64_t max = s->cfg->max_message_size;
 
@@ -237,27 +239,118 @@ void smtpd_chk_crlf(struct mta_smtpd *s)
 	s->b_rmatch = 0;
 }
 
-/* smtpd_chk_byte() for each of p[0..n) (BDAT content). */
+/* chk_byte() for each of p[0..n) (BDAT content). */
 void smtpd_chk_bytes(struct mta_smtpd *s, const uint8_t *p, size_t n)
 {
 	size_t k = 0;
 
 	while (k < n) {
 		if (!s->b_cr) {
-			size_t m = smtpd_plain_len(p + k, n - k);
+			size_t m = plain_len(p + k, n - k);
 
 			if (m > 0) {
-				smtpd_chk_run(s, p + k, m);
+				chk_run(s, p + k, m);
 				k += m;
 				if (k == n)
 					break;
 			}
 			if (n - k >= 2 && p[k] == '\r' && p[k + 1] == '\n') {
-				smtpd_chk_crlf(s);
+				chk_crlf(s);
 				k += 2;
 				continue;
 			}
 		}
-		(void)smtpd_chk_byte(s, p[k++]);
+		(void)chk_byte(s, p[k++]);
 	}
+}
+
+/* ---- DATA input (in the same file as the checker: the per-line calls
+ * stay local to one translation unit) ---------------------------------- */
+
+enum mta_smtpd_ev smtpd_feed_data(struct mta_smtpd *s, const uint8_t *in,
+				  size_t len, size_t *ip,
+				  struct mta_smtpd_event *ev)
+{
+	/* the position in a local: it stays in a register in the loop */
+	size_t i = *ip, run = i, runlen = 0;
+
+	while (i < len) {
+		/* fast path: mid-line (or a line not starting with a dot),
+		 * up to the next CR, LF or NUL */
+		if ((s->d_state == D_MID && !s->b_cr) ||
+		    (s->d_state == D_BOL && in[i] != '.')) {
+			size_t n = plain_len(in + i, len - i);
+
+			if (runlen == 0)
+				run = i;
+			if (n > 0) {
+				/* D_BOL has no CR pending either */
+				s->d_state = D_MID;
+				chk_run(s, in + i, n);
+				runlen += n;
+				i += n;
+				if (i == len)
+					break;
+			}
+			if (len - i >= 2 && in[i] == '\r' &&
+			    in[i + 1] == '\n') {
+				chk_crlf(s);
+				s->d_state = D_BOL;
+				runlen += 2;
+				i += 2;
+				continue;
+			}
+		}
+
+		uint8_t c = in[i++];
+		bool content = false;
+
+		switch (s->d_state) {
+		case D_BOL:
+			if (c == '.') {
+				s->d_state = D_DOT; /* never content (4.5.2) */
+				break;
+			}
+			content = true;
+			break;
+		case D_DOT:
+			if (c == '\r') {
+				s->d_state = D_DOTCR;
+				break;
+			}
+			content = true;
+			break;
+		case D_DOTCR:
+			if (c == '\n') {
+				*ip = i;
+				return smtpd_data_end(s, ev);
+			}
+			/* ".<CR>x": the CR is content, and bare: a violation,
+			 * so nothing more is emitted */
+			(void)chk_byte(s, '\r');
+			content = true;
+			break;
+		default:
+			content = true;
+			break;
+		}
+		if (!content) {
+			if (runlen > 0 && s->b_viol == V_NONE)
+				goto emit;
+			runlen = 0;
+			continue;
+		}
+		s->d_state = chk_byte(s, c) ? D_BOL : D_MID;
+		if (runlen == 0)
+			run = i - 1;
+		runlen++;
+	}
+	*ip = i;
+	if (runlen == 0 || s->b_viol != V_NONE)
+		return MTA_SMTPD_EV_NONE;
+emit:
+	*ip = i;
+	ev->data = in + run;
+	ev->len = runlen;
+	return MTA_SMTPD_EV_BODY;
 }

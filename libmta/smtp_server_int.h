@@ -1,7 +1,8 @@
 /*
  * smtp_server_int.h - what the SMTP server engine's two files share:
- * smtp_server.c (commands, input modes, driver calls) and
- * smtp_server_body.c (the body checker run over DATA and BDAT bytes).
+ * smtp_server.c (commands, command and BDAT input, driver calls) and
+ * smtp_server_body.c (the body checker run over DATA and BDAT bytes, and
+ * the DATA input mode).
  * Private to the engine; its interface is smtp_server.h.
  */
 #ifndef MTA_SMTP_SERVER_INT_H
@@ -26,18 +27,19 @@ enum { V_NONE = 0, V_BARE, V_LONG, V_BIG, V_HOPS };
 void smtpd_violate(struct mta_smtpd *s, uint8_t v);
 /* Judges the collected TLS-Required value (RFC 8689 3). */
 void smtpd_tlsr_final(struct mta_smtpd *s);
-/* The length of the prefix of p[0..n) that holds no CR, LF or NUL (the
- * DATA fast path: such bytes can be checked in a run). */
-size_t smtpd_plain_len(const uint8_t *p, size_t n);
-/* Feeds one content byte (after dot-unstuffing) to the checks; true when
- * it was the LF of a CRLF. */
-bool smtpd_chk_byte(struct mta_smtpd *s, uint8_t c);
-/* smtpd_chk_byte() for each of a run smtpd_plain_len() passed. */
-void smtpd_chk_run(struct mta_smtpd *s, const uint8_t *p, size_t n);
 /* Runs the body checks over n message bytes (line length, bare CR/LF/NUL,
  * size, hop count, TLS-Required). */
 void smtpd_chk_bytes(struct mta_smtpd *s, const uint8_t *p, size_t n);
-/* The body checks for one CRLF (DATA: a line end seen by the framing). */
-void smtpd_chk_crlf(struct mta_smtpd *s);
+
+/* The DATA input mode (smtp_server_body.c): consumes in[*i..len) up to
+ * the end-of-data line; BODY with ev->data/len for a run of content,
+ * MESSAGE or ABORT at the end (through smtpd_data_end()), NONE when all
+ * input was taken. */
+enum mta_smtpd_ev smtpd_feed_data(struct mta_smtpd *s, const uint8_t *in,
+				  size_t len, size_t *i,
+				  struct mta_smtpd_event *ev);
+/* The end-of-data line was seen (smtp_server.c): leaves DATA mode. */
+enum mta_smtpd_ev smtpd_data_end(struct mta_smtpd *s,
+				 struct mta_smtpd_event *ev);
 
 #endif
