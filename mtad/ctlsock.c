@@ -217,6 +217,9 @@ static bool qid_ok(const char *s)
 	return true;
 }
 
+/* Just over 100 lines: the commit result checks, then one short case per
+ * verb for its answer (the -Wswitch-enum list of the verbs without one
+ * included). */
 static void on_commit(struct mta_commit *cm)
 {
 	struct conn *c = (struct conn *)((char *)cm -
