@@ -180,11 +180,6 @@ void mta_auth_users_unref(struct mta_auth_users *u)
 		users_free(u);
 }
 
-size_t mta_auth_users_count(const struct mta_auth_users *u)
-{
-	return u != NULL ? u->n : 0;
-}
-
 /* Constant-time equality of two NUL-terminated strings of public length
  * (hash outputs). */
 static bool ct_equal(const char *a, const char *b)

@@ -89,7 +89,6 @@ int mta_auth_users_load(const char *path, struct mta_auth_users **out,
 			char *err, size_t errlen);
 struct mta_auth_users *mta_auth_users_ref(struct mta_auth_users *u);
 void mta_auth_users_unref(struct mta_auth_users *u);
-size_t mta_auth_users_count(const struct mta_auth_users *u);
 
 int mta_auth_verify(const struct mta_auth_users *u, const char *user,
 		    const char *pass);

@@ -83,6 +83,7 @@
 #ifndef MTA_CONFIG_H
 #define MTA_CONFIG_H
 
+#include "log.h"       /* enum mta_log_level */
 #include "policy.h"    /* enum mta_policy_cont_mode */
 #include "tlspolicy.h" /* enum mta_tls_level */
 
@@ -158,7 +159,7 @@ struct mta_config {
 	char *routes_file;	   /* NULL = no routing table (routes.h) */
 	char *shaping_file;	   /* NULL = no shaping (shaping.h) */
 	unsigned delay_warning;	   /* seconds; 0 = no delayed DSNs */
-	int ip_version;		   /* enum mta_ipver */
+	enum mta_ipver ip_version;
 	/* [tls] */
 	char *tls_ca_file;
 	char *tls_policy_file; /* NULL = none */
@@ -200,7 +201,7 @@ struct mta_config {
 	 * freed with the config, so a session's snapshot keeps its keys */
 	struct mta_dkim_keys *dkim_keys;
 	/* [log] */
-	int log_level; /* enum mta_log_level */
+	enum mta_log_level log_level;
 	/* where each value came from (mta_config_where) */
 	char *origin_path; /* the file loaded, or NULL */
 	unsigned char origin_kind[MTA_CONFIG_MAX_KEYS];

@@ -176,6 +176,5 @@ void mta_ct_check(const struct mta_ct_loglist *l, const gnutls_datum_t *leaf,
 		  struct mta_ct_result *r);
 
 const char *mta_ct_verdict_name(enum mta_ct_verdict v);
-const char *mta_ct_state_name(enum mta_ct_state v);
 
 #endif

@@ -116,18 +116,6 @@ size_t mta_dane_count_usable(const struct mta_dns_tlsa *set, size_t n)
 	return k;
 }
 
-const char *mta_dane_outcome_name(enum mta_dane_outcome o)
-{
-	switch (o) {
-#define OUTCOME_CASE(e, name)                                                 \
-	case MTA_DANE_##e:                                                    \
-		return name;
-		MTA_DANE_OUTCOME_MAP(OUTCOME_CASE)
-#undef OUTCOME_CASE
-	}
-	return "?";
-}
-
 const char *mta_dane_fail_rpt(enum mta_dane_fail f)
 {
 	switch (f) {

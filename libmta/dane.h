@@ -180,7 +180,6 @@ size_t mta_dane_count_usable(const struct mta_dns_tlsa *set, size_t n);
 int mta_dane_verify(const struct mta_dane_query *q,
 		    struct mta_dane_result *res);
 
-const char *mta_dane_outcome_name(enum mta_dane_outcome o);
 /* RFC 8460 result-type for a failure ("tlsa-invalid", ...); NULL for
  * MTA_DANE_FAIL_NONE. */
 const char *mta_dane_fail_rpt(enum mta_dane_fail f);

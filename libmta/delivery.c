@@ -390,6 +390,9 @@ static bool delay_warning_due(const struct msg *m, size_t i, int64_t now)
 }
 
 /* Builds the DSN of this attempt, if one is owed; 0 = none needed. */
+/* Just over 100 lines: gathers the recipients a DSN is owed for, builds
+ * it and fills the DSN's envelope, with one release of the recipient
+ * array. */
 static int build_dsn(struct msg *m, char *dsn_qid)
 {
 	struct mta_delivery *d = m->d;
@@ -661,6 +664,9 @@ static int route_rcpt(struct msg *m, size_t i, int64_t now, char *dname,
 }
 
 /* Loads one due message and queues a job per destination. */
+/* Over 100 lines: loading the message, registering it in flight and
+ * making its jobs share one partly built struct msg, and each failure
+ * unwinds exactly what exists at that point. */
 static void msg_start(struct mta_delivery *d, const char *qid, int64_t due,
 		      int64_t now)
 {

@@ -1,8 +1,9 @@
 /*
- * delivery_int.h - what the two halves of the delivery module share:
+ * delivery_int.h - what the files of the delivery module share:
  * delivery.c (scheduler, messages, destinations, DSNs, start/stop) and
- * delivery_conn.c (one outbound connection: route, TLS policy, SMTP).
- * Private to those two files; delivery.h is the module's interface.
+ * delivery_conn.c (one outbound connection: route, TLS policy, SMTP) and
+ * delivery_evidence.c (TLS report counters, key continuity, CT).
+ * Private to those files; delivery.h is the module's interface.
  */
 #ifndef MTA_DELIVERY_INT_H
 #define MTA_DELIVERY_INT_H
@@ -113,7 +114,7 @@ struct dest {
 	/* shaping (shaping.h): the site, once a connection found it */
 	bool site_known;
 	struct mta_shaping_site *site;
-	uint8_t tlsreq; /* enum mta_tlsreq of its messages */
+	enum mta_tlsreq tlsreq; /* of its messages */
 	struct job *q_head, *q_tail;
 	size_t nq;
 	unsigned nconn;
@@ -265,5 +266,19 @@ void dlv_after_close_end(struct conn *c);
 void dlv_conn_start(struct mta_delivery *d, struct dest *ds);
 bool dlv_dest_may_connect(const struct mta_delivery *d,
 			  const struct dest *ds);
+
+/* delivery_evidence.c: counts one RFC 8460 session result of the current
+ * host under policy type ptype (with its policy note). */
+void dlv_tlsrpt_count(struct conn *c, const char *ptype, const char *result);
+/* Key continuity of the current MTA-STS host's leaf and issuer (hex SPKI
+ * hashes) against the spool's record of the destination. */
+enum mta_policy_cont dlv_continuity_check(struct conn *c, const char *leaf,
+					  const char *issuer);
+/* After the verdict: CT and continuity log lines and metrics, and the
+ * key record update (learn, or seen-pending when held). */
+void dlv_ct_continuity_after(struct conn *c,
+			     const struct mta_policy_check *chk,
+			     const struct mta_policy_verdict *v,
+			     const char *leaf, const char *issuer);
 
 #endif

@@ -44,12 +44,6 @@
  *	key of domain (or of its From domain, domain NULL): the TLSRPT
  *	report mail's entry point (RFC 8460 3, RPT-43).
  *
- *	mta_dkim_sign_body_hash() (after the whole message was fed) and
- *	mta_dkim_sign_template() expose the two halves of finish for the
- *	RFC 8463 Appendix A vector: the body hash in base64, and the b= value
- *	for a caller-written DKIM-Signature field (ending "b=") over the
- *	header fields named in hlist (colon-separated, as in h=).
- *
  * THREADS
  *	Any.  A key table is read-only after loading and may be shared by
  *	threads (GnuTLS private keys sign concurrently); a signing context
@@ -123,11 +117,5 @@ int mta_dkim_sign_buffer(const struct mta_dkim_keys *keys,
 			 const char *domain, const void *msg, size_t len,
 			 int64_t now, char **hdr, size_t *hdrlen);
 
-/* For test vectors: bh in base64 (45 bytes with the NUL). */
-int mta_dkim_sign_body_hash(struct mta_dkim_sign *s, char bh[45]);
-/* b= in base64 for the DKIM-Signature field tmpl (name included, ending
- * in "b=") over the fields in hlist. */
-int mta_dkim_sign_template(struct mta_dkim_sign *s, const char *hlist,
-			   const char *tmpl, char *b, size_t blen);
 
 #endif

@@ -970,34 +970,6 @@ static void build_from(struct mta_dns *dns, struct mta_dns_query *q,
 	b->r.why = any_ok ? "ok" : "nodata";
 }
 
-static uint32_t first_random(void *arg, uint32_t bound)
-{
-	(void)arg;
-	(void)bound;
-	return 0;
-}
-
-int mta_dns_classify(enum mta_dns_qtype qt, const char *qname,
-		     struct getdns_dict *resp, mta_dns_cb cb, void *ud)
-{
-	struct mta_dns dns;
-	struct mta_dns_query q;
-	struct build b;
-	int rc;
-
-	memset(&dns, 0, sizeof(dns));
-	dns.rnd = first_random;
-	memset(&q, 0, sizeof(q));
-	q.qtype = qt;
-	rc = name_check(qname, q.qname);
-	if (rc < 0)
-		return rc;
-	build_from(&dns, &q, &b, GETDNS_CALLBACK_COMPLETE, resp);
-	cb(&b.r, ud);
-	build_free(&b);
-	return 0;
-}
-
 /* ------------------------------------------------------------------ */
 /* query life cycle */
 

@@ -240,19 +240,6 @@ int mta_dns_txt(struct mta_dns *dns, const char *name, mta_dns_cb cb,
 		void *ud, struct mta_dns_query **qp);
 void mta_dns_cancel(struct mta_dns_query *q);
 
-/* The response classification alone, for tests and the fuzzer
- * (tests/fuzz/fuzz_dns.c): resp is a getdns response dict as getdns hands
- * it to a callback ("status", "replies_tree": [{"header", "answer",
- * "dnssec_status", "canonical_name"}, ...]; NULL: no response), read for
- * a lookup of type qt for qname.  Calls cb once, synchronously, with the
- * result the lookup would deliver (equal MX preferences keep their wire
- * order), then frees what it made; resp stays the caller's and must
- * outlive the call (TLSA data point into it).  MTA_EDNS for an invalid
- * qname (cb not called). */
-struct getdns_dict;
-int mta_dns_classify(enum mta_dns_qtype qt, const char *qname,
-		     struct getdns_dict *resp, mta_dns_cb cb, void *ud);
-
 const char *mta_dns_status_name(enum mta_dns_status s);
 const char *mta_dnssec_name(enum mta_dnssec s);
 

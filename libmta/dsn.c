@@ -432,6 +432,8 @@ static const char *rcpt_status(const struct mta_dsn_rcpt *r)
 		return "5.0.0";
 	case MTA_DSN_DELAYED:
 		return "4.0.0";
+	case MTA_DSN_DELIVERED:
+	case MTA_DSN_RELAYED:
 	default:
 		return "2.0.0";
 	}

@@ -89,7 +89,7 @@ struct mta_rcpt {
 	char *notify_raw; /* raw NOTIFY value or NULL */
 	unsigned notify; /* MTA_NOTIFY_* bits */
 	/* delivery state, kept by the scheduler */
-	uint8_t state; /* enum mta_rcpt_state */
+	enum mta_rcpt_state state;
 	uint32_t attempts;
 	int64_t next_attempt_us; /* unix microseconds; 0 = now */
 	char *last_response;	 /* last reply or reason, or NULL */
@@ -106,8 +106,8 @@ struct mta_envelope {
 	char *sender;	    /* reverse-path mailbox; "" = null sender */
 	char *envid;	    /* raw ENVID xtext or NULL */
 	char *ret_raw;	    /* raw RET value or NULL */
-	uint8_t ret;	    /* enum mta_ret */
-	uint8_t body;	    /* enum mta_body_type */
+	enum mta_ret ret;
+	enum mta_body_type body;
 	bool smtputf8;	    /* SMTPUTF8 given on MAIL */
 	uint64_t declared_size; /* SIZE= value, 0 = none */
 	char *helo;	    /* HELO/EHLO argument */
@@ -115,7 +115,7 @@ struct mta_envelope {
 	char *tls;	    /* "TLSv1.3 TLS_AES_256_GCM_SHA384" or NULL */
 	int64_t arrival_us; /* unix microseconds, set when queued */
 	uint64_t size;	    /* stored body size in bytes */
-	uint8_t tlsreq;	    /* enum mta_tlsreq (RFC 8689) */
+	enum mta_tlsreq tlsreq; /* RFC 8689 */
 	struct mta_rcpt *rcpts;
 	size_t nrcpt;
 	size_t rcpt_cap;

@@ -253,6 +253,8 @@ static void gauge(struct out *o, const char *name, const char *help,
 	put(o, "%s %" PRId64 "\n", name, v);
 }
 
+/* Over 100 lines on purpose: the metric families in the order of the
+ * page it writes, a few lines each; it reads like its output. */
 int mta_metrics_render(struct mta_metrics *m,
 		       const struct mta_metrics_gauges *g,
 		       struct mta_buf *out)

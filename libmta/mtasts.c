@@ -347,6 +347,8 @@ static void on_txt(const struct mta_dns_result *res, void *ud)
 			       ? "TXT lookup failed, nothing cached"
 			       : (why ? why : "no MTA-STS policy"));
 		return;
+	case MTA_STS_FETCH_KEEP_OLD_ON_FAIL:
+	case MTA_STS_FETCH:
 	default:
 		start_fetch(q);
 	}

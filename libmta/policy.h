@@ -339,7 +339,6 @@ void mta_policy_verdict(const struct mta_policy_in *in,
 const char *mta_policy_mx_name(enum mta_policy_mx v);
 const char *mta_policy_addr_name(enum mta_policy_addr v);
 const char *mta_policy_tlsa_name(enum mta_policy_tlsa v);
-const char *mta_policy_sts_name(enum mta_policy_sts v);
 const char *mta_policy_action_name(enum mta_policy_action v);
 const char *mta_policy_verifier_name(enum mta_policy_verifier v);
 const char *mta_policy_ptype_name(enum mta_policy_ptype v);

@@ -76,7 +76,7 @@ int mta_queue_apply(const struct mta_queue_policy *p, struct mta_envelope *e,
 	struct mta_rcpt *rc = &e->rcpts[r];
 	char status[16];
 	char text[1024];
-	uint8_t state;
+	enum mta_rcpt_state state;
 
 	snprintf(status, sizeof(status), "%s",
 		 o->status != NULL ? o->status

@@ -240,7 +240,7 @@ enum mta_smtpc_tls {
 
 struct mta_smtpc_config {
 	const char *helo_name; /* EHLO/HELO argument: ASCII (A-labels) */
-	int tls;	       /* enum mta_smtpc_tls */
+	enum mta_smtpc_tls tls;
 	const char *auth_user; /* NULL = no AUTH; PLAIN, only after TLS */
 	const char *auth_pass;
 	/* or, instead of auth_pass: the ready AUTH PLAIN argument (base64 of

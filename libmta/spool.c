@@ -1,4 +1,4 @@
-#include "spool.h"
+#include "spool_int.h"
 
 #include "err.h"
 #include "log.h"
@@ -22,30 +22,6 @@
 
 #define SPOOL_MAXDBS 16
 #define SCHEMA_KEY "schema"
-#define TOTALS_KEY "totals" /* be64 messages, recipients, body bytes */
-#define CHUNK_KEY_LEN (MTA_QID_LEN + 4)
-#define DUE_KEY_LEN (8 + MTA_QID_LEN)
-
-struct mta_spool {
-	MDB_env *env;
-	MDB_dbi meta, messages, bodies, due, dest, sts, tlsrpt, held, keys;
-	bool have_tlsrpt; /* absent in a read-only spool made before it */
-	bool have_held;   /* likewise (spool_admin section) */
-	bool have_keys;   /* likewise (key continuity section) */
-	size_t chunk; /* body chunk size: page size - 16 */
-	bool readonly;
-	char *tmpdir;
-	atomic_uint corrupt; /* damage seen at run time (count) */
-};
-
-struct mta_spool_txn {
-	struct mta_spool *sp;
-	MDB_txn *txn;
-	struct mta_buf rec; /* reused envelope encoding buffer */
-};
-
-/* administration section, at the end of this file */
-static bool held_in(struct mta_spool *sp, MDB_txn *txn, const char *qid);
 
 /* The one place where LMDB codes become libmta codes. */
 static int mdb_err(int rc)
@@ -106,7 +82,7 @@ static void note_corrupt(struct mta_spool *sp, const char *what,
 }
 
 /* mdb_err() for operations on an open spool: also notes damage. */
-static int sp_err(struct mta_spool *sp, int rc)
+int sp_err(struct mta_spool *sp, int rc)
 {
 	if (rc != 0 && mdb_damage(rc))
 		note_corrupt(sp, "lmdb", mdb_strerror(rc));
@@ -138,39 +114,14 @@ bool mta_spool_corrupt(const struct mta_spool *sp)
 	return atomic_load(&sp->corrupt) != 0;
 }
 
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-	put_be32(p, (uint32_t)(v >> 32));
-	put_be32(p + 4, (uint32_t)v);
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-	       (uint32_t)p[2] << 8 | p[3];
-}
-
 /* ---- queue ids ---------------------------------------------------- */
 
 static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-static uint64_t get_be64(const uint8_t *p)
-{
-	return ((uint64_t)get_be32(p) << 32) | get_be32(p + 4);
-}
-
 /* Adds to the running totals in meta, in the caller's transaction, so
  * `mtaq --summary` costs one read however large the queue is. */
-static int totals_add(MDB_txn *txn, MDB_dbi meta, int64_t dm, int64_t dr,
-		      int64_t db)
+int sp_totals_add(MDB_txn *txn, MDB_dbi meta, int64_t dm, int64_t dr,
+		  int64_t db)
 {
 	MDB_val k = {sizeof(TOTALS_KEY) - 1, (void *)TOTALS_KEY}, v;
 	uint8_t buf[24] = {0};
@@ -200,7 +151,7 @@ void mta_qid_make(char out[MTA_QID_LEN + 1], uint64_t usec, uint32_t seq)
 	out[MTA_QID_LEN] = '\0';
 }
 
-static bool qid_valid(const char *qid)
+bool sp_qid_valid(const char *qid)
 {
 	for (int i = 0; i < MTA_QID_LEN; i++)
 		if (qid[i] == '\0' || strchr(crockford, qid[i]) == NULL)
@@ -406,7 +357,7 @@ static int open_dbs(struct mta_spool *sp)
 		/* a spool from before the totals: count once */
 		MDB_cursor *cur;
 		MDB_val mk, mv;
-		rc = totals_add(txn, sp->meta, 0, 0, 0);
+		rc = sp_totals_add(txn, sp->meta, 0, 0, 0);
 		if (rc == 0)
 			rc = mdb_cursor_open(txn, sp->messages, &cur);
 		if (rc != 0)
@@ -415,8 +366,8 @@ static int open_dbs(struct mta_spool *sp)
 			struct mta_envelope e;
 			if (mta_envelope_decode(mv.mv_data, mv.mv_size, &e) != 0)
 				continue;
-			rc = totals_add(txn, sp->meta, 1, (int64_t)e.nrcpt,
-					(int64_t)e.size);
+			rc = sp_totals_add(txn, sp->meta, 1, (int64_t)e.nrcpt,
+					   (int64_t)e.size);
 			mta_envelope_free(&e);
 			if (rc != 0)
 				break;
@@ -686,8 +637,8 @@ static int put_indexes(struct mta_spool_txn *t, MDB_txn *txn,
 }
 
 /* Everything of one new message, inside txn (the caller's child txn). */
-static int put_message_in(struct mta_spool_txn *t, MDB_txn *txn,
-			  const char *qid, const struct mta_envelope *env,
+int sp_put_message_in(struct mta_spool_txn *t, MDB_txn *txn,
+		      const char *qid, const struct mta_envelope *env,
 			  const struct mta_body *body)
 {
 	static const struct mta_body empty = {.fd = -1};
@@ -695,7 +646,7 @@ static int put_message_in(struct mta_spool_txn *t, MDB_txn *txn,
 	MDB_val k, v;
 	int rc, err;
 
-	assert(qid_valid(qid));
+	assert(sp_qid_valid(qid));
 	if (body == NULL)
 		body = &empty;
 	rec.size = body->len;
@@ -714,8 +665,8 @@ static int put_message_in(struct mta_spool_txn *t, MDB_txn *txn,
 		return err;
 	if ((err = put_indexes(t, txn, qid, env)) != 0)
 		return err;
-	return sp_err(t->sp, totals_add(txn, t->sp->meta, 1, (int64_t)env->nrcpt,
-				  (int64_t)body->len));
+	return sp_err(t->sp, sp_totals_add(txn, t->sp->meta, 1, (int64_t)env->nrcpt,
+					   (int64_t)body->len));
 }
 
 int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
@@ -728,7 +679,7 @@ int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
 	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
 	if (rc != 0)
 		return sp_err(t->sp, rc);
-	err = put_message_in(t, child, qid, env, body);
+	err = sp_put_message_in(t, child, qid, env, body);
 	if (err != 0) {
 		mdb_txn_abort(child);
 		return err;
@@ -737,15 +688,15 @@ int mta_spool_put_message(struct mta_spool_txn *t, const char *qid,
 	return sp_err(t->sp, rc); /* a failed child commit frees the child */
 }
 
-static void due_key(uint8_t k[DUE_KEY_LEN], int64_t due_us, const char *qid)
+void sp_due_key(uint8_t k[DUE_KEY_LEN], int64_t due_us, const char *qid)
 {
 	put_be64(k, (uint64_t)due_us);
 	memcpy(k + 8, qid, MTA_QID_LEN);
 }
 
 /* Removes the message record, its body chunks and its dest entries. */
-static int del_message_in(struct mta_spool_txn *t, MDB_txn *txn,
-			  const char *qid, const struct mta_envelope *env)
+int sp_del_message_in(struct mta_spool_txn *t, MDB_txn *txn,
+		      const char *qid, const struct mta_envelope *env)
 {
 	struct mta_spool *sp = t->sp;
 	uint8_t kb[CHUNK_KEY_LEN];
@@ -801,7 +752,7 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 	MDB_txn *child;
 	int rc, err = 0;
 
-	assert(qid_valid(qid));
+	assert(sp_qid_valid(qid));
 	rc = mdb_txn_begin(sp->env, t->txn, 0, &child);
 	if (rc != 0)
 		return sp_err(sp, rc);
@@ -812,7 +763,7 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 		err = sp_err(sp, rc);
 		goto fail;
 	}
-	due_key(dk, old_due_us, qid);
+	sp_due_key(dk, old_due_us, qid);
 	rc = mdb_del(child, sp->due, &k, NULL);
 	if (rc != 0 && rc != MDB_NOTFOUND) {
 		err = sp_err(sp, rc);
@@ -825,10 +776,10 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 			osize = old.size;
 			mta_envelope_free(&old);
 		}
-		err = del_message_in(t, child, qid, env);
+		err = sp_del_message_in(t, child, qid, env);
 		if (err == 0)
-			err = sp_err(sp, totals_add(child, sp->meta, -1,
-						 -(int64_t)env->nrcpt,
+			err = sp_err(sp, sp_totals_add(child, sp->meta, -1,
+						       -(int64_t)env->nrcpt,
 						 -(int64_t)osize));
 	} else {
 		struct mta_envelope rec = *env;
@@ -850,16 +801,16 @@ int mta_spool_update_message(struct mta_spool_txn *t, const char *qid,
 			if (rc != 0)
 				err = sp_err(sp, rc);
 		}
-		if (err == 0 && !held_in(sp, child, qid)) {
+		if (err == 0 && !sp_held_in(sp, child, qid)) {
 			/* a held message gets no due entry (mtactl hold) */
-			due_key(dk, new_due_us, qid);
+			sp_due_key(dk, new_due_us, qid);
 			rc = mdb_put(child, sp->due, &k, &v, 0);
 			if (rc != 0)
 				err = sp_err(sp, rc);
 		}
 	}
 	if (err == 0 && new_qid != NULL)
-		err = put_message_in(t, child, new_qid, new_env, new_body);
+		err = sp_put_message_in(t, child, new_qid, new_env, new_body);
 	if (err != 0)
 		goto fail;
 	rc = mdb_txn_commit(child);
@@ -905,7 +856,7 @@ void mta_spool_abort(struct mta_spool_txn *t)
 
 /* ---- reading ------------------------------------------------------ */
 
-static int read_begin(struct mta_spool *sp, MDB_txn **txn)
+int sp_read_begin(struct mta_spool *sp, MDB_txn **txn)
 {
 	int rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, txn);
 	if (rc == MDB_MAP_RESIZED && sp->readonly) {
@@ -917,7 +868,7 @@ static int read_begin(struct mta_spool *sp, MDB_txn **txn)
 	return sp_err(sp, rc);
 }
 
-static int64_t env_due(const struct mta_envelope *e)
+int64_t sp_env_due(const struct mta_envelope *e)
 {
 	int64_t due = INT64_MAX;
 	for (size_t i = 0; i < e->nrcpt; i++) {
@@ -950,7 +901,7 @@ int mta_spool_foreach(struct mta_spool *sp,
 		int rc, err;
 
 		/* one short read txn per message: cb may be slow */
-		err = read_begin(sp, &txn);
+		err = sp_read_begin(sp, &txn);
 		if (err != 0)
 			return err;
 		rc = mdb_cursor_open(txn, sp->messages, &cur);
@@ -1000,7 +951,7 @@ int mta_spool_foreach(struct mta_spool *sp,
 			continue;
 		}
 		struct mta_spool_entry e = {
-			.qid = qid, .env = &env, .due_us = env_due(&env)};
+			.qid = qid, .env = &env, .due_us = sp_env_due(&env)};
 		rc = cb(ud, &e);
 		mta_envelope_free(&env);
 		if (rc != 0)
@@ -1017,7 +968,7 @@ int mta_spool_get(struct mta_spool *sp, const char *qid,
 
 	if (k.mv_size != MTA_QID_LEN)
 		return MTA_ENOTFOUND;
-	err = read_begin(sp, &txn);
+	err = sp_read_begin(sp, &txn);
 	if (err != 0)
 		return err;
 	rc = mdb_get(txn, sp->messages, &k, &v);
@@ -1042,7 +993,7 @@ int mta_spool_read_body(struct mta_spool *sp, const char *qid, uint64_t off,
 
 	if (k.mv_size != MTA_QID_LEN)
 		return MTA_ENOTFOUND;
-	err = read_begin(sp, &txn);
+	err = sp_read_begin(sp, &txn);
 	if (err != 0)
 		return err;
 	rc = mdb_get(txn, sp->messages, &k, &v);
@@ -1098,7 +1049,7 @@ int mta_spool_stat(struct mta_spool *sp, uint64_t *nmessages)
 	MDB_stat st;
 	int rc, err;
 
-	err = read_begin(sp, &txn);
+	err = sp_read_begin(sp, &txn);
 	if (err != 0)
 		return err;
 	rc = mdb_stat(txn, sp->messages, &st);
@@ -1122,7 +1073,7 @@ int mta_spool_due(struct mta_spool *sp, int64_t from_us, const char *from_qid,
 	int rc, err;
 
 	*next_due_us = -1;
-	err = read_begin(sp, &txn);
+	err = sp_read_begin(sp, &txn);
 	if (err != 0)
 		return err;
 	rc = mdb_cursor_open(txn, sp->due, &cur);
@@ -1131,7 +1082,7 @@ int mta_spool_due(struct mta_spool *sp, int64_t from_us, const char *from_qid,
 		return sp_err(sp, rc);
 	}
 	if (from_qid != NULL && strlen(from_qid) == MTA_QID_LEN) {
-		due_key(fk, from_us, from_qid);
+		sp_due_key(fk, from_us, from_qid);
 		k.mv_size = sizeof(fk);
 		k.mv_data = fk;
 		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
@@ -1169,99 +1120,6 @@ int mta_spool_due(struct mta_spool *sp, int64_t from_us, const char *from_qid,
 	return err;
 }
 
-/* ---- MTA-STS policy cache ----------------------------------------- */
-
-int mta_spool_sts_put(struct mta_spool_txn *t, const char *domain,
-		      const void *rec, size_t len)
-{
-	MDB_val k = {strlen(domain), (void *)domain};
-	MDB_val v = {len, (void *)rec};
-	MDB_txn *child;
-	int rc;
-
-	if (k.mv_size == 0 || k.mv_size > 255)
-		return -EINVAL;
-	/* nested, like every write: a failure leaves the batch usable */
-	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
-	if (rc != 0)
-		return sp_err(t->sp, rc);
-	if (rec == NULL) {
-		rc = mdb_del(child, t->sp->sts, &k, NULL);
-		if (rc == MDB_NOTFOUND)
-			rc = 0;
-	} else {
-		rc = mdb_put(child, t->sp->sts, &k, &v, 0);
-	}
-	if (rc != 0) {
-		mdb_txn_abort(child);
-		return sp_err(t->sp, rc);
-	}
-	return sp_err(t->sp, mdb_txn_commit(child));
-}
-
-int mta_spool_sts_get(struct mta_spool *sp, const char *domain,
-		      struct mta_buf *out)
-{
-	MDB_txn *txn;
-	MDB_val k = {strlen(domain), (void *)domain}, v;
-	int rc, err;
-
-	if (k.mv_size == 0 || k.mv_size > 255)
-		return MTA_ENOTFOUND;
-	err = read_begin(sp, &txn);
-	if (err != 0)
-		return err;
-	rc = mdb_get(txn, sp->sts, &k, &v);
-	out->len = 0;
-	err = rc == 0 ? mta_buf_append(out, v.mv_data, v.mv_size)
-		      : sp_err(sp, rc);
-	mdb_txn_abort(txn);
-	return err;
-}
-
-/* Walks one key -> value database in key order under one short read
- * transaction; keys are strings (shorter than 512 bytes). */
-static int kv_foreach(struct mta_spool *sp, MDB_dbi dbi,
-		      int (*cb)(void *ud, const char *key,
-				const uint8_t *val, size_t len),
-		      void *ud)
-{
-	MDB_txn *txn;
-	MDB_cursor *cur;
-	MDB_val k, v;
-	int rc, err;
-
-	err = read_begin(sp, &txn);
-	if (err != 0)
-		return err;
-	rc = mdb_cursor_open(txn, dbi, &cur);
-	if (rc != 0) {
-		mdb_txn_abort(txn);
-		return sp_err(sp, rc);
-	}
-	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-	while (rc == 0) {
-		char key[512];
-		if (k.mv_size < sizeof(key)) {
-			memcpy(key, k.mv_data, k.mv_size);
-			key[k.mv_size] = '\0';
-			if (cb(ud, key, v.mv_data, v.mv_size) != 0)
-				break;
-		}
-		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-	}
-	mdb_cursor_close(cur);
-	mdb_txn_abort(txn);
-	return rc == 0 || rc == MDB_NOTFOUND ? 0 : sp_err(sp, rc);
-}
-
-int mta_spool_sts_foreach(struct mta_spool *sp,
-			  int (*cb)(void *ud, const char *domain,
-				    const uint8_t *rec, size_t len),
-			  void *ud)
-{
-	return kv_foreach(sp, sp->sts, cb, ud);
-}
 
 int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
 		     uint64_t *rcpts, uint64_t *bytes)
@@ -1270,7 +1128,7 @@ int mta_spool_totals(struct mta_spool *sp, uint64_t *messages,
 	MDB_val k = {sizeof(TOTALS_KEY) - 1, (void *)TOTALS_KEY}, v;
 	int rc, err;
 
-	err = read_begin(sp, &txn);
+	err = sp_read_begin(sp, &txn);
 	if (err != 0)
 		return err;
 	rc = mdb_get(txn, sp->meta, &k, &v);
@@ -1311,7 +1169,7 @@ int mta_spool_info(struct mta_spool *sp, struct mta_spool_info *out)
 		return MTA_EDB;
 	out->map_size = (uint64_t)ei.me_mapsize;
 	out->map_used = ((uint64_t)ei.me_last_pgno + 1) * es.ms_psize;
-	if ((err = read_begin(sp, &txn)) != 0)
+	if ((err = sp_read_begin(sp, &txn)) != 0)
 		return err;
 	out->held = db_entries(txn, sp->held, sp->have_held);
 	out->sts_policies = db_entries(txn, sp->sts, true);
@@ -1335,86 +1193,6 @@ int mta_spool_info(struct mta_spool *sp, struct mta_spool_info *out)
 	return sp_err(sp, rc);
 }
 
-/* ---- TLS report counters ------------------------------------------ */
-
-int mta_spool_counter_add(struct mta_spool_txn *t, const char *key,
-			  int64_t delta)
-{
-	MDB_val k = {strlen(key), (void *)key}, v;
-	uint8_t buf[8] = {0};
-	MDB_txn *child;
-	int rc;
-
-	if (!t->sp->have_tlsrpt)
-		return -EROFS;
-	if (k.mv_size == 0 || k.mv_size > 500)
-		return -EINVAL;
-	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
-	if (rc != 0)
-		return sp_err(t->sp, rc);
-	rc = mdb_get(child, t->sp->tlsrpt, &k, &v);
-	if (rc == 0 && v.mv_size == 8)
-		memcpy(buf, v.mv_data, 8);
-	put_be64(buf, get_be64(buf) + (uint64_t)delta);
-	v.mv_size = sizeof(buf);
-	v.mv_data = buf;
-	rc = mdb_put(child, t->sp->tlsrpt, &k, &v, 0);
-	if (rc != 0) {
-		mdb_txn_abort(child);
-		return sp_err(t->sp, rc);
-	}
-	return sp_err(t->sp, mdb_txn_commit(child));
-}
-
-struct counter_walk {
-	int (*cb)(void *ud, const char *key, uint64_t value);
-	void *ud;
-};
-
-static int counter_entry(void *ud, const char *key, const uint8_t *val,
-			 size_t len)
-{
-	struct counter_walk *w = ud;
-
-	if (strncmp(key, "P ", 2) == 0)
-		return 0; /* a note */
-	return len == 8 ? w->cb(w->ud, key, get_be64(val)) : 0;
-}
-
-int mta_spool_tlsrpt_note_put(struct mta_spool_txn *t, const char *key,
-			      const char *text)
-{
-	MDB_val k = {strlen(key), (void *)key}, v = {strlen(text),
-						     (void *)text};
-
-	if (!t->sp->have_tlsrpt)
-		return -EROFS;
-	if (k.mv_size < 3 || k.mv_size > 500 || strncmp(key, "P ", 2) != 0)
-		return -EINVAL;
-	return sp_err(t->sp, mdb_put(t->txn, t->sp->tlsrpt, &k, &v, 0));
-}
-
-int mta_spool_tlsrpt_foreach(struct mta_spool *sp,
-			     int (*cb)(void *ud, const char *key,
-				       const uint8_t *val, size_t len),
-			     void *ud)
-{
-	if (!sp->have_tlsrpt)
-		return 0;
-	return kv_foreach(sp, sp->tlsrpt, cb, ud);
-}
-
-int mta_spool_counter_foreach(struct mta_spool *sp,
-			      int (*cb)(void *ud, const char *key,
-					uint64_t value),
-			      void *ud)
-{
-	struct counter_walk w = {cb, ud};
-
-	if (!sp->have_tlsrpt)
-		return 0;
-	return kv_foreach(sp, sp->tlsrpt, counter_entry, &w);
-}
 
 /* The one process-wide state of this module: the SIGBUS handler can take no
  * argument, so the sentence it writes is made ahead, once per process. */
@@ -1452,341 +1230,4 @@ void mta_spool_trap_sigbus(const char *prog, const char *dir)
 	sa.sa_flags = SA_RESETHAND;
 	sigemptyset(&sa.sa_mask);
 	(void)sigaction(SIGBUS, &sa, NULL);
-}
-
-/* ---- administration (mtactl through mtad's control socket) ---------- */
-
-#define HELD_MAGIC "MTAH"
-#define HELD_VERSION 1
-#define HELD_LEN 14 /* magic, be16 version, be64 held_at_us */
-
-static bool held_in(struct mta_spool *sp, MDB_txn *txn, const char *qid)
-{
-	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
-
-	return sp->have_held && mdb_get(txn, sp->held, &k, &v) == 0;
-}
-
-static int held_decode(const MDB_val *v, int64_t *since)
-{
-	const uint8_t *p = v->mv_data;
-
-	if (v->mv_size != HELD_LEN || memcmp(p, HELD_MAGIC, 4) != 0)
-		return MTA_ECORRUPT;
-	if ((p[4] << 8 | p[5]) != HELD_VERSION)
-		return MTA_ESCHEMA;
-	*since = (int64_t)get_be64(p + 6);
-	return 0;
-}
-
-/* Moves every pending recipient's next attempt to now_us. */
-static void pending_now(struct mta_envelope *e, int64_t now_us)
-{
-	for (size_t i = 0; i < e->nrcpt; i++)
-		if (e->rcpts[i].state == MTA_RCPT_QUEUED ||
-		    e->rcpts[i].state == MTA_RCPT_DEFERRED)
-			e->rcpts[i].next_attempt_us = now_us;
-}
-
-static int put_env_in(struct mta_spool_txn *t, MDB_txn *txn, const char *qid,
-		      const struct mta_envelope *e)
-{
-	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
-	int err;
-
-	t->rec.len = 0;
-	err = mta_envelope_encode(e, &t->rec);
-	if (err != 0)
-		return err;
-	v.mv_size = t->rec.len;
-	v.mv_data = t->rec.data;
-	return sp_err(t->sp, mdb_put(txn, t->sp->messages, &k, &v, 0));
-}
-
-static int due_put_del(struct mta_spool_txn *t, MDB_txn *txn, const char *qid,
-		       int64_t due_us, bool put)
-{
-	uint8_t dk[DUE_KEY_LEN];
-	MDB_val k = {sizeof(dk), dk}, v = {0, (void *)""};
-	int rc;
-
-	if (due_us == INT64_MAX)
-		return 0;
-	due_key(dk, due_us, qid);
-	rc = put ? mdb_put(txn, t->sp->due, &k, &v, 0)
-		 : mdb_del(txn, t->sp->due, &k, NULL);
-	if (rc == MDB_NOTFOUND)
-		rc = 0;
-	return sp_err(t->sp, rc);
-}
-
-static int admin_in(struct mta_spool_txn *t, MDB_txn *txn, int op,
-		    const char *qid, int64_t now_us, struct mta_envelope *e)
-{
-	struct mta_spool *sp = t->sp;
-	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
-	bool held = held_in(sp, txn, qid);
-	uint8_t rec[HELD_LEN];
-	int err;
-
-	switch (op) {
-	case MTA_SPOOL_HOLD:
-		if (held)
-			return -EALREADY;
-		if ((err = due_put_del(t, txn, qid, env_due(e), false)) != 0)
-			return err;
-		memcpy(rec, HELD_MAGIC, 4);
-		rec[4] = 0;
-		rec[5] = HELD_VERSION;
-		put_be64(rec + 6, (uint64_t)now_us);
-		v.mv_size = sizeof(rec);
-		v.mv_data = rec;
-		return sp_err(sp, mdb_put(txn, sp->held, &k, &v, 0));
-	case MTA_SPOOL_RELEASE:
-		if (!held)
-			return -EALREADY;
-		if ((err = sp_err(sp, mdb_del(txn, sp->held, &k, NULL))) != 0)
-			return err;
-		/* a released message is due now */
-		__attribute__((fallthrough));
-	case MTA_SPOOL_FLUSH:
-		if (op == MTA_SPOOL_FLUSH && held)
-			return -EPERM;
-		if ((err = due_put_del(t, txn, qid, env_due(e), false)) != 0)
-			return err;
-		pending_now(e, now_us);
-		if ((err = put_env_in(t, txn, qid, e)) != 0)
-			return err;
-		return due_put_del(t, txn, qid, env_due(e), true);
-	case MTA_SPOOL_DELETE:
-		if ((err = due_put_del(t, txn, qid, env_due(e), false)) != 0)
-			return err;
-		if (held &&
-		    (err = sp_err(sp, mdb_del(txn, sp->held, &k, NULL))) != 0)
-			return err;
-		if ((err = del_message_in(t, txn, qid, e)) != 0)
-			return err;
-		return sp_err(sp, totals_add(txn, sp->meta, -1,
-					     -(int64_t)e->nrcpt,
-					     -(int64_t)e->size));
-	default:
-		return -EINVAL;
-	}
-}
-
-int mta_spool_admin(struct mta_spool_txn *t, int op, const char *qid,
-		    int64_t now_us, const char *new_qid,
-		    const struct mta_envelope *new_env,
-		    const struct mta_body *new_body)
-{
-	struct mta_spool *sp = t->sp;
-	struct mta_envelope e;
-	MDB_txn *child;
-	int rc, err;
-
-	if (op == MTA_SPOOL_NOP)
-		return 0;
-	if (!qid_valid(qid))
-		return -EINVAL;
-	if (!sp->have_held)
-		return -EROFS;
-	rc = mdb_txn_begin(sp->env, t->txn, 0, &child);
-	if (rc != 0)
-		return sp_err(sp, rc);
-	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
-	rc = mdb_get(child, sp->messages, &k, &v);
-	if (op == MTA_SPOOL_UNDUE) {
-		/* only a due entry that outlived its message */
-		err = rc == MDB_NOTFOUND
-			      ? due_put_del(t, child, qid, now_us, false)
-			      : sp_err(sp, rc);
-		if (err != 0) {
-			mdb_txn_abort(child);
-			return err;
-		}
-		return sp_err(sp, mdb_txn_commit(child));
-	}
-	if (rc != 0) {
-		mdb_txn_abort(child);
-		return sp_err(sp, rc);
-	}
-	err = mta_envelope_decode(v.mv_data, v.mv_size, &e);
-	if (err != 0) {
-		mdb_txn_abort(child);
-		return err;
-	}
-	err = admin_in(t, child, op, qid, now_us, &e);
-	if (err == 0 && new_qid != NULL)
-		err = put_message_in(t, child, new_qid, new_env, new_body);
-	mta_envelope_free(&e);
-	if (err != 0) {
-		mdb_txn_abort(child);
-		return err;
-	}
-	return sp_err(sp, mdb_txn_commit(child));
-}
-
-int mta_spool_held_get(struct mta_spool *sp, const char *qid,
-		       int64_t *since_us)
-{
-	MDB_val k = {MTA_QID_LEN, (void *)qid}, v;
-	MDB_txn *txn;
-	int rc, err;
-
-	if (strlen(qid) != MTA_QID_LEN)
-		return MTA_ENOTFOUND;
-	if (!sp->have_held)
-		return MTA_ENOTFOUND;
-	if ((err = read_begin(sp, &txn)) != 0)
-		return err;
-	rc = mdb_get(txn, sp->held, &k, &v);
-	err = rc == 0 ? held_decode(&v, since_us) : sp_err(sp, rc);
-	mdb_txn_abort(txn);
-	return err;
-}
-
-int mta_spool_held_foreach(struct mta_spool *sp,
-			   int (*cb)(void *ud, const char *qid,
-				     int64_t since_us),
-			   void *ud)
-{
-	MDB_cursor *cur;
-	MDB_txn *txn;
-	MDB_val k, v;
-	int rc, err;
-
-	if (!sp->have_held)
-		return 0;
-	if ((err = read_begin(sp, &txn)) != 0)
-		return err;
-	rc = mdb_cursor_open(txn, sp->held, &cur);
-	if (rc != 0) {
-		mdb_txn_abort(txn);
-		return sp_err(sp, rc);
-	}
-	err = 0;
-	while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
-		char qid[MTA_QID_LEN + 1];
-		int64_t since;
-		if (k.mv_size != MTA_QID_LEN || held_decode(&v, &since) != 0)
-			continue;
-		memcpy(qid, k.mv_data, MTA_QID_LEN);
-		qid[MTA_QID_LEN] = '\0';
-		if ((err = cb(ud, qid, since)) != 0)
-			break;
-	}
-	if (err == 0 && rc != MDB_NOTFOUND)
-		err = sp_err(sp, rc);
-	mdb_cursor_close(cur);
-	mdb_txn_abort(txn);
-	return err;
-}
-
-int mta_spool_dest_foreach(struct mta_spool *sp,
-			   int (*cb)(void *ud, const char *domain,
-				     const char *qid),
-			   void *ud)
-{
-	MDB_cursor *cur;
-	MDB_txn *txn;
-	MDB_val k, v;
-	char dom[512], qid[MTA_QID_LEN + 1];
-	int rc, err;
-
-	if ((err = read_begin(sp, &txn)) != 0)
-		return err;
-	rc = mdb_cursor_open(txn, sp->dest, &cur);
-	if (rc != 0) {
-		mdb_txn_abort(txn);
-		return sp_err(sp, rc);
-	}
-	err = 0;
-	dom[0] = '\0';
-	while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
-		if (k.mv_size >= sizeof(dom) || v.mv_size != MTA_QID_LEN)
-			continue;
-		memcpy(dom, k.mv_data, k.mv_size);
-		dom[k.mv_size] = '\0';
-		memcpy(qid, v.mv_data, MTA_QID_LEN);
-		qid[MTA_QID_LEN] = '\0';
-		if ((err = cb(ud, dom, qid)) != 0)
-			break;
-	}
-	if (err == 0 && rc != MDB_NOTFOUND)
-		err = sp_err(sp, rc);
-	mdb_cursor_close(cur);
-	mdb_txn_abort(txn);
-	return err;
-}
-
-/* ---- key continuity records (spool_keys.h) ---------------------------
- * The "keys" database: policy domain -> spool_keys.c record.  This
- * section only stores bytes; the record's codec and meaning live in
- * spool_keys.c. */
-
-int mta_spool_keys_raw_get(struct mta_spool *sp, const char *domain,
-			   struct mta_buf *out)
-{
-	MDB_txn *txn;
-	MDB_val k = {strlen(domain), (void *)domain}, v;
-	int rc, err;
-
-	if (!sp->have_keys || k.mv_size == 0 || k.mv_size > 255)
-		return MTA_ENOTFOUND;
-	err = read_begin(sp, &txn);
-	if (err != 0)
-		return err;
-	rc = mdb_get(txn, sp->keys, &k, &v);
-	out->len = 0;
-	err = rc == 0 ? mta_buf_append(out, v.mv_data, v.mv_size)
-		      : sp_err(sp, rc);
-	mdb_txn_abort(txn);
-	return err;
-}
-
-int mta_spool_keys_update(struct mta_spool_txn *t, const char *domain,
-			  int (*fn)(void *ud, const uint8_t *old,
-				    size_t oldlen, struct mta_buf *out),
-			  void *ud)
-{
-	MDB_val k = {strlen(domain), (void *)domain}, v;
-	struct mta_buf out = {0};
-	MDB_txn *child;
-	int rc, err;
-
-	if (!t->sp->have_keys)
-		return -EROFS;
-	if (k.mv_size == 0 || k.mv_size > 255)
-		return -EINVAL;
-	/* nested, like every write: a failure leaves the batch usable */
-	rc = mdb_txn_begin(t->sp->env, t->txn, 0, &child);
-	if (rc != 0)
-		return sp_err(t->sp, rc);
-	rc = mdb_get(child, t->sp->keys, &k, &v);
-	if (rc != 0 && rc != MDB_NOTFOUND) {
-		mdb_txn_abort(child);
-		return sp_err(t->sp, rc);
-	}
-	err = fn(ud, rc == 0 ? v.mv_data : NULL, rc == 0 ? v.mv_size : 0,
-		 &out);
-	if (err != 0) {
-		mta_buf_free(&out);
-		mdb_txn_abort(child);
-		return err;
-	}
-	if (out.len == 0) {
-		rc = mdb_del(child, t->sp->keys, &k, NULL);
-		if (rc == MDB_NOTFOUND)
-			rc = 0;
-	} else {
-		v.mv_size = out.len;
-		v.mv_data = out.data;
-		rc = mdb_put(child, t->sp->keys, &k, &v, 0);
-	}
-	mta_buf_free(&out);
-	if (rc != 0) {
-		mdb_txn_abort(child);
-		return sp_err(t->sp, rc);
-	}
-	return sp_err(t->sp, mdb_txn_commit(child));
 }

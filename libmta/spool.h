@@ -330,8 +330,8 @@ enum mta_spool_admin_op {
 	MTA_SPOOL_DELETE = 4,
 	MTA_SPOOL_UNDUE = 5,
 };
-int mta_spool_admin(struct mta_spool_txn *t, int op, const char *qid,
-		    int64_t now_us, const char *new_qid,
+int mta_spool_admin(struct mta_spool_txn *t, enum mta_spool_admin_op op,
+		    const char *qid, int64_t now_us, const char *new_qid,
 		    const struct mta_envelope *new_env,
 		    const struct mta_body *new_body);
 int mta_spool_held_get(struct mta_spool *sp, const char *qid,

@@ -235,7 +235,8 @@ static void drop(struct mta_spool_keys_rec *r, size_t i)
 	r->n--;
 }
 
-void mta_spool_keys_note(struct mta_spool_keys_rec *r, int kind,
+void mta_spool_keys_note(struct mta_spool_keys_rec *r,
+			 enum mta_spool_keys_opkind kind,
 			 const char *host, const uint8_t *leaf,
 			 const uint8_t *issuer, int64_t now, int64_t window)
 {

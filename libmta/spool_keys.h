@@ -98,7 +98,7 @@ enum mta_spool_keys_state {
 };
 
 struct mta_spool_keys_entry {
-	uint8_t state; /* enum mta_spool_keys_state */
+	enum mta_spool_keys_state state;
 	char host[MTA_SPOOL_KEYS_HOST_MAX + 1];
 	uint8_t leaf[MTA_SPOOL_KEYS_HASH];
 	uint8_t issuer[MTA_SPOOL_KEYS_HASH];
@@ -128,7 +128,7 @@ enum mta_spool_keys_opkind {
 
 /* A change of one domain's record (the writer's MTA_COMMIT_KEYS). */
 struct mta_spool_keys_op {
-	int kind; /* enum mta_spool_keys_opkind */
+	enum mta_spool_keys_opkind kind;
 	const char *domain;
 	const char *host;     /* LEARN, SEEN_PENDING */
 	uint8_t leaf[MTA_SPOOL_KEYS_HASH], issuer[MTA_SPOOL_KEYS_HASH];
@@ -144,7 +144,8 @@ enum mta_policy_cont
 mta_spool_keys_classify(const struct mta_spool_keys_rec *r,
 			const struct mta_spool_keys_query *q,
 			const struct mta_spool_keys_entry **known);
-void mta_spool_keys_note(struct mta_spool_keys_rec *r, int kind,
+void mta_spool_keys_note(struct mta_spool_keys_rec *r,
+			 enum mta_spool_keys_opkind kind,
 			 const char *host, const uint8_t *leaf,
 			 const uint8_t *issuer, int64_t now, int64_t window);
 size_t mta_spool_keys_accept(struct mta_spool_keys_rec *r, int64_t now);

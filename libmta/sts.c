@@ -118,7 +118,10 @@ static bool valid_domain(const char *s, size_t n, bool lower_only)
 static const char sts_v1[] = "v=STSv1";
 #define STS_V1_LEN (sizeof(sts_v1) - 1)
 
-bool mta_sts_txt_is_sts(const char *txt, size_t len)
+/* Whether a TXT record counts as an STSv1 record at all: it begins with
+ * "v=STSv1" followed by WSP, ";" or the end.  Others ("v=spf1 ...",
+ * "V=stsv1", "v=STSv10") are discarded before counting (RFC 8461 3.1). */
+static bool txt_is_sts(const char *txt, size_t len)
 {
 	if (len < STS_V1_LEN || memcmp(txt, sts_v1, STS_V1_LEN) != 0)
 		return false;
@@ -140,14 +143,22 @@ static bool valid_ext_value(const char *s, size_t n)
 	return true;
 }
 
-int mta_sts_parse_txt(const char *txt, size_t len, struct mta_sts_txt *out,
-		      const char **why)
+/* Parses one _mta-sts TXT record (its strings already concatenated
+ * without separators, RFC 8461 3.1) against the ABNF of 3.1: "v=STSv1"
+ * first, then fields separated by ";" with optional WSP around each ";",
+ * an optional final ";".  The id field (%s"id=" 1*32(ALPHA / DIGIT)) is
+ * required; other fields must match sts-extension and are ignored.  When
+ * id appears more than once the first one counts (the ABNF allows
+ * repeats; each must still be valid).  Fills out->id on success.  Static:
+ * tests/unit/test_sts.c and tests/fuzz/fuzz_sts.c include this file. */
+static int parse_txt(const char *txt, size_t len, struct mta_sts_txt *out,
+		     const char **why)
 {
 	const char *id = NULL;
 	size_t id_len = 0, i;
 	const char *err = NULL;
 
-	if (!mta_sts_txt_is_sts(txt, len)) {
+	if (!txt_is_sts(txt, len)) {
 		err = "record does not begin with v=STSv1";
 		goto fail;
 	}
@@ -214,7 +225,7 @@ enum mta_sts_txt_verdict mta_sts_pick_txt(const char *const texts[],
 	size_t found = 0, which = 0;
 
 	for (size_t i = 0; i < n; i++) {
-		if (mta_sts_txt_is_sts(texts[i], lens[i])) {
+		if (txt_is_sts(texts[i], lens[i])) {
 			found++;
 			which = i;
 		}
@@ -226,7 +237,7 @@ enum mta_sts_txt_verdict mta_sts_pick_txt(const char *const texts[],
 			*why = "multiple v=STSv1 records";
 		return MTA_STS_TXT_MULTIPLE;
 	}
-	if (mta_sts_parse_txt(texts[which], lens[which], out, why) != 0)
+	if (parse_txt(texts[which], lens[which], out, why) != 0)
 		return MTA_STS_TXT_INVALID;
 	return MTA_STS_TXT_OK;
 }
@@ -664,7 +675,9 @@ enum mta_sts_decision mta_sts_cache_decide(const struct mta_sts_cache_rec *c,
 	return valid ? MTA_STS_USE_CACHED : MTA_STS_NO_POLICY;
 }
 
-int64_t mta_sts_refresh_at(const struct mta_sts_cache_rec *c, uint32_t jitter)
+/* The refresh time of mta_sts_refresh_due() (see sts.h). */
+static int64_t refresh_at(const struct mta_sts_cache_rec *c,
+			  uint32_t jitter)
 {
 	int64_t life = c->expires_at - c->fetched_at;
 	int64_t base;
@@ -681,7 +694,7 @@ bool mta_sts_refresh_due(const struct mta_sts_cache_rec *c, int64_t now,
 {
 	if (c->expires_at <= c->fetched_at)
 		return false;
-	return now >= mta_sts_refresh_at(c, jitter);
+	return now >= refresh_at(c, jitter);
 }
 
 const char *mta_sts_mode_name(enum mta_sts_mode m)
@@ -692,18 +705,6 @@ const char *mta_sts_mode_name(enum mta_sts_mode m)
 		return name;
 		MTA_STS_MODE_MAP(MODE_CASE)
 #undef MODE_CASE
-	}
-	return "?";
-}
-
-const char *mta_sts_decision_name(enum mta_sts_decision d)
-{
-	switch (d) {
-#define DECISION_CASE(e, name)                                                \
-	case MTA_STS_##e:                                                     \
-		return name;
-		MTA_STS_DECISION_MAP(DECISION_CASE)
-#undef DECISION_CASE
 	}
 	return "?";
 }

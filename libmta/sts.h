@@ -9,22 +9,11 @@
  *	sts_fetch.h; the spool stores the cache record encoded here.
  *
  * DESCRIPTION
- *	mta_sts_parse_txt() parses one _mta-sts TXT record (its strings
- *	already concatenated without separators, RFC 8461 3.1) against the
- *	ABNF of 3.1: "v=STSv1" first, then fields separated by ";" with
- *	optional WSP around each ";", an optional final ";".  The id field
- *	(%s"id=" 1*32(ALPHA / DIGIT)) is required; other fields must match
- *	sts-extension and are ignored.  When id appears more than once the
- *	first one counts (the ABNF allows repeats; each must still be valid).
- *	Fills out->id on success.
- *
- *	mta_sts_txt_is_sts() tells whether a TXT record counts as an STSv1
- *	record at all: it begins with "v=STSv1" followed by WSP, ";" or the
- *	end.  Others ("v=spf1 ...", "V=stsv1", "v=STSv10") are discarded
- *	before counting (RFC 8461 3.1).
- *
  *	mta_sts_pick_txt() applies the record-set rules to all TXT records of
- *	_mta-sts.<domain>: non-STSv1 records are ignored; none left is
+ *	_mta-sts.<domain> (record syntax: RFC 8461 3.1 ABNF, "v=STSv1" first,
+ *	a required id of 1*32 ALPHA / DIGIT, other fields sts-extension; the
+ *	first id counts): records not beginning "v=STSv1" followed by WSP,
+ *	";" or the end are ignored; none left is
  *	MTA_STS_TXT_NONE; more than one is MTA_STS_TXT_MULTIPLE (no policy,
  *	3.1 MUST); exactly one is parsed: MTA_STS_TXT_OK with out->id, or
  *	MTA_STS_TXT_INVALID.  For the cache decision, MULTIPLE and INVALID
@@ -65,16 +54,15 @@
  *	does not store it (mta_sts_policy_cacheable()), and a record with
  *	expires_at == fetched_at is never valid (STS-32).
  *
- *	mta_sts_refresh_at() is when the proactive refresher (RFC 8461 10.2,
- *	STS-65) should refetch a cached policy even if its id is unchanged:
- *	base = min(MTA_STS_REFRESH_INTERVAL, lifetime / 2) after fetched_at,
- *	minus a jitter of (jitter % (base / 10 + 1)) seconds, so refreshes of
- *	many domains spread over the last tenth of the interval.  jitter is
- *	any random number the caller draws (the function stays pure and
- *	testable).  The result is always in [fetched_at + base - base/10,
- *	fetched_at + base] and before expires_at.  mta_sts_refresh_due() is
- *	now >= mta_sts_refresh_at(); it is false for a record whose lifetime
- *	is 0.
+ *	mta_sts_refresh_due() tells whether the proactive refresher (RFC
+ *	8461 10.2, STS-65) should refetch a cached policy even if its id is
+ *	unchanged: now >= base - a jitter of (jitter % (base / 10 + 1))
+ *	seconds, where base = min(MTA_STS_REFRESH_INTERVAL, lifetime / 2)
+ *	after fetched_at, so refreshes of many domains spread over the last
+ *	tenth of the interval.  jitter is any random number the caller draws
+ *	(the function stays pure and testable).  The refresh time is always
+ *	in [fetched_at + base - base/10, fetched_at + base] and before
+ *	expires_at.  It is false for a record whose lifetime is 0.
  *
  * POLICY RULES (pinned; tests in tests/unit/test_sts.c, docs/mta-sts.md)
  *	- Lines end in LF or CRLF, mixed allowed; the last terminator is
@@ -230,9 +218,6 @@ enum mta_sts_decision {
 #undef MTA_STS_DECISION_ENUM
 };
 
-int mta_sts_parse_txt(const char *txt, size_t len, struct mta_sts_txt *out,
-		      const char **why);
-bool mta_sts_txt_is_sts(const char *txt, size_t len);
 enum mta_sts_txt_verdict mta_sts_pick_txt(const char *const texts[],
 					  const size_t lens[], size_t n,
 					  struct mta_sts_txt *out,
@@ -252,12 +237,9 @@ int mta_sts_cache_decode(const uint8_t *p, size_t n,
 enum mta_sts_decision mta_sts_cache_decide(const struct mta_sts_cache_rec *c,
 					   enum mta_sts_txt_result txt,
 					   const char *txt_id, int64_t now);
-int64_t mta_sts_refresh_at(const struct mta_sts_cache_rec *c,
-			   uint32_t jitter);
 bool mta_sts_refresh_due(const struct mta_sts_cache_rec *c, int64_t now,
 			 uint32_t jitter);
 
 const char *mta_sts_mode_name(enum mta_sts_mode m);
-const char *mta_sts_decision_name(enum mta_sts_decision d);
 
 #endif

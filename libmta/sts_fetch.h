@@ -77,10 +77,9 @@
  *	                close_notify (possible truncation), out of memory)
  *	http_code is 0 when no response was seen; why is a short reason for
  *	the log (curl's error text or ours).
- *	mta_sts_fetch_report_type() maps a status to the RFC 8460
- *	result-type: TLS is sts-webpki-invalid, CONTENT_TYPE
- *	sts-policy-invalid (STS-45 choice), the rest sts-policy-fetch-error;
- *	OK gives NULL.
+ *	The RFC 8460 result-type of a status: TLS is sts-webpki-invalid,
+ *	CONTENT_TYPE sts-policy-invalid (STS-45 choice), the rest
+ *	sts-policy-fetch-error (tests/sts_fetch_probe.c reports it).
  *
  *	mta_sts_fetch_cancel() stops a fetch: its callback is never called
  *	and the handle is invalid on return.  It may be called from inside
@@ -194,6 +193,5 @@ int mta_sts_fetch_start(struct mta_sts_fetcher *f,
 void mta_sts_fetch_cancel(struct mta_sts_fetch *q);
 
 const char *mta_sts_fetch_status_name(enum mta_sts_fetch_status s);
-const char *mta_sts_fetch_report_type(enum mta_sts_fetch_status s);
 
 #endif

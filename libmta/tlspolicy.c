@@ -274,8 +274,10 @@ static int check_duplicates(struct parser *ps, struct mta_tlspolicy *p)
 		    first->line);
 }
 
-int mta_tlspolicy_parse(const char *text, size_t len, const char *fname,
-			struct mta_tlspolicy **out, char *err, size_t errlen)
+/* The table in text[0..len) (see tlspolicy.h for the format and the
+ * errors); fname is used only in error messages. */
+static int parse_table(const char *text, size_t len, const char *fname,
+		       struct mta_tlspolicy **out, char *err, size_t errlen)
 {
 	struct parser ps = {fname, 0, err, errlen};
 	struct mta_tlspolicy *p;
@@ -383,7 +385,7 @@ int mta_tlspolicy_load(const char *path, struct mta_tlspolicy **out,
 		free(buf);
 		return MTA_ECONFIG;
 	}
-	rc = mta_tlspolicy_parse(buf, len, path, out, err, errlen);
+	rc = parse_table(buf, len, path, out, err, errlen);
 	free(buf);
 	return rc;
 
@@ -403,11 +405,6 @@ void mta_tlspolicy_free(struct mta_tlspolicy *p)
 	free(p->e);
 	free(p->pool);
 	free(p);
-}
-
-size_t mta_tlspolicy_count(const struct mta_tlspolicy *p)
-{
-	return p ? p->n : 0;
 }
 
 /* ---- lookup ---- */

@@ -12,8 +12,11 @@
  *	one line there, its rules in policy.c and its rows in
  *	tests/unit/test_policy.c, and docs.
  *
- *	mta_tlspolicy_parse() parses a policy table from a buffer (sans-I/O);
- *	fname is used only in error messages.  The format, one entry a line:
+ *	mta_tlspolicy_load() reads the file at path (at most
+ *	MTA_TLSPOLICY_FILE_MAX bytes) and parses it; a file that cannot be
+ *	read gives "<path>: <strerror>".  The parser itself is sans-I/O
+ *	(parse_table() in tlspolicy.c; the unit test and the fuzzer include
+ *	the file).  The format, one entry a line:
  *	    <domain> <level>
  *	separated by spaces or tabs; '#' starts a comment that runs to the end
  *	of the line; blank lines are ignored; LF or CRLF line ends; the last
@@ -29,10 +32,6 @@
  *	quoted, control bytes shown as '?'.  Syntax errors are reported for
  *	the first bad line; duplicates are checked after the whole text
  *	parsed and reported at the first line that repeats an entry.
- *
- *	mta_tlspolicy_load() reads the file at path (at most
- *	MTA_TLSPOLICY_FILE_MAX bytes) and parses it; a file that cannot be
- *	read gives "<path>: <strerror>".
  *
  *	mta_tlspolicy_lookup() returns the level for domain: the exact entry
  *	if any, else the closest parent entry with a leading dot, else
@@ -107,13 +106,10 @@ const char *mta_tls_level_list(void);
 
 struct mta_tlspolicy;
 
-int mta_tlspolicy_parse(const char *text, size_t len, const char *fname,
-			struct mta_tlspolicy **out, char *err, size_t errlen);
 int mta_tlspolicy_load(const char *path, struct mta_tlspolicy **out,
 		       char *err, size_t errlen);
 void mta_tlspolicy_free(struct mta_tlspolicy *p);
 
-size_t mta_tlspolicy_count(const struct mta_tlspolicy *p);
 int mta_tlspolicy_lookup(const struct mta_tlspolicy *p, const char *domain,
 			 const char **matched);
 

@@ -334,6 +334,9 @@ const char *tool_evac_tls(const struct tool_evac *e)
 	return e->tlsdesc[0] ? e->tlsdesc : "none";
 }
 
+/* Over 100 lines: drives one SMTP transaction through the client engine
+ * in a blocking loop; the body buffer and the recipient index are shared
+ * by every step and released at one exit. */
 int tool_evac_send(struct tool_evac *e, struct mta_spool *sp,
 		   const char *qid, const struct mta_envelope *env, char *why,
 		   size_t len)

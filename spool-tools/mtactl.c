@@ -667,6 +667,8 @@ static int evacuate_one(struct tool_ctl *c, struct mta_spool *sp,
 	return sent;
 }
 
+/* Over 100 lines: the options, then the steps of an evacuation (mtad is
+ * there, select, open the spool, move each message) with one cleanup. */
 static int cmd_evacuate(const struct mta_config *cfg, int argc, char **argv)
 {
 	static const struct option fopts[] = {

@@ -89,6 +89,7 @@ static const char *msg_state(const struct mta_envelope *e)
 		case MTA_RCPT_DEFERRED:
 			deferred++;
 			break;
+		case MTA_RCPT_QUEUED:
 		default:
 			break;
 		}
@@ -492,6 +493,8 @@ static int print_destinations(struct ctx *c, struct mta_spool *sp,
 	return rc;
 }
 
+/* Over 100 lines: options, config, spool, then one of the listing modes
+ * (queue, destinations, summary; text or JSON) with one exit. */
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {

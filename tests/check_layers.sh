@@ -13,7 +13,7 @@ set -eu
 
 root=${1:-.}
 lib="$root/libmta"
-engines="smtp_server smtp_syntax smtp_client dane sts dsn tlspolicy policy http_request ct dkim"
+engines="smtp_server smtp_server_body smtp_server_int smtp_syntax smtp_client dane sts dsn tlspolicy policy http_request ct dkim"
 base="err log envelope records"
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT

@@ -29,6 +29,28 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The RFC 8460 result-type of a fetch status (sts_fetch.h): TLS is
+ * sts-webpki-invalid, CONTENT_TYPE sts-policy-invalid (STS-45 choice), the
+ * rest sts-policy-fetch-error; OK has none. */
+static const char *report_type(enum mta_sts_fetch_status s)
+{
+	switch (s) {
+	case MTA_STS_FETCH_OK:
+		return NULL;
+	case MTA_STS_FETCH_TLS:
+		return "sts-webpki-invalid";
+	case MTA_STS_FETCH_CONTENT_TYPE:
+		return "sts-policy-invalid";
+	case MTA_STS_FETCH_HTTP_STATUS:
+	case MTA_STS_FETCH_TOO_BIG:
+	case MTA_STS_FETCH_TIMEOUT:
+	case MTA_STS_FETCH_CONNECT:
+	case MTA_STS_FETCH_ERROR:
+		break;
+	}
+	return "sts-policy-fetch-error";
+}
+
 static int answered, extra_calls;
 
 static void json_str(const char *s, size_t n)
@@ -93,7 +115,7 @@ static void on_result(const struct mta_sts_fetch_result *r, void *ud)
 	printf(",\"why\":");
 	json_cstr(r->why);
 	printf(",\"curl_code\":%d,\"report_type\":", r->curl_code);
-	json_cstr(mta_sts_fetch_report_type(r->status));
+	json_cstr(report_type(r->status));
 	printf(",\"body_len\":%zu,\"body\":", r->body_len);
 	if (r->body != NULL)
 		json_str(r->body, r->body_len);

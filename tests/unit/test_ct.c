@@ -266,8 +266,6 @@ static void names(void **state)
 	assert_string_equal(mta_ct_verdict_name(MTA_CT_ONE_OPERATOR),
 			    "one-operator");
 	assert_string_equal(mta_ct_verdict_name(MTA_CT_MISSING), "missing");
-	assert_string_equal(mta_ct_state_name(MTA_CT_STATE_READONLY),
-			    "readonly");
 }
 
 int main(void)

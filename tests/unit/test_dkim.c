@@ -18,8 +18,24 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 
-#include "dkim.h"
 #include "err.h"
+/* the module itself: the RFC 8463 vector checks the two halves of
+ * mta_dkim_sign_finish(), its static sign_body_hash() and sign_header() */
+#include "../../libmta/dkim.c"
+
+/* b= in base64 for the DKIM-Signature field tmpl (name included, ending
+ * in "b=") over the header fields named in hlist (colon-separated). */
+static int sign_template(struct mta_dkim_sign *s, const char *hlist,
+			 const char *tmpl, char *b, size_t blen)
+{
+	char bh[45];
+	int rc = sign_body_hash(s, bh);
+
+	if (rc != 0)
+		return rc;
+	rc = sign_header(s, hlist, tmpl, b, blen);
+	return rc != 0 ? (s->err = rc) : 0;
+}
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -131,10 +147,10 @@ static void rfc8463_vector(void **state)
 		}
 		assert_string_equal(mta_dkim_sign_domain(s),
 				    "football.example.com");
-		assert_int_equal(mta_dkim_sign_body_hash(s, bh), 0);
+		assert_int_equal(sign_body_hash(s, bh), 0);
 		assert_string_equal(bh,
 				    "2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=");
-		assert_int_equal(mta_dkim_sign_template(
+		assert_int_equal(sign_template(
 					 s,
 					 "from : to : subject : date : "
 					 "message-id : from : subject : date",
@@ -181,7 +197,7 @@ static void body_canon(void **state)
 			 t[i].body);
 		assert_int_equal(mta_dkim_sign_new(k, NULL, -1, &s), 0);
 		assert_int_equal(mta_dkim_sign_feed(s, msg, strlen(msg)), 0);
-		assert_int_equal(mta_dkim_sign_body_hash(s, bh), 0);
+		assert_int_equal(sign_body_hash(s, bh), 0);
 		gnutls_hash_fast(GNUTLS_DIG_SHA256, t[i].canon,
 				 strlen(t[i].canon), d);
 		for (j = 0; j < 30; j += 3) {

@@ -1774,6 +1774,11 @@ static void dfeed(const uint8_t *in, size_t len, uint64_t max, size_t window,
 			if (ev == MTA_SMTPD_EV_ABORT)
 				t->cur.len = 0;
 			break;
+		case MTA_SMTPD_EV_AUTH:
+		case MTA_SMTPD_EV_CLOSE:
+		case MTA_SMTPD_EV_DATA_START:
+		case MTA_SMTPD_EV_NONE:
+		case MTA_SMTPD_EV_STARTTLS:
 		default:
 			dput(&t->ev, "E%d\n", (int)ev);
 			if (ev == MTA_SMTPD_EV_DATA_START)
