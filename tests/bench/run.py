@@ -218,29 +218,34 @@ def cpu_idle_pct(seconds=0.5):
 # last run): the 1-minute load average and /proc/stat's idle share over
 # 0.5 s.  The rule, with C CPUs:
 #   idle before or after < NOISE_IDLE_PCT %       (someone else was busy)
-#   load1 before > NOISE_LOAD_FRAC x C             (queued work at the start)
-#   load1 after - load1 before > NOISE_LOAD_FRAC x C   (more than the cell's
-#       own processes add in the seconds a cell lasts)
+#   load1 before - load1 at the end of the previous cell > NOISE_LOAD_FRAC x C
+#       (the load rose while the bench ran nothing: other work started)
+# The load average's own level is recorded, not judged: it decays with a
+# 60 s time constant, so at the start of a cell it is mostly the previous
+# cell's own processes (a first version of this rule, "load1 before >
+# 0.5 x C", marked half the cells of an otherwise idle machine).
 NOISE_IDLE_PCT = 75.0
-NOISE_LOAD_FRAC = 0.5
+NOISE_LOAD_FRAC = 0.25
+_last_load_end = [None]
 
 
 def noise_begin():
     return {"load1_before": round(os.getloadavg()[0], 2),
+            "load1_prev_end": _last_load_end[0],
             "idle_before_pct": cpu_idle_pct()}
 
 
 def noise_end(nz):
     nz["idle_after_pct"] = cpu_idle_pct()
     nz["load1_after"] = round(os.getloadavg()[0], 2)
+    _last_load_end[0] = nz["load1_after"]
     ncpu = os.cpu_count() or 1
     why = []
     if min(nz["idle_before_pct"], nz["idle_after_pct"]) < NOISE_IDLE_PCT:
         why.append("idle %.0f%%/%.0f%%" % (nz["idle_before_pct"], nz["idle_after_pct"]))
-    if nz["load1_before"] > NOISE_LOAD_FRAC * ncpu:
-        why.append("load %.2f" % nz["load1_before"])
-    if nz["load1_after"] - nz["load1_before"] > NOISE_LOAD_FRAC * ncpu:
-        why.append("load %.2f->%.2f" % (nz["load1_before"], nz["load1_after"]))
+    prev = nz["load1_prev_end"]
+    if prev is not None and nz["load1_before"] - prev > NOISE_LOAD_FRAC * ncpu:
+        why.append("load %.2f->%.2f between cells" % (prev, nz["load1_before"]))
     nz["noisy"] = bool(why)
     nz["why"] = why
     return nz
@@ -1470,8 +1475,7 @@ def main():
         "reuse": a.reuse, "postfix_mode": a.postfix_mode,
         "sink": a.sink, "sink_threads": a.sink_threads or os.cpu_count(),
         "noise_rule": {"idle_pct_below": NOISE_IDLE_PCT,
-                       "load1_above_x_cpus": NOISE_LOAD_FRAC,
-                       "load1_rise_above_x_cpus": NOISE_LOAD_FRAC},
+                       "load1_rise_between_cells_above_x_cpus": NOISE_LOAD_FRAC},
         "peers": a.peers, "peer_messages": a.peer_messages,
         "scale_count": a.scale_count, "scale_batch": a.scale_batch,
         "scale_body": a.scale_body, "rss_count": a.rss_count,
