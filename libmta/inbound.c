@@ -1008,7 +1008,6 @@ int mta_inbound_accept_kind(struct mta_inbound *l, uv_stream_t *server,
 		mta_stream_close(&s->st, false);
 		return rc;
 	}
-	uv_tcp_nodelay(&s->st.tcp, 1);
 	memset(&ss, 0, sizeof(ss));
 	uv_tcp_getpeername(&s->st.tcp, (struct sockaddr *)&ss, &sslen);
 	if (ss.ss_family == AF_INET6) {

@@ -363,10 +363,22 @@ void mta_stream_timer_stop(struct mta_stream *st)
 	uv_timer_stop(&st->timer);
 }
 
+/* Both directions write whole SMTP turns (a pipelined group of commands,
+ * a reply batch, a body ending with its dot) and then wait for the peer:
+ * Nagle's algorithm would hold the last small segment of a turn until the
+ * previous one is acknowledged, and with the peer's delayed ACK that costs
+ * up to 40 ms per message (seen on 100 KB relays). */
+static void no_nagle(struct mta_stream *st)
+{
+	(void)uv_tcp_nodelay(&st->tcp, 1); /* a failure costs speed only */
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
 	struct mta_stream *st = req->data;
 
+	if (status == 0 && !st->closing)
+		no_nagle(st);
 	st->ops->connected(st, st->closing && status == 0 ? UV_ECANCELED
 							 : status);
 }
@@ -381,7 +393,11 @@ int mta_stream_connect(struct mta_stream *st, const struct sockaddr *sa)
 
 int mta_stream_accept(struct mta_stream *st, uv_stream_t *server)
 {
-	return uv_accept(server, (uv_stream_t *)&st->tcp);
+	int rc = uv_accept(server, (uv_stream_t *)&st->tcp);
+
+	if (rc == 0)
+		no_nagle(st);
+	return rc;
 }
 
 int mta_stream_init(struct mta_stream *st, uv_loop_t *loop,

@@ -13,6 +13,9 @@
  *	mta_stream_init() initialises both handles on a loop.  The socket is
  *	then either accepted (mta_stream_accept()) or connected
  *	(mta_stream_connect(), whose result arrives in ops->connected).
+ *	Either way TCP_NODELAY is set: both directions write whole SMTP turns
+ *	and then wait for the peer, so Nagle's algorithm only delays a
+ *	turn's last segment (by the peer's delayed ACK, up to 40 ms).
  *
  *	Reading: mta_stream_read_start()/mta_stream_read_stop().  Received
  *	plaintext is appended to the read buffer and ops->data is called; the

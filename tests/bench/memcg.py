@@ -232,7 +232,7 @@ def one(b, limit_mib):
     out = {"limit_mib": limit_mib, "count": a.memcg_count,
            "send": a.memcg_send, "sessions": a.memcg_sessions,
            "size": a.memcg_size}
-    sink = R.Sink(b, "sink-memcg")
+    sink = R.make_sink(b, "sink-memcg")
     mt = R.Mtad(b, "mtad-memcg", ADDR_MTAD_MEMCG, relayhost="[%s]:%d" % (
         sink.addr, sink.port))
     listen = http_port(mt.conf)

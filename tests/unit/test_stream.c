@@ -14,6 +14,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 struct end {
@@ -392,6 +394,29 @@ static void test_timer(void **state)
 	assert_int_equal(fx->b.ntimeout, 0);
 }
 
+static int nodelay_of(struct mta_stream *st)
+{
+	uv_os_fd_t fd;
+	int v = -1;
+	socklen_t len = sizeof(v);
+
+	assert_int_equal(uv_fileno((uv_handle_t *)&st->tcp, &fd), 0);
+	assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &len),
+			 0);
+	return v;
+}
+
+/* Both ends write whole SMTP turns: Nagle is off on an accepted and on a
+ * connected stream (a 100 KB body's last segment would otherwise wait
+ * for the peer's delayed ACK). */
+static void test_nodelay_both_ends(void **state)
+{
+	struct fx *fx = *state;
+
+	assert_int_not_equal(nodelay_of(&fx->a.st), 0);
+	assert_int_not_equal(nodelay_of(&fx->b.st), 0);
+}
+
 /* The async contract of connect: a refused connection is reported once
  * through ops.connected; closing before it completes reports
  * UV_ECANCELED once. */
@@ -454,6 +479,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(
 			test_tls_failure_closes_with_reason, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_timer, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_nodelay_both_ends, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_connect_contract, setup,
 						teardown),
 	};
