@@ -960,11 +960,10 @@ static const char *activate(struct session *s, bool untrusted)
 	return why;
 }
 
-int mta_inbound_accept(struct mta_inbound *l, uv_stream_t *server)
-{
-	return mta_inbound_accept_kind(l, server, MTA_INBOUND_SMTP);
-}
-
+/* Longer than most (~125 lines) because it is the one place a session
+ * comes to life: allocation, the shared limits, the peer's address and
+ * the listener kind's settings, each failure unwound on the spot in
+ * order; split, the unwinding would be spread over several functions. */
 int mta_inbound_accept_kind(struct mta_inbound *l, uv_stream_t *server,
 			    enum mta_inbound_kind kind)
 {

@@ -5,7 +5,7 @@
  *
  * DESCRIPTION
  *	mta_inbound_new() makes an empty set of sessions.  The daemon binds
- *	the listening sockets (mtad/listener.c) and calls mta_inbound_accept()
+ *	the listening sockets (mtad/listener.c) and calls mta_inbound_accept_kind()
  *	for each incoming connection: it accepts the socket, applies the
  *	session limits (a "421 4.7.0" and a close when one is exceeded) and
  *	greets.  Each session couples a stream (socket, timer, optional TLS,
@@ -73,7 +73,7 @@
  *	cfg, spool, writer and tls are borrowed for its life.
  *
  * ERRORS
- *	mta_inbound_accept(): 0 when the connection was taken (it may be
+ *	mta_inbound_accept_kind(): 0 when the connection was taken (it may be
  *	refused by a limit, which is not an error); -ENOMEM, MTA_ECLOSED
  *	while shutting down, or a libuv code when accepting failed.  Session
  *	failures (write or TLS errors, resets) close that session with a
@@ -152,8 +152,7 @@ void mta_inbound_shared_free(struct mta_inbound_shared *sh);
 
 int mta_inbound_new(const struct mta_inbound_params *p,
 		    struct mta_inbound **out);
-int mta_inbound_accept(struct mta_inbound *in, uv_stream_t *server);
-/* The same for a listener of the given kind. */
+/* A connection on a listener of the given kind. */
 int mta_inbound_accept_kind(struct mta_inbound *in, uv_stream_t *server,
 			    enum mta_inbound_kind kind);
 /* Reload: sessions accepted from now on verify AUTH against users (a

@@ -1182,7 +1182,9 @@ static void reload_failed(const char *why)
  * old generation stays in force.  Otherwise the new one is handed to the
  * listener (new sessions), delivery (new decisions and connections) and
  * MTA-STS (CA file), log.level applies at once, and the old generation
- * is retired (freed when its users are gone).
+ * is retired (freed when its users are gone).  Long (~125 lines) because
+ * every step of the reload and its refusal are read in one order here;
+ * the loading itself is in load_config_files().
  */
 static void reload(struct daemon *d)
 {
@@ -1316,7 +1318,8 @@ static void reload(struct daemon *d)
 
 /*
  * Start-up as steps with one unwind path (acquire forward, release
- * backward): config, who to become (server.user), config files, the key
+ * backward; ~125 lines because the steps and their unwinding are read
+ * together here, each step is its own function): config, who to become (server.user), config files, the key
  * holder (forked while single-threaded; it takes the private key and
  * the relayhost password), spool, loop, DNS, signals, client TLS, the
  * sockets (listeners, control socket: still root), the privilege drop
