@@ -60,9 +60,10 @@ Known limits of the peers under smtp-source's burst of connections:
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
+
+from benchnet import free_port, wait_greeting
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -137,33 +138,6 @@ def unpack(peer, cache):
         shutil.chown(ctl, group="opensmtpq")
         os.chmod(ctl, 0o2555)
     return root, versions
-
-
-def free_port(addr):
-    s = socket.socket()
-    s.bind((addr, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_greeting(addr, port, timeout, proc):
-    """True once a connection to addr:port got a 220 line; None when PROC
-    exited or TIMEOUT passed."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            return None
-        try:
-            with socket.create_connection((addr, port), timeout=2) as s:
-                s.settimeout(10)
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.01)
-    return None
 
 
 def _count_files(top, pred):

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 
+from benchnet import free_port, wait_greeting  # noqa: E402
 import peers
 import memcg    # tests/bench/memcg.py: the memcg part
 
@@ -114,34 +115,6 @@ class Procs:
 
 # --------------------------------------------------------------------------
 # helpers
-
-def free_port(addr):
-    s = socket.socket()
-    s.bind((addr, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_greeting(addr, port, timeout, proc=None):
-    """Seconds until a connection to addr:port got a 220 line, or None."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc is not None and proc.poll() is not None:
-            return None
-        try:
-            with socket.create_connection((addr, port), timeout=2) as s:
-                s.settimeout(10)
-                g = s.recv(512)
-                if g.startswith(b"220"):
-                    dt = time.monotonic() - t0
-                    s.sendall(b"QUIT\r\n")
-                    return dt
-        except OSError:
-            pass
-        time.sleep(0.001)
-    return None
-
 
 def send_one(addr, port, timeout=10):
     import smtplib
@@ -517,10 +490,8 @@ def postfix_stop(procs, etc):
 # --------------------------------------------------------------------------
 # the receiving sinks: tests/bench/sink (default) or Postfix's smtp-sink
 
-class FastSink:
-    """tests/bench/sink: one SO_REUSEPORT listener and epoll loop per thread
-    (default: one per CPU), discards data, counts messages in a shared-mapped
-    8-byte file (read with pread, no latency)."""
+class _SinkBase:
+    """What both sinks have: a name, an address, a free port, a directory."""
 
     def __init__(self, bench, name, addr=ADDR_SINK):
         self.b = bench
@@ -529,6 +500,15 @@ class FastSink:
         self.port = free_port(addr)
         self.dir = os.path.join(bench.tmp, name)
         os.makedirs(self.dir, exist_ok=True)
+
+
+class FastSink(_SinkBase):
+    """tests/bench/sink: one SO_REUSEPORT listener and epoll loop per thread
+    (default: one per CPU), discards data, counts messages in a shared-mapped
+    8-byte file (read with pread, no latency)."""
+
+    def __init__(self, bench, name, addr=ADDR_SINK):
+        super().__init__(bench, name, addr)
         self.countfile = os.path.join(self.dir, "count")
         self._base = 0
 
@@ -576,14 +556,9 @@ def make_sink(bench, name):
     return (SmtpSink if bench.a.sink == "smtp-sink" else FastSink)(bench, name)
 
 
-class SmtpSink:
+class SmtpSink(_SinkBase):
     def __init__(self, bench, name, addr=ADDR_SINK):
-        self.b = bench
-        self.name = name
-        self.addr = addr
-        self.port = free_port(addr)
-        self.dir = os.path.join(bench.tmp, name)
-        os.makedirs(self.dir, exist_ok=True)
+        super().__init__(bench, name, addr)
         self.out = os.path.join(self.dir, "stdout")
 
     def start(self):
