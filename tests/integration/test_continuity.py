@@ -263,12 +263,16 @@ def test_continuity_hold_rotation_on_all_mx_heals(env):
     for _ in range(4):
         mtactl(mtad, "flush", qid, check=False)
         deadline = time.monotonic() + 3.0
-        while not r1.messages() and time.monotonic() < deadline:
+        while not (r1.messages() or r2.messages()) and \
+                time.monotonic() < deadline:
             time.sleep(0.05)
-        if r1.messages():
+        if r1.messages() or r2.messages():
             break
-    expect_sent(mtad, qid, r1, "mta-sts id=1", timeout=5.0)
-    assert r2.messages() == []
+    # either MX may heal first (each host's hold began at its own first
+    # sight of the new issuer): the message arrives once, at one of them
+    got, other = (r2, r1) if r2.messages() else (r1, r2)
+    expect_sent(mtad, qid, got, "mta-sts id=1", timeout=5.0)
+    assert other.messages() == []
     wait_keys(mtad, dom, lambda k: (h1, "trusted", rleaf1, rca) in k
               and (h2, "trusted", rleaf2, rca) in k
               and not any(st == "held" for (_, st, _, _) in k),
